@@ -1,0 +1,276 @@
+/**
+ * Configuration: defaults (in the schema) < config file (found by cosmiconfig) < flags.
+ * Validated by ajv against the core schema; each plugin's options against the plugin's own
+ * schema (plugins.ts). Every problem is reported by path, then the result is deep-frozen.
+ */
+import { pathToFileURL } from 'node:url';
+import { resolve, dirname } from 'node:path';
+import { cosmiconfig, type Loader } from 'cosmiconfig';
+import { Ajv, type ErrorObject } from 'ajv';
+import { ConfigError, LocalError, errorText } from './errors.ts';
+
+/** Default UDP ports (docs/protocol.md, "Transport"). */
+export const DEFAULT_SERVER_PORT = 4243;
+export const DEFAULT_LOADBALANCER_PORT = 4242;
+
+export type PluginEntry =
+  | string
+  | [string, Record<string, unknown>?]
+  | { name?: string; module?: string; options?: Record<string, unknown> }
+  | { name: string; apply: (core: never) => unknown; [k: string]: unknown };
+
+export interface ServerEntry {
+  address: string;
+  weight?: number;
+}
+
+export interface QhcpConfig {
+  /** This process's node name (HELLO/ACK); defaults to hostname:port. */
+  node?: string;
+  servers: Array<string | ServerEntry>;
+  loadbalancerHost: string;
+  loadbalancerPort: number;
+  serverIp: string;
+  serverPort: number;
+  maxFailAttempts: number;
+  riseAttempts: number;
+  checkInterval: number;
+  checkTimeout?: number;
+  reconnectInterval: number;
+  jitter: number;
+  certFile?: string;
+  keyFile?: string;
+  caFile?: string;
+  serverName?: string;
+  drainGrace: number;
+  helloTimeout: number;
+  idleTimeout: number;
+  keepAlive: number;
+  maxConnections: number;
+  maxFrameBytes: number;
+  maxStreams: number;
+  sampleInterval: number;
+  pluginTimeout: number;
+  reportInterval: number;
+  status: 'auto' | 'table' | 'lines' | 'json' | 'none';
+  defaults: boolean;
+  plugins: PluginEntry[];
+}
+
+/** Types a config file written in TypeScript: `export default defineConfig({...})`. */
+export function defineConfig(config: Partial<QhcpConfig>): Partial<QhcpConfig> {
+  return config;
+}
+
+const seconds = (min: number, max: number, dflt?: number) => ({ type: 'number', minimum: min, maximum: max, ...(dflt !== undefined ? { default: dflt } : {}) });
+const port = (dflt: number) => ({ type: 'integer', minimum: 0, maximum: 65535, default: dflt });
+
+/** The core's JSON schema; defaults live beside each property. */
+export const CONFIG_SCHEMA = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    node: { type: 'string', minLength: 1, maxLength: 128 },
+    servers: {
+      type: 'array',
+      default: [],
+      maxItems: 10000,
+      items: {
+        anyOf: [
+          { type: 'string', minLength: 1, maxLength: 300 },
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['address'],
+            properties: { address: { type: 'string', minLength: 1, maxLength: 300 }, weight: { type: 'number', minimum: 0, maximum: 1000 } },
+          },
+        ],
+      },
+    },
+    loadbalancerHost: { type: 'string', minLength: 1, default: '0.0.0.0' },
+    loadbalancerPort: port(DEFAULT_LOADBALANCER_PORT),
+    serverIp: { type: 'string', minLength: 1, default: '0.0.0.0' },
+    serverPort: port(DEFAULT_SERVER_PORT),
+    maxFailAttempts: { type: 'integer', minimum: 1, maximum: 1000, default: 3 },
+    riseAttempts: { type: 'integer', minimum: 1, maximum: 1000, default: 1 },
+    checkInterval: seconds(0.01, 86400, 10),
+    checkTimeout: seconds(0.005, 3600),
+    reconnectInterval: seconds(0.01, 86400, 30),
+    jitter: { type: 'number', minimum: 0, maximum: 0.5, default: 0.1 },
+    certFile: { type: 'string', minLength: 1 },
+    keyFile: { type: 'string', minLength: 1 },
+    caFile: { type: 'string', minLength: 1 },
+    serverName: { type: 'string', minLength: 1 },
+    drainGrace: seconds(0, 600, 2),
+    helloTimeout: seconds(0.05, 600, 5),
+    idleTimeout: seconds(0.5, 3600, 30),
+    keepAlive: seconds(0, 3600, 5),
+    maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
+    maxFrameBytes: { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024, default: 65536 },
+    maxStreams: { type: 'integer', minimum: 1, maximum: 100, default: 2 },
+    sampleInterval: seconds(0.05, 3600, 1),
+    pluginTimeout: seconds(0.01, 600, 2),
+    reportInterval: seconds(0, 3600, 0),
+    status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
+    defaults: { type: 'boolean', default: true },
+    plugins: {
+      type: 'array',
+      default: [],
+      items: {
+        anyOf: [
+          { type: 'string', minLength: 1 },
+          { type: 'array', minItems: 1, maxItems: 2, items: [{ type: 'string' }, { type: 'object' }] },
+          { type: 'object' },
+        ],
+      },
+    },
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const validateCore = ajv.compile(CONFIG_SCHEMA);
+
+/** "/plugins/1/options/interval" -> "plugins[1].options.interval". */
+export function jsonPath(instancePath: string, prefix = ''): string {
+  let out = prefix;
+  for (const part of instancePath.split('/').slice(1)) {
+    const p = part.replace(/~1/g, '/').replace(/~0/g, '~');
+    out += /^\d+$/.test(p) ? `[${p}]` : out ? `.${p}` : p;
+  }
+  return out || '(root)';
+}
+
+/** One line per ajv error, e.g. `plugins[1].options.interval: must be >= 0.1 (got -3)`. */
+export function describeAjvErrors(errors: ErrorObject[] | null | undefined, data: unknown, prefix = ''): string[] {
+  const out = new Set<string>();
+  for (const e of errors ?? []) {
+    if (e.keyword === 'anyOf' || e.keyword === 'if') continue;
+    let path = jsonPath(e.instancePath, prefix);
+    let msg = e.message ?? 'is invalid';
+    if (e.keyword === 'additionalProperties') {
+      const extra = (e.params as { additionalProperty: string }).additionalProperty;
+      path = path === '(root)' ? extra : `${path}.${extra}`;
+      msg = 'is not a known option';
+    } else if (e.keyword === 'enum') {
+      msg = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
+    }
+    const got = e.keyword === 'additionalProperties' || e.keyword === 'required' ? undefined : valueAt(data, e.instancePath);
+    out.add(`${path}: ${msg}${got !== undefined ? ` (got ${JSON.stringify(got)})` : ''}`);
+  }
+  return [...out];
+}
+
+function valueAt(data: unknown, pointer: string): unknown {
+  let cur: unknown = data;
+  for (const part of pointer.split('/').slice(1)) {
+    if (cur === null || typeof cur !== 'object') return undefined;
+    cur = (cur as Record<string, unknown>)[part.replace(/~1/g, '/').replace(/~0/g, '~')];
+  }
+  if (typeof cur === 'object' && cur !== null) return undefined;
+  return cur;
+}
+
+export type Source = 'default' | 'flag' | `file ${string}`;
+
+export interface LoadedConfig {
+  config: Readonly<QhcpConfig>;
+  /** Where each top-level value came from. */
+  sources: Record<string, Source>;
+  /** The file it came from, if any. */
+  file: string | undefined;
+}
+
+const importLoader: Loader = async (filepath) => {
+  const mod = (await import(pathToFileURL(filepath).href)) as { default?: unknown };
+  return mod.default ?? mod;
+};
+
+/**
+ * Finds the config file: `--config FILE`, or qhcp.config.{ts,js,mjs,json}, .qhcprc(.json),
+ * package.json#qhcp in the working directory.
+ * @throws LocalError QHCP_ERR_CONFIG_LOAD
+ */
+export async function findConfigFile(opts: { file?: string; cwd?: string }): Promise<{ data: unknown; file: string | undefined }> {
+  const explorer = cosmiconfig('qhcp', {
+    searchPlaces: [
+      'package.json',
+      '.qhcprc',
+      '.qhcprc.json',
+      '.qhcprc.yaml',
+      'qhcp.config.ts',
+      'qhcp.config.mts',
+      'qhcp.config.js',
+      'qhcp.config.mjs',
+      'qhcp.config.json',
+    ],
+    loaders: { '.ts': importLoader, '.mts': importLoader, '.js': importLoader, '.mjs': importLoader },
+    searchStrategy: 'none',
+  });
+  try {
+    const result = opts.file ? await explorer.load(resolve(opts.cwd ?? process.cwd(), opts.file)) : await explorer.search(opts.cwd ?? process.cwd());
+    if (!result) return { data: undefined, file: undefined };
+    return { data: result.config, file: result.filepath };
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const what = opts.file ?? 'configuration file';
+    throw new LocalError('QHCP_ERR_CONFIG_LOAD', code === 'ENOENT' ? `config file ${what} not found` : `cannot load ${what}: ${errorText(e)}`, { cause: e });
+  }
+}
+
+/**
+ * Merges defaults < file < flags, validates, freezes.
+ * @throws ConfigError listing every problem by path
+ */
+export function buildConfig(fileData: unknown, file: string | undefined, flags: Partial<QhcpConfig>): LoadedConfig {
+  if (fileData !== undefined && (fileData === null || typeof fileData !== 'object' || Array.isArray(fileData))) {
+    throw new ConfigError([`${file ?? 'config'}: must export an object`]);
+  }
+  const fromFile = (fileData ?? {}) as Record<string, unknown>;
+  const merged: Record<string, unknown> = structuredCloneSafe(fromFile);
+  const sources: Record<string, Source> = {};
+  for (const k of Object.keys(fromFile)) sources[k] = `file ${file}`;
+  for (const [k, v] of Object.entries(flags)) {
+    if (v === undefined) continue;
+    merged[k] = v;
+    sources[k] = 'flag';
+  }
+  if (!validateCore(merged)) {
+    throw new ConfigError(describeAjvErrors(validateCore.errors, merged));
+  }
+  for (const k of Object.keys(CONFIG_SCHEMA.properties)) if (!(k in sources) && k in merged) sources[k] = 'default';
+  const config = merged as unknown as QhcpConfig;
+  if (config.checkTimeout !== undefined && config.checkTimeout >= config.checkInterval) {
+    throw new ConfigError([`checkTimeout: must be shorter than checkInterval (${config.checkInterval} s) (got ${config.checkTimeout})`]);
+  }
+  if (file) {
+    // Paths in a config file are relative to the file.
+    for (const k of ['certFile', 'keyFile', 'caFile'] as const) {
+      if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
+    }
+  }
+  return { config: deepFreeze(config), sources, file };
+}
+
+/** The effective check timeout (s): given, or half the interval capped at 5 s. */
+export function checkTimeoutOf(c: Pick<QhcpConfig, 'checkTimeout' | 'checkInterval'>): number {
+  return c.checkTimeout ?? Math.min(c.checkInterval / 2, 5);
+}
+
+/** Clones plain data but keeps functions and class instances (inline plugins) as they are. */
+function structuredCloneSafe(o: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) {
+    out[k] = Array.isArray(v) ? v.slice() : v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype ? { ...v } : v;
+  }
+  return out;
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o && typeof o === 'object' && !Object.isFrozen(o)) {
+    const proto = Object.getPrototypeOf(o);
+    if (proto !== Object.prototype && proto !== Array.prototype && proto !== null) return o;
+    Object.freeze(o);
+    for (const v of Object.values(o as object)) deepFreeze(v);
+  }
+  return o;
+}

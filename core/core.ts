@@ -1,0 +1,48 @@
+/**
+ * The core object both roles build on: hooks, logger, frozen config, applied plugins.
+ * Plugins receive it in `apply(core)`.
+ */
+import { hostname } from 'node:os';
+import { createHooks, guardHooks, type CoreLike, type SessionInfo } from './hooks.ts';
+import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from './plugins.ts';
+import { createLogger, type Logger } from './log.ts';
+import type { QhcpConfig } from './config.ts';
+import type { Session } from './session.ts';
+
+export class Core implements CoreLike {
+  readonly hooks = createHooks();
+  /** Failures per plugin name (thrown or timed out taps). */
+  readonly pluginFailures = new Map<string, number>();
+  plugins: QhcpPlugin[] = [];
+  readonly node: string;
+
+  constructor(
+    readonly role: RoleName,
+    readonly config: Readonly<QhcpConfig>,
+    readonly logger: Logger = createLogger(),
+    readonly configFile?: string,
+  ) {
+    this.node = config.node ?? `${hostname()}:${role === 'server' ? config.serverPort : config.loadbalancerPort}`;
+    guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures);
+  }
+
+  /**
+   * Resolves the config's plugins (plus role defaults) and applies them, unless `plugins`
+   * are given directly (tests, embedding).
+   */
+  async loadPlugins(plugins?: QhcpPlugin[]): Promise<void> {
+    this.plugins = plugins ?? (await resolvePlugins(this.config, this.role, this.configFile));
+    await applyPlugins(this.plugins, this, this.config.pluginTimeout * 1000);
+    this.logger.debug('plugins applied', { plugins: this.plugins.map((p) => p.name).join(',') });
+  }
+
+  sessionInfo(s: Session): SessionInfo {
+    return { id: s.id, remote: s.remote, role: s.dfa.role };
+  }
+
+  /** A `frame` observer for sessions, or undefined when no plugin listens (hot path). */
+  frameObserver(): ((dir: 'in' | 'out', msg: import('./messages.ts').Message, s: Session) => void) | undefined {
+    if (!this.hooks.frame.isUsed()) return undefined;
+    return (dir, msg, s) => this.hooks.frame.call(dir, msg, this.sessionInfo(s));
+  }
+}

@@ -1,0 +1,52 @@
+/**
+ * `npm start` / `qhcp demo`: three agents and a load balancer on loopback, each a real `qhcp`
+ * process started with the seed's flags and in-memory self-signed certificates. Ctrl-C stops
+ * the load balancer (TERMINATE to each server) and then the servers (DRAIN), by PID.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const BIN = fileURLToPath(new URL('../bin/qhcp.js', import.meta.url));
+
+export async function runDemo(opts: { checkInterval: number }): Promise<void> {
+  const ports = [4243, 4244, 4245];
+  const children: ChildProcess[] = [];
+  const start = (args: string[]) => {
+    process.stdout.write(`$ qhcp ${args.join(' ')}\n`);
+    const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
+    children.push(child);
+    return child;
+  };
+  for (const p of ports) start(['-server', '-server-ip', '127.0.0.1', '-server-port', String(p)]);
+  await new Promise((r) => setTimeout(r, 1500));
+  const lb = start([
+    '-loadbalancer',
+    '-servers', ports.map((p) => `127.0.0.1:${p}`).join(','),
+    '-loadbalancer-port', '4242',
+    '-max-fail-attempts', '3',
+    '-check-interval', String(opts.checkInterval),
+    '-reconnect-interval', String(opts.checkInterval * 2),
+  ]);
+  process.stdout.write('demo running: try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
+  let stopping = false;
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once('exit', () => r())));
+    lb.kill('SIGTERM');
+    await Promise.race([exited(lb), new Promise((r) => setTimeout(r, 5000))]);
+    for (const c of children) if (c !== lb) c.kill('SIGTERM');
+    await Promise.race([Promise.all(children.map(exited)), new Promise((r) => setTimeout(r, 8000))]);
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stopAll());
+  process.on('SIGTERM', () => void stopAll());
+  lb.on('exit', (code) => {
+    if (!stopping) {
+      process.stderr.write(`load balancer exited (${code}); stopping the demo\n`);
+      void stopAll();
+    }
+  });
+  await new Promise(() => {});
+}

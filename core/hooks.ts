@@ -1,0 +1,248 @@
+/**
+ * Every hook of the qhcp core, declared once. Plugins tap these; the core calls them.
+ * The hook kind is the contract (see docs/plugins.md):
+ *   Series = lifecycle in order, Parallel = fan-out, Bail = first answer wins,
+ *   Waterfall = each tap transforms the value, Sync = cheap notification on the hot path.
+ * Each tap is guarded (guardHooks): a tap that throws, rejects or outlasts the plugin timeout
+ * is logged as a PluginError and the hook goes on with a defined fallback.
+ */
+import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
+import type { Tap } from 'tapable';
+import { PluginError, type WireErrorName } from './errors.ts';
+import type { Message, Metrics, ServerState } from './messages.ts';
+import type { Logger } from './log.ts';
+import type { Direction } from './session.ts';
+
+/** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
+export interface MetricDefinition {
+  name: string;
+  unit: string;
+  help: string;
+  /** The plugin that reports it. */
+  plugin: string;
+  /** How often the plugin samples it at most (ms); the core never asks more often. */
+  sampleIntervalMs?: number;
+}
+
+/** The report that `collect` taps fill in. */
+export class MetricsReport {
+  readonly values: Metrics = {};
+  /** Per metric: when it was sampled (epoch ms); the report's age is its oldest sample. */
+  readonly sampledAt: Record<string, number> = {};
+  set(name: string, value: number, sampledAt = Date.now()): void {
+    if (!Number.isFinite(value)) return;
+    this.values[name] = value;
+    this.sampledAt[name] = sampledAt;
+  }
+}
+
+export interface AuthRequest {
+  token: string | undefined;
+  /** Node name the peer gave in HELLO. */
+  node: string;
+  remote: string;
+  role: 'checker' | 'query';
+}
+export type AuthVerdict = { ok: true; subject?: string } | { ok: false; kind: WireErrorName; reason: string };
+
+export interface CredentialsRequest {
+  /** The server address being connected to (host:port). */
+  server: string;
+  /** This load balancer's node name. */
+  node: string;
+}
+
+/** What balancers and alerts see of one backend (read-only). */
+export interface BackendView {
+  readonly address: string;
+  readonly state: ServerState;
+  readonly metrics: Metrics;
+  /** Epoch ms of the last good report, or null. */
+  readonly reportedAt: number | null;
+  /** Configured weight (default 1). */
+  readonly weight: number;
+  readonly latencyMs: number | null;
+}
+
+export interface PickRequest {
+  /** UP backends, in configuration order. */
+  readonly servers: readonly BackendView[];
+  /** Optional key from the PICK (for affinity strategies). */
+  readonly key: string | undefined;
+  readonly now: number;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  latencyMs: number | null;
+  metrics: Metrics | null;
+  error: string | null;
+  at: number;
+}
+
+export interface Transition {
+  server: string;
+  from: ServerState;
+  to: ServerState;
+  reason: string;
+  at: number;
+  failures: number;
+  successes: number;
+  lastError: string | null;
+  metrics: Metrics;
+}
+
+export type AlertEvent =
+  | { kind: 'transition'; node: string; transition: Transition }
+  | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] };
+
+export interface SessionInfo {
+  id: number;
+  remote: string;
+  role: 'server' | 'client';
+}
+
+/** The core object plugins receive in `apply`. */
+export interface CoreLike {
+  readonly role: 'server' | 'loadbalancer';
+  readonly hooks: Hooks;
+  readonly logger: Logger;
+  readonly node: string;
+}
+
+export function createHooks() {
+  return Object.freeze({
+    /** Before the role listens or connects; a failure aborts start-up. */
+    start: new AsyncSeriesHook<[CoreLike]>(['core']),
+    /** The role is serving (listening / checks scheduled). */
+    ready: new AsyncSeriesHook<[CoreLike]>(['core']),
+    /** Shutting down: release timers, sockets, files. */
+    stop: new AsyncSeriesHook<[CoreLike]>(['core']),
+
+    /** Server: each metrics plugin appends the metrics it reports. */
+    metricDefinitions: new SyncWaterfallHook<[MetricDefinition[]]>(['definitions']),
+    /** Server: fill a report (runs in the background sampler, never on a check's path). */
+    collect: new AsyncParallelHook<[MetricsReport]>(['report']),
+    /** Server: transform the metrics sent to one session (derive, rename, filter). */
+    report: new SyncWaterfallHook<[Metrics, SessionInfo | undefined]>(['metrics', 'session']),
+
+    /** Load balancer: the token to put in HELLO for a server (first answer wins). */
+    credentials: new AsyncSeriesBailHook<[CredentialsRequest], string | undefined>(['request']),
+    /** Server: accept or reject a HELLO's credentials (first verdict wins; none = open). */
+    verify: new AsyncSeriesBailHook<[AuthRequest], AuthVerdict | undefined>(['request']),
+
+    /** Load balancer: choose one of the UP servers (first answer wins). */
+    pick: new SyncBailHook<[PickRequest], BackendView | undefined>(['request']),
+    /** Load balancer: a check finished (good or not). */
+    checked: new SyncHook<[BackendView, CheckResult]>(['backend', 'result']),
+    /** Load balancer: a backend changed state. */
+    transition: new SyncHook<[Transition]>(['transition']),
+
+    /** Load balancer: something to alert on (transitions, start, stop). */
+    alert: new AsyncParallelHook<[AlertEvent]>(['event']),
+
+    /** Both: every frame sent or received, after the DFA accepted it. */
+    frame: new SyncHook<[Direction, Message, SessionInfo]>(['direction', 'message', 'session']),
+  });
+}
+
+export type Hooks = ReturnType<typeof createHooks>;
+export type HookName = keyof Hooks;
+
+/**
+ * What a failing tap yields: 'skip' continues as if the tap returned nothing (the waterfall
+ * keeps its value), 'deny' yields an auth rejection, 'throw' propagates the PluginError.
+ */
+const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
+  start: 'throw',
+  ready: 'skip',
+  stop: 'skip',
+  metricDefinitions: 'skip',
+  collect: 'skip',
+  report: 'skip',
+  credentials: 'throw',
+  verify: 'deny',
+  pick: 'skip',
+  checked: 'skip',
+  transition: 'skip',
+  alert: 'skip',
+  frame: 'skip',
+};
+
+function fallback(hook: HookName, err: PluginError, args: unknown[]): unknown {
+  const mode = ON_FAIL[hook];
+  if (mode === 'throw') throw err;
+  if (mode === 'deny') return { ok: false, kind: 'INTERNAL_ERROR', reason: `auth plugin ${err.plugin} failed` } satisfies AuthVerdict;
+  // Waterfalls pass their first argument on unchanged.
+  return hook === 'report' || hook === 'metricDefinitions' ? args[0] : undefined;
+}
+
+/**
+ * Wraps every tap registered on `hooks` so that one plugin's failure or hang is contained:
+ * logged (rate-limited) as a PluginError with the hook and plugin, counted, and replaced by
+ * the hook's fallback. Async taps are cut off after `timeoutMs`.
+ */
+export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, failures: Map<string, number>): void {
+  for (const name of Object.keys(hooks) as HookName[]) {
+    const hook = hooks[name] as unknown as { intercept(i: { register(t: Tap): Tap }): void };
+    hook.intercept({
+      register(tap: Tap & { fn: (...a: unknown[]) => unknown; type: string }) {
+        const fn = tap.fn;
+        const plugin = tap.name;
+        const report = (err: PluginError) => {
+          failures.set(plugin, (failures.get(plugin) ?? 0) + 1);
+          logger.limited(`plugin:${plugin}:${name}`, err.message, { code: err.code, hook: name, plugin });
+        };
+        if (tap.type === 'sync') {
+          tap.fn = (...args: unknown[]) => {
+            try {
+              return fn(...args);
+            } catch (e) {
+              const err = new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
+              report(err);
+              return fallback(name, err, args);
+            }
+          };
+        } else if (tap.type === 'promise') {
+          tap.fn = (...args: unknown[]) => {
+            let timer: NodeJS.Timeout | undefined;
+            const timeout = new Promise<never>((_, reject) => {
+              timer = setTimeout(() => reject(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)), timeoutMs);
+            });
+            return Promise.race([Promise.resolve().then(() => fn(...args)), timeout])
+              .catch((e) => {
+                const err = e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
+                report(err);
+                return fallback(name, err, args);
+              })
+              .finally(() => clearTimeout(timer));
+          };
+        } else if (tap.type === 'async') {
+          tap.fn = (...args: unknown[]) => {
+            const callback = args.pop() as (err: unknown, result?: unknown) => void;
+            let done = false;
+            const finish = (err: PluginError | null, result?: unknown) => {
+              if (done) return;
+              done = true;
+              clearTimeout(timer);
+              if (!err) return callback(null, result);
+              report(err);
+              try {
+                callback(null, fallback(name, err, args));
+              } catch (thrown) {
+                callback(thrown);
+              }
+            };
+            const timer = setTimeout(() => finish(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)), timeoutMs);
+            try {
+              fn(...args, (e: unknown, r?: unknown) => finish(e ? new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e) : null, r));
+            } catch (e) {
+              finish(new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e));
+            }
+          };
+        }
+        return tap;
+      },
+    });
+  }
+}

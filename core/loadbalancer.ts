@@ -1,0 +1,370 @@
+/**
+ * The load balancer role: one QUIC session per backend, a jittered check loop per backend,
+ * UP/DOWN/DRAINING with hysteresis (docs/operations.md, "Health semantics"), a status view,
+ * and a query port answering STATUS and PICK through the `pick` hook.
+ */
+import { performance } from 'node:perf_hooks';
+import { Core } from './core.ts';
+import { ProtocolError, PeerError, LocalError, errorText } from './errors.ts';
+import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics, type ServerState, type ServerStatus } from './messages.ts';
+import { Session, type SessionEnd } from './session.ts';
+import { Listener, connect, type Channel } from './transport.ts';
+import { parseAddress, formatAddress } from './address.ts';
+import { readPem, selfSigned } from './tls.ts';
+import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from './config.ts';
+import type { BackendView, CheckResult, Transition } from './hooks.ts';
+import type { Logger } from './log.ts';
+
+/** One backend server as the load balancer sees it. */
+export class Backend implements BackendView {
+  state: ServerState = 'UNKNOWN';
+  since = Date.now();
+  failures = 0;
+  successes = 0;
+  latencyMs: number | null = null;
+  metrics: Metrics = {};
+  ageMs: number | null = null;
+  reportedAt: number | null = null;
+  lastError: string | null = null;
+  checks = 0;
+  /** The live session, when connected. */
+  session: Session | undefined;
+  timer: NodeJS.Timeout | undefined;
+  checking = false;
+  dueAt = 0;
+  seq = 0;
+
+  constructor(
+    readonly address: string,
+    readonly host: string,
+    readonly port: number,
+    readonly weight: number,
+  ) {}
+
+  status(): ServerStatus {
+    return {
+      address: this.address,
+      state: this.state,
+      since: this.since,
+      failures: this.failures,
+      successes: this.successes,
+      latencyMs: this.latencyMs,
+      metrics: this.metrics,
+      ageMs: this.ageMs,
+      reportedAt: this.reportedAt,
+      lastError: this.lastError,
+      checks: this.checks,
+    };
+  }
+}
+
+export interface LoadBalancerStats {
+  checks: number;
+  failedChecks: number;
+  lateChecks: number;
+  transitions: number;
+  picks: number;
+  queries: number;
+}
+
+export class LoadBalancer extends Core {
+  readonly backends: Backend[];
+  readonly stats: LoadBalancerStats = { checks: 0, failedChecks: 0, lateChecks: 0, transitions: 0, picks: 0, queries: 0 };
+  private listener: Listener | undefined;
+  private readonly querySessions = new Set<Session>();
+  private stopping = false;
+  private readonly ca: string | undefined;
+  private readonly intervalMs: number;
+  private readonly timeoutMs: number;
+  private readonly reconnectMs: number;
+  private statusTimer: NodeJS.Timeout | undefined;
+  /** Called every check interval with the backends (the CLI prints the status view). */
+  onStatus: ((backends: readonly Backend[]) => void) | undefined;
+
+  /** @throws LocalError for a bad server address or CA file */
+  constructor(config: Readonly<QhcpConfig>, logger?: Logger, configFile?: string) {
+    super('loadbalancer', config, logger, configFile);
+    this.backends = config.servers.map((entry) => {
+      const { address, weight } = typeof entry === 'string' ? { address: entry, weight: 1 } : { weight: 1, ...entry };
+      const a = parseAddress(address, DEFAULT_SERVER_PORT);
+      return new Backend(formatAddress(a), a.host, a.port, weight);
+    });
+    const seen = new Set<string>();
+    for (const b of this.backends) {
+      if (seen.has(b.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${b.address} is listed twice`);
+      seen.add(b.address);
+    }
+    this.ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
+    this.intervalMs = config.checkInterval * 1000;
+    this.timeoutMs = checkTimeoutOf(config) * 1000;
+    this.reconnectMs = config.reconnectInterval * 1000;
+  }
+
+  get port(): number {
+    return this.listener?.port ?? 0;
+  }
+
+  async start(): Promise<void> {
+    const c = this.config;
+    await this.hooks.start.promise(this);
+    const tls = c.certFile && c.keyFile ? { cert: readPem(c.certFile, 'certificate'), key: readPem(c.keyFile, 'key') } : await selfSigned([c.loadbalancerHost]);
+    this.listener = await Listener.listen({
+      host: c.loadbalancerHost,
+      port: c.loadbalancerPort,
+      cert: tls.cert,
+      key: tls.key,
+      maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
+      idleTimeoutMs: c.idleTimeout * 1000,
+      handshakeTimeoutMs: c.helloTimeout * 1000,
+      maxStreams: c.maxStreams,
+      onChannel: (ch) => this.acceptQuery(ch),
+    });
+    if (!this.ca) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');
+    this.logger.info('load balancer started', {
+      servers: this.backends.length,
+      query: `${c.loadbalancerHost}:${this.port}`,
+      interval: `${c.checkInterval}s`,
+      timeout: `${this.timeoutMs / 1000}s`,
+      fall: c.maxFailAttempts,
+      rise: c.riseAttempts,
+      reconnect: `${c.reconnectInterval}s`,
+      balancer: this.plugins.filter((p) => p.family === 'balancer').map((p) => p.name).join(',') || 'none',
+    });
+    // Spread the first round over up to one interval (at most 1 s) so checks do not fire at once.
+    const spread = Math.min(this.intervalMs, 1000);
+    for (const b of this.backends) this.schedule(b, Math.random() * spread);
+    this.statusTimer = setInterval(() => this.onStatus?.(this.backends), this.intervalMs);
+    this.statusTimer.unref();
+    void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: this.backends.map((b) => b.address) }).catch(() => {});
+    await this.hooks.ready.promise(this);
+  }
+
+  private schedule(b: Backend, delayMs?: number): void {
+    if (this.stopping) return;
+    const live = b.session !== undefined && !b.session.isClosed;
+    const base = b.state === 'DOWN' && !live ? this.reconnectMs : this.intervalMs;
+    const j = this.config.jitter;
+    const delay = delayMs ?? base * (1 + (Math.random() * 2 - 1) * j);
+    b.dueAt = Date.now() + delay;
+    b.timer = setTimeout(() => void this.check(b), delay);
+  }
+
+  /** One health check: (re)connect when needed, HEALTH_REQUEST, judge, reschedule. */
+  async check(b: Backend): Promise<void> {
+    if (this.stopping || b.checking) return;
+    b.checking = true;
+    const lag = Date.now() - b.dueAt;
+    if (lag > this.intervalMs * 0.1) this.stats.lateChecks++;
+    this.stats.checks++;
+    b.checks++;
+    const started = performance.now();
+    const deadline = started + this.timeoutMs;
+    const left = () => Math.max(1, Math.round(deadline - performance.now()));
+    try {
+      const s = await this.ensureSession(b, left);
+      const seq = (b.seq = (b.seq + 1) >>> 0);
+      const res = (await s.request('HEALTH_REQUEST', { seq }, left())) as Extract<Message, { type: 'HEALTH_RESPONSE' }>;
+      this.succeeded(b, res.body.metrics, res.body.ageMs, performance.now() - started);
+    } catch (e) {
+      if (!this.stopping) this.failed(b, describeFailure(e));
+    } finally {
+      b.checking = false;
+      this.schedule(b);
+    }
+  }
+
+  private async ensureSession(b: Backend, left: () => number): Promise<Session> {
+    if (b.session && !b.session.isClosed && b.session.state === 'READY') return b.session;
+    b.session?.close('replaced');
+    b.session = undefined;
+    const token = await this.hooks.credentials.promise({ server: b.address, node: this.node });
+    const channel = await connect({
+      host: b.host,
+      port: b.port,
+      ...(this.config.serverName ? { serverName: this.config.serverName } : {}),
+      ...(this.ca !== undefined ? { ca: this.ca } : {}),
+      timeoutMs: left(),
+      idleTimeoutMs: this.config.idleTimeout * 1000,
+      keepAliveMs: this.config.keepAlive * 1000,
+      maxFrameBytes: this.config.maxFrameBytes,
+    });
+    const s = new Session(channel, {
+      role: 'client',
+      observe: this.frameObserver(),
+      onMessage: (m, sess) => this.onBackendMessage(b, m, sess),
+      onClose: (why, sess) => this.onBackendClose(b, sess, why),
+      onViolation: (err, sess) => this.logger.limited(`violation:${b.address}`, 'protocol violation by server', { server: b.address, remote: sess.remote, code: err.kind, reason: err.message }),
+    });
+    b.session = s;
+    const ack = (await s.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'checker', node: this.node, ...(token ? { token } : {}) }, left())) as Extract<Message, { type: 'ACK' }>;
+    if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
+      s.fail(new ProtocolError('UNSUPPORTED_VERSION', `server chose version ${ack.body.version}; we speak ${PROTOCOL_VERSION}`));
+      throw new ProtocolError('UNSUPPORTED_VERSION', `server chose version ${ack.body.version}`);
+    }
+    if (ack.body.role !== 'agent') {
+      s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`));
+      throw new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`);
+    }
+    s.peer = { node: ack.body.node, role: ack.body.role };
+    return s;
+  }
+
+  private onBackendMessage(b: Backend, msg: Message, s: Session): void {
+    if (msg.type === 'DRAIN') {
+      if (b.state !== 'DRAINING') this.transition(b, 'DRAINING', `server draining: ${msg.body.reason ?? 'no reason given'}`);
+      // Finish politely; the server closes after TERMINATE_ACK or its grace, whichever is first.
+      void s.request('TERMINATE', { reason: 'server is draining' }, Math.max(100, msg.body.graceMs)).catch(() => {});
+    } else if (msg.type === 'HEALTH_REPORT') {
+      this.succeeded(b, msg.body.metrics, msg.body.ageMs, null);
+    }
+  }
+
+  private onBackendClose(b: Backend, s: Session, why: SessionEnd): void {
+    if (b.session === s) b.session = undefined;
+    if (this.stopping) return;
+    if (b.state === 'DRAINING') {
+      this.transition(b, 'DOWN', 'drained: connection closed');
+      return;
+    }
+    if (why.by !== 'local') b.lastError = why.error ? String(why.error) : `connection closed: ${why.reason}`;
+  }
+
+  private succeeded(b: Backend, metrics: Metrics, ageMs: number, latencyMs: number | null): void {
+    b.failures = 0;
+    b.successes++;
+    b.metrics = metrics;
+    b.ageMs = ageMs;
+    b.reportedAt = Date.now();
+    if (latencyMs !== null) b.latencyMs = Math.round(latencyMs * 1000) / 1000;
+    b.lastError = null;
+    const result: CheckResult = { ok: true, latencyMs: b.latencyMs, metrics, error: null, at: b.reportedAt };
+    this.hooks.checked.call(b, result);
+    if (b.state === 'UNKNOWN') this.transition(b, 'UP', 'first good check');
+    else if (b.state === 'DOWN' && b.successes >= this.config.riseAttempts) {
+      this.transition(b, 'UP', `${b.successes} consecutive good check${b.successes > 1 ? 's' : ''}`);
+    }
+  }
+
+  private failed(b: Backend, reason: string): void {
+    this.stats.failedChecks++;
+    b.successes = 0;
+    b.failures++;
+    b.lastError = reason;
+    this.hooks.checked.call(b, { ok: false, latencyMs: null, metrics: null, error: reason, at: Date.now() });
+    const max = this.config.maxFailAttempts;
+    if ((b.state === 'UP' || b.state === 'UNKNOWN') && b.failures >= max) {
+      this.transition(b, 'DOWN', `${b.failures} consecutive failed checks; last: ${reason}`);
+    } else if (b.state === 'DRAINING') {
+      this.transition(b, 'DOWN', `check failed while draining: ${reason}`);
+    }
+  }
+
+  private transition(b: Backend, to: ServerState, reason: string): void {
+    const from = b.state;
+    if (from === to) return;
+    b.state = to;
+    b.since = Date.now();
+    this.stats.transitions++;
+    const t: Transition = {
+      server: b.address,
+      from,
+      to,
+      reason,
+      at: b.since,
+      failures: b.failures,
+      successes: b.successes,
+      lastError: b.lastError,
+      metrics: b.metrics,
+    };
+    this.hooks.transition.call(t);
+    void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
+  }
+
+  /** Chooses one UP backend through the `pick` hook. */
+  pick(key?: string): Backend | undefined {
+    this.stats.picks++;
+    const up = this.backends.filter((b) => b.state === 'UP');
+    if (up.length === 0) return undefined;
+    const chosen = this.hooks.pick.call({ servers: up, key, now: Date.now() });
+    return chosen && up.includes(chosen as Backend) ? (chosen as Backend) : undefined;
+  }
+
+  private acceptQuery(ch: Channel): void {
+    if (this.stopping || this.querySessions.size >= this.config.maxConnections) {
+      void ch.close(this.stopping ? 301 : 300, this.stopping ? 'shutting down' : 'too many connections');
+      return;
+    }
+    const session = new Session(ch, {
+      role: 'server',
+      helloTimeoutMs: this.config.helloTimeout * 1000,
+      observe: this.frameObserver(),
+      onMessage: (m, s) => this.onQuery(m, s),
+      onViolation: (err, s) => this.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
+      onClose: (_why, s) => this.querySessions.delete(s),
+    });
+    this.querySessions.add(session);
+  }
+
+  private onQuery(msg: Message, s: Session): void {
+    if (s.state === 'DRAINING') return;
+    switch (msg.type) {
+      case 'HELLO': {
+        const version = Math.max(...msg.body.versions.filter((v) => SUPPORTED_VERSIONS.includes(v)));
+        if (!Number.isFinite(version)) return s.fail(new ProtocolError('UNSUPPORTED_VERSION', `none of versions ${msg.body.versions.join(',')} is supported`));
+        if (msg.body.role !== 'query') return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'this is a load balancer: only role "query" is served here'));
+        s.peer = { node: msg.body.node, role: 'query' };
+        s.send('ACK', { version, node: this.node, role: 'loadbalancer', metrics: [] });
+        return;
+      }
+      case 'STATUS':
+        this.stats.queries++;
+        s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.node, servers: this.backends.map((b) => b.status()) });
+        return;
+      case 'PICK': {
+        this.stats.queries++;
+        const b = this.pick(msg.body.key);
+        s.send('PICK_RESPONSE', b ? { seq: msg.body.seq, server: b.address } : { seq: msg.body.seq, server: null, reason: this.backends.some((x) => x.state === 'UP') ? 'the balancer chose no server' : 'no server is UP' });
+        return;
+      }
+      case 'TERMINATE':
+        s.send('TERMINATE_ACK', {});
+        setTimeout(() => s.close('terminated'), 1000).unref();
+        return;
+      case 'HEALTH_REQUEST':
+      case 'CONFIG_UPDATE':
+        return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `${msg.type} is served by an agent, not by a load balancer`));
+      default:
+        return;
+    }
+  }
+
+  /** TERMINATE to every backend (bounded wait), close the query port, alert, stop hooks. */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.statusTimer);
+    for (const b of this.backends) clearTimeout(b.timer);
+    await Promise.all(
+      this.backends.map(async (b) => {
+        const s = b.session;
+        if (!s || s.isClosed) return;
+        if (s.dfa.peek('send:TERMINATE')) await s.request('TERMINATE', { reason: 'load balancer stopping' }, 1000).catch(() => {});
+        s.close('load balancer stopping');
+      }),
+    );
+    for (const s of this.querySessions) s.close('shutting down');
+    await this.listener?.stop(301, 'shutting down');
+    await this.hooks.alert.promise({ kind: 'stopped', node: this.node, at: Date.now(), servers: this.backends.map((b) => b.address) }).catch(() => {});
+    await this.hooks.stop.promise(this);
+    this.logger.info('load balancer stopped');
+  }
+}
+
+/** "RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 2000 ms", "AUTH_EXPIRED: token expired", ... */
+export function describeFailure(e: unknown): string {
+  if (e instanceof PeerError) return e.toString();
+  if (e instanceof ProtocolError) return `${e.kind}: ${e.message}`;
+  if (e instanceof LocalError) return e.message;
+  return errorText(e);
+}
+

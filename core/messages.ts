@@ -1,0 +1,186 @@
+/**
+ * QHCP messages: their type bytes, their fields (as JSON Schema, checked with ajv), their
+ * TypeScript shapes. docs/protocol.md, "Messages", describes the same table; the codec test
+ * checks the type bytes against the spec's vectors.
+ */
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { ProtocolError } from './errors.ts';
+
+/** Type byte of each message. Never renumber: these are on the wire. */
+export const MESSAGE_TYPES = {
+  HELLO: 0x01,
+  ACK: 0x02,
+  HEALTH_REQUEST: 0x03,
+  HEALTH_RESPONSE: 0x04,
+  CONFIG_UPDATE: 0x05,
+  CONFIG_ACK: 0x06,
+  ERROR: 0x07,
+  TERMINATE: 0x08,
+  TERMINATE_ACK: 0x09,
+  DRAIN: 0x0a,
+  PICK: 0x0b,
+  PICK_RESPONSE: 0x0c,
+  STATUS: 0x0d,
+  STATUS_RESPONSE: 0x0e,
+  HEALTH_REPORT: 0x0f,
+} as const;
+
+export type MessageName = keyof typeof MESSAGE_TYPES;
+export const MESSAGE_NAMES = Object.keys(MESSAGE_TYPES) as MessageName[];
+const NAME_BY_TYPE = new Map<number, MessageName>(MESSAGE_NAMES.map((n) => [MESSAGE_TYPES[n], n]));
+
+/** The message name for a type byte, or undefined when the byte names none. */
+export function messageName(type: number): MessageName | undefined {
+  return NAME_BY_TYPE.get(type);
+}
+
+/** Versions of the protocol this implementation speaks (frame header byte and HELLO). */
+export const PROTOCOL_VERSION = 1;
+export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION];
+
+/** Limits that are part of message validation. */
+export const FIELD_LIMITS = {
+  maxNameLength: 128,
+  maxReasonLength: 1024,
+  maxTokenLength: 16384,
+  maxMetrics: 256,
+  maxServers: 10000,
+} as const;
+
+export type Metrics = Record<string, number>;
+export type ServerState = 'UNKNOWN' | 'UP' | 'DOWN' | 'DRAINING';
+
+export interface ServerStatus {
+  address: string;
+  state: ServerState;
+  /** Epoch ms when the server entered its state. */
+  since: number;
+  /** Consecutive failed checks. */
+  failures: number;
+  /** Consecutive good checks. */
+  successes: number;
+  /** Round-trip time of the last good check, ms. */
+  latencyMs: number | null;
+  metrics: Metrics;
+  /** Age of the last report's sample when it was received, ms. */
+  ageMs: number | null;
+  /** Epoch ms of the last good report. */
+  reportedAt: number | null;
+  lastError: string | null;
+  checks: number;
+}
+
+export interface Bodies {
+  HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string };
+  ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[] };
+  HEALTH_REQUEST: { seq: number };
+  HEALTH_RESPONSE: { seq: number; metrics: Metrics; ageMs: number };
+  CONFIG_UPDATE: { seq: number; metrics?: string[]; reportIntervalMs?: number };
+  CONFIG_ACK: { seq: number; metrics: string[]; reportIntervalMs: number };
+  ERROR: { code: number; reason: string };
+  TERMINATE: { reason?: string };
+  TERMINATE_ACK: Record<string, never>;
+  DRAIN: { reason?: string; graceMs: number };
+  PICK: { seq: number; key?: string };
+  PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
+  STATUS: { seq: number };
+  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
+  HEALTH_REPORT: { metrics: Metrics; ageMs: number };
+}
+
+/** A decoded, validated message. */
+export type Message = { [K in MessageName]: { type: K; body: Bodies[K] } }[MessageName];
+export type MessageOf<K extends MessageName> = { type: K; body: Bodies[K] };
+
+const seq = { type: 'integer', minimum: 0, maximum: 0xffffffff } as const;
+const name = { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxNameLength } as const;
+const reason = { type: 'string', maxLength: FIELD_LIMITS.maxReasonLength } as const;
+const metricName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' } as const;
+const metrics = {
+  type: 'object',
+  maxProperties: FIELD_LIMITS.maxMetrics,
+  propertyNames: metricName,
+  additionalProperties: { type: 'number' },
+} as const;
+const metricList = { type: 'array', maxItems: FIELD_LIMITS.maxMetrics, uniqueItems: true, items: metricName } as const;
+const ms = { type: 'integer', minimum: 0, maximum: 86_400_000 } as const;
+const nullable = <T extends object>(s: T) => ({ anyOf: [s, { type: 'null' }] });
+
+function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
+  return { type: 'object', additionalProperties: false, properties, required };
+}
+
+/** The schema of each message body (v1: unknown fields are rejected). */
+export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
+  HELLO: obj(
+    {
+      versions: { type: 'array', minItems: 1, maxItems: 16, uniqueItems: true, items: { type: 'integer', minimum: 1, maximum: 255 } },
+      role: { enum: ['checker', 'query'] },
+      node: name,
+      token: { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxTokenLength },
+    },
+    ['versions', 'role', 'node'],
+  ),
+  ACK: obj({ version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList }),
+  HEALTH_REQUEST: obj({ seq }),
+  HEALTH_RESPONSE: obj({ seq, metrics, ageMs: ms }),
+  CONFIG_UPDATE: obj(
+    { seq, metrics: metricList, reportIntervalMs: { anyOf: [{ const: 0 }, { type: 'integer', minimum: 100, maximum: 3_600_000 }] } },
+    ['seq'],
+  ),
+  CONFIG_ACK: obj({ seq, metrics: metricList, reportIntervalMs: ms }),
+  ERROR: obj({ code: { type: 'integer', minimum: 0, maximum: 65535 }, reason }),
+  TERMINATE: obj({ reason }, []),
+  TERMINATE_ACK: obj({}, []),
+  DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
+  PICK: obj({ seq, key: { type: 'string', maxLength: 256 } }, ['seq']),
+  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason }, ['seq', 'server']),
+  STATUS: obj({ seq }),
+  STATUS_RESPONSE: obj({
+    seq,
+    node: name,
+    servers: {
+      type: 'array',
+      maxItems: FIELD_LIMITS.maxServers,
+      items: obj({
+        address: { type: 'string', maxLength: 300 },
+        state: { enum: ['UNKNOWN', 'UP', 'DOWN', 'DRAINING'] },
+        since: { type: 'number' },
+        failures: { type: 'integer', minimum: 0 },
+        successes: { type: 'integer', minimum: 0 },
+        latencyMs: nullable({ type: 'number', minimum: 0 }),
+        metrics,
+        ageMs: nullable({ type: 'number', minimum: 0 }),
+        reportedAt: nullable({ type: 'number' }),
+        lastError: nullable(reason),
+        checks: { type: 'integer', minimum: 0 },
+      }),
+    },
+  }),
+  HEALTH_REPORT: obj({ metrics, ageMs: ms }),
+};
+
+const ajv = new Ajv({ allErrors: false, strict: true });
+const VALIDATORS = new Map<MessageName, ValidateFunction>(
+  MESSAGE_NAMES.map((n) => [n, ajv.compile(MESSAGE_SCHEMAS[n])]),
+);
+
+/** One line for the first ajv error, e.g. "/seq: must be integer". */
+export function ajvErrorText(errors: ErrorObject[] | null | undefined): string {
+  const e = errors?.[0];
+  if (!e) return 'invalid';
+  const extra = e.keyword === 'additionalProperties' ? ` (${(e.params as { additionalProperty: string }).additionalProperty})` : '';
+  return `${e.instancePath || '/'}: ${e.message ?? 'invalid'}${extra}`;
+}
+
+/**
+ * Checks a decoded body against its message's schema.
+ * @throws ProtocolError INVALID_MESSAGE naming the first bad field
+ */
+export function validateBody<K extends MessageName>(type: K, body: unknown): MessageOf<K> {
+  const validate = VALIDATORS.get(type)!;
+  if (!validate(body)) {
+    throw new ProtocolError('INVALID_MESSAGE', `${type} ${ajvErrorText(validate.errors)}`);
+  }
+  return { type, body: body as Bodies[K] };
+}

@@ -1,0 +1,160 @@
+/**
+ * Plugins: the contract, the built-in registry, and the loader that turns the config's
+ * `plugins` list into applied plugin instances (options validated against each plugin's own
+ * JSON schema, roles and dependencies checked, `apply` bounded by the plugin timeout).
+ */
+import { pathToFileURL } from 'node:url';
+import { resolve, dirname } from 'node:path';
+import { Ajv } from 'ajv';
+import { ConfigError, LocalError, PluginError, errorText } from './errors.ts';
+import { describeAjvErrors, type PluginEntry, type QhcpConfig } from './config.ts';
+import type { CoreLike } from './hooks.ts';
+
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'other';
+export type RoleName = 'server' | 'loadbalancer';
+
+/** A plugin instance: a name and an `apply` that taps hooks. */
+export interface QhcpPlugin {
+  name: string;
+  family?: Family;
+  /** Roles it applies to (default: both). */
+  roles?: RoleName[];
+  /** Names of plugins that must be present too. */
+  dependencies?: string[];
+  apply(core: CoreLike): void | Promise<void>;
+}
+
+/** A plugin module's default export: a class (or factory) with an options schema. */
+export interface PluginConstructor {
+  new (options: Record<string, unknown>): QhcpPlugin;
+  /** JSON schema of the options; defaults are filled in from it. */
+  schema?: object;
+}
+
+/** Built-in plugins, by the name used in qhcp.config.ts. Loaded on demand. */
+export const BUILTIN_PLUGINS: Record<string, string> = {
+  'system-metrics': '../plugins/metrics/system.ts',
+  jwt: '../plugins/auth/jwt.ts',
+  'round-robin': '../plugins/balancer/round-robin.ts',
+  'weighted-round-robin': '../plugins/balancer/weighted-round-robin.ts',
+  'least-loaded': '../plugins/balancer/least-loaded.ts',
+  'power-of-two': '../plugins/balancer/power-of-two.ts',
+  log: '../plugins/alert/log.ts',
+  webhook: '../plugins/alert/webhook.ts',
+  exec: '../plugins/alert/exec.ts',
+};
+
+/** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */
+export const DEFAULT_PLUGINS: Record<RoleName, Partial<Record<Family, string>>> = {
+  server: { metrics: 'system-metrics' },
+  loadbalancer: { balancer: 'round-robin', alert: 'log' },
+};
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+
+async function importPlugin(spec: string, baseDir: string, where: string): Promise<PluginConstructor> {
+  const builtin = BUILTIN_PLUGINS[spec];
+  const url = builtin ? new URL(builtin, import.meta.url).href : pathToFileURL(resolve(baseDir, spec)).href;
+  let mod: { default?: unknown };
+  try {
+    mod = (await import(url)) as { default?: unknown };
+  } catch (e) {
+    const known = Object.keys(BUILTIN_PLUGINS).join(', ');
+    const hint = builtin || spec.startsWith('.') || spec.startsWith('/') ? errorText(e) : `unknown plugin (built-ins: ${known}; modules start with ./ or /)`;
+    throw new ConfigError([`${where}: cannot load plugin "${spec}": ${hint}`]);
+  }
+  const ctor = mod.default;
+  if (typeof ctor !== 'function') throw new ConfigError([`${where}: module "${spec}" has no default export class`]);
+  return ctor as PluginConstructor;
+}
+
+function isPlugin(x: unknown): x is QhcpPlugin {
+  return !!x && typeof x === 'object' && typeof (x as QhcpPlugin).apply === 'function' && typeof (x as QhcpPlugin).name === 'string';
+}
+
+/** Validates options against a plugin's schema, filling defaults. @throws ConfigError */
+export function validateOptions(ctor: PluginConstructor, options: Record<string, unknown>, where: string): Record<string, unknown> {
+  const opts = { ...options };
+  if (ctor.schema) {
+    const validate = ajv.compile(ctor.schema);
+    if (!validate(opts)) throw new ConfigError(describeAjvErrors(validate.errors, opts, `${where}.options`));
+  }
+  return opts;
+}
+
+/**
+ * Turns the config's plugin list into instances for `role`, adding the role's defaults for
+ * families the list leaves out. Collects every error before throwing.
+ * @throws ConfigError
+ */
+export async function resolvePlugins(config: Pick<QhcpConfig, 'plugins' | 'defaults'>, role: RoleName, configFile?: string): Promise<QhcpPlugin[]> {
+  const baseDir = configFile ? dirname(configFile) : process.cwd();
+  const problems: string[] = [];
+  const out: QhcpPlugin[] = [];
+  const entries: PluginEntry[] = [...config.plugins];
+  for (let i = 0; i < entries.length; i++) {
+    const entry = entries[i]!;
+    const where = `plugins[${i}]`;
+    try {
+      let plugin: QhcpPlugin;
+      if (isPlugin(entry)) {
+        plugin = entry;
+      } else {
+        let spec: string | undefined;
+        let options: Record<string, unknown> = {};
+        if (typeof entry === 'string') spec = entry;
+        else if (Array.isArray(entry)) [spec, options = {}] = entry as [string, Record<string, unknown>?];
+        else {
+          const e = entry as { name?: string; module?: string; options?: Record<string, unknown> };
+          spec = e.module ?? e.name;
+          options = e.options ?? {};
+        }
+        if (!spec) throw new ConfigError([`${where}: needs a name (built-in), a module path, or an object with name and apply()`]);
+        const ctor = await importPlugin(spec, baseDir, where);
+        plugin = new ctor(validateOptions(ctor, options, where));
+        if (!isPlugin(plugin)) throw new ConfigError([`${where}: "${spec}" does not construct a plugin (name + apply)`]);
+      }
+      if (!plugin.roles || plugin.roles.includes(role)) out.push(plugin);
+    } catch (e) {
+      if (e instanceof ConfigError) problems.push(...e.problems);
+      else problems.push(`${where}: ${errorText(e)}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  if (config.defaults) {
+    for (const [family, name] of Object.entries(DEFAULT_PLUGINS[role])) {
+      if (out.some((p) => p.family === family)) continue;
+      const ctor = await importPlugin(name!, baseDir, `default ${family} plugin`);
+      out.push(new ctor(validateOptions(ctor, {}, name!)));
+    }
+  }
+  const names = new Set(out.map((p) => p.name));
+  for (const p of out) {
+    for (const dep of p.dependencies ?? []) {
+      if (!names.has(dep)) problems.push(`plugin ${p.name}: needs plugin "${dep}", which is not in the list`);
+    }
+  }
+  if (problems.length) throw new ConfigError(problems);
+  return out;
+}
+
+/** Applies plugins in order, each bounded by `timeoutMs`. @throws PluginError */
+export async function applyPlugins(plugins: QhcpPlugin[], core: CoreLike, timeoutMs: number): Promise<void> {
+  for (const p of plugins) {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        Promise.resolve().then(() => p.apply(core)),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', 'apply', p.name)), timeoutMs);
+        }),
+      ]);
+    } catch (e) {
+      throw e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', 'apply', p.name, e);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+export { LocalError };

@@ -1,0 +1,57 @@
+/**
+ * The query client behind `qhcp status` and `qhcp pick`: one session to a load balancer's
+ * query port (role "query"), requests, then TERMINATE.
+ */
+import { connect } from './transport.ts';
+import { Session } from './session.ts';
+import { ProtocolError } from './errors.ts';
+import { SUPPORTED_VERSIONS, type Message, type ServerStatus } from './messages.ts';
+import { hostname } from 'node:os';
+
+export interface QueryOptions {
+  host: string;
+  port: number;
+  ca?: string;
+  serverName?: string;
+  timeoutMs?: number;
+}
+
+export class QueryClient {
+  private seq = 0;
+  private constructor(
+    private readonly session: Session,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** @throws LocalError QHCP_ERR_CONNECT, ProtocolError, PeerError */
+  static async open(opts: QueryOptions): Promise<QueryClient> {
+    const timeoutMs = opts.timeoutMs ?? 5000;
+    const channel = await connect({ host: opts.host, port: opts.port, timeoutMs, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.serverName ? { serverName: opts.serverName } : {}) });
+    const session = new Session(channel, { role: 'client', onMessage: () => {} });
+    const ack = (await session.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'query', node: `${hostname()}:query` }, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+    if (ack.body.role !== 'loadbalancer') {
+      session.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'not a load balancer'));
+      throw new ProtocolError('UNSUPPORTED_REQUEST', `${opts.host}:${opts.port} is an ${ack.body.role}, not a load balancer`);
+    }
+    return new QueryClient(session, timeoutMs);
+  }
+
+  async status(): Promise<{ node: string; servers: ServerStatus[] }> {
+    const res = (await this.session.request('STATUS', { seq: ++this.seq }, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
+    return { node: res.body.node, servers: res.body.servers };
+  }
+
+  async pick(key?: string): Promise<{ server: string | null; reason?: string }> {
+    const res = (await this.session.request('PICK', { seq: ++this.seq, ...(key !== undefined ? { key } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'PICK_RESPONSE' }>;
+    return { server: res.body.server, ...(res.body.reason ? { reason: res.body.reason } : {}) };
+  }
+
+  async close(): Promise<void> {
+    try {
+      if (this.session.dfa.peek('send:TERMINATE')) await this.session.request('TERMINATE', {}, 1000);
+    } catch {
+      /* closing anyway */
+    }
+    this.session.close('done');
+  }
+}

@@ -1,0 +1,246 @@
+/**
+ * The server role (agent): listens on QUIC, authenticates each load balancer's HELLO through
+ * the `verify` hook, answers HEALTH_REQUEST from the metrics cache that a background sampler
+ * fills through the `collect` hook, applies CONFIG_UPDATE per session, and drains on stop.
+ */
+import { Core } from './core.ts';
+import { ProtocolError, errorText } from './errors.ts';
+import { MetricsReport, type MetricDefinition } from './hooks.ts';
+import { SUPPORTED_VERSIONS, type Message, type Metrics } from './messages.ts';
+import { Session } from './session.ts';
+import { Listener, type Channel } from './transport.ts';
+import { loadServerTls } from './tls.ts';
+import type { QhcpConfig } from './config.ts';
+import type { Logger } from './log.ts';
+
+interface SessionPrefs {
+  /** Metric names this session asked for (undefined = all). */
+  metrics?: Set<string>;
+  reportIntervalMs: number;
+  reportTimer?: NodeJS.Timeout;
+}
+
+/** Counters exposed for tests, benchmarks and operators. */
+export interface ServerStats {
+  accepted: number;
+  refused: number;
+  violations: number;
+  authFailures: number;
+  healthRequests: number;
+  samples: number;
+}
+
+export class AgentServer extends Core {
+  private listener: Listener | undefined;
+  readonly sessions = new Set<Session>();
+  readonly stats: ServerStats = { accepted: 0, refused: 0, violations: 0, authFailures: 0, healthRequests: 0, samples: 0 };
+  definitions: MetricDefinition[] = [];
+  /** The last sample: values and when it was taken. */
+  private sample: { values: Metrics; sampledAt: number } = { values: {}, sampledAt: Date.now() };
+  private sampler: NodeJS.Timeout | undefined;
+  private sampling = false;
+  private stopping = false;
+  private authOpen = true;
+
+  constructor(config: Readonly<QhcpConfig>, logger?: Logger, configFile?: string) {
+    super('server', config, logger, configFile);
+  }
+
+  get port(): number {
+    return this.listener?.port ?? 0;
+  }
+  get host(): string {
+    return this.listener?.host ?? this.config.serverIp;
+  }
+
+  /** @throws LocalError (TLS files, listen) or PluginError (a plugin failed to start) */
+  async start(): Promise<void> {
+    const c = this.config;
+    const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.serverIp });
+    await this.hooks.start.promise(this);
+    this.definitions = this.hooks.metricDefinitions.call([]);
+    this.authOpen = !this.hooks.verify.isUsed();
+    await this.takeSample();
+    this.sampler = setInterval(() => void this.takeSample(), c.sampleInterval * 1000);
+    this.sampler.unref();
+    this.listener = await Listener.listen({
+      host: c.serverIp,
+      port: c.serverPort,
+      cert: tls.cert,
+      key: tls.key,
+      maxFrameBytes: c.maxFrameBytes,
+      idleTimeoutMs: c.idleTimeout * 1000,
+      handshakeTimeoutMs: c.helloTimeout * 1000,
+      maxStreams: c.maxStreams,
+      onChannel: (ch) => this.accept(ch),
+      onExtraStream: (ch) => this.extraStream(ch),
+    });
+    if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
+    if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
+    this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });
+    await this.hooks.ready.promise(this);
+  }
+
+  /** Runs `collect` (each tap bounded by the plugin timeout) and replaces the cached sample. */
+  private async takeSample(): Promise<void> {
+    if (this.sampling) return;
+    this.sampling = true;
+    try {
+      const report = new MetricsReport();
+      await this.hooks.collect.promise(report);
+      const times = Object.values(report.sampledAt);
+      this.sample = { values: report.values, sampledAt: times.length ? Math.min(...times) : Date.now() };
+      this.stats.samples++;
+    } catch (e) {
+      this.logger.limited('sampler', `metrics sample failed: ${errorText(e)}`);
+    } finally {
+      this.sampling = false;
+    }
+  }
+
+  /** The metrics for one session: the cached sample, filtered to what it asked for, transformed by `report`. */
+  metricsFor(s: Session | undefined): { metrics: Metrics; ageMs: number } {
+    const prefs = s?.data.prefs as SessionPrefs | undefined;
+    let values = this.sample.values;
+    if (prefs?.metrics) {
+      values = {};
+      for (const k of prefs.metrics) if (k in this.sample.values) values[k] = this.sample.values[k]!;
+    }
+    if (this.hooks.report.isUsed()) values = this.hooks.report.call({ ...values }, s && this.sessionInfo(s));
+    return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)) };
+  }
+
+  private accept(ch: Channel): void {
+    if (this.stopping || this.sessions.size >= this.config.maxConnections) {
+      this.stats.refused++;
+      this.logger.limited('refused', 'connection refused', { remote: ch.remote, reason: this.stopping ? 'shutting down' : 'too many connections' });
+      void ch.close(this.stopping ? 301 : 300, this.stopping ? 'shutting down' : 'too many connections');
+      return;
+    }
+    this.stats.accepted++;
+    const session = new Session(ch, {
+      role: 'server',
+      helloTimeoutMs: this.config.helloTimeout * 1000,
+      observe: this.frameObserver(),
+      onMessage: (m, s) => this.onMessage(m, s),
+      onViolation: (err, s) => {
+        this.stats.violations++;
+        this.logger.limited('violation', 'protocol violation', { remote: s.remote, code: err.kind, reason: err.message });
+      },
+      onClose: (why, s) => {
+        this.sessions.delete(s);
+        const prefs = s.data.prefs as SessionPrefs | undefined;
+        if (prefs?.reportTimer) clearInterval(prefs.reportTimer);
+        this.logger.debug('session closed', { remote: s.remote, by: why.by, code: why.code, reason: why.reason });
+      },
+    });
+    this.sessions.add(session);
+  }
+
+  private extraStream(ch: Channel): void {
+    for (const s of this.sessions) {
+      if (s.channel === ch) {
+        this.stats.violations++;
+        s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
+      }
+    }
+  }
+
+  private onMessage(msg: Message, s: Session): void {
+    if (s.state === 'DRAINING') return; // crossed our DRAIN: dropped, as the spec says
+    switch (msg.type) {
+      case 'HELLO':
+        void this.hello(msg.body, s);
+        return;
+      case 'HEALTH_REQUEST': {
+        this.stats.healthRequests++;
+        s.send('HEALTH_RESPONSE', { seq: msg.body.seq, ...this.metricsFor(s) });
+        return;
+      }
+      case 'CONFIG_UPDATE': {
+        const prefs = s.data.prefs as SessionPrefs;
+        if (msg.body.metrics) {
+          const known = new Set(this.definitions.map((d) => d.name));
+          prefs.metrics = new Set(msg.body.metrics.length ? msg.body.metrics.filter((m) => known.has(m) || m in this.sample.values) : [...known]);
+        }
+        if (msg.body.reportIntervalMs !== undefined) this.setReportInterval(s, prefs, msg.body.reportIntervalMs);
+        s.send('CONFIG_ACK', {
+          seq: msg.body.seq,
+          metrics: prefs.metrics ? [...prefs.metrics] : this.definitions.map((d) => d.name),
+          reportIntervalMs: prefs.reportIntervalMs,
+        });
+        return;
+      }
+      case 'TERMINATE':
+        s.send('TERMINATE_ACK', {});
+        // The client closes after TERMINATE_ACK; close ourselves if it does not.
+        setTimeout(() => s.close('terminated'), 1000).unref();
+        return;
+      case 'PICK':
+      case 'STATUS':
+        s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `${msg.type} is served by a load balancer, not by an agent`));
+        return;
+      default:
+        return;
+    }
+  }
+
+  private setReportInterval(s: Session, prefs: SessionPrefs, ms: number): void {
+    if (prefs.reportTimer) clearInterval(prefs.reportTimer);
+    prefs.reportTimer = undefined;
+    prefs.reportIntervalMs = ms;
+    if (ms > 0) {
+      prefs.reportTimer = setInterval(() => {
+        if (!s.trySend('HEALTH_REPORT', this.metricsFor(s))) {
+          if (s.isClosed) clearInterval(prefs.reportTimer);
+        }
+      }, ms);
+      prefs.reportTimer.unref();
+    }
+  }
+
+  private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: Session): Promise<void> {
+    const version = Math.max(...body.versions.filter((v) => SUPPORTED_VERSIONS.includes(v)));
+    if (!Number.isFinite(version)) {
+      return s.fail(new ProtocolError('UNSUPPORTED_VERSION', `none of versions ${body.versions.join(',')} is supported (supported: ${SUPPORTED_VERSIONS.join(',')})`));
+    }
+    if (body.role !== 'checker') {
+      return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `role ${body.role} is served by a load balancer, not by an agent`));
+    }
+    const verdict = this.authOpen ? undefined : await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role });
+    if (s.isClosed) return;
+    if (verdict && !verdict.ok) {
+      this.stats.authFailures++;
+      this.logger.limited('auth', 'authentication failed', { remote: s.remote, node: body.node, code: verdict.kind, reason: verdict.reason });
+      return s.fail(new ProtocolError(verdict.kind, verdict.reason));
+    }
+    s.peer = { node: body.node, role: body.role, ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
+    s.data.prefs = { reportIntervalMs: 0 } satisfies SessionPrefs;
+    s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name) });
+    this.logger.debug('load balancer connected', { remote: s.remote, node: body.node });
+  }
+
+  /**
+   * Graceful stop: DRAIN to every session, wait up to the drain grace (or until all have gone),
+   * then close the listener and run the `stop` hook.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    clearInterval(this.sampler);
+    const graceMs = Math.round(this.config.drainGrace * 1000);
+    let drained = 0;
+    for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;
+    this.logger.info('draining', { sessions: drained, graceMs });
+    if (this.sessions.size > 0 && graceMs > 0) {
+      await Promise.race([
+        Promise.all([...this.sessions].map((s) => s.closed())),
+        new Promise((r) => setTimeout(r, graceMs)),
+      ]);
+    }
+    for (const s of this.sessions) s.close('shutting down');
+    await this.listener?.stop(301, 'shutting down');
+    await this.hooks.stop.promise(this);
+    this.logger.info('server stopped');
+  }
+}

@@ -1,0 +1,247 @@
+/**
+ * A session: one channel (connection + control stream) driven by one role's DFA. Every frame in
+ * or out passes the DFA first. A received frame the DFA, the codec or the schema rejects is
+ * answered with ERROR and the connection is closed; nothing else in the process is touched.
+ * Timers (HELLO, response) are DFA events too.
+ */
+import { Dfa, type Role, type State } from './dfa.ts';
+import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from './errors.ts';
+import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
+import type { Channel, ChannelClose } from './transport.ts';
+
+export type Direction = 'in' | 'out';
+
+export interface SessionOptions {
+  role: Role;
+  /** Server role: close a connection that sends no HELLO within this (ms). */
+  helloTimeoutMs?: number;
+  /** Called for every frame in either direction, after the DFA accepted it. */
+  observe?: (dir: Direction, msg: Message, session: Session) => void;
+  /** Application handler for received messages (requests, pushes); runs after the DFA step. */
+  onMessage: (msg: Message, session: Session) => void;
+  /** Called once when the session ends, with why. */
+  onClose?: (why: SessionEnd, session: Session) => void;
+  /** Called when this side detects a peer violation (for counting and rate-limited logging). */
+  onViolation?: (err: ProtocolError, session: Session) => void;
+}
+
+export interface SessionEnd {
+  /** Who ended it and how: our ERROR, the peer's ERROR/close, an idle timeout, a clean end. */
+  by: 'local' | 'peer' | 'idle' | 'error';
+  /** Wire code (0 for a clean close). */
+  code: number;
+  reason: string;
+  error?: QhcpError;
+}
+
+type Pending = {
+  expect: MessageName;
+  seq: number | undefined;
+  resolve: (m: Message) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+};
+
+/** Which response ends which request (for `request`). */
+const RESPONSE_OF: Partial<Record<MessageName, MessageName>> = {
+  HELLO: 'ACK',
+  HEALTH_REQUEST: 'HEALTH_RESPONSE',
+  CONFIG_UPDATE: 'CONFIG_ACK',
+  PICK: 'PICK_RESPONSE',
+  STATUS: 'STATUS_RESPONSE',
+  TERMINATE: 'TERMINATE_ACK',
+};
+
+let nextId = 1;
+
+export class Session {
+  readonly id = nextId++;
+  readonly dfa: Dfa;
+  /** Peer identity once HELLO/ACK told us (node name, auth subject). */
+  peer: { node?: string; subject?: string; role?: string } = {};
+  /** Per-session application state (e.g. the metrics a load balancer asked for). */
+  data: Record<string, unknown> = {};
+  private pending: Pending | undefined;
+  private helloTimer: NodeJS.Timeout | undefined;
+  private ended: SessionEnd | undefined;
+  private readonly closeWaiters: Array<(e: SessionEnd) => void> = [];
+
+  constructor(
+    readonly channel: Channel,
+    private readonly opts: SessionOptions,
+  ) {
+    this.dfa = new Dfa(opts.role);
+    if (opts.role === 'server') {
+      const ms = opts.helloTimeoutMs ?? 5_000;
+      this.helloTimer = setTimeout(() => this.timeout('hello', `no HELLO within ${ms} ms`), ms);
+      this.helloTimer.unref?.();
+    }
+    channel.setHandler({
+      message: (m) => this.receive(m),
+      protocolError: (e) => this.violation(e),
+      ended: () => this.end('peer', 0, 'control stream ended'),
+      closed: (info) => this.onChannelClosed(info),
+    });
+  }
+
+  get state(): State {
+    return this.dfa.state;
+  }
+  get remote(): string {
+    return this.channel.remote;
+  }
+  get isClosed(): boolean {
+    return this.ended !== undefined;
+  }
+  /** Why the session ended (once it has). */
+  get end_(): SessionEnd | undefined {
+    return this.ended;
+  }
+
+  /** Resolves when the session has ended. */
+  closed(): Promise<SessionEnd> {
+    if (this.ended) return Promise.resolve(this.ended);
+    return new Promise((r) => this.closeWaiters.push(r));
+  }
+
+  /**
+   * Sends a message after the DFA allows it.
+   * @throws LocalError when this role may not send it now (a bug in the caller)
+   */
+  send<K extends MessageName>(type: K, body: Bodies[K]): void {
+    if (this.ended) throw new LocalError('QHCP_ERR_CLOSED', `session closed; cannot send ${type}`);
+    const msg = { type, body } as Message;
+    this.dfa.apply(`send:${type}`);
+    this.opts.observe?.('out', msg, this);
+    void this.channel.send(msg);
+  }
+
+  /** Sends if the DFA allows it now; returns whether it did (for pushes that may race a close). */
+  trySend<K extends MessageName>(type: K, body: Bodies[K]): boolean {
+    if (this.ended || this.dfa.peek(`send:${type}`) === undefined) return false;
+    this.send(type, body);
+    return true;
+  }
+
+  /**
+   * Client side: sends a request and resolves with its response, or rejects on timeout
+   * (ProtocolError RESPONSE_TIMEOUT, after which the session is closed), on an ERROR from the
+   * peer (PeerError) or when the session closes.
+   */
+  request<K extends keyof typeof RESPONSE_OF & MessageName>(type: K, body: Bodies[K], timeoutMs: number): Promise<Message> {
+    const expect = RESPONSE_OF[type]!;
+    return new Promise<Message>((resolve, reject) => {
+      if (this.ended) return reject(this.endError());
+      if (this.pending) return reject(new LocalError('QHCP_ERR_CLOSED', `a ${this.pending.expect} is already awaited`));
+      const seq = (body as { seq?: number }).seq;
+      const timer = setTimeout(() => this.timeout('response', `no ${expect} within ${timeoutMs} ms`), timeoutMs);
+      this.pending = { expect, seq, resolve, reject, timer };
+      try {
+        this.send(type, body);
+      } catch (e) {
+        clearTimeout(timer);
+        this.pending = undefined;
+        reject(e as Error);
+      }
+    });
+  }
+
+  /** Ends the session with ERROR `err` to the peer (when the DFA still allows sending). */
+  fail(err: ProtocolError): void {
+    if (this.ended) return;
+    this.trySend('ERROR', { code: err.wire, reason: err.message.slice(0, 1000) });
+    this.dfa.close();
+    void this.channel.close(err.wire, err.message);
+    this.end('local', err.wire, err.message, err);
+  }
+
+  /** Ends the session cleanly with close code 0. */
+  close(reason = 'closed'): void {
+    if (this.ended) return;
+    this.dfa.close();
+    void this.channel.close(0, reason);
+    this.end('local', 0, reason);
+  }
+
+  private receive(msg: Message): void {
+    if (this.ended) return;
+    try {
+      this.dfa.apply(`recv:${msg.type}`);
+    } catch (e) {
+      return this.violation(e as ProtocolError);
+    }
+    if (msg.type === 'HELLO' && this.helloTimer) {
+      clearTimeout(this.helloTimer);
+      this.helloTimer = undefined;
+    }
+    this.opts.observe?.('in', msg, this);
+    if (msg.type === 'ERROR') {
+      const err = new PeerError(msg.body.code, msg.body.reason);
+      void this.channel.close(0, 'peer sent ERROR');
+      return this.end('peer', msg.body.code, msg.body.reason, err);
+    }
+    const p = this.pending;
+    if (p && msg.type === p.expect) {
+      if (p.seq !== undefined && (msg.body as { seq?: number }).seq !== p.seq) {
+        return this.violation(new ProtocolError('INVALID_MESSAGE', `${msg.type} seq ${(msg.body as { seq?: number }).seq} does not answer request seq ${p.seq}`));
+      }
+      clearTimeout(p.timer);
+      this.pending = undefined;
+      p.resolve(msg);
+    }
+    this.opts.onMessage(msg, this);
+    if (msg.type === 'TERMINATE_ACK') this.close('terminated');
+  }
+
+  private violation(err: ProtocolError): void {
+    if (this.ended) return;
+    this.opts.onViolation?.(err, this);
+    this.fail(err);
+  }
+
+  private timeout(which: 'hello' | 'response', text: string): void {
+    if (this.ended) return;
+    const err = new ProtocolError(which === 'hello' ? 'HELLO_TIMEOUT' : 'RESPONSE_TIMEOUT', text);
+    // The timeout is a DFA event; it leads to CLOSED, where ERROR can no longer be sent, so
+    // send the ERROR first while the state still allows it.
+    this.trySend('ERROR', { code: err.wire, reason: text });
+    this.dfa.close();
+    void this.channel.close(err.wire, text);
+    this.end('local', err.wire, text, err);
+  }
+
+  private onChannelClosed(info: ChannelClose): void {
+    const err = info.by === 'peer' && info.code !== 0 ? new PeerError(info.code, info.reason) : undefined;
+    this.end(info.by, info.code, info.reason, err);
+  }
+
+  private endError(): QhcpError {
+    const e = this.ended!;
+    if (e.error) return e.error;
+    return new LocalError('QHCP_ERR_CLOSED', `session closed (${e.by}): ${e.reason}`);
+  }
+
+  private end(by: SessionEnd['by'], code: number, reason: string, error?: QhcpError): void {
+    if (this.ended) return;
+    this.ended = { by, code, reason, ...(error ? { error } : {}) };
+    this.dfa.close();
+    if (this.helloTimer) clearTimeout(this.helloTimer);
+    if (this.pending) {
+      clearTimeout(this.pending.timer);
+      const p = this.pending;
+      this.pending = undefined;
+      p.reject(this.endError());
+    }
+    if (by !== 'local') void this.channel.close(0, 'peer closed');
+    this.opts.onClose?.(this.ended, this);
+    for (const w of this.closeWaiters.splice(0)) w(this.ended);
+  }
+}
+
+/** The wire code's name for logs ("UNEXPECTED_MESSAGE"), or the number. */
+export function codeName(code: number): string {
+  const hit = Object.entries(WIRE_ERRORS).find(([, v]) => v.wire === code);
+  return hit ? hit[0] : String(code);
+}
+
+export type { MessageOf };
