@@ -1,0 +1,162 @@
+/**
+ * Test helpers: start real `qhcp` processes on loopback, read their output, query them, and
+ * stop exactly the processes we started (by PID). Every wait is bounded.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { fileURLToPath } from 'node:url';
+import { QueryClient } from '../../core/query.ts';
+import type { ServerStatus } from '../../core/messages.ts';
+
+export const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+const started = new Set<QhcpProcess>();
+
+/** A UDP port on 127.0.0.1 that was free a moment ago. */
+export async function freePort(): Promise<number> {
+  const sock = createSocket('udp4');
+  await new Promise<void>((resolve, reject) => {
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => resolve());
+  });
+  const { port } = sock.address();
+  await new Promise<void>((r) => sock.close(() => r()));
+  return port;
+}
+
+/** Polls `fn` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
+export async function waitUntil<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string, everyMs = 100): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** One `qhcp` child process with its output captured. */
+export class QhcpProcess {
+  readonly child: ChildProcess;
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+
+  constructor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
+    this.child = spawn(process.execPath, [BIN, ...args], {
+      cwd: opts.cwd ?? ROOT,
+      env: { ...process.env, QHCP_LOG_FORMAT: 'text', ...opts.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.stdout += d));
+    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
+    this.exited = new Promise((resolve) => this.child.once('exit', (code, signal) => resolve({ code, signal })));
+    started.add(this);
+    void this.exited.then(() => started.delete(this));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+  get output(): string {
+    return this.stdout + this.stderr;
+  }
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Waits for `re` in stdout+stderr (text after `from` only, when given). */
+  async waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<RegExpMatchArray> {
+    return waitUntil(
+      () => {
+        if (!this.running && !re.test(this.output.slice(from))) throw new Error(`process exited: ${this.output.slice(-2000)}`);
+        return this.output.slice(from).match(re);
+      },
+      timeoutMs,
+      `${re} in output of qhcp (pid ${this.pid}):\n${this.output.slice(-1500)}`,
+    );
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.running) process.kill(this.pid, sig);
+  }
+
+  /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
+  async stop(graceMs = 5000): Promise<void> {
+    if (!this.running) return;
+    this.signal('SIGCONT');
+    this.signal('SIGTERM');
+    const t = setTimeout(() => this.signal('SIGKILL'), graceMs);
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+/** Runs `qhcp args` to completion (bounded) and returns its exit code and output. */
+export async function runQhcp(args: string[], opts: { cwd?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const p = new QhcpProcess(args, opts);
+  const t = setTimeout(() => p.signal('SIGKILL'), opts.timeoutMs ?? 20_000);
+  const { code } = await p.exited;
+  clearTimeout(t);
+  return { code, stdout: p.stdout, stderr: p.stderr };
+}
+
+/** Starts `qhcp server` on 127.0.0.1 and a free port; resolves once it listens. */
+export async function startServer(opts: { port?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ proc: QhcpProcess; port: number; address: string }> {
+  const port = opts.port ?? (await freePort());
+  const proc = new QhcpProcess(['-server', '-server-ip', '127.0.0.1', '-server-port', String(port), ...(opts.args ?? [])], opts);
+  await proc.waitFor(/server listening/);
+  return { proc, port, address: `127.0.0.1:${port}` };
+}
+
+/** Starts `qhcp loadbalancer` for `servers`; resolves once it runs. */
+export async function startLoadBalancer(
+  servers: string[],
+  opts: { port?: number; interval?: number; reconnect?: number; fail?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {},
+): Promise<{ proc: QhcpProcess; port: number }> {
+  const port = opts.port ?? (await freePort());
+  const proc = new QhcpProcess(
+    [
+      '-loadbalancer',
+      '-servers', servers.join(','),
+      '-loadbalancer-host', '127.0.0.1',
+      '-loadbalancer-port', String(port),
+      '-check-interval', String(opts.interval ?? 0.5),
+      '-reconnect-interval', String(opts.reconnect ?? 1),
+      '-max-fail-attempts', String(opts.fail ?? 3),
+      '-status', 'lines',
+      ...(opts.args ?? []),
+    ],
+    opts,
+  );
+  await proc.waitFor(/load balancer started/);
+  return { proc, port };
+}
+
+/** STATUS from a load balancer's query port. */
+export async function queryStatus(port: number): Promise<ServerStatus[]> {
+  const q = await QueryClient.open({ host: '127.0.0.1', port, timeoutMs: 5000 });
+  try {
+    return (await q.status()).servers;
+  } finally {
+    await q.close();
+  }
+}
+
+/** Waits until the load balancer reports `address` in `state`; returns its status. */
+export async function waitForState(lbPort: number, address: string, state: ServerStatus['state'], timeoutMs = 20_000): Promise<ServerStatus> {
+  return waitUntil(async () => (await queryStatus(lbPort)).find((s) => s.address === address && s.state === state), timeoutMs, `${address} to be ${state}`, 150);
+}
+
+/** Stops every process this file started and that is still running (mocha afterEach). */
+export async function stopAll(): Promise<void> {
+  await Promise.all([...started].map((p) => p.stop(3000)));
+}
