@@ -26,7 +26,7 @@ export async function freePort(): Promise<number> {
 }
 
 /** Polls `fn` until it returns a truthy value or `timeoutMs` passes (then throws with `what`). */
-export async function waitUntil<T>(fn: () => T | Promise<T>, timeoutMs: number, what: string, everyMs = 100): Promise<T> {
+export async function waitUntil<T>(fn: () => T | undefined | null | false | Promise<T | undefined | null | false>, timeoutMs: number, what: string, everyMs = 100): Promise<T> {
   const end = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -78,7 +78,7 @@ export class QhcpProcess {
     return waitUntil(
       () => {
         if (!this.running && !re.test(this.output.slice(from))) throw new Error(`process exited: ${this.output.slice(-2000)}`);
-        return this.output.slice(from).match(re);
+        return this.output.slice(from).match(re) ?? undefined;
       },
       timeoutMs,
       `${re} in output of qhcp (pid ${this.pid}):\n${this.output.slice(-1500)}`,
