@@ -143,8 +143,8 @@ export class Channel {
 
   /** Queues one message on the control stream (ordered). Returns when the library took it. */
   async send(msg: Message): Promise<void> {
-    if (!this.writer) throw new LocalError('QHCP_ERR_CLOSED', 'no control stream');
-    if (this.closed) return;
+    // No stream yet (the peer never opened one): the close code that follows carries the error.
+    if (!this.writer || this.closed) return;
     const frame = encodeFrame(msg);
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
@@ -152,6 +152,19 @@ export class Channel {
       await this.writer.write(frame);
     } catch {
       /* the connection is going away; its close event tells the session */
+    }
+  }
+
+  /**
+   * Writes bytes as they are, bypassing codec and DFA. For tests and fuzzing of peers only:
+   * the production paths always go through `send`.
+   */
+  async sendRaw(bytes: Uint8Array): Promise<void> {
+    if (!this.writer) throw new LocalError('QHCP_ERR_CLOSED', 'no control stream');
+    try {
+      await this.writer.write(bytes);
+    } catch {
+      /* the connection is going away */
     }
   }
 
