@@ -84,7 +84,8 @@ export class FrameDecoder {
 
   /** Bytes received but not yet part of a whole frame. */
   get bufferedBytes(): number {
-    return this.buffered;
+    // A header already read counts too: its frame is not whole yet.
+    return this.buffered + (this.pending ? HEADER_BYTES : 0);
   }
 
   /** Adds bytes; returns the whole frames they complete. @throws ProtocolError */
@@ -119,7 +120,7 @@ export class FrameDecoder {
   end(): void {
     if (this.failure) throw this.failure;
     if (this.pending || this.buffered > 0) {
-      throw new ProtocolError('TRUNCATED_FRAME', `stream ended inside a frame (${this.buffered} bytes buffered)`);
+      throw new ProtocolError('TRUNCATED_FRAME', `stream ended inside a frame (${this.bufferedBytes} bytes buffered)`);
     }
   }
 

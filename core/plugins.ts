@@ -31,17 +31,20 @@ export interface PluginConstructor {
   schema?: object;
 }
 
-/** Built-in plugins, by the name used in qhcp.config.ts. Loaded on demand. */
+/** Sources run through tsx use .ts; the compiled dist/ uses .js. */
+const EXT = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+
+/** Built-in plugins, by the name used in qhcp.config.ts (module path without extension). Loaded on demand. */
 export const BUILTIN_PLUGINS: Record<string, string> = {
-  'system-metrics': '../plugins/metrics/system.ts',
-  jwt: '../plugins/auth/jwt.ts',
-  'round-robin': '../plugins/balancer/round-robin.ts',
-  'weighted-round-robin': '../plugins/balancer/weighted-round-robin.ts',
-  'least-loaded': '../plugins/balancer/least-loaded.ts',
-  'power-of-two': '../plugins/balancer/power-of-two.ts',
-  log: '../plugins/alert/log.ts',
-  webhook: '../plugins/alert/webhook.ts',
-  exec: '../plugins/alert/exec.ts',
+  'system-metrics': '../plugins/metrics/system',
+  jwt: '../plugins/auth/jwt',
+  'round-robin': '../plugins/balancer/round-robin',
+  'weighted-round-robin': '../plugins/balancer/weighted-round-robin',
+  'least-loaded': '../plugins/balancer/least-loaded',
+  'power-of-two': '../plugins/balancer/power-of-two',
+  log: '../plugins/alert/log',
+  webhook: '../plugins/alert/webhook',
+  exec: '../plugins/alert/exec',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */
@@ -54,7 +57,7 @@ const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
 
 async function importPlugin(spec: string, baseDir: string, where: string): Promise<PluginConstructor> {
   const builtin = BUILTIN_PLUGINS[spec];
-  const url = builtin ? new URL(builtin, import.meta.url).href : pathToFileURL(resolve(baseDir, spec)).href;
+  const url = builtin ? new URL(builtin + EXT, import.meta.url).href : pathToFileURL(resolve(baseDir, spec)).href;
   let mod: { default?: unknown };
   try {
     mod = (await import(url)) as { default?: unknown };
