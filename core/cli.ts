@@ -323,6 +323,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     c.exitOverride();
     c.configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `qhcp: ${s.slice(7)}` : s) });
   }
+  // `qhcp status | head` closes our stdout early: that is the reader's choice, not an error.
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));
   process.on('unhandledRejection', (e) => {
     process.stderr.write(`qhcp: internal error (bug, please report): ${errorText(e)}\n`);
     if (process.env.QHCP_DEBUG) console.error(e);
