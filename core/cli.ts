@@ -5,12 +5,13 @@
  * line `qhcp: <problem>` and exit 2; no stack traces.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
 import { buildConfig, findConfigFile, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type QhcpConfig, type LoadedConfig } from './config.ts';
 import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from './errors.ts';
 import { parseAddress } from './address.ts';
 import { createLogger, type Level } from './log.ts';
-import { render, type StatusFormat } from './status.ts';
+import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from './tls.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -39,6 +40,14 @@ function portArg(flag: string) {
     const n = num(flag, 'int')(v);
     if (n < 0 || n > 65535) throw new LocalError('QHCP_ERR_CLI_USAGE', `${flag}: port must be 0-65535, got ${v}`);
     return n;
+  };
+}
+
+/** The listen address flags take an IP address, as the seed's -server-ip does. */
+function ipArg(flag: string) {
+  return (v: string): string => {
+    if (!isIP(v.trim())) throw new LocalError('QHCP_ERR_CLI_USAGE', `${flag}: expected an IP address, got "${v}"`);
+    return v.trim();
   };
 }
 
@@ -72,7 +81,7 @@ function commonOptions(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'configuration file (default: qhcp.config.{ts,js,json}, .qhcprc, package.json#qhcp in the working directory)')
     .option('--node <name>', 'this node\'s name in HELLO/ACK (default: hostname:port)')
-    .addOption(new Option('--log-level <level>', 'log level').choices(['debug', 'info', 'warn', 'error', 'silent']))
+    .addOption(new Option('--log-level <level>', `log level${dflt('logLevel')}`).choices(['debug', 'info', 'warn', 'error', 'silent']))
     .option('--plugin-timeout <seconds>', `time a plugin hook may take${dflt('pluginTimeout')}`, num('--plugin-timeout', 'number'))
     .option('--hello-timeout <seconds>', `close connections that send no HELLO in time${dflt('helloTimeout')}`, num('--hello-timeout', 'number'))
     .option('--idle-timeout <seconds>', `QUIC idle timeout${dflt('idleTimeout')}`, num('--idle-timeout', 'number'))
@@ -81,20 +90,21 @@ function commonOptions(cmd: Command): Command {
 
 function serverOptions(cmd: Command): Command {
   return cmd
-    .option('--server-ip <ip>', 'IP address to listen on (default: "0.0.0.0")')
+    .option('--server-ip <ip>', 'IP address to listen on (default: "0.0.0.0")', ipArg('--server-ip'))
     .option('--server-port <port>', `UDP port to listen on${dflt('serverPort')}`, portArg('--server-port'))
     .option('--key-file <file>', 'TLS private key, PEM (optional; with --cert-file)')
     .option('--cert-file <file>', 'TLS certificate, PEM (optional; without both a self-signed one is made in memory)')
     .option('--drain-grace <seconds>', `on SIGTERM, time load balancers get after DRAIN${dflt('drainGrace')}`, num('--drain-grace', 'number'))
     .option('--sample-interval <seconds>', `how often metrics are sampled in the background${dflt('sampleInterval')}`, num('--sample-interval', 'number'))
-    .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'));
+    .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'))
+    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'));
 }
 
 function loadbalancerOptions(cmd: Command, withCert = true): Command {
   cmd = cmd
     .option('--servers <list>', 'comma-separated host:port list of servers (a bare host uses port 4243)')
     .option('--loadbalancer-port <port>', `UDP port for STATUS/PICK queries${dflt('loadbalancerPort')}`, portArg('--loadbalancer-port'))
-    .option('--loadbalancer-host <ip>', 'IP address for the query port (default: "0.0.0.0")')
+    .option('--loadbalancer-host <ip>', 'IP address for the query port (default: "0.0.0.0")', ipArg('--loadbalancer-host'))
     .option('--max-fail-attempts <n>', `consecutive failed checks before DOWN${dflt('maxFailAttempts')}`, num('--max-fail-attempts', 'int'))
     .option('--rise-attempts <n>', `consecutive good checks before a DOWN server is UP again${dflt('riseAttempts')}`, num('--rise-attempts', 'int'))
     .option('--check-interval <seconds>', `seconds between checks and status prints${dflt('checkInterval')}`, num('--check-interval', 'number'))
@@ -102,7 +112,7 @@ function loadbalancerOptions(cmd: Command, withCert = true): Command {
     .option('--reconnect-interval <seconds>', `seconds between reconnects to DOWN servers${dflt('reconnectInterval')}`, num('--reconnect-interval', 'number'))
     .option('--jitter <fraction>', `random spread of check times, 0-0.5${dflt('jitter')}`, num('--jitter', 'number'))
     .option('--server-name <name>', 'name server certificates must carry (default: the address host)')
-    .addOption(new Option('--status <format>', 'status output (auto: table on a terminal, lines otherwise)').choices(['auto', 'table', 'lines', 'json', 'none']));
+    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']));
   return withCert ? cmd.option('--cert-file <file>', 'CA or server certificate (PEM) to verify servers with (optional; without it servers are not verified)') : cmd;
 }
 
@@ -112,7 +122,7 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
   const copy = (from: string, to: keyof QhcpConfig = from as keyof QhcpConfig) => {
     if (o[from] !== undefined) c[to] = o[from];
   };
-  for (const k of ['node', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'jitter', 'serverName'])
+  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'jitter', 'serverName'])
     copy(k);
   copy('status');
   // The seed's load balancer -cert-file is the certificate to verify servers with.
@@ -127,7 +137,23 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
 
 async function loadConfig(o: CommonOpts & Record<string, unknown>, role: 'server' | 'loadbalancer'): Promise<LoadedConfig> {
   const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}) });
-  return buildConfig(data, file, flagsToConfig(o, role));
+  try {
+    return buildConfig(data, file, flagsToConfig(o, role));
+  } catch (e) {
+    // One run lists every problem: the plugins' own option errors join the core's.
+    const raw = (data as { plugins?: unknown } | undefined)?.plugins;
+    if (!(e instanceof ConfigError) || !Array.isArray(raw)) throw e;
+    const { resolvePlugins } = await import('./plugins.ts');
+    const more = await resolvePlugins({ plugins: raw, defaults: false }, role, file).then(
+      () => [],
+      (p: unknown) => (p instanceof ConfigError ? p.problems : []),
+    );
+    const known = (p: string) => {
+      const at = /^plugins\[\d+\]/.exec(p)?.[0];
+      return at !== undefined && e.problems.some((q) => q === at || /^[:.[]/.test(q.slice(at.length)) && q.startsWith(at));
+    };
+    throw new ConfigError([...e.problems, ...more.filter((p) => !known(p))]);
+  }
 }
 
 /** Runs until SIGINT/SIGTERM, then calls `stop` once and exits 0. */
@@ -152,7 +178,7 @@ function untilSignal(stop: () => Promise<void>, logger: { info(m: string, f?: Re
 
 async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void> {
   const { config, file } = await loadConfig(o, 'server');
-  const logger = createLogger({ level: o.logLevel ?? 'info', name: 'server' });
+  const logger = createLogger({ level: config.logLevel, name: 'server' });
   const { AgentServer } = await import('./server.ts');
   const server = new AgentServer(config, logger, file);
   await server.loadPlugins();
@@ -163,17 +189,12 @@ async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void>
 async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise<void> {
   const { config, file } = await loadConfig(o, 'loadbalancer');
   if (config.servers.length === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', 'no servers: give -servers "host:port,..." or `servers` in the config file');
-  const logger = createLogger({ level: o.logLevel ?? 'info', name: 'lb' });
+  const logger = createLogger({ level: config.logLevel, name: 'lb' });
   const { LoadBalancer } = await import('./loadbalancer.ts');
   const lb = new LoadBalancer(config, logger, file);
   await lb.loadPlugins();
-  const format: StatusFormat | 'none' = config.status === 'auto' ? (process.stdout.isTTY ? 'table' : 'lines') : config.status;
-  if (format !== 'none') {
-    lb.onStatus = (backends) => {
-      const text = render(format, backends.map((b) => b.status()));
-      process.stdout.write(format === 'table' ? `\x1b[H\x1b[2J${text}\n` : `${text}\n`);
-    };
-  }
+  const format = resolveFormat(config.status, process.stdout.isTTY === true);
+  if (format !== 'none') lb.onStatus = (backends) => process.stdout.write(statusFrame(format, backends.map((b) => b.status())));
   await lb.start();
   untilSignal(() => lb.stop(), logger);
 }
@@ -222,11 +243,11 @@ Seed (Go prototype) form, single dash:
     );
 
   serverOptions(commonOptions(program.command('server').description('run a backend agent that reports live metrics over QHCP')))
-    .addHelpText('after', '\nExample:\n  qhcp server --server-ip 127.0.0.1 --server-port 4243 --key-file key.pem --cert-file cert.pem')
+    .addHelpText('after', '\nExample:\n  qhcp server --server-ip 127.0.0.1 --server-port 4243 --key-file key.pem --cert-file cert.pem\n  qhcp -server -server-ip 0.0.0.0 -server-port 4243 -key-file key.pem -cert-file cert.pem   (seed form)')
     .action(async (o) => runServer(o));
 
   loadbalancerOptions(commonOptions(program.command('loadbalancer').alias('lb').description('check servers over QHCP, mark them UP/DOWN, answer STATUS and PICK')))
-    .addHelpText('after', '\nExample:\n  qhcp loadbalancer --servers "10.0.0.1:4243,10.0.0.2" --check-interval 10 --max-fail-attempts 3 --cert-file ca.pem')
+    .addHelpText('after', '\nExample:\n  qhcp loadbalancer --servers "10.0.0.1:4243,10.0.0.2" --check-interval 10 --max-fail-attempts 3 --cert-file ca.pem\n  qhcp -loadbalancer -servers "host1:4243,host2:4244" -loadbalancer-port 4242 -max-fail-attempts 3 -check-interval 10 -reconnect-interval 30 -cert-file ca.pem   (seed form)')
     .action(async (o) => runLoadBalancer(o));
 
   queryOptions(program.command('status').description("print a load balancer's view of its servers"))
@@ -300,7 +321,8 @@ Seed (Go prototype) form, single dash:
 /** Prints a usage/config error as one line (or one line per config problem) and exits 2. */
 function fail(e: unknown): never {
   if (e instanceof ConfigError) {
-    process.stderr.write(`qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
+    // One problem (the usual bad flag value) fits on one line; several are listed below.
+    process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
   if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
@@ -321,7 +343,8 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
   const all = [program, ...program.commands];
   for (const c of all) {
     c.exitOverride();
-    c.configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `qhcp: ${s.slice(7)}` : s) });
+    // One line per usage error: commander's "(Did you mean ...?)" goes on the same line.
+    c.configureOutput({ writeErr: (s) => process.stderr.write(s.startsWith('error: ') ? `qhcp: ${s.slice(7).replace(/\n\(Did you mean/, ' (did you mean')}` : s) });
   }
   // `qhcp status | head` closes our stdout early: that is the reader's choice, not an error.
   process.stdout.on('error', (e: NodeJS.ErrnoException) => process.exit(e.code === 'EPIPE' ? 0 : 1));

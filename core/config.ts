@@ -8,16 +8,18 @@ import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
 import { ConfigError, LocalError, errorText } from './errors.ts';
+import type { QhcpPlugin } from './plugins.ts';
 
 /** Default UDP ports (docs/protocol.md, "Transport"). */
 export const DEFAULT_SERVER_PORT = 4243;
 export const DEFAULT_LOADBALANCER_PORT = 4242;
 
+/** A plugin in the config's list: a built-in name, [name or module, options], {name|module, options}, or an inline plugin object. */
 export type PluginEntry =
   | string
   | [string, Record<string, unknown>?]
   | { name?: string; module?: string; options?: Record<string, unknown> }
-  | { name: string; apply: (core: never) => unknown; [k: string]: unknown };
+  | QhcpPlugin;
 
 export interface ServerEntry {
   address: string;
@@ -47,12 +49,15 @@ export interface QhcpConfig {
   idleTimeout: number;
   keepAlive: number;
   maxConnections: number;
+  /** QUIC handshakes in progress, and connections not yet past HELLO, each capped at this. */
+  maxPendingHandshakes: number;
   maxFrameBytes: number;
   maxStreams: number;
   sampleInterval: number;
   pluginTimeout: number;
   reportInterval: number;
   status: 'auto' | 'table' | 'lines' | 'json' | 'none';
+  logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   defaults: boolean;
   plugins: PluginEntry[];
 }
@@ -106,12 +111,14 @@ export const CONFIG_SCHEMA = {
     idleTimeout: seconds(0.5, 3600, 30),
     keepAlive: seconds(0, 3600, 5),
     maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
+    maxPendingHandshakes: { type: 'integer', minimum: 1, maximum: 100_000, default: 128 },
     maxFrameBytes: { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024, default: 65536 },
     maxStreams: { type: 'integer', minimum: 1, maximum: 100, default: 2 },
     sampleInterval: seconds(0.05, 3600, 1),
     pluginTimeout: seconds(0.01, 600, 2),
     reportInterval: seconds(0, 3600, 0),
     status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
+    logLevel: { enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' },
     defaults: { type: 'boolean', default: true },
     plugins: {
       type: 'array',
@@ -127,7 +134,8 @@ export const CONFIG_SCHEMA = {
   },
 } as const;
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+// verbose: errors carry their parent schema, so an unknown key can suggest the known one.
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
 const validateCore = ajv.compile(CONFIG_SCHEMA);
 
 /** "/plugins/1/options/interval" -> "plugins[1].options.interval". */
@@ -140,17 +148,46 @@ export function jsonPath(instancePath: string, prefix = ''): string {
   return out || '(root)';
 }
 
-/** One line per ajv error, e.g. `plugins[1].options.interval: must be >= 0.1 (got -3)`. */
+/**
+ * One line per problem, e.g. `plugins[1].options.interval: must be >= 0.1 (got -3)`.
+ * An anyOf/oneOf whose branches all fail on the value's type becomes one line
+ * (`servers[0]: must be string or object (got 5)`); when a branch matched the type, only
+ * that branch's own errors are listed.
+ */
 export function describeAjvErrors(errors: ErrorObject[] | null | undefined, data: unknown, prefix = ''): string[] {
+  const all = errors ?? [];
   const out = new Set<string>();
-  for (const e of errors ?? []) {
-    if (e.keyword === 'anyOf' || e.keyword === 'if') continue;
+  const dropped = new Set<ErrorObject>();
+  const summary = new Map<ErrorObject, string>();
+  for (const a of all) {
+    if (a.keyword !== 'anyOf' && a.keyword !== 'oneOf') continue;
+    const base = `${a.schemaPath}/`;
+    const branches = new Map<string, ErrorObject[]>();
+    for (const e of all) {
+      if (e === a || !e.schemaPath.startsWith(base)) continue;
+      if (e.instancePath !== a.instancePath && !e.instancePath.startsWith(`${a.instancePath}/`)) continue; // another item, same schema
+      const b = e.schemaPath.slice(base.length).split('/')[0]!;
+      branches.set(b, [...(branches.get(b) ?? []), e]);
+    }
+    const typeMiss = (errs: ErrorObject[]) => errs.find((e) => e.keyword === 'type' && e.instancePath === a.instancePath);
+    const missed = [...branches.values()].filter((errs) => typeMiss(errs));
+    for (const errs of missed) for (const e of errs) dropped.add(e);
+    if (branches.size > 0 && missed.length === branches.size) {
+      const types = missed.flatMap((errs) => [(typeMiss(errs)!.params as { type: string | string[] }).type].flat());
+      summary.set(a, `must be ${[...new Set(types)].join(' or ')}`);
+    }
+  }
+  for (const e of all) {
+    if (dropped.has(e) || e.keyword === 'if') continue;
+    if ((e.keyword === 'anyOf' || e.keyword === 'oneOf') && !summary.has(e) && !(e.params as { passingSchemas?: unknown }).passingSchemas) continue;
     let path = jsonPath(e.instancePath, prefix);
-    let msg = e.message ?? 'is invalid';
+    let msg = summary.get(e) ?? e.message ?? 'is invalid';
     if (e.keyword === 'additionalProperties') {
       const extra = (e.params as { additionalProperty: string }).additionalProperty;
       path = path === '(root)' ? extra : `${path}.${extra}`;
-      msg = 'is not a known option';
+      const known = Object.keys((e.parentSchema as { properties?: object } | undefined)?.properties ?? {});
+      const hint = closest(extra, known);
+      msg = `is not a known option${hint ? ` (did you mean ${hint}?)` : ''}`;
     } else if (e.keyword === 'enum') {
       msg = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map((v) => JSON.stringify(v)).join(', ')}`;
     }
@@ -158,6 +195,30 @@ export function describeAjvErrors(errors: ErrorObject[] | null | undefined, data
     out.add(`${path}: ${msg}${got !== undefined ? ` (got ${JSON.stringify(got)})` : ''}`);
   }
   return [...out];
+}
+
+/** The known key a mistyped one most likely meant: same letters ignoring case, - and _, or at most 2 edits away. */
+export function closest(word: string, known: string[]): string | undefined {
+  const norm = (s: string) => s.toLowerCase().replace(/[-_]/g, '');
+  const w = norm(word);
+  let best: string | undefined;
+  let bestD = w.length >= 8 ? 3 : w.length >= 5 ? 2 : 1; // short keys: no edits, only case and dashes
+  for (const k of known) {
+    const d = editDistance(w, norm(k));
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  if (Math.abs(a.length - b.length) > 2) return 3;
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
 }
 
 function valueAt(data: unknown, pointer: string): unknown {
@@ -192,16 +253,17 @@ const importLoader: Loader = async (filepath) => {
  */
 export async function findConfigFile(opts: { file?: string; cwd?: string }): Promise<{ data: unknown; file: string | undefined }> {
   const explorer = cosmiconfig('qhcp', {
+    // First found wins: the dedicated file, then the rc file, then package.json#qhcp.
     searchPlaces: [
-      'package.json',
-      '.qhcprc',
-      '.qhcprc.json',
-      '.qhcprc.yaml',
       'qhcp.config.ts',
       'qhcp.config.mts',
       'qhcp.config.js',
       'qhcp.config.mjs',
       'qhcp.config.json',
+      '.qhcprc',
+      '.qhcprc.json',
+      '.qhcprc.yaml',
+      'package.json',
     ],
     loaders: { '.ts': importLoader, '.mts': importLoader, '.js': importLoader, '.mjs': importLoader },
     searchStrategy: 'none',
@@ -269,6 +331,8 @@ function deepFreeze<T>(o: T): T {
   if (o && typeof o === 'object' && !Object.isFrozen(o)) {
     const proto = Object.getPrototypeOf(o);
     if (proto !== Object.prototype && proto !== Array.prototype && proto !== null) return o;
+    // Inline plugins keep their own mutable state.
+    if (typeof (o as { apply?: unknown }).apply === 'function') return o;
     Object.freeze(o);
     for (const v of Object.values(o as object)) deepFreeze(v);
   }

@@ -8,11 +8,14 @@ import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from './
 import { createLogger, type Logger } from './log.ts';
 import type { QhcpConfig } from './config.ts';
 import type { Session } from './session.ts';
+import type { PluginError } from './errors.ts';
 
 export class Core implements CoreLike {
   readonly hooks = createHooks();
   /** Failures per plugin name (thrown or timed out taps). */
   readonly pluginFailures = new Map<string, number>();
+  /** The most recent contained plugin failure (a pick or check reports it as its reason). */
+  lastPluginError: PluginError | undefined;
   plugins: QhcpPlugin[] = [];
   readonly node: string;
 
@@ -23,7 +26,7 @@ export class Core implements CoreLike {
     readonly configFile?: string,
   ) {
     this.node = config.node ?? `${hostname()}:${role === 'server' ? config.serverPort : config.loadbalancerPort}`;
-    guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures);
+    guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures, (err) => (this.lastPluginError = err));
   }
 
   /**
@@ -42,7 +45,8 @@ export class Core implements CoreLike {
 
   /** A `frame` observer for sessions, or undefined when no plugin listens (hot path). */
   frameObserver(): ((dir: 'in' | 'out', msg: import('./messages.ts').Message, s: Session) => void) | undefined {
-    if (!this.hooks.frame.isUsed()) return undefined;
+    // Not isUsed(): the guard's interceptor makes every hook "used".
+    if (this.hooks.frame.taps.length === 0) return undefined;
     return (dir, msg, s) => this.hooks.frame.call(dir, msg, this.sessionInfo(s));
   }
 }

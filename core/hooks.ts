@@ -9,7 +9,7 @@
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
 import { PluginError, type WireErrorName } from './errors.ts';
-import type { Message, Metrics, ServerState } from './messages.ts';
+import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from './messages.ts';
 import type { Logger } from './log.ts';
 import type { Direction } from './session.ts';
 
@@ -24,16 +24,77 @@ export interface MetricDefinition {
   sampleIntervalMs?: number;
 }
 
+/** Metric names the protocol carries (messages.ts `metricName`, docs/protocol.md). */
+export const METRIC_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/;
+
 /** The report that `collect` taps fill in. */
 export class MetricsReport {
   readonly values: Metrics = {};
   /** Per metric: when it was sampled (epoch ms); the report's age is its oldest sample. */
   readonly sampledAt: Record<string, number> = {};
+  /** Metrics copied from the previous report because their `sampleIntervalMs` has not passed. */
+  readonly carried = new Set<string>();
+  private count = 0;
+
+  /** Whether `name` should be sampled now: false while its declared sample interval has not passed. */
+  due(name: string): boolean {
+    return !this.carried.has(name);
+  }
+
+  /**
+   * Sets one metric; a non-finite value is ignored (no data).
+   * @throws TypeError for a name the protocol cannot carry; RangeError past 256 metrics
+   */
   set(name: string, value: number, sampledAt = Date.now()): void {
-    if (!Number.isFinite(value)) return;
+    if (typeof name !== 'string' || !METRIC_NAME.test(name)) throw new TypeError(`metric name ${JSON.stringify(name)} is invalid: letters, digits, _ . : - (at most 128, not starting with a digit)`);
+    if (typeof value !== 'number' || !Number.isFinite(value)) return;
+    if (!(name in this.sampledAt)) {
+      if (this.count >= FIELD_LIMITS.maxMetrics) throw new RangeError(`more than ${FIELD_LIMITS.maxMetrics} metrics in one report`);
+      this.count++;
+    }
     this.values[name] = value;
     this.sampledAt[name] = sampledAt;
+    this.carried.delete(name);
   }
+
+  /** Copies `name` (value and sample time) from an earlier report without resampling it. */
+  carry(from: MetricsReport, name: string): void {
+    const at = from.sampledAt[name];
+    if (at === undefined || !(name in from.values)) return;
+    this.set(name, from.values[name]!, at);
+    this.carried.add(name);
+  }
+}
+
+/** What `report` taps returned, reduced to what a HEALTH_RESPONSE can carry (else `fallback`). */
+export function cleanMetrics(m: unknown, fallback: Metrics): Metrics {
+  if (!m || typeof m !== 'object' || Array.isArray(m)) return fallback;
+  const out: Metrics = {};
+  let n = 0;
+  for (const [k, v] of Object.entries(m)) {
+    if (n >= FIELD_LIMITS.maxMetrics) break;
+    if (METRIC_NAME.test(k) && typeof v === 'number' && Number.isFinite(v)) {
+      out[k] = v;
+      n++;
+    }
+  }
+  return out;
+}
+
+/** `metricDefinitions` output without malformed entries or repeated names (the first wins); drops are logged. */
+export function cleanDefinitions(defs: unknown, logger: Logger): MetricDefinition[] {
+  const out: MetricDefinition[] = [];
+  const seen = new Set<string>();
+  for (const d of Array.isArray(defs) ? (defs as Partial<MetricDefinition>[]) : []) {
+    const name = d?.name;
+    if (typeof name !== 'string' || !METRIC_NAME.test(name) || seen.has(name) || out.length >= FIELD_LIMITS.maxMetrics) {
+      logger.warn('metric definition ignored (invalid name, repeated, or over the limit)', { metric: String(name), plugin: String(d?.plugin) });
+      continue;
+    }
+    seen.add(name);
+    out.push({ unit: '', help: '', plugin: '', ...d, name } as MetricDefinition);
+  }
+  return out;
 }
 
 export interface AuthRequest {
@@ -59,6 +120,8 @@ export interface BackendView {
   readonly metrics: Metrics;
   /** Epoch ms of the last good report, or null. */
   readonly reportedAt: number | null;
+  /** How old that report's sample already was when it arrived (ms), when known. */
+  readonly ageMs?: number | null;
   /** Configured weight (default 1). */
   readonly weight: number;
   readonly latencyMs: number | null;
@@ -153,7 +216,7 @@ export type HookName = keyof Hooks;
  * What a failing tap yields: 'skip' continues as if the tap returned nothing (the waterfall
  * keeps its value), 'deny' yields an auth rejection, 'throw' propagates the PluginError.
  */
-const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
+export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   start: 'throw',
   ready: 'skip',
   stop: 'skip',
@@ -182,7 +245,7 @@ function fallback(hook: HookName, err: PluginError, args: unknown[]): unknown {
  * logged (rate-limited) as a PluginError with the hook and plugin, counted, and replaced by
  * the hook's fallback. Async taps are cut off after `timeoutMs`.
  */
-export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, failures: Map<string, number>): void {
+export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, failures: Map<string, number>, onFailure?: (err: PluginError) => void): void {
   for (const name of Object.keys(hooks) as HookName[]) {
     const hook = hooks[name] as unknown as { intercept(i: { register(t: Tap): Tap }): void };
     hook.intercept({
@@ -191,6 +254,7 @@ export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, fail
         const plugin = tap.name;
         const report = (err: PluginError) => {
           failures.set(plugin, (failures.get(plugin) ?? 0) + 1);
+          onFailure?.(err);
           logger.limited(`plugin:${plugin}:${name}`, err.message, { code: err.code, hook: name, plugin });
         };
         if (tap.type === 'sync') {

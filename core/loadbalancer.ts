@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { Core } from './core.ts';
 import { ProtocolError, PeerError, LocalError, errorText } from './errors.ts';
 import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics, type ServerState, type ServerStatus } from './messages.ts';
-import { Session, type SessionEnd } from './session.ts';
+import { Session, preHello, type SessionEnd } from './session.ts';
 import { Listener, connect, type Channel } from './transport.ts';
 import { parseAddress, formatAddress } from './address.ts';
 import { readPem, selfSigned } from './tls.ts';
@@ -33,6 +33,10 @@ export class Backend implements BackendView {
   checking = false;
   dueAt = 0;
   seq = 0;
+  /** Push mode: the agent reports on its own (CONFIG_UPDATE reportIntervalMs), `timer` awaits the next report. */
+  pushing = false;
+  /** The report interval the agent agreed to (CONFIG_ACK). */
+  reportMs = 0;
 
   constructor(
     readonly address: string,
@@ -77,6 +81,8 @@ export class LoadBalancer extends Core {
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
   private readonly reconnectMs: number;
+  /** Push mode (docs/operations.md): agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
+  readonly reportMs: number;
   private statusTimer: NodeJS.Timeout | undefined;
   /** Called every check interval with the backends (the CLI prints the status view). */
   onStatus: ((backends: readonly Backend[]) => void) | undefined;
@@ -98,6 +104,9 @@ export class LoadBalancer extends Core {
     this.intervalMs = config.checkInterval * 1000;
     this.timeoutMs = checkTimeoutOf(config) * 1000;
     this.reconnectMs = config.reconnectInterval * 1000;
+    // Unset: push at the check interval. The wire allows 0 or 100 ms and more.
+    const report = (config.reportInterval ?? config.checkInterval) * 1000;
+    this.reportMs = report > 0 ? Math.max(100, Math.round(report)) : 0;
   }
 
   get port(): number {
@@ -117,13 +126,19 @@ export class LoadBalancer extends Core {
       idleTimeoutMs: c.idleTimeout * 1000,
       handshakeTimeoutMs: c.helloTimeout * 1000,
       maxStreams: c.maxStreams,
+      maxPendingHandshakes: c.maxPendingHandshakes,
+      onHandshakeRefused: (remote) => this.logger.limited('query-refused', 'handshake refused on query port', { remote, reason: 'too many handshakes in progress' }),
       onChannel: (ch) => this.acceptQuery(ch),
+      onExtraStream: (ch) => {
+        for (const s of this.querySessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
+      },
     });
     if (!this.ca) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');
     this.logger.info('load balancer started', {
       servers: this.backends.length,
       query: `${c.loadbalancerHost}:${this.port}`,
       interval: `${c.checkInterval}s`,
+      mode: this.reportMs > 0 ? `push every ${this.reportMs / 1000}s` : 'poll',
       timeout: `${this.timeoutMs / 1000}s`,
       fall: c.maxFailAttempts,
       rise: c.riseAttempts,
@@ -160,17 +175,61 @@ export class LoadBalancer extends Core {
     const started = performance.now();
     const deadline = started + this.timeoutMs;
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
+    let s: Session | undefined;
     try {
-      const s = await this.ensureSession(b, left);
+      s = await this.ensureSession(b, left);
+      if (this.reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
       const seq = (b.seq = (b.seq + 1) >>> 0);
       const res = (await s.request('HEALTH_REQUEST', { seq }, left())) as Extract<Message, { type: 'HEALTH_RESPONSE' }>;
       this.succeeded(b, res.body.metrics, res.body.ageMs, performance.now() - started);
     } catch (e) {
-      if (!this.stopping) this.failed(b, describeFailure(e));
+      // A check that crossed the server's DRAIN was dropped, not failed: DRAIN already moved the state.
+      if (!this.stopping && !s?.drained) this.failed(b, describeFailure(e));
     } finally {
       b.checking = false;
-      this.schedule(b);
+      // Push mode: no more checks on this session; the next report is awaited instead.
+      if (b.pushing && s && b.session === s && !s.isClosed) this.awaitReport(b, b.reportMs + this.timeoutMs);
+      else {
+        b.pushing = false;
+        this.schedule(b);
+      }
     }
+  }
+
+  /** Push mode: asks the agent to report every `reportMs`; false when it declines (we poll then). */
+  private async startReports(b: Backend, s: Session, left: () => number): Promise<boolean> {
+    const seq = (b.seq = (b.seq + 1) >>> 0);
+    const ack = (await s.request('CONFIG_UPDATE', { seq, reportIntervalMs: this.reportMs }, left())) as Extract<Message, { type: 'CONFIG_ACK' }>;
+    b.reportMs = ack.body.reportIntervalMs;
+    return b.reportMs > 0;
+  }
+
+  /**
+   * Push mode: a report is due within `ms`. A report that does not come is a failed check,
+   * counted like a timed-out poll; at DOWN the session is closed and the check loop reconnects.
+   */
+  private awaitReport(b: Backend, ms: number): void {
+    if (this.stopping) return;
+    clearTimeout(b.timer);
+    b.dueAt = Date.now() + b.reportMs;
+    b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
+  }
+
+  private reportMissed(b: Backend, ms: number): void {
+    if (this.stopping) return;
+    const s = b.session;
+    if (!b.pushing || !s || s.isClosed) {
+      b.pushing = false;
+      return this.schedule(b);
+    }
+    this.stats.checks++;
+    b.checks++;
+    this.failed(b, `REPORT_TIMEOUT: no HEALTH_REPORT within ${ms} ms`);
+    if (b.state === 'DOWN') {
+      b.pushing = false;
+      s.close('reports stopped');
+      this.schedule(b);
+    } else this.awaitReport(b, b.reportMs);
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
@@ -215,13 +274,27 @@ export class LoadBalancer extends Core {
       // Finish politely; the server closes after TERMINATE_ACK or its grace, whichever is first.
       void s.request('TERMINATE', { reason: 'server is draining' }, Math.max(100, msg.body.graceMs)).catch(() => {});
     } else if (msg.type === 'HEALTH_REPORT') {
-      this.succeeded(b, msg.body.metrics, msg.body.ageMs, null);
+      if (b.pushing && b.session === s && !b.checking) {
+        // Each pushed report is one good check.
+        this.stats.checks++;
+        b.checks++;
+        if (Date.now() - b.dueAt > b.reportMs * 0.1) this.stats.lateChecks++;
+        this.succeeded(b, msg.body.metrics, msg.body.ageMs, null);
+        this.awaitReport(b, b.reportMs + this.timeoutMs);
+      } else this.succeeded(b, msg.body.metrics, msg.body.ageMs, null);
     }
   }
 
   private onBackendClose(b: Backend, s: Session, why: SessionEnd): void {
-    if (b.session === s) b.session = undefined;
+    const current = b.session === s;
+    if (current) b.session = undefined;
     if (this.stopping) return;
+    if (current && b.pushing && !b.checking) {
+      // Push mode: the connection went away; the check loop takes over and reconnects.
+      b.pushing = false;
+      clearTimeout(b.timer);
+      this.schedule(b);
+    }
     if (b.state === 'DRAINING') {
       this.transition(b, 'DOWN', 'drained: connection closed');
       return;
@@ -282,16 +355,37 @@ export class LoadBalancer extends Core {
 
   /** Chooses one UP backend through the `pick` hook. */
   pick(key?: string): Backend | undefined {
+    return this.choose(key).backend;
+  }
+
+  /**
+   * Like `pick`, with the reason when no backend is chosen (PICK_RESPONSE `reason`). A balancer
+   * tap that throws is skipped (the next one may answer); if none answers, the reason names it.
+   */
+  choose(key?: string): { backend: Backend; reason?: undefined } | { backend: undefined; reason: string } {
     this.stats.picks++;
     const up = this.backends.filter((b) => b.state === 'UP');
-    if (up.length === 0) return undefined;
+    if (up.length === 0) return { backend: undefined, reason: 'no server is UP' };
+    if (this.hooks.pick.taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
+    const before = this.lastPluginError;
     const chosen = this.hooks.pick.call({ servers: up, key, now: Date.now() });
-    return chosen && up.includes(chosen as Backend) ? (chosen as Backend) : undefined;
+    if (chosen && up.includes(chosen as Backend)) return { backend: chosen as Backend };
+    const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
+    const reason = failed ? `balancer failed: ${failed.message}` : chosen ? 'the balancer chose a server that is not UP' : 'the balancer chose no server';
+    return { backend: undefined, reason: reason.slice(0, 1000) };
   }
 
   private acceptQuery(ch: Channel): void {
-    if (this.stopping || this.querySessions.size >= this.config.maxConnections) {
-      void ch.close(this.stopping ? 301 : 300, this.stopping ? 'shutting down' : 'too many connections');
+    const why = this.stopping
+      ? 'shutting down'
+      : this.querySessions.size >= this.config.maxConnections
+        ? 'too many connections'
+        : preHello(this.querySessions) >= this.config.maxPendingHandshakes
+          ? 'too many connections without HELLO'
+          : undefined;
+    if (why) {
+      this.logger.limited('query-refused', 'query connection refused', { remote: ch.remote, reason: why });
+      void ch.close(this.stopping ? 301 : 300, why);
       return;
     }
     const session = new Session(ch, {
@@ -322,8 +416,8 @@ export class LoadBalancer extends Core {
         return;
       case 'PICK': {
         this.stats.queries++;
-        const b = this.pick(msg.body.key);
-        s.send('PICK_RESPONSE', b ? { seq: msg.body.seq, server: b.address } : { seq: msg.body.seq, server: null, reason: this.backends.some((x) => x.state === 'UP') ? 'the balancer chose no server' : 'no server is UP' });
+        const c = this.choose(msg.body.key);
+        s.send('PICK_RESPONSE', c.backend ? { seq: msg.body.seq, server: c.backend.address } : { seq: msg.body.seq, server: null, reason: c.reason });
         return;
       }
       case 'TERMINATE':

@@ -53,7 +53,7 @@ export const DEFAULT_PLUGINS: Record<RoleName, Partial<Record<Family, string>>> 
   loadbalancer: { balancer: 'round-robin', alert: 'log' },
 };
 
-const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false });
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
 
 async function importPlugin(spec: string, baseDir: string, where: string): Promise<PluginConstructor> {
   const builtin = BUILTIN_PLUGINS[spec];
@@ -77,12 +77,24 @@ function isPlugin(x: unknown): x is QhcpPlugin {
 
 /** Validates options against a plugin's schema, filling defaults. @throws ConfigError */
 export function validateOptions(ctor: PluginConstructor, options: Record<string, unknown>, where: string): Record<string, unknown> {
-  const opts = { ...options };
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError([`${where}.options: must be object${typeof options !== 'object' ? ` (got ${JSON.stringify(options)})` : ''}`]);
+  }
+  // The config is deep-frozen; ajv fills defaults into a copy (functions and instances are kept).
+  const opts = copyPlain(options);
   if (ctor.schema) {
     const validate = ajv.compile(ctor.schema);
     if (!validate(opts)) throw new ConfigError(describeAjvErrors(validate.errors, opts, `${where}.options`));
   }
   return opts;
+}
+
+function copyPlain<T>(v: T): T {
+  if (Array.isArray(v)) return v.map(copyPlain) as T;
+  if (v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, copyPlain(x)])) as T;
+  }
+  return v;
 }
 
 /**
@@ -153,6 +165,9 @@ export async function applyPlugins(plugins: QhcpPlugin[], core: CoreLike, timeou
         }),
       ]);
     } catch (e) {
+      // A plugin that finds its configuration unusable only now (a key file for this role) says
+      // so with a ConfigError: it stays one, so the CLI prints every problem and exits 2.
+      if (e instanceof ConfigError) throw e;
       throw e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', 'apply', p.name, e);
     } finally {
       clearTimeout(timer);

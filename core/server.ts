@@ -5,9 +5,9 @@
  */
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from './errors.ts';
-import { MetricsReport, type MetricDefinition } from './hooks.ts';
+import { MetricsReport, cleanDefinitions, cleanMetrics, type MetricDefinition } from './hooks.ts';
 import { SUPPORTED_VERSIONS, type Message, type Metrics } from './messages.ts';
-import { Session } from './session.ts';
+import { Session, preHello } from './session.ts';
 import { Listener, type Channel } from './transport.ts';
 import { loadServerTls } from './tls.ts';
 import type { QhcpConfig } from './config.ts';
@@ -37,6 +37,8 @@ export class AgentServer extends Core {
   definitions: MetricDefinition[] = [];
   /** The last sample: values and when it was taken. */
   private sample: { values: Metrics; sampledAt: number } = { values: {}, sampledAt: Date.now() };
+  /** The last full report (per-metric sample times), for metrics not due again yet. */
+  private lastReport: MetricsReport | undefined;
   private sampler: NodeJS.Timeout | undefined;
   private sampling = false;
   private stopping = false;
@@ -58,8 +60,10 @@ export class AgentServer extends Core {
     const c = this.config;
     const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.serverIp });
     await this.hooks.start.promise(this);
-    this.definitions = this.hooks.metricDefinitions.call([]);
-    this.authOpen = !this.hooks.verify.isUsed();
+    this.definitions = cleanDefinitions(this.hooks.metricDefinitions.call([]), this.logger);
+    this.restCollectTaps();
+    // Not isUsed(): the guard's interceptor makes every hook "used".
+    this.authOpen = this.hooks.verify.taps.length === 0;
     await this.takeSample();
     this.sampler = setInterval(() => void this.takeSample(), c.sampleInterval * 1000);
     this.sampler.unref();
@@ -72,6 +76,11 @@ export class AgentServer extends Core {
       idleTimeoutMs: c.idleTimeout * 1000,
       handshakeTimeoutMs: c.helloTimeout * 1000,
       maxStreams: c.maxStreams,
+      maxPendingHandshakes: c.maxPendingHandshakes,
+      onHandshakeRefused: (remote) => {
+        this.stats.refused++;
+        this.logger.limited('refused', 'handshake refused', { remote, reason: 'too many handshakes in progress' });
+      },
       onChannel: (ch) => this.accept(ch),
       onExtraStream: (ch) => this.extraStream(ch),
     });
@@ -86,8 +95,9 @@ export class AgentServer extends Core {
     if (this.sampling) return;
     this.sampling = true;
     try {
-      const report = new MetricsReport();
+      const report = this.nextReport();
       await this.hooks.collect.promise(report);
+      this.lastReport = report;
       const times = Object.values(report.sampledAt);
       this.sample = { values: report.values, sampledAt: times.length ? Math.min(...times) : Date.now() };
       this.stats.samples++;
@@ -98,6 +108,37 @@ export class AgentServer extends Core {
     }
   }
 
+  /** A new report holding the metrics that are not due yet (their sampleIntervalMs has not passed). */
+  private nextReport(): MetricsReport {
+    const report = new MetricsReport();
+    const prev = this.lastReport;
+    const now = Date.now();
+    for (const d of prev ? this.definitions : []) {
+      const at = prev!.sampledAt[d.name];
+      if (d.sampleIntervalMs && at !== undefined && now - at < d.sampleIntervalMs) report.carry(prev!, d.name);
+    }
+    return report;
+  }
+
+  /** The core never calls a plugin's `collect` tap while none of the metrics it declared is due. */
+  private restCollectTaps(): void {
+    const byPlugin = new Map<string, string[]>();
+    for (const d of this.definitions) byPlugin.set(d.plugin, [...(byPlugin.get(d.plugin) ?? []), d.name]);
+    this.hooks.collect.intercept({
+      register: (tap) => {
+        const names = byPlugin.get(tap.name);
+        if (!names) return tap;
+        const fn = tap.fn as (...a: unknown[]) => unknown;
+        tap.fn = (report: MetricsReport, ...rest: unknown[]) => {
+          if (names.some((n) => report.due(n))) return fn(report, ...rest);
+          if (tap.type === 'async') return (rest[0] as () => void)();
+          return tap.type === 'promise' ? Promise.resolve() : undefined;
+        };
+        return tap;
+      },
+    });
+  }
+
   /** The metrics for one session: the cached sample, filtered to what it asked for, transformed by `report`. */
   metricsFor(s: Session | undefined): { metrics: Metrics; ageMs: number } {
     const prefs = s?.data.prefs as SessionPrefs | undefined;
@@ -106,15 +147,22 @@ export class AgentServer extends Core {
       values = {};
       for (const k of prefs.metrics) if (k in this.sample.values) values[k] = this.sample.values[k]!;
     }
-    if (this.hooks.report.isUsed()) values = this.hooks.report.call({ ...values }, s && this.sessionInfo(s));
+    if (this.hooks.report.taps.length > 0) values = cleanMetrics(this.hooks.report.call({ ...values }, s && this.sessionInfo(s)), values);
     return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)) };
   }
 
   private accept(ch: Channel): void {
-    if (this.stopping || this.sessions.size >= this.config.maxConnections) {
+    const why = this.stopping
+      ? 'shutting down'
+      : this.sessions.size >= this.config.maxConnections
+        ? 'too many connections'
+        : preHello(this.sessions) >= this.config.maxPendingHandshakes
+          ? 'too many connections without HELLO'
+          : undefined;
+    if (why) {
       this.stats.refused++;
-      this.logger.limited('refused', 'connection refused', { remote: ch.remote, reason: this.stopping ? 'shutting down' : 'too many connections' });
-      void ch.close(this.stopping ? 301 : 300, this.stopping ? 'shutting down' : 'too many connections');
+      this.logger.limited('refused', 'connection refused', { remote: ch.remote, reason: why });
+      void ch.close(this.stopping ? 301 : 300, why);
       return;
     }
     this.stats.accepted++;
@@ -241,6 +289,8 @@ export class AgentServer extends Core {
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');
     await this.hooks.stop.promise(this);
-    this.logger.info('server stopped');
+    // The counters of a whole run, including bad-peer log lines the rate limit held back.
+    const suppressed = [...this.logger.suppressed.values()].reduce((a, b) => a + b, 0);
+    this.logger.info('server stopped', { ...this.stats, logLinesSuppressed: suppressed });
   }
 }

@@ -65,6 +65,8 @@ export class Session {
   private helloTimer: NodeJS.Timeout | undefined;
   private ended: SessionEnd | undefined;
   private readonly closeWaiters: Array<(e: SessionEnd) => void> = [];
+  /** True once the peer sent DRAIN: it answers no more requests. */
+  drained = false;
 
   constructor(
     readonly channel: Channel,
@@ -180,6 +182,16 @@ export class Session {
       void this.channel.close(0, 'peer sent ERROR');
       return this.end('peer', msg.body.code, msg.body.reason, err);
     }
+    if (msg.type === 'DRAIN') {
+      // The peer drops requests that crossed its DRAIN (docs/protocol.md, "DRAIN"): stop waiting.
+      this.drained = true;
+      const d = this.pending;
+      if (d) {
+        clearTimeout(d.timer);
+        this.pending = undefined;
+        d.reject(new LocalError('QHCP_ERR_CLOSED', `no ${d.expect} will come: the peer is draining`));
+      }
+    }
     const p = this.pending;
     if (p && msg.type === p.expect) {
       if (p.seq !== undefined && (msg.body as { seq?: number }).seq !== p.seq) {
@@ -236,6 +248,13 @@ export class Session {
     this.opts.onClose?.(this.ended, this);
     for (const w of this.closeWaiters.splice(0)) w(this.ended);
   }
+}
+
+/** Server-side sessions still waiting for (or authenticating) their HELLO: pending handshakes. */
+export function preHello(sessions: Iterable<Session>): number {
+  let n = 0;
+  for (const s of sessions) if (s.state === 'AWAIT_HELLO' || s.state === 'AUTH') n++;
+  return n;
 }
 
 /** The wire code's name for logs ("UNEXPECTED_MESSAGE"), or the number. */

@@ -77,3 +77,14 @@ export function renderJson(servers: readonly ServerStatus[], now = Date.now()): 
 export function render(format: StatusFormat, servers: readonly ServerStatus[], now = Date.now()): string {
   return format === 'table' ? renderTable(servers, now) : format === 'json' ? renderJson(servers, now) : renderLines(servers, now);
 }
+
+/** What `status: auto` means: the redrawn table on a terminal, plain lines anywhere else. */
+export function resolveFormat(setting: StatusFormat | 'auto' | 'none', isTTY: boolean): StatusFormat | 'none' {
+  return setting === 'auto' ? (isTTY ? 'table' : 'lines') : setting;
+}
+
+/** The text written for one status tick: the table redraws the screen in place, the others append. */
+export function statusFrame(format: StatusFormat, servers: readonly ServerStatus[], now = Date.now()): string {
+  const text = render(format, servers, now);
+  return format === 'table' ? `\x1b[H\x1b[2J${text}\n` : `${text}\n`;
+}

@@ -107,6 +107,7 @@ export class Channel {
     const reader = stream.readable.getReader();
     try {
       for (;;) {
+        if (this.readGate) await this.readGate;
         const { value, done } = await reader.read();
         if (this.closed) return;
         if (done) {
@@ -116,11 +117,18 @@ export class Channel {
         }
         this.counters.bytesIn += value.length;
         const messages = this.decoder.push(value);
+        let n = 0;
         for (const m of messages) {
           if (this.closed) return;
           this.counters.framesIn++;
           this.emit((h) => h.message(m));
+          // Fairness: one read can hold thousands of frames; let other connections' I/O in
+          // between so a flooding peer cannot starve honest ones.
+          if (++n % 32 === 0) await new Promise<void>((r) => setImmediate(r));
         }
+        // Backpressure: a peer that sends requests but never reads the answers would otherwise
+        // grow our write queue without bound. Read on only once what we owe it has been taken.
+        if (this.writer && (this.writer.desiredSize ?? 1) <= 0) await this.writer.ready.catch(() => {});
       }
     } catch (e) {
       if (this.closed) return;
@@ -165,6 +173,32 @@ export class Channel {
       await this.writer.write(bytes);
     } catch {
       /* the connection is going away */
+    }
+  }
+
+  private readGate: Promise<void> | undefined;
+  /** Tests only: stops reading the control stream for good (a peer that never reads its answers). */
+  pauseReading(): void {
+    this.readGate ??= new Promise<void>(() => {});
+  }
+
+  /** Tests only: opens a second bidirectional stream and writes `bytes` on it (EXTRA_STREAM). */
+  async openExtraStream(bytes: Uint8Array): Promise<void> {
+    try {
+      const w = this.conn.newStream('bidi').writable.getWriter();
+      await w.write(bytes);
+      w.releaseLock();
+    } catch {
+      /* the peer refused or the connection is going away */
+    }
+  }
+
+  /** Tests only: resets the control stream's sending side (RESET_STREAM), e.g. inside a frame. */
+  async resetStream(): Promise<void> {
+    try {
+      await this.writer?.abort(new Error('reset by test'));
+    } catch {
+      /* already closed */
     }
   }
 
@@ -226,6 +260,12 @@ export interface ListenOptions {
   onChannel(channel: Channel): void;
   /** A second stream on a connection whose control stream exists. */
   onExtraStream?(channel: Channel): void;
+  /**
+   * QUIC handshakes in progress at once. An Initial packet that would start one more is
+   * dropped (nothing is queued; the peer retries or times out) and `onHandshakeRefused` is told.
+   */
+  maxPendingHandshakes?: number;
+  onHandshakeRefused?(remote: string): void;
 }
 
 /** A bound QUIC endpoint accepting QHCP connections. */
@@ -276,6 +316,7 @@ export class Listener {
       logger: quicLogger,
     });
     server.addEventListener(qev.EventQUICServerError.name, () => {});
+    capHandshakes(server, opts.maxPendingHandshakes ?? Infinity, opts.onHandshakeRefused);
     server.addEventListener(qev.EventQUICServerConnection.name, ((evt: Event & { detail: QUICConnection }) => {
       const conn = evt.detail;
       const channel = new Channel(conn, (code, reason) => conn.stop({ isApp: true, errorCode: code, reason, force: true }), { maxFrameBytes });
@@ -309,6 +350,32 @@ export class Listener {
   }
 }
 
+/**
+ * Bounds the QUIC handshakes a server runs at once. @matrixai/quic has no option for it, so
+ * this wraps the server's (internal) `acceptConnection`, which QUICSocket calls for every
+ * packet that belongs to no known connection and which resolves once the handshake is over
+ * or has timed out (`minIdleTimeout`).
+ */
+function capHandshakes(server: QUICServer, max: number, refused?: (remote: string) => void): void {
+  if (!Number.isFinite(max)) return;
+  type Accept = (remote: { host: string; port: number }, ...rest: unknown[]) => Promise<unknown>;
+  const target = server as unknown as { acceptConnection: Accept };
+  const accept = target.acceptConnection.bind(server) as Accept;
+  let inFlight = 0;
+  target.acceptConnection = async (remote, ...rest) => {
+    if (inFlight >= max) {
+      refused?.(`${remote.host}:${remote.port}`);
+      return undefined;
+    }
+    inFlight++;
+    try {
+      return await accept(remote, ...rest);
+    } finally {
+      inFlight--;
+    }
+  };
+}
+
 export interface ConnectOptions {
   host: string;
   port: number;
@@ -322,6 +389,8 @@ export interface ConnectOptions {
   keepAliveMs?: number;
   maxFrameBytes?: number;
   logKeys?: string;
+  /** Tests only: offer this ALPN instead of qhcp/1 (a wrong-ALPN peer). */
+  alpn?: string;
 }
 
 /**
@@ -341,7 +410,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
         port: opts.port,
         crypto: { ops: { randomBytes: async (data: ArrayBuffer) => void randomFillSync(new Uint8Array(data)) } },
         config: {
-          applicationProtos: [ALPN],
+          applicationProtos: [opts.alpn ?? ALPN],
           verifyPeer: ca !== undefined,
           ...(ca !== undefined
             ? {

@@ -1,39 +1,54 @@
 /**
- * log: one structured line per alert event (transition, start, stop) on stderr: JSON when
- * stderr is not a terminal (or `json: true`), a readable line otherwise.
+ * log: one structured line per alert (transition, start, stop) on stderr. JSON when stderr is
+ * not a terminal (or `json: true`), one readable line otherwise. Damped like every alert plugin
+ * (damper.ts), but by default it logs every transition: the log is the record.
  */
 import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
+import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 
 const PLUGIN_NAME = 'log';
+
+export interface LogAlertOptions {
+  json?: boolean;
+  minIntervalMs?: number;
+}
 
 export default class LogAlertPlugin implements QhcpPlugin {
   static schema = {
     type: 'object',
     additionalProperties: false,
-    properties: { json: { type: 'boolean' } },
+    properties: {
+      json: { type: 'boolean', description: 'JSON lines (default: when stderr is not a terminal)' },
+      minIntervalMs: minIntervalSchema(0),
+    },
   };
   readonly name = PLUGIN_NAME;
   readonly family = 'alert' as const;
   readonly roles = ['loadbalancer' as const];
   private readonly json: boolean;
+  readonly damper: Damper;
+
   constructor(
-    options: { json?: boolean } = {},
+    options: LogAlertOptions = {},
     private readonly write: (line: string) => void = (l) => process.stderr.write(l + '\n'),
   ) {
     this.json = options.json ?? !process.stderr.isTTY;
+    this.damper = new Damper(options.minIntervalMs ?? 0, (e, n) => this.write(this.format(e, n)));
   }
 
-  format(e: AlertEvent): string {
-    if (this.json) return JSON.stringify({ time: new Date(e.kind === 'transition' ? e.transition.at : e.at).toISOString(), event: e.kind, node: e.node, ...(e.kind === 'transition' ? e.transition : { servers: e.servers.length }) });
+  format(e: AlertEvent, suppressed = 0): string {
+    if (this.json) return JSON.stringify({ level: 'alert', ...alertPayload(e, suppressed) });
+    const more = suppressed > 0 ? ` (${suppressed} more transition${suppressed > 1 ? 's' : ''} suppressed)` : '';
     if (e.kind === 'transition') {
       const t = e.transition;
-      return `${new Date(t.at).toISOString()} ALERT ${t.server} ${t.from} -> ${t.to}: ${t.reason}`;
+      return `${new Date(t.at).toISOString()} ALERT ${t.server} ${t.from} -> ${t.to}: ${t.reason}${more}`;
     }
     return `${new Date(e.at).toISOString()} ALERT load balancer ${e.node} ${e.kind} (${e.servers.length} servers)`;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.alert.tap(PLUGIN_NAME, (e) => this.write(this.format(e)));
+    core.hooks.alert.tap(PLUGIN_NAME, (e) => this.damper.submit(e));
+    core.hooks.stop.tap(PLUGIN_NAME, () => this.damper.flush());
   }
 }

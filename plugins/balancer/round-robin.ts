@@ -1,6 +1,8 @@
 /**
- * round-robin: a fair rotation over the UP servers. The cursor walks configuration order, so a
- * server that comes back UP rejoins in its place instead of restarting the rotation.
+ * round-robin: a fair rotation over the UP servers, ignoring load. The rotation follows
+ * configuration order; when the server picked last is no longer UP, it continues with the next
+ * one after it in the order seen at that pick, so a server going DOWN or coming back does not
+ * restart the rotation or give anyone a double turn.
  */
 import type { BackendView, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
@@ -13,16 +15,26 @@ export default class RoundRobinPlugin implements QhcpPlugin {
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
   private last: string | undefined;
+  /** The pool (addresses, in order) at the last pick. */
+  private order: string[] = [];
 
   constructor(_options: Record<string, unknown> = {}) {}
 
-  /** The UP server after the last one picked, in configuration order. */
+  /** The UP server after the last one picked. */
   choose(servers: readonly BackendView[]): BackendView | undefined {
     if (servers.length === 0) return undefined;
+    let next: BackendView | undefined;
     const i = this.last === undefined ? -1 : servers.findIndex((s) => s.address === this.last);
-    // The last pick may have gone DOWN: continue after its position by address order.
-    let next = i >= 0 ? servers[(i + 1) % servers.length]! : (servers.find((s) => this.last !== undefined && s.address > this.last) ?? servers[0]!);
+    if (i >= 0) next = servers[(i + 1) % servers.length];
+    else if (this.last !== undefined) {
+      // The last pick left the pool: walk on from where it stood in the previous pool.
+      const at = this.order.indexOf(this.last);
+      const offered = new Map(servers.map((s) => [s.address, s]));
+      for (let k = 1; k <= this.order.length && !next; k++) next = offered.get(this.order[(at + k) % this.order.length]!);
+    }
+    next ??= servers[0]!;
     this.last = next.address;
+    if (this.order.length !== servers.length || this.order.some((a, j) => a !== servers[j]!.address)) this.order = servers.map((s) => s.address);
     return next;
   }
 

@@ -1,0 +1,196 @@
+/**
+ * The floor: what @matrixai/quic itself costs per message, with no qhcp code in the way.
+ * One process plays either side (forked twice by bench/run.ts, driven over IPC):
+ *
+ *   serve  a QUICServer that echoes every message (ping-pong) or, told so by the client's first
+ *          byte, pushes one message per interval on the stream (push).
+ *   open   a client opening `conns` connections, one bidirectional stream each.
+ *   run    ping-pong: each connection sends one ~100-byte message per interval and awaits the
+ *          echo (the shape of a poll check), or closed loop (as fast as possible, one at a time);
+ *          push: the client only reads what the server pushes (the shape of a push report).
+ *
+ * The parent reads both processes' CPU from /proc around `run`.
+ * This is the only qhcp file besides core/transport.ts that imports @matrixai/quic: the floor
+ * has to measure the library bare.
+ */
+import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { QUICServer, QUICClient, events as qev } from '@matrixai/quic';
+import type { QUICConnection, QUICStream } from '@matrixai/quic';
+import QuicLogger, { LogLevel } from '@matrixai/logger';
+import { selfSigned } from '../core/tls.ts';
+
+export type FloorRequest =
+  | { id: number; cmd: 'serve' }
+  | { id: number; cmd: 'open'; port: number; conns: number; mode: 'echo' | 'push'; intervalMs: number }
+  | { id: number; cmd: 'run'; seconds: number; closedLoop?: boolean }
+  | { id: number; cmd: 'stop' };
+export type FloorReply = { id: number; ok: boolean; error?: string; port?: number; messages?: number; rttsUs?: number[] };
+
+const ALPN = 'qhcp-floor';
+const logger = new QuicLogger('floor', LogLevel.ERROR);
+/** About the size of a HEALTH_RESPONSE frame. */
+const MESSAGE = Buffer.alloc(100, 0x61);
+
+let server: QUICServer | undefined;
+const clients: QUICClient[] = [];
+const lanes: Array<{ stream: QUICStream; writer: WritableStreamDefaultWriter<Uint8Array>; reader: ReadableStreamDefaultReader<Uint8Array> }> = [];
+let received = 0;
+
+async function serve(): Promise<number> {
+  const tls = await selfSigned(['127.0.0.1']);
+  const key = randomBytes(32);
+  const sign = (k: ArrayBuffer, d: ArrayBuffer) => createHmac('sha256', Buffer.from(k)).update(Buffer.from(d)).digest();
+  server = new QUICServer({
+    crypto: {
+      key: key.buffer.slice(key.byteOffset, key.byteOffset + 32) as ArrayBuffer,
+      ops: {
+        sign: async (k, d) => {
+          const s = sign(k, d);
+          return s.buffer.slice(s.byteOffset, s.byteOffset + s.byteLength) as ArrayBuffer;
+        },
+        verify: async (k, d, sig) => {
+          const s = sign(k, d);
+          return s.length === sig.byteLength && timingSafeEqual(s, Buffer.from(sig));
+        },
+      },
+    },
+    config: { key: tls.key, cert: tls.cert, applicationProtos: [ALPN], verifyPeer: false, maxIdleTimeout: 60_000 },
+    logger,
+  });
+  server.addEventListener(qev.EventQUICServerConnection.name, ((e: Event & { detail: QUICConnection }) => {
+    e.detail.addEventListener(qev.EventQUICConnectionStream.name, ((se: Event & { detail: QUICStream }) => void serveStream(se.detail)) as EventListener);
+  }) as EventListener);
+  await server.start({ host: '127.0.0.1', port: 0 });
+  return server.port as number;
+}
+
+async function serveStream(stream: QUICStream): Promise<void> {
+  const reader = stream.readable.getReader();
+  const writer = stream.writable.getWriter();
+  try {
+    const first = await reader.read();
+    if (first.done) return;
+    const hello = Buffer.from(first.value);
+    if (hello[0] === 0x50 /* P */) {
+      const intervalMs = hello.readUInt32BE(1);
+      const t = setInterval(() => void writer.write(MESSAGE).catch(() => clearInterval(t)), intervalMs);
+      await reader.read().catch(() => {});
+      clearInterval(t);
+      return;
+    }
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      await writer.write(value);
+    }
+  } catch {
+    /* connection closed */
+  }
+}
+
+async function open(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> {
+  for (let i = 0; i < req.conns; i++) {
+    const client = await QUICClient.createQUICClient(
+      {
+        host: '127.0.0.1',
+        port: req.port,
+        crypto: { ops: { randomBytes: async (data: ArrayBuffer) => void randomFillSync(new Uint8Array(data)) } },
+        config: { applicationProtos: [ALPN], verifyPeer: false, maxIdleTimeout: 60_000 },
+        logger,
+      },
+      { timer: 10_000 },
+    );
+    client.addEventListener(qev.EventQUICClientError.name, () => {});
+    clients.push(client);
+    const stream = client.connection.newStream('bidi');
+    const writer = stream.writable.getWriter();
+    const reader = stream.readable.getReader();
+    const hello = Buffer.alloc(5);
+    hello[0] = req.mode === 'push' ? 0x50 : 0x45;
+    hello.writeUInt32BE(req.intervalMs, 1);
+    await writer.write(hello);
+    lanes.push({ stream, writer, reader });
+    if (req.mode === 'push') void drain(reader);
+  }
+  mode = req.mode;
+  intervalMs = req.intervalMs;
+}
+
+let mode: 'echo' | 'push' = 'echo';
+let intervalMs = 1000;
+
+async function drain(reader: ReadableStreamDefaultReader<Uint8Array>): Promise<void> {
+  try {
+    for (;;) {
+      const { done } = await reader.read();
+      if (done) return;
+      received++;
+    }
+  } catch {
+    /* closed */
+  }
+}
+
+/** One lane's ping-pong loop until `end`: one message per interval (or back to back). */
+async function pingLoop(lane: (typeof lanes)[number], end: number, closedLoop: boolean, rtts: number[]): Promise<number> {
+  let n = 0;
+  // Spread the lanes over the interval as a load balancer spreads its checks.
+  if (!closedLoop) await new Promise((r) => setTimeout(r, Math.random() * intervalMs));
+  let next = performance.now();
+  while (performance.now() < end) {
+    const t = performance.now();
+    await lane.writer.write(MESSAGE);
+    let got = 0;
+    while (got < MESSAGE.length) {
+      const { value, done } = await lane.reader.read();
+      if (done) return n;
+      got += value.length;
+    }
+    n++;
+    if (rtts.length < 100_000) rtts.push(Math.round((performance.now() - t) * 1000));
+    if (!closedLoop) {
+      next += intervalMs;
+      const wait = next - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+  return n;
+}
+
+async function run(seconds: number, closedLoop: boolean): Promise<{ messages: number; rttsUs: number[] }> {
+  const end = performance.now() + seconds * 1000;
+  if (mode === 'push') {
+    const before = received;
+    await new Promise((r) => setTimeout(r, seconds * 1000));
+    return { messages: received - before, rttsUs: [] };
+  }
+  const rtts: number[] = [];
+  const counts = await Promise.all(lanes.map((l) => pingLoop(l, end, closedLoop, rtts)));
+  return { messages: counts.reduce((a, b) => a + b, 0), rttsUs: rtts };
+}
+
+async function stop(): Promise<void> {
+  await Promise.all(clients.map((c) => c.destroy({ force: true }).catch(() => {})));
+  await server?.stop({ force: true }).catch(() => {});
+}
+
+process.on('message', (m: FloorRequest) => {
+  void (async () => {
+    try {
+      if (m.cmd === 'serve') process.send!({ id: m.id, ok: true, port: await serve() });
+      else if (m.cmd === 'open') {
+        await open(m);
+        process.send!({ id: m.id, ok: true });
+      } else if (m.cmd === 'run') process.send!({ id: m.id, ok: true, ...(await run(m.seconds, m.closedLoop ?? false)) });
+      else if (m.cmd === 'stop') {
+        await stop();
+        process.send!({ id: m.id, ok: true });
+        process.exit(0);
+      }
+    } catch (e) {
+      process.send!({ id: m.id, ok: false, error: String((e as Error)?.stack ?? e) });
+    }
+  })();
+});
+process.on('disconnect', () => process.exit(0));

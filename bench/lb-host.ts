@@ -1,0 +1,54 @@
+/**
+ * Load balancer host: one process running core/loadbalancer.ts exactly as `qhcp loadbalancer`
+ * does (status printing off), driven over IPC so the benchmark can read its counters
+ * (checks, late checks) and hear every transition with its timestamp.
+ */
+import { LoadBalancer } from '../core/loadbalancer.ts';
+import { buildConfig, type QhcpConfig } from '../core/config.ts';
+import { createLogger } from '../core/log.ts';
+import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
+import type { LbRequest, LbReply, LbEvent } from './lib/children.ts';
+
+let lb: LoadBalancer | undefined;
+const logger = createLogger({ level: 'error', name: 'lb' });
+
+function reply(r: LbReply): void {
+  process.send?.(r);
+}
+
+function states(): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const b of lb?.backends ?? []) out[b.state] = (out[b.state] ?? 0) + 1;
+  return out;
+}
+
+process.on('message', (m: LbRequest) => {
+  void (async () => {
+    try {
+      if (m.cmd === 'start') {
+        const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, ...m.flags } as Partial<QhcpConfig>);
+        lb = new LoadBalancer(config, logger);
+        await lb.loadPlugins([new RoundRobinPlugin()]);
+        lb.hooks.transition.tap('bench', (t) => {
+          process.send?.({ event: 'transition', server: t.server, from: t.from, to: t.to, at: t.at, reason: t.reason } satisfies LbEvent);
+        });
+        await lb.start();
+        reply({ id: m.id, ok: true, port: lb.port });
+      } else if (m.cmd === 'stats') {
+        const mem = process.memoryUsage();
+        reply({ id: m.id, ok: true, stats: { ...lb!.stats, heapMb: Math.round(mem.heapUsed / 2 ** 20) }, states: states() });
+      } else if (m.cmd === 'reset') {
+        for (const k of Object.keys(lb!.stats) as (keyof LoadBalancer['stats'])[]) lb!.stats[k] = 0;
+        reply({ id: m.id, ok: true });
+      } else if (m.cmd === 'stop') {
+        await lb?.stop();
+        reply({ id: m.id, ok: true });
+        process.exit(0);
+      }
+    } catch (e) {
+      reply({ id: m.id, ok: false, error: String((e as Error)?.stack ?? e) });
+    }
+  })();
+});
+
+process.on('disconnect', () => process.exit(0));

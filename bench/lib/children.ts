@@ -1,0 +1,167 @@
+/**
+ * Child processes of the benchmark: Node helpers driven over IPC (agent farm, load balancer
+ * host), plain processes (haproxy, `qhcp server`), all registered so that `stopChildren` ends
+ * exactly what this run started, by PID, on success, failure or Ctrl-C.
+ */
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+
+export type FarmRequest =
+  | { id: number; cmd: 'start'; count: number; ports?: number[]; sampleInterval?: number; drainGrace?: number; idleTimeout?: number }
+  | { id: number; cmd: 'stats' }
+  | { id: number; cmd: 'stop' };
+export type FarmReply = { id: number; ok: boolean; error?: string; ports?: number[]; stats?: Record<string, number> };
+
+export type LbRequest =
+  | { id: number; cmd: 'start'; flags: Record<string, unknown> }
+  | { id: number; cmd: 'stats' }
+  | { id: number; cmd: 'reset' }
+  | { id: number; cmd: 'stop' };
+export type LbReply = { id: number; ok: boolean; error?: string; stats?: Record<string, number>; port?: number; states?: Record<string, number> };
+export type LbEvent = { event: 'transition'; server: string; from: string; to: string; at: number; reason: string };
+
+/** A request without its id (distributes over the union of requests). */
+export type Body<R> = R extends unknown ? Omit<R, 'id'> : never;
+
+const live = new Set<ChildProcess>();
+
+/** A forked TypeScript helper with request/reply over IPC. */
+export class Helper<Req extends { id: number }, Rep extends { id: number }> {
+  readonly child: ChildProcess;
+  private nextId = 1;
+  private readonly waiting = new Map<number, { resolve: (r: Rep) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  readonly exited: Promise<number | null>;
+  stderr = '';
+  /** Called for IPC messages that are not replies (events). */
+  onEvent: ((e: unknown) => void) | undefined;
+
+  constructor(file: string, args: string[] = [], execArgv: string[] = []) {
+    this.child = fork(fileURLToPath(new URL(`../${file}`, import.meta.url)), args, {
+      cwd: ROOT,
+      execArgv: ['--import', 'tsx', ...execArgv],
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+    });
+    live.add(this.child);
+    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+      this.stderr = (this.stderr + d).slice(-20_000);
+    });
+    this.exited = new Promise((r) =>
+      this.child.once('exit', (code) => {
+        live.delete(this.child);
+        for (const w of this.waiting.values()) {
+          clearTimeout(w.timer);
+          w.reject(new Error(`${file} exited (code ${code}): ${this.stderr.slice(-1500)}`));
+        }
+        this.waiting.clear();
+        r(code);
+      }),
+    );
+    this.child.on('message', (m: Rep | { event: string }) => {
+      const id = (m as Rep).id;
+      const w = id !== undefined ? this.waiting.get(id) : undefined;
+      if (w) {
+        this.waiting.delete(id);
+        clearTimeout(w.timer);
+        w.resolve(m as Rep);
+      } else this.onEvent?.(m);
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  /** Sends one request and waits (bounded) for its reply. */
+  request(body: Body<Req>, timeoutMs = 120_000): Promise<Rep> {
+    const id = this.nextId++;
+    return new Promise<Rep>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiting.delete(id);
+        reject(new Error(`no reply to ${JSON.stringify(body).slice(0, 80)} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiting.set(id, { resolve, reject, timer });
+      this.child.send({ ...body, id }, (e) => {
+        if (e) {
+          clearTimeout(timer);
+          this.waiting.delete(id);
+          reject(e);
+        }
+      });
+    }).then((r) => {
+      if (!(r as unknown as { ok: boolean }).ok) throw new Error((r as unknown as { error?: string }).error ?? 'request failed');
+      return r;
+    });
+  }
+
+  signal(sig: NodeJS.Signals): void {
+    if (this.child.exitCode === null && this.child.signalCode === null) process.kill(this.pid, sig);
+  }
+
+  /** Asks it to stop, then SIGKILL after `graceMs`. */
+  async stop(graceMs = 10_000): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    const t = setTimeout(() => this.signal('SIGKILL'), graceMs);
+    this.request({ cmd: 'stop' } as unknown as Body<Req>, graceMs).catch(() => this.signal('SIGKILL'));
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+export type Farm = Helper<FarmRequest, FarmReply>;
+export type LbHost = Helper<LbRequest, LbReply>;
+
+/** Starts an agent farm of `count` agents; resolves with it and their ports. */
+export async function startFarm(count: number, opts: { ports?: number[]; sampleInterval?: number; drainGrace?: number } = {}): Promise<{ farm: Farm; ports: number[] }> {
+  const farm: Farm = new Helper('agent-farm.ts');
+  const r = await farm.request({ cmd: 'start', count, ...opts }, 60_000 + count * 200);
+  return { farm, ports: r.ports! };
+}
+
+/** A plain child process (haproxy, qhcp), registered for cleanup. */
+export function spawnTracked(cmd: string, args: string[], opts: { onLine?: (line: string, at: number) => void } = {}): ChildProcess {
+  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  live.add(child);
+  child.once('exit', () => live.delete(child));
+  if (opts.onLine) {
+    for (const s of [child.stdout!, child.stderr!]) {
+      let buf = '';
+      s.setEncoding('utf8').on('data', (d: string) => {
+        const at = Date.now();
+        buf += d;
+        let i: number;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          opts.onLine!(buf.slice(0, i), at);
+          buf = buf.slice(i + 1);
+        }
+      });
+    }
+  } else {
+    child.stdout!.resume();
+    child.stderr!.resume();
+  }
+  return child;
+}
+
+/** Waits until a child has exited (SIGKILL after `graceMs` if a SIGTERM was not enough). */
+export async function endChild(child: ChildProcess, graceMs = 5000): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const gone = new Promise<void>((r) => child.once('exit', () => r()));
+  child.kill('SIGTERM');
+  const t = setTimeout(() => child.kill('SIGKILL'), graceMs);
+  await gone;
+  clearTimeout(t);
+}
+
+/** Ends every child this run started that is still running (by PID, SIGKILL). */
+export function stopChildren(): void {
+  for (const c of live) {
+    try {
+      if (c.pid && c.exitCode === null && c.signalCode === null) process.kill(c.pid, 'SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+  live.clear();
+}

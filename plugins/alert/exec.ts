@@ -1,0 +1,170 @@
+/**
+ * exec: runs a command for each alert, with the event in QHCP_* environment variables and as
+ * one JSON line on stdin. No shell: `command` is the program, `args` its arguments (use
+ * `sh -c '...'` for a pipeline). A command outliving `timeoutMs` is sent SIGTERM, then SIGKILL
+ * after `killGraceMs`, to its whole process group, so `sh -c` children go too. Commands run one
+ * at a time through a bounded queue (queue.ts) and are damped per server (damper.ts).
+ */
+import { spawn } from 'node:child_process';
+import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugins.ts';
+import { errorText } from '../../core/errors.ts';
+import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
+import { SerialQueue } from './queue.ts';
+
+const PLUGIN_NAME = 'exec';
+const TAIL_BYTES = 2048;
+
+export interface ExecOptions {
+  command: string;
+  args?: string[];
+  env?: Record<string, string>;
+  cwd?: string;
+  timeoutMs?: number;
+  killGraceMs?: number;
+  queueSize?: number;
+  minIntervalMs?: number;
+  drainTimeoutMs?: number;
+}
+
+export interface ExecResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  timedOut: boolean;
+  stderr: string;
+}
+
+/** The QHCP_* variables a command sees for one alert. */
+export function alertEnv(e: AlertEvent, suppressed: number): Record<string, string> {
+  const p = alertPayload(e, suppressed);
+  const env: Record<string, string> = {
+    QHCP_EVENT: String(p.event),
+    QHCP_NODE: String(p.node),
+    QHCP_TIME: String(p.time),
+    QHCP_SUPPRESSED: String(suppressed),
+  };
+  if (e.kind === 'transition') {
+    const t = e.transition;
+    Object.assign(env, { QHCP_SERVER: t.server, QHCP_FROM: t.from, QHCP_TO: t.to, QHCP_REASON: t.reason, QHCP_LAST_ERROR: t.lastError ?? '' });
+  } else {
+    env.QHCP_SERVERS = e.servers.join(',');
+  }
+  return env;
+}
+
+export default class ExecAlertPlugin implements QhcpPlugin {
+  static schema = {
+    type: 'object',
+    additionalProperties: false,
+    required: ['command'],
+    properties: {
+      command: { type: 'string', minLength: 1, description: 'program to run (no shell)' },
+      args: { type: 'array', items: { type: 'string' }, default: [], description: 'its arguments' },
+      env: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'extra environment variables' },
+      cwd: { type: 'string', minLength: 1, description: 'working directory (default: the load balancer\'s)' },
+      timeoutMs: { type: 'integer', minimum: 10, maximum: 3_600_000, default: 10_000, description: 'then SIGTERM to its process group' },
+      killGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 2000, description: 'after SIGTERM, then SIGKILL' },
+      queueSize: { type: 'integer', minimum: 1, maximum: 100_000, default: 100, description: 'alerts waiting at most; beyond it the oldest is dropped' },
+      minIntervalMs: minIntervalSchema(30_000),
+      drainTimeoutMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1500, description: 'on stop, time to finish what is queued (keep below pluginTimeout)' },
+    },
+  };
+  readonly name = PLUGIN_NAME;
+  readonly family = 'alert' as const;
+  readonly roles = ['loadbalancer' as const];
+  readonly stats = { runs: 0, failed: 0, timedOut: 0, dropped: 0 };
+  private readonly opts: Required<Omit<ExecOptions, 'cwd'>> & Pick<ExecOptions, 'cwd'>;
+  private readonly queue: SerialQueue<{ event: AlertEvent; suppressed: number }>;
+  readonly damper: Damper;
+  private logger: CoreLike['logger'] | undefined;
+  /** Results of the runs so far, newest last (at most 20; for tests and debugging). */
+  readonly results: ExecResult[] = [];
+
+  constructor(options: ExecOptions) {
+    this.opts = { args: [], env: {}, timeoutMs: 10_000, killGraceMs: 2000, queueSize: 100, minIntervalMs: 30_000, drainTimeoutMs: 1500, ...options };
+    this.queue = new SerialQueue(this.opts.queueSize, async (item) => void (await this.runOne(item.event, item.suppressed)), (_, n) => {
+      this.stats.dropped = n;
+      this.logger?.limited(`${PLUGIN_NAME}:dropped`, `${PLUGIN_NAME}: queue full (${this.opts.queueSize}), dropped the oldest alert`, { command: this.opts.command, dropped: n });
+    });
+    this.damper = new Damper(this.opts.minIntervalMs, (event, suppressed) => this.queue.push({ event, suppressed }));
+  }
+
+  /** Runs the command once for `e`; never rejects. */
+  async runOne(e: AlertEvent, suppressed: number): Promise<ExecResult> {
+    this.stats.runs++;
+    const o = this.opts;
+    const result = await new Promise<ExecResult>((resolve) => {
+      let stderr = '';
+      let timedOut = false;
+      let killer: NodeJS.Timeout | undefined;
+      const child = spawn(o.command, o.args, {
+        cwd: o.cwd,
+        env: { ...process.env, ...o.env, ...alertEnv(e, suppressed) },
+        stdio: ['pipe', 'ignore', 'pipe'],
+        // Its own process group, so a timeout can end everything it started.
+        detached: true,
+      });
+      const group = (sig: NodeJS.Signals) => {
+        try {
+          if (child.pid !== undefined) process.kill(-child.pid, sig);
+        } catch {
+          /* already gone */
+        }
+      };
+      const timer = setTimeout(() => {
+        timedOut = true;
+        group('SIGTERM');
+        killer = setTimeout(() => group('SIGKILL'), o.killGraceMs);
+      }, o.timeoutMs);
+      child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-TAIL_BYTES)));
+      // A command that does not read stdin closes it early: that is not an error.
+      child.stdin!.on('error', () => {});
+      child.stdin!.end(JSON.stringify(alertPayload(e, suppressed)) + '\n');
+      const finish = (code: number | null, signal: NodeJS.Signals | null, err?: Error) => {
+        clearTimeout(timer);
+        clearTimeout(killer);
+        resolve({ code, signal, timedOut, stderr: err ? errorText(err) : stderr.trim() });
+      };
+      child.once('error', (err) => finish(null, null, err));
+      child.once('exit', (code, signal) => {
+        // Whatever it left behind in its group gets no longer than the grace either.
+        if (timedOut) group('SIGKILL');
+        child.stderr!.destroy();
+        finish(code, signal);
+      });
+    });
+    if (this.results.push(result) > 20) this.results.shift();
+    if (result.timedOut) this.stats.timedOut++;
+    if (result.timedOut || result.code !== 0) {
+      this.stats.failed++;
+      this.logger?.limited(`${PLUGIN_NAME}:failed`, `${PLUGIN_NAME}: alert command failed`, {
+        command: o.command,
+        ...(result.timedOut ? { timedOut: `${o.timeoutMs} ms` } : {}),
+        code: result.code,
+        signal: result.signal,
+        stderr: result.stderr,
+      });
+    }
+    return result;
+  }
+
+  get pending(): number {
+    return this.queue.size;
+  }
+
+  drain(timeoutMs: number): Promise<boolean> {
+    return this.queue.drain(timeoutMs);
+  }
+
+  apply(core: CoreLike): void {
+    this.logger = core.logger;
+    core.hooks.alert.tap(PLUGIN_NAME, (e) => this.damper.submit(e));
+    core.hooks.stop.tapPromise(PLUGIN_NAME, async () => {
+      this.damper.flush();
+      if (!(await this.queue.drain(this.opts.drainTimeoutMs))) {
+        const left = this.queue.clear();
+        core.logger.warn(`${PLUGIN_NAME}: stopping with alert commands unfinished`, { command: this.opts.command, unfinished: left });
+      }
+    });
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * A bounded, serial delivery queue for alert plugins: one delivery at a time, in order. When
+ * full, the oldest waiting item is dropped and counted (a dead webhook must not grow memory
+ * without end); the owner is told so it can warn.
+ */
+export class SerialQueue<T> {
+  private readonly items: T[] = [];
+  private running = false;
+  private idle: Array<() => void> = [];
+  /** Items dropped because the queue was full. */
+  dropped = 0;
+  /** Items taken off the queue and run (delivered or given up on). */
+  processed = 0;
+
+  constructor(
+    private readonly capacity: number,
+    private readonly run: (item: T) => Promise<void>,
+    private readonly onDrop: (item: T, droppedSoFar: number) => void = () => {},
+  ) {}
+
+  get size(): number {
+    return this.items.length + (this.running ? 1 : 0);
+  }
+
+  push(item: T): void {
+    if (this.items.length >= this.capacity) {
+      const oldest = this.items.shift()!;
+      this.dropped++;
+      this.onDrop(oldest, this.dropped);
+    }
+    this.items.push(item);
+    if (!this.running) void this.work();
+  }
+
+  /** Resolves true once everything queued is delivered, false after `timeoutMs`. */
+  async drain(timeoutMs: number): Promise<boolean> {
+    if (this.size === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([
+      new Promise<boolean>((r) => this.idle.push(() => r(true))),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    return done;
+  }
+
+  /** Forgets what is still waiting (after a drain timed out); returns how many. */
+  clear(): number {
+    const n = this.items.length;
+    this.items.length = 0;
+    return n;
+  }
+
+  private async work(): Promise<void> {
+    this.running = true;
+    try {
+      for (let item = this.items.shift(); item !== undefined; item = this.items.shift()) {
+        try {
+          await this.run(item);
+        } catch {
+          // `run` reports its own failures; the queue moves on.
+        }
+        this.processed++;
+      }
+    } finally {
+      this.running = false;
+      const waiters = this.idle;
+      this.idle = [];
+      for (const w of waiters) w();
+    }
+  }
+}

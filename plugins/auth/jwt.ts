@@ -1,0 +1,288 @@
+/**
+ * jwt: load balancers prove themselves to servers with short-lived JSON Web Tokens (jose).
+ *
+ * Load balancer (`credentials` hook): signs a fresh token for each connection, HS256 with a
+ * shared secret or EdDSA/ES256 with a private key, carrying iss, aud, sub (its node name), iat,
+ * exp = iat + ttlSeconds and a random jti. Server (`verify` hook): checks size, algorithm
+ * (never `none`), signature (secret, public key or JWKS file), exp/nbf/iat with clock
+ * tolerance, issuer and audience, and maps each failure to its own wire code (AUTH_*), which
+ * the load balancer shows in its status as e.g. `AUTH_EXPIRED: token expired`.
+ *
+ * Key material comes from files or environment variables named in the config, never from
+ * flags. Each role loads only what it needs (a server never needs the private key).
+ */
+import { readFileSync, statSync } from 'node:fs';
+import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
+import { dirname, resolve } from 'node:path';
+import { SignJWT, jwtVerify, decodeProtectedHeader, createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
+import { ConfigError, errorText, type WireErrorName } from '../../core/errors.ts';
+import type { AuthVerdict, CoreLike } from '../../core/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugins.ts';
+
+const PLUGIN_NAME = 'jwt';
+
+export type JwtAlg = 'HS256' | 'EdDSA' | 'ES256';
+export const JWT_ALGS: readonly JwtAlg[] = ['HS256', 'EdDSA', 'ES256'];
+
+/** RFC 7518 3.2: an HS256 key at least as long as the hash. */
+export const MIN_SECRET_BYTES = 32;
+
+export interface JwtOptions {
+  alg?: JwtAlg;
+  secretFile?: string;
+  secretEnv?: string;
+  privateKeyFile?: string;
+  publicKeyFile?: string;
+  jwksFile?: string;
+  kid?: string;
+  issuer?: string;
+  audience?: string;
+  subject?: string;
+  ttlSeconds?: number;
+  clockToleranceSeconds?: number;
+  maxTokenAgeSeconds?: number;
+  maxTokenBytes?: number;
+  required?: boolean;
+}
+
+type SignKey = Uint8Array | KeyObject;
+type VerifyKey = Uint8Array | KeyObject | JWTVerifyGetKey;
+
+const file = (what: string) => ({ type: 'string', minLength: 1, description: what });
+
+export default class JwtAuthPlugin implements QhcpPlugin {
+  static schema = {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      alg: { enum: [...JWT_ALGS], default: 'HS256', description: 'signing algorithm; the only one a server accepts' },
+      secretFile: file('HS256: file holding the shared secret (both roles)'),
+      secretEnv: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'HS256: environment variable holding the shared secret (both roles)' },
+      privateKeyFile: file('EdDSA/ES256: PEM private key (load balancer)'),
+      publicKeyFile: file('EdDSA/ES256: PEM public key (server)'),
+      jwksFile: file('server: JSON Web Key Set file of accepted keys (instead of a secret or public key)'),
+      kid: { type: 'string', minLength: 1, maxLength: 256, description: 'key id put in the token header (selects the key in a JWKS)' },
+      issuer: { type: 'string', minLength: 1, default: 'qhcp-loadbalancer', description: 'iss the load balancer signs and the server requires' },
+      audience: { type: 'string', minLength: 1, default: 'qhcp-server', description: 'aud the load balancer signs and the server requires' },
+      subject: { type: 'string', minLength: 1, description: 'sub the load balancer signs (default: its node name)' },
+      ttlSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 60, description: 'lifetime of a signed token' },
+      clockToleranceSeconds: { type: 'integer', minimum: 0, maximum: 600, default: 30, description: 'clock skew allowed when checking exp, nbf and iat' },
+      maxTokenAgeSeconds: { type: 'integer', minimum: 1, maximum: 31_536_000, default: 600, description: 'server: reject tokens issued (iat) longer ago than this' },
+      maxTokenBytes: { type: 'integer', minimum: 64, maximum: 16_384, default: 4096, description: 'server: longer tokens are rejected unparsed' },
+      required: { type: 'boolean', default: true, description: 'server: reject a HELLO without a token (false: accept it, still reject bad ones)' },
+    },
+  };
+  readonly name = PLUGIN_NAME;
+  readonly family = 'auth' as const;
+  readonly roles = ['server' as const, 'loadbalancer' as const];
+  private readonly opts: Required<Pick<JwtOptions, 'alg' | 'issuer' | 'audience' | 'ttlSeconds' | 'clockToleranceSeconds' | 'maxTokenAgeSeconds' | 'maxTokenBytes' | 'required'>> & JwtOptions;
+  private signKey: SignKey | undefined;
+  private verifyKey: VerifyKey | undefined;
+
+  /** Checks that the options name key material that fits the algorithm. @throws Error */
+  constructor(options: JwtOptions = {}) {
+    this.opts = { alg: 'HS256', issuer: 'qhcp-loadbalancer', audience: 'qhcp-server', ttlSeconds: 60, clockToleranceSeconds: 30, maxTokenAgeSeconds: 600, maxTokenBytes: 4096, required: true, ...options };
+    const o = this.opts;
+    if (o.secretFile && o.secretEnv) throw new Error('jwt: give secretFile or secretEnv, not both');
+    if (o.alg === 'HS256') {
+      if (o.privateKeyFile || o.publicKeyFile) throw new Error('jwt: privateKeyFile/publicKeyFile are for EdDSA or ES256; HS256 uses secretFile or secretEnv');
+      if (!o.secretFile && !o.secretEnv && !o.jwksFile) throw new Error('jwt: HS256 needs a shared secret: secretFile or secretEnv (see docs/plugins-builtin.md, "Generating keys")');
+    } else {
+      if (o.secretFile || o.secretEnv) throw new Error(`jwt: ${o.alg} signs with a key pair: use privateKeyFile (load balancer) and publicKeyFile or jwksFile (server), not a secret`);
+      if (!o.privateKeyFile && !o.publicKeyFile && !o.jwksFile) throw new Error(`jwt: ${o.alg} needs privateKeyFile (load balancer) and/or publicKeyFile or jwksFile (server)`);
+    }
+  }
+
+  /** Signs a token for a connection from `node` (load balancer). */
+  async sign(node: string, now = Date.now()): Promise<string> {
+    if (!this.signKey) throw new Error('jwt: no signing key loaded (not applied on a load balancer)');
+    const o = this.opts;
+    const iat = Math.floor(now / 1000);
+    return new SignJWT({})
+      .setProtectedHeader({ alg: o.alg, typ: 'JWT', ...(o.kid ? { kid: o.kid } : {}) })
+      .setIssuer(o.issuer)
+      .setAudience(o.audience)
+      .setSubject(o.subject ?? node)
+      .setIssuedAt(iat)
+      .setExpirationTime(iat + o.ttlSeconds)
+      .setJti(randomUUID())
+      .sign(this.signKey);
+  }
+
+  /** The verdict on a HELLO token (server). Never throws; reasons never contain the token. */
+  async verify(token: string | undefined, now = Date.now()): Promise<AuthVerdict> {
+    const o = this.opts;
+    if (!this.verifyKey) return deny('INTERNAL_ERROR', 'jwt: no verification key loaded');
+    if (token === undefined || token === '') {
+      return o.required ? deny('AUTH_REQUIRED', 'this server requires a token (jwt) in HELLO') : { ok: true };
+    }
+    const bytes = Buffer.byteLength(token);
+    if (bytes > o.maxTokenBytes) return deny('AUTH_INVALID', `token is ${bytes} bytes; at most ${o.maxTokenBytes} are accepted`);
+    let alg: unknown;
+    try {
+      if (token.split('.').length !== 3) throw new Error('not three parts');
+      alg = decodeProtectedHeader(token).alg;
+    } catch {
+      return deny('AUTH_INVALID', 'token is not a compact JWS (header.payload.signature)');
+    }
+    if (typeof alg !== 'string' || alg.toLowerCase() === 'none') return deny('AUTH_ALG_REJECTED', 'unsigned tokens (alg "none") are never accepted');
+    if (alg !== o.alg) return deny('AUTH_ALG_REJECTED', `alg "${alg.slice(0, 32)}" is not accepted (this server accepts ${o.alg})`);
+    try {
+      const { payload } = await jwtVerify(token, this.verifyKey as Uint8Array, {
+        algorithms: [o.alg],
+        issuer: o.issuer,
+        audience: o.audience,
+        clockTolerance: o.clockToleranceSeconds,
+        maxTokenAge: o.maxTokenAgeSeconds,
+        requiredClaims: ['exp', 'iat'],
+        currentDate: new Date(now),
+      });
+      return { ok: true, ...(typeof payload.sub === 'string' ? { subject: payload.sub } : {}) };
+    } catch (e) {
+      return verdictOf(e);
+    }
+  }
+
+  apply(core: CoreLike): void {
+    const base = (core as { configFile?: string }).configFile;
+    const at = (p: string) => resolve(base ? dirname(base) : process.cwd(), p);
+    const o = this.opts;
+    if (core.role === 'loadbalancer') {
+      this.signKey = this.loadSignKey(at, core);
+      core.hooks.credentials.tapPromise(PLUGIN_NAME, (req) => this.sign(req.node));
+      core.logger.info('jwt: signing a token for each connection', { alg: o.alg, issuer: o.issuer, audience: o.audience, ttl: `${o.ttlSeconds}s` });
+    } else {
+      this.verifyKey = this.loadVerifyKey(at, core);
+      core.hooks.verify.tapPromise(PLUGIN_NAME, (req) => this.verify(req.token));
+      if (o.required) core.logger.info('jwt: load balancers must present a valid token', { alg: o.alg, issuer: o.issuer, audience: o.audience });
+      else core.logger.warn('jwt: required is false: a HELLO without a token is ACCEPTED (bad tokens are still rejected)');
+    }
+  }
+
+  /** @throws ConfigError when this role has no usable signing key */
+  private loadSignKey(at: (p: string) => string, core: CoreLike): SignKey {
+    const o = this.opts;
+    if (o.alg === 'HS256') {
+      if (!o.secretFile && !o.secretEnv) throw new ConfigError(['plugin jwt: a load balancer signs tokens and needs the shared secret: set secretFile or secretEnv']);
+      return this.loadSecret(at, core);
+    }
+    if (!o.privateKeyFile) throw new ConfigError([`plugin jwt: a load balancer signs ${o.alg} tokens and needs privateKeyFile`]);
+    return loadPem(at(o.privateKeyFile), 'private', o.alg, core);
+  }
+
+  /** @throws ConfigError when this role has no usable verification key */
+  private loadVerifyKey(at: (p: string) => string, core: CoreLike): VerifyKey {
+    const o = this.opts;
+    if (o.jwksFile) return loadJwks(at(o.jwksFile));
+    if (o.alg === 'HS256') return this.loadSecret(at, core);
+    if (o.publicKeyFile) return loadPem(at(o.publicKeyFile), 'public', o.alg, core);
+    if (o.privateKeyFile) {
+      core.logger.warn('jwt: verifying with the public half of privateKeyFile; a server only needs publicKeyFile');
+      return loadPem(at(o.privateKeyFile), 'public', o.alg, core);
+    }
+    throw new ConfigError([`plugin jwt: a server verifies ${o.alg} tokens and needs publicKeyFile or jwksFile`]);
+  }
+
+  private loadSecret(at: (p: string) => string, core: CoreLike): Uint8Array {
+    const o = this.opts;
+    let text: string;
+    let where: string;
+    if (o.secretFile) {
+      where = `secretFile ${at(o.secretFile)}`;
+      text = readText(at(o.secretFile), 'secretFile');
+      warnIfShared(at(o.secretFile), core);
+    } else {
+      where = `environment variable ${o.secretEnv}`;
+      const v = process.env[o.secretEnv!];
+      if (v === undefined || v === '') throw new ConfigError([`plugin jwt: ${where} is not set or empty`]);
+      text = v;
+    }
+    // A trailing newline from `echo`/`openssl ... > file` is not part of the secret.
+    const secret = Buffer.from(text.replace(/[\r\n]+$/, ''), 'utf8');
+    if (secret.length < MIN_SECRET_BYTES) {
+      throw new ConfigError([`plugin jwt: the secret in ${where} is ${secret.length} bytes; HS256 needs at least ${MIN_SECRET_BYTES} (openssl rand -base64 32 > secret)`]);
+    }
+    return new Uint8Array(secret);
+  }
+}
+
+function deny(kind: WireErrorName, reason: string): AuthVerdict {
+  return { ok: false, kind, reason };
+}
+
+/** Maps a jose verification error to a wire error kind and a reason safe to send and log. */
+export function verdictOf(e: unknown): AuthVerdict {
+  const err = e as { code?: string; claim?: string; reason?: string };
+  switch (err.code) {
+    case 'ERR_JWT_EXPIRED':
+      return deny('AUTH_EXPIRED', err.claim === 'iat' ? 'token expired (issued too long ago)' : 'token expired');
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      if (err.reason === 'missing') return deny('AUTH_BAD_CLAIM', `token has no "${err.claim}" claim`);
+      if (err.claim === 'nbf') return deny('AUTH_NOT_YET_VALID', 'token not valid yet (nbf is in the future)');
+      if (err.claim === 'iat' && err.reason === 'check_failed') return deny('AUTH_NOT_YET_VALID', 'token issued in the future (iat)');
+      if (err.claim === 'iss') return deny('AUTH_BAD_CLAIM', 'token issuer (iss) is not accepted');
+      if (err.claim === 'aud') return deny('AUTH_BAD_CLAIM', 'token audience (aud) is not this server');
+      return deny('AUTH_BAD_CLAIM', `token claim "${err.claim ?? '?'}" is not valid`);
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+      return deny('AUTH_BAD_SIGNATURE', 'token signature does not verify');
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+      return deny('AUTH_BAD_SIGNATURE', 'no key in the key set matches the token (kid/alg)');
+    case 'ERR_JWKS_MULTIPLE_MATCHING_KEYS':
+      return deny('AUTH_BAD_SIGNATURE', 'token signature does not verify with any matching key');
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+    case 'ERR_JOSE_NOT_SUPPORTED':
+      return deny('AUTH_ALG_REJECTED', 'token algorithm is not accepted');
+    default:
+      return deny('AUTH_INVALID', 'token is malformed');
+  }
+}
+
+function readText(path: string, option: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new ConfigError([`plugin jwt: ${option} ${path}: cannot read (${(e as NodeJS.ErrnoException).code ?? errorText(e)})`]);
+  }
+}
+
+/** A secret or private key readable by group or others deserves a warning (like ssh gives). */
+function warnIfShared(path: string, core: CoreLike): void {
+  try {
+    if (process.platform !== 'win32' && (statSync(path).mode & 0o077) !== 0) core.logger.warn('jwt: key file is readable by other users; chmod 600 it', { file: path });
+  } catch {
+    /* readText already reported it */
+  }
+}
+
+/** Loads a PEM key (PKCS#8, SPKI or SEC1 EC) and checks it fits the algorithm. @throws ConfigError */
+function loadPem(path: string, want: 'private' | 'public', alg: JwtAlg, core: CoreLike): KeyObject {
+  const option = want === 'private' ? 'privateKeyFile' : 'publicKeyFile';
+  const pem = readText(path, option);
+  let key: KeyObject;
+  try {
+    key = want === 'private' ? createPrivateKey(pem) : createPublicKey(pem);
+  } catch (e) {
+    throw new ConfigError([`plugin jwt: ${path}: not a PEM ${want} key (${errorText(e)})`]);
+  }
+  if (want === 'private' || pem.includes('PRIVATE KEY')) warnIfShared(path, core);
+  const type = key.asymmetricKeyType;
+  const ok = alg === 'EdDSA' ? type === 'ed25519' : type === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1';
+  if (!ok) {
+    const need = alg === 'EdDSA' ? 'an Ed25519 key' : 'an EC P-256 (prime256v1) key';
+    const got = type === 'ec' ? `an EC ${key.asymmetricKeyDetails?.namedCurve ?? ''} key` : `a ${type ?? 'secret'} key`;
+    throw new ConfigError([`plugin jwt: ${path}: ${alg} needs ${need}, this is ${got}`]);
+  }
+  return key;
+}
+
+/** @throws ConfigError */
+function loadJwks(path: string): JWTVerifyGetKey {
+  let jwks: JSONWebKeySet;
+  try {
+    jwks = JSON.parse(readText(path, 'jwksFile')) as JSONWebKeySet;
+    return createLocalJWKSet(jwks);
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+    throw new ConfigError([`plugin jwt: jwksFile ${path}: not a JSON Web Key Set ({"keys": [...]}): ${errorText(e)}`]);
+  }
+}

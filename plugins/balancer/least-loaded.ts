@@ -1,0 +1,62 @@
+/**
+ * least-loaded: the UP server with the lowest load (loadScore by default). Ties rotate, so equal
+ * servers share picks evenly. Herd guard: every pick sent to a server since its last report adds
+ * `pickCost` to its load, so the server that looked idle in the last report takes picks only
+ * until it looks as loaded as the next one, not all of them until the next report.
+ * Stale reports (older than `maxReportAgeMs`) count as unknown load (load.ts).
+ */
+import type { BackendView, CoreLike } from '../../core/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugins.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+
+const PLUGIN_NAME = 'least-loaded';
+
+export interface LeastLoadedOptions extends Partial<LoadOptions> {
+  pickCost?: number;
+}
+
+export default class LeastLoadedPlugin implements QhcpPlugin {
+  static schema = {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      ...LOAD_OPTIONS_SCHEMA,
+      pickCost: { type: 'number', minimum: 0, maximum: 1, default: 0.01, description: 'load one pick adds to a server until its next report (0: no herd guard)' },
+    },
+  };
+  readonly name = PLUGIN_NAME;
+  readonly family = 'balancer' as const;
+  readonly roles = ['loadbalancer' as const];
+  private readonly opts: LoadOptions & { pickCost: number };
+  private readonly picks = new PicksSinceReport();
+  /** The address picked last, where the search among ties starts. */
+  private last: string | undefined;
+
+  constructor(options: LeastLoadedOptions = {}) {
+    this.opts = { ...LOAD_DEFAULTS, pickCost: 0.01, ...options };
+  }
+
+  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
+    const n = servers.length;
+    if (n === 0) return undefined;
+    this.picks.prune(servers);
+    const { loads } = loadsOf(servers, now, this.opts);
+    const eff = servers.map((s, i) => loads[i]! + this.opts.pickCost * this.picks.get(s));
+    const min = Math.min(...eff);
+    // Ties rotate: the first tied server after the one picked last, in configuration order.
+    const lastAt = this.last === undefined ? -1 : servers.findIndex((s) => s.address === this.last);
+    let best = -1;
+    for (let k = 1; k <= n && best < 0; k++) {
+      const i = (lastAt + k + n) % n;
+      if (eff[i]! <= min + 1e-12) best = i;
+    }
+    const chosen = servers[best]!;
+    this.last = chosen.address;
+    this.picks.add(chosen);
+    return chosen;
+  }
+
+  apply(core: CoreLike): void {
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+  }
+}

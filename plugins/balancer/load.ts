@@ -1,0 +1,73 @@
+/**
+ * What the load-aware balancers share: reading a backend's load from its last report, treating
+ * a stale or missing report as unknown load, and counting picks since each backend's last report
+ * (the herd guard: a server that looked idle in its last report stops looking idle after the
+ * picks it has been sent since).
+ */
+import type { BackendView } from '../../core/hooks.ts';
+
+export interface LoadOptions {
+  /** A report older than this (ms, counting its sample's own age) is unknown load. */
+  maxReportAgeMs: number;
+  /** The metric holding the load (default loadScore, 0..1). */
+  metric: string;
+  /** What an unknown load counts as: the mean of the known ones, or a fixed value. */
+  unknownLoad: 'mean' | number;
+}
+
+export const LOAD_DEFAULTS: LoadOptions = { maxReportAgeMs: 30_000, metric: 'loadScore', unknownLoad: 'mean' };
+
+/** JSON-schema properties for LoadOptions, shared by every load-aware balancer's schema. */
+export const LOAD_OPTIONS_SCHEMA = {
+  maxReportAgeMs: { type: 'integer', minimum: 100, maximum: 86_400_000, default: LOAD_DEFAULTS.maxReportAgeMs, description: 'a report older than this counts as unknown load' },
+  metric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: LOAD_DEFAULTS.metric, description: 'the metric that holds the load' },
+  unknownLoad: {
+    anyOf: [{ const: 'mean' }, { type: 'number', minimum: 0 }],
+    default: LOAD_DEFAULTS.unknownLoad,
+    description: '"mean" (of the known loads) or a fixed load for servers whose load is unknown',
+  },
+} as const;
+
+/**
+ * The load from `s`'s last report, or undefined when it is unknown: no report yet, the report
+ * (plus the age its sample already had) older than `maxReportAgeMs`, or no finite value.
+ */
+export function reportedLoad(s: BackendView, now: number, o: Pick<LoadOptions, 'maxReportAgeMs' | 'metric'>): number | undefined {
+  if (s.reportedAt === null) return undefined;
+  const age = now - s.reportedAt + (s.ageMs ?? 0);
+  if (age > o.maxReportAgeMs) return undefined;
+  const v = s.metrics[o.metric];
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
+}
+
+/**
+ * Each server's load, unknown ones filled in per `unknownLoad` (the mean of the known loads, so
+ * an unknown server is neither favoured nor starved; 0.5 when no load is known at all).
+ */
+export function loadsOf(servers: readonly BackendView[], now: number, o: LoadOptions): { loads: number[]; known: boolean[] } {
+  const raw = servers.map((s) => reportedLoad(s, now, o));
+  const knownVals = raw.filter((v): v is number => v !== undefined);
+  const fill = typeof o.unknownLoad === 'number' ? o.unknownLoad : knownVals.length ? knownVals.reduce((a, b) => a + b, 0) / knownVals.length : 0.5;
+  return { loads: raw.map((v) => v ?? fill), known: raw.map((v) => v !== undefined) };
+}
+
+/** Picks sent to each server since its last report; a new report (reportedAt changes) resets it. */
+export class PicksSinceReport {
+  private readonly counts = new Map<string, { reportedAt: number | null; picks: number }>();
+
+  get(s: BackendView): number {
+    const c = this.counts.get(s.address);
+    return c && c.reportedAt === s.reportedAt ? c.picks : 0;
+  }
+
+  add(s: BackendView): void {
+    this.counts.set(s.address, { reportedAt: s.reportedAt, picks: this.get(s) + 1 });
+  }
+
+  /** Forgets servers no longer offered (DOWN ones), so the map stays as small as the pool. */
+  prune(servers: readonly BackendView[]): void {
+    if (this.counts.size <= servers.length) return;
+    const live = new Set(servers.map((s) => s.address));
+    for (const k of this.counts.keys()) if (!live.has(k)) this.counts.delete(k);
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * power-of-two: two distinct UP servers chosen at random, the less loaded of the two wins (a tie
+ * is decided at random). Randomness keeps it from herding onto one idle-looking server even
+ * with stale reports; the most loaded server is never picked while it has a peer.
+ * Stale reports count as unknown load (load.ts).
+ */
+import type { BackendView, CoreLike } from '../../core/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugins.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+
+const PLUGIN_NAME = 'power-of-two';
+
+export interface PowerOfTwoOptions extends Partial<LoadOptions> {
+  pickCost?: number;
+}
+
+export default class PowerOfTwoPlugin implements QhcpPlugin {
+  static schema = {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      ...LOAD_OPTIONS_SCHEMA,
+      pickCost: { type: 'number', minimum: 0, maximum: 1, default: 0, description: 'load one pick adds to a server until its next report' },
+    },
+  };
+  readonly name = PLUGIN_NAME;
+  readonly family = 'balancer' as const;
+  readonly roles = ['loadbalancer' as const];
+  private readonly opts: LoadOptions & { pickCost: number };
+  private readonly picks = new PicksSinceReport();
+
+  /** `random` returns [0, 1) like Math.random (tests pass a seeded one). */
+  constructor(
+    options: PowerOfTwoOptions = {},
+    private readonly random: () => number = Math.random,
+  ) {
+    this.opts = { ...LOAD_DEFAULTS, pickCost: 0, ...options };
+  }
+
+  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
+    const n = servers.length;
+    if (n === 0) return undefined;
+    if (n === 1) return servers[0];
+    this.picks.prune(servers);
+    const a = Math.floor(this.random() * n) % n;
+    // A second index drawn from the other n-1, so the two are always distinct.
+    const b = (a + 1 + (Math.floor(this.random() * (n - 1)) % (n - 1))) % n;
+    // Loads of the whole pool, so an unknown one is filled with the pool's mean, not the pair's.
+    const { loads } = loadsOf(servers, now, this.opts);
+    const la = loads[a]! + this.opts.pickCost * this.picks.get(servers[a]!);
+    const lb = loads[b]! + this.opts.pickCost * this.picks.get(servers[b]!);
+    const chosen = servers[la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b]!;
+    if (this.opts.pickCost > 0) this.picks.add(chosen);
+    return chosen;
+  }
+
+  apply(core: CoreLike): void {
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * weighted-round-robin: smooth weighted rotation (each pick, every server's credit grows by its
+ * weight and the richest server is chosen and pays the total), so a 5:1:1 pool gets
+ * a a b a c a a, not a a a a a b c. Weights come from the configuration (`servers: [{address,
+ * weight}]`), from a metric each server reports, or from its load (weight x (1 - load)); a
+ * stale or missing report falls back to the configured weight (load.ts).
+ */
+import type { BackendView, CoreLike } from '../../core/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugins.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
+
+const PLUGIN_NAME = 'weighted-round-robin';
+
+/** Share of its weight a fully loaded server keeps with `weightFrom: 'load'`. */
+const MIN_LOAD_SHARE = 0.01;
+
+export interface WeightedRoundRobinOptions extends Partial<LoadOptions> {
+  weightFrom?: 'config' | 'metric' | 'load';
+  weightMetric?: string;
+}
+
+export default class WeightedRoundRobinPlugin implements QhcpPlugin {
+  static schema = {
+    type: 'object',
+    additionalProperties: false,
+    properties: {
+      weightFrom: { enum: ['config', 'metric', 'load'], default: 'config', description: 'where weights come from' },
+      weightMetric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
+      ...LOAD_OPTIONS_SCHEMA,
+    },
+  };
+  readonly name = PLUGIN_NAME;
+  readonly family = 'balancer' as const;
+  readonly roles = ['loadbalancer' as const];
+  private readonly opts: LoadOptions & { weightFrom: 'config' | 'metric' | 'load'; weightMetric: string };
+  /** Smooth-WRR credit per server address. */
+  private readonly credit = new Map<string, number>();
+
+  constructor(options: WeightedRoundRobinOptions = {}) {
+    this.opts = { ...LOAD_DEFAULTS, weightFrom: 'config', weightMetric: 'weight', ...options };
+  }
+
+  /** The weight of each server for this pick (never negative; all zero means equal). */
+  weights(servers: readonly BackendView[], now: number): number[] {
+    const o = this.opts;
+    let w: number[];
+    if (o.weightFrom === 'metric') {
+      w = servers.map((s) => {
+        const v = reportedLoad(s, now, { maxReportAgeMs: o.maxReportAgeMs, metric: o.weightMetric });
+        return v !== undefined && v >= 0 ? v : s.weight;
+      });
+    } else if (o.weightFrom === 'load') {
+      const { loads } = loadsOf(servers, now, o);
+      w = servers.map((s, i) => s.weight * Math.max(MIN_LOAD_SHARE, 1 - Math.min(1, loads[i]!)));
+    } else {
+      w = servers.map((s) => s.weight);
+    }
+    w = w.map((x) => (Number.isFinite(x) && x > 0 ? x : 0));
+    return w.some((x) => x > 0) ? w : w.map(() => 1);
+  }
+
+  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
+    if (servers.length === 0) return undefined;
+    if (this.credit.size > servers.length) {
+      const live = new Set(servers.map((s) => s.address));
+      for (const k of this.credit.keys()) if (!live.has(k)) this.credit.delete(k);
+    }
+    const w = this.weights(servers, now);
+    const total = w.reduce((a, b) => a + b, 0);
+    let best = 0;
+    let bestCredit = -Infinity;
+    servers.forEach((s, i) => {
+      const c = (this.credit.get(s.address) ?? 0) + w[i]!;
+      this.credit.set(s.address, c);
+      if (c > bestCredit) {
+        best = i;
+        bestCredit = c;
+      }
+    });
+    const chosen = servers[best]!;
+    this.credit.set(chosen.address, bestCredit - total);
+    return chosen;
+  }
+
+  apply(core: CoreLike): void {
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+  }
+}

@@ -1,0 +1,186 @@
+import { expect } from 'chai';
+import SystemMetricsPlugin, { mountKey, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
+import { MetricsReport } from '../../core/hooks.ts';
+import { ConfigError } from '../../core/errors.ts';
+import { validateOptions } from '../../core/plugins.ts';
+import { waitUntil } from '../helpers/procs.ts';
+import { fakeCore } from './fake-core.ts';
+
+const METRIC_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/;
+
+/** Instant fake readers with call counters; `over` replaces any of them. */
+function fakeReaders(over: Partial<SystemReaders> = {}) {
+  const calls: Record<string, number> = {};
+  let rx = 1_000_000;
+  const count = <T>(name: string, fn: () => T) => () => {
+    calls[name] = (calls[name] ?? 0) + 1;
+    return fn();
+  };
+  const base: SystemReaders = {
+    currentLoad: async () => ({ currentLoad: 40, cpus: [{ load: 30 }, { load: 50 }] }),
+    mem: async () => ({ total: 1000, available: 250 }),
+    loadavg: () => [1, 0.5, 0.25],
+    fsSize: async () => [
+      { mount: '/', use: 21.44, size: 100 },
+      { mount: '/var/lib', use: 80, size: 100 },
+      { mount: '/proc-like', use: 0, size: 0 },
+    ],
+    networkStats: async () => [
+      { iface: 'lo', rx_bytes: 5e9, tx_bytes: 5e9 },
+      { iface: 'eth0', rx_bytes: (rx += 100_000), tx_bytes: 500 },
+    ],
+    processes: async () => ({ all: 123 }),
+    uptime: () => 3600.4,
+    cores: () => 2,
+  };
+  const merged = { ...base, ...over };
+  const readers = Object.fromEntries(Object.entries(merged).map(([k, fn]) => [k, count(k, fn as () => unknown)])) as unknown as SystemReaders;
+  return { readers, calls };
+}
+
+function collect(p: SystemMetricsPlugin): MetricsReport {
+  const r = new MetricsReport();
+  p.collect(r);
+  return r;
+}
+
+describe('system-metrics plugin', () => {
+  const started: SystemMetricsPlugin[] = [];
+  afterEach(() => {
+    for (const p of started.splice(0)) p.sampler.stop();
+  });
+
+  async function startPlugin(options: Record<string, unknown>, readers: SystemReaders) {
+    const core = fakeCore('server');
+    const p = new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, options, 'test'), readers);
+    started.push(p);
+    p.apply(core);
+    await core.hooks.start.promise(core);
+    return { core, p };
+  }
+
+  it('reports every metric under a valid name, with the names the status table reads', async () => {
+    const { readers } = fakeReaders();
+    const { core, p } = await startPlugin({ intervalMs: 50 }, readers);
+    // net.* is a rate: it needs a second reading.
+    await waitUntil(() => 'net.rxBytesPerSec' in collect(p).values, 5000, 'a network rate');
+    const v = collect(p).values;
+    expect(v).to.include({ cpu: 40, 'cpu.core0': 30, 'cpu.core1': 50, memory: 75, load1: 1, load5: 0.5, load15: 0.25, 'disk.root.usedPct': 21.4, 'disk.var_lib.usedPct': 80, processes: 123, uptime: 3600 });
+    expect(v['net.rxBytesPerSec']).to.be.greaterThan(0);
+    expect(v['net.txBytesPerSec']).to.equal(0, 'eth0 sent nothing; lo is left out');
+    expect(v).to.not.have.property('disk.proc-like.usedPct');
+    // max(0.40, 0.75, 1/2 cores) = 0.75
+    expect(v.loadScore).to.equal(0.75);
+    for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
+    const defs = core.hooks.metricDefinitions.call([]).map((d) => d.name);
+    expect(defs).to.include.members(['cpu', 'memory', 'load1', 'loadScore', 'cpu.core1', 'disk.root.usedPct', 'disk.var_lib.usedPct', 'net.rxBytesPerSec', 'uptime']);
+    for (const d of defs) expect(d).to.match(METRIC_NAME);
+  });
+
+  it('collect copies the cache: no reader runs on the report path', async () => {
+    const { readers, calls } = fakeReaders();
+    const { p } = await startPlugin({ intervalMs: 60_000, slowIntervalMs: 60_000 }, readers);
+    const before = { ...calls };
+    for (let i = 0; i < 1000; i++) collect(p);
+    expect(calls).to.deep.equal(before);
+    expect(Object.keys(collect(p).values)).to.include('cpu');
+  });
+
+  it('each value carries its own read time, so the report age is its oldest source', async () => {
+    const { readers } = fakeReaders();
+    const { p } = await startPlugin({ intervalMs: 50, slowIntervalMs: 60_000 }, readers);
+    const first = collect(p).sampledAt['disk.root.usedPct']!;
+    await waitUntil(() => collect(p).sampledAt.cpu! > first + 100, 5000, 'fresh cpu readings');
+    const r = collect(p);
+    expect(r.sampledAt['disk.root.usedPct']).to.equal(first, 'the slow source was not read again');
+    expect(r.sampledAt.loadScore).to.equal(Math.min(r.sampledAt.cpu!, r.sampledAt.memory!, r.sampledAt.load1!));
+  });
+
+  it('a hanging source drops only its own metrics, is never started twice, and is logged', async () => {
+    const { readers, calls } = fakeReaders({ fsSize: () => new Promise(() => {}) });
+    const { core, p } = await startPlugin({ intervalMs: 50, slowIntervalMs: 50, timeoutMs: 100 }, readers);
+    await waitUntil(() => p.sampler.status().find((s) => s.name === 'disk')!.failures >= 1, 5000, 'the disk read to time out');
+    await waitUntil(() => calls.currentLoad! >= 5, 5000, 'more cpu readings');
+    const v = collect(p).values;
+    expect(Object.keys(v).filter((k) => k.startsWith('disk.'))).to.deep.equal([]);
+    expect(v).to.include.keys('cpu', 'memory', 'load1', 'loadScore', 'processes');
+    expect(calls.fsSize).to.equal(1, 'the hung read blocks only its own next reads');
+    const warn = core.logged(/disk read failed/);
+    expect(warn[0]).to.include({ source: 'disk', error: 'timed out after 100 ms' });
+  });
+
+  it('a failing source recovers when it answers again; loadScore uses the inputs it has', async () => {
+    let broken = true;
+    const { readers } = fakeReaders({
+      mem: async () => {
+        if (broken) throw new Error('EIO');
+        return { total: 100, available: 10 };
+      },
+    });
+    const { p } = await startPlugin({ intervalMs: 50 }, readers);
+    await waitUntil(() => p.sampler.status().find((s) => s.name === 'memory')!.failures >= 1, 5000, 'a memory failure');
+    let v = collect(p).values;
+    expect(v).to.not.have.property('memory');
+    expect(v.loadScore).to.equal(0.5, 'max(cpu 0.40, load 1/2) without memory');
+    broken = false;
+    await waitUntil(() => collect(p).values.memory === 90, 5000, 'memory back');
+    v = collect(p).values;
+    expect(v.loadScore).to.equal(0.9);
+  });
+
+  it('loadScore: max or weighted mean, weight 0 leaves an input out, load is per core', () => {
+    const { readers } = fakeReaders();
+    const score = (opts: Record<string, unknown>, values: Record<string, number>) => new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, opts, 't'), readers).loadScore(values);
+    expect(score({}, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.6);
+    expect(score({ loadScore: { combine: 'mean' } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.433);
+    expect(score({ loadScore: { combine: 'mean', weights: { cpu: 2, memory: 0, load: 1 } } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.3);
+    expect(score({ loadScore: { weights: { memory: 0 } } }, { cpu: 20, memory: 99, load1: 8 })).to.equal(1, 'load 8 on 2 cores is clamped to 1');
+    expect(score({}, {})).to.equal(undefined);
+  });
+
+  it('sanitises mount points into metric names, keeping colliding ones apart', async () => {
+    for (const [mount, key] of [['/', 'root'], ['/var/lib', 'var_lib'], ['/mnt/data.1', 'mnt_data_1'], ['C:', 'C:'], ['/9disk', '_9disk'], ['/média/ü b', 'm_dia_b']] as const) {
+      expect(mountKey(mount)).to.equal(key);
+      expect(`disk.${mountKey(mount)}.usedPct`).to.match(METRIC_NAME);
+    }
+    const long = '/' + 'x'.repeat(300);
+    const { readers } = fakeReaders({ fsSize: async () => [{ mount: '/a_b', use: 1, size: 1 }, { mount: '/a/b', use: 2, size: 1 }, { mount: long, use: 3, size: 1 }] });
+    const { p } = await startPlugin({}, readers);
+    const v = collect(p).values;
+    expect(v).to.include({ 'disk.a_b.usedPct': 1, 'disk.a_b_2.usedPct': 2 });
+    for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
+  });
+
+  it('a disabled source is neither read nor declared', async () => {
+    const { readers, calls } = fakeReaders();
+    const { core, p } = await startPlugin({ sources: { processes: { enabled: false }, disk: { enabled: false } }, perCore: false }, readers);
+    expect(calls.processes ?? 0).to.equal(0);
+    expect(calls.fsSize ?? 0).to.equal(0);
+    const names = core.hooks.metricDefinitions.call([]).map((d) => d.name);
+    expect(names).to.not.include('processes');
+    expect(names.some((n) => n.startsWith('cpu.core'))).to.equal(false);
+    expect(collect(p).values).to.not.have.property('cpu.core0');
+  });
+
+  it('rejects unknown or out-of-range options', () => {
+    expect(() => validateOptions(SystemMetricsPlugin, { intervalMs: 5 }, 'p')).to.throw(ConfigError, /intervalMs/);
+    expect(() => validateOptions(SystemMetricsPlugin, { sources: { gpu: {} } }, 'p')).to.throw(ConfigError, /gpu: is not a known option/);
+    expect(() => validateOptions(SystemMetricsPlugin, { loadScore: { combine: 'sum' } }, 'p')).to.throw(ConfigError, /combine/);
+    const filled = validateOptions(SystemMetricsPlugin, {}, 'p');
+    expect(filled).to.deep.include({ intervalMs: 1000, timeoutMs: 2000, loadScore: { combine: 'max', weights: { cpu: 1, memory: 1, load: 1 } } });
+  });
+
+  it('reads the real machine through systeminformation', async function () {
+    this.timeout(20_000);
+    const { core, p } = await startPlugin({ slowIntervalMs: 60_000 }, SYSTEM_READERS);
+    const v = collect(p).values;
+    for (const k of ['cpu', 'memory', 'load1', 'load5', 'load15', 'loadScore', 'uptime', 'processes']) expect(v, k).to.have.property(k);
+    expect(v.cpu).to.be.within(0, 100);
+    expect(v.memory).to.be.within(0, 100);
+    expect(v.loadScore).to.be.within(0, 1);
+    expect(v.processes).to.be.greaterThan(1);
+    expect(Object.keys(v).some((k) => /^disk\..+\.usedPct$/.test(k))).to.equal(true, `no disk metric in ${Object.keys(v).join(',')}`);
+    for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
+    await core.hooks.stop.promise(core);
+  });
+});
