@@ -36,7 +36,7 @@ process.on('message', (m: LbRequest) => {
         reply({ id: m.id, ok: true, port: lb.port });
       } else if (m.cmd === 'stats') {
         const mem = process.memoryUsage();
-        reply({ id: m.id, ok: true, stats: { ...lb!.stats, heapMb: Math.round(mem.heapUsed / 2 ** 20) }, states: states() });
+        reply({ id: m.id, ok: true, stats: { ...lb!.stats, heapMb: Math.round(mem.heapUsed / 2 ** 20), externalMb: Math.round(mem.external / 2 ** 20), arrayBuffersMb: Math.round(mem.arrayBuffers / 2 ** 20) }, states: states() });
       } else if (m.cmd === 'reset') {
         for (const k of Object.keys(lb!.stats) as (keyof LoadBalancer['stats'])[]) lb!.stats[k] = 0;
         reply({ id: m.id, ok: true });

@@ -296,14 +296,15 @@ Seed (Go prototype) form, single dash:
         return;
       }
       process.stdout.write(`# configuration for role ${o.role}; file: ${file ?? '(none found)'}\n`);
+      const w = Math.max(...Object.keys(CONFIG_SCHEMA.properties).map((k) => k.length)) + 1;
       for (const k of Object.keys(CONFIG_SCHEMA.properties)) {
         if (k === 'plugins') continue;
         const v = (c as unknown as Record<string, unknown>)[k];
         if (v === undefined && k !== 'checkTimeout') continue;
         const shown = k === 'checkTimeout' && v === undefined ? `${checkTimeoutOf(c)} (derived)` : JSON.stringify(v);
-        process.stdout.write(`${k.padEnd(18)} ${String(shown).padEnd(30)} ${sources[k] ?? (k === 'checkTimeout' ? 'default' : '')}\n`);
+        process.stdout.write(`${k.padEnd(w)} ${String(shown).padEnd(30)} ${sources[k] ?? (k === 'checkTimeout' ? 'default' : '')}\n`);
       }
-      process.stdout.write(`${'plugins'.padEnd(18)} ${plugins.join(', ')}  (${sources.plugins ?? 'default'})\n`);
+      process.stdout.write(`${'plugins'.padEnd(w)} ${plugins.join(', ')}  (${sources.plugins ?? 'default'})\n`);
     });
 
   program

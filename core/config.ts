@@ -241,8 +241,26 @@ export interface LoadedConfig {
   file: string | undefined;
 }
 
+/**
+ * Imports a user's module (config file or plugin) by its own syntax, whatever the nearest
+ * package.json says: ESM syntax in a directory without `"type": "module"` makes a plain
+ * import() fail (ERR_REQUIRE_CYCLE_MODULE), so that case goes through tsx's tsImport.
+ */
+export async function importUserModule(url: string): Promise<{ default?: unknown }> {
+  try {
+    return (await import(url)) as { default?: unknown };
+  } catch (e) {
+    if (!String((e as NodeJS.ErrnoException).code).startsWith('ERR_REQUIRE')) throw e;
+    const { tsImport } = await import('tsx/esm/api');
+    const mod = (await tsImport(url, import.meta.url)) as { default?: unknown };
+    // ESM syntax compiled to CommonJS arrives wrapped once more.
+    const inner = mod.default as { __esModule?: boolean; default?: unknown } | undefined;
+    return inner?.__esModule ? { default: inner.default } : mod;
+  }
+}
+
 const importLoader: Loader = async (filepath) => {
-  const mod = (await import(pathToFileURL(filepath).href)) as { default?: unknown };
+  const mod = await importUserModule(pathToFileURL(filepath).href);
   return mod.default ?? mod;
 };
 

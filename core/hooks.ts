@@ -8,7 +8,7 @@
  */
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
-import { PluginError, type WireErrorName } from './errors.ts';
+import { PluginError, WIRE_ERRORS, type WireErrorName } from './errors.ts';
 import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from './messages.ts';
 import type { Logger } from './log.ts';
 import type { Direction } from './session.ts';
@@ -105,6 +105,17 @@ export interface AuthRequest {
   role: 'checker' | 'query';
 }
 export type AuthVerdict = { ok: true; subject?: string } | { ok: false; kind: WireErrorName; reason: string };
+
+/** What the server acts on for a `verify` answer: undefined abstains; anything malformed denies (fail closed). */
+export function toVerdict(v: unknown): AuthVerdict | undefined {
+  if (v === undefined) return undefined;
+  const o = (v && typeof v === 'object' ? v : {}) as { ok?: unknown; kind?: unknown; reason?: unknown; subject?: unknown };
+  if (o.ok === true) return typeof o.subject === 'string' ? { ok: true, subject: o.subject } : { ok: true };
+  if (o.ok === false && typeof o.kind === 'string' && Object.hasOwn(WIRE_ERRORS, o.kind)) {
+    return { ok: false, kind: o.kind as WireErrorName, reason: typeof o.reason === 'string' ? o.reason : o.kind };
+  }
+  return { ok: false, kind: 'INTERNAL_ERROR', reason: 'auth plugin returned an invalid verdict' };
+}
 
 export interface CredentialsRequest {
   /** The server address being connected to (host:port). */

@@ -15,6 +15,14 @@ import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from './config.t
 import type { BackendView, CheckResult, Transition } from './hooks.ts';
 import type { Logger } from './log.ts';
 
+/**
+ * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
+ * side; 1000 started at once all miss their timeout and retry together (bench/, N = 1000).
+ */
+const MAX_CONNECTING = 16;
+
+type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
+
 /** One backend server as the load balancer sees it. */
 export class Backend implements BackendView {
   state: ServerState = 'UNKNOWN';
@@ -33,6 +41,8 @@ export class Backend implements BackendView {
   checking = false;
   dueAt = 0;
   seq = 0;
+  /** The last HEALTH_REQUEST while its answer is late (past the check deadline, connection kept). */
+  lateAnswer: Promise<HealthResponse> | undefined;
   /** Push mode: the agent reports on its own (CONFIG_UPDATE reportIntervalMs), `timer` awaits the next report. */
   pushing = false;
   /** The report interval the agent agreed to (CONFIG_ACK). */
@@ -77,6 +87,8 @@ export class LoadBalancer extends Core {
   private listener: Listener | undefined;
   private readonly querySessions = new Set<Session>();
   private stopping = false;
+  private connecting = 0;
+  private readonly connectWaiters: Array<() => void> = [];
   private readonly ca: string | undefined;
   private readonly intervalMs: number;
   private readonly timeoutMs: number;
@@ -172,20 +184,27 @@ export class LoadBalancer extends Core {
     if (lag > this.intervalMs * 0.1) this.stats.lateChecks++;
     this.stats.checks++;
     b.checks++;
+    // A new connection waits for a slot first; the check's time starts once it has one.
+    const late = b.lateAnswer;
+    const fresh = !late && !(b.session && !b.session.isClosed && b.session.state === 'READY');
+    const release = fresh ? await this.connectSlot() : undefined;
     const started = performance.now();
     const deadline = started + this.timeoutMs;
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
     let s: Session | undefined;
     try {
-      s = await this.ensureSession(b, left);
-      if (this.reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
-      const seq = (b.seq = (b.seq + 1) >>> 0);
-      const res = (await s.request('HEALTH_REQUEST', { seq }, left())) as Extract<Message, { type: 'HEALTH_RESPONSE' }>;
-      this.succeeded(b, res.body.metrics, res.body.ageMs, performance.now() - started);
+      if (this.stopping) return;
+      // A late answer to the last check's request is still awaited: this check waits for it.
+      s = late ? b.session : await this.ensureSession(b, left);
+      release?.();
+      if (!late && s && this.reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
+      const res = late ? await this.answerWithin(late, left()) : await this.healthRequest(b, s!, left());
+      this.succeeded(b, res.body.metrics, res.body.ageMs, late ? null : performance.now() - started);
     } catch (e) {
       // A check that crossed the server's DRAIN was dropped, not failed: DRAIN already moved the state.
       if (!this.stopping && !s?.drained) this.failed(b, describeFailure(e));
     } finally {
+      release?.();
       b.checking = false;
       // Push mode: no more checks on this session; the next report is awaited instead.
       if (b.pushing && s && b.session === s && !s.isClosed) this.awaitReport(b, b.reportMs + this.timeoutMs);
@@ -194,6 +213,20 @@ export class LoadBalancer extends Core {
         this.schedule(b);
       }
     }
+  }
+
+  /** Waits for a connection-attempt slot (MAX_CONNECTING); returns its release, idempotent. */
+  private async connectSlot(): Promise<() => void> {
+    if (this.connecting < MAX_CONNECTING) this.connecting++;
+    else await new Promise<void>((r) => this.connectWaiters.push(r)); // the releaser hands its slot over
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      const next = this.connectWaiters.shift();
+      if (next) next();
+      else this.connecting--;
+    };
   }
 
   /** Push mode: asks the agent to report every `reportMs`; false when it declines (we poll then). */
@@ -232,6 +265,32 @@ export class LoadBalancer extends Core {
     } else this.awaitReport(b, b.reportMs);
   }
 
+  /**
+   * HEALTH_REQUEST on `s`. The check gives up at its deadline, but the connection waits a check
+   * interval longer for the answer (then closes with 107), and the next check takes a late
+   * answer: a packet that QUIC retransmits late fails one check, not the connection and with it
+   * every following check that would need a new handshake on the same lossy path.
+   */
+  private healthRequest(b: Backend, s: Session, ms: number): Promise<HealthResponse> {
+    const seq = (b.seq = (b.seq + 1) >>> 0);
+    const p = s.request('HEALTH_REQUEST', { seq }, this.timeoutMs + this.intervalMs) as Promise<HealthResponse>;
+    b.lateAnswer = p;
+    const clear = () => {
+      if (b.lateAnswer === p) b.lateAnswer = undefined;
+    };
+    p.then(clear, clear);
+    return this.answerWithin(p, ms);
+  }
+
+  /** `p`, or RESPONSE_TIMEOUT after `ms`. */
+  private answerWithin(p: Promise<HealthResponse>, ms: number): Promise<HealthResponse> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(this.timeoutMs)} ms`)), ms);
+    });
+    return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+  }
+
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
     if (b.session && !b.session.isClosed && b.session.state === 'READY') return b.session;
     b.session?.close('replaced');
@@ -244,7 +303,8 @@ export class LoadBalancer extends Core {
       ...(this.ca !== undefined ? { ca: this.ca } : {}),
       timeoutMs: left(),
       idleTimeoutMs: this.config.idleTimeout * 1000,
-      keepAliveMs: this.config.keepAlive * 1000,
+      // Checks or reports at least twice per idle timeout keep the connection alive already.
+      keepAliveMs: (this.reportMs || this.intervalMs) * 2 <= this.config.idleTimeout * 1000 ? 0 : this.config.keepAlive * 1000,
       maxFrameBytes: this.config.maxFrameBytes,
     });
     const s = new Session(channel, {
@@ -438,6 +498,7 @@ export class LoadBalancer extends Core {
     this.stopping = true;
     clearInterval(this.statusTimer);
     for (const b of this.backends) clearTimeout(b.timer);
+    for (const w of this.connectWaiters.splice(0)) w();
     await Promise.all(
       this.backends.map(async (b) => {
         const s = b.session;

@@ -7,7 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { Ajv } from 'ajv';
 import { ConfigError, LocalError, PluginError, errorText } from './errors.ts';
-import { describeAjvErrors, type PluginEntry, type QhcpConfig } from './config.ts';
+import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from './config.ts';
 import type { CoreLike } from './hooks.ts';
 
 export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'other';
@@ -60,7 +60,7 @@ async function importPlugin(spec: string, baseDir: string, where: string): Promi
   const url = builtin ? new URL(builtin + EXT, import.meta.url).href : pathToFileURL(resolve(baseDir, spec)).href;
   let mod: { default?: unknown };
   try {
-    mod = (await import(url)) as { default?: unknown };
+    mod = builtin ? ((await import(url)) as { default?: unknown }) : await importUserModule(url);
   } catch (e) {
     const known = Object.keys(BUILTIN_PLUGINS).join(', ');
     const hint = builtin || spec.startsWith('.') || spec.startsWith('/') ? errorText(e) : `unknown plugin (built-ins: ${known}; modules start with ./ or /)`;

@@ -5,7 +5,7 @@
  */
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from './errors.ts';
-import { MetricsReport, cleanDefinitions, cleanMetrics, type MetricDefinition } from './hooks.ts';
+import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from './hooks.ts';
 import { SUPPORTED_VERSIONS, type Message, type Metrics } from './messages.ts';
 import { Session, preHello } from './session.ts';
 import { Listener, type Channel } from './transport.ts';
@@ -255,7 +255,7 @@ export class AgentServer extends Core {
     if (body.role !== 'checker') {
       return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `role ${body.role} is served by a load balancer, not by an agent`));
     }
-    const verdict = this.authOpen ? undefined : await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role });
+    const verdict = this.authOpen ? undefined : toVerdict(await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role }));
     if (s.isClosed) return;
     if (verdict && !verdict.ok) {
       this.stats.authFailures++;

@@ -137,6 +137,33 @@ describe('qhcp command line', function () {
     });
   });
 
+  describe('status and pick exit codes', () => {
+    it('no load balancer at the address: exit 1, one line', async () => {
+      const nobody = await freePort();
+      for (const cmd of ['status', 'pick']) {
+        const r = await runQhcp([cmd, '--address', `127.0.0.1:${nobody}`, '--timeout', '1'], { cwd });
+        expect(r.code, r.stderr).to.equal(1);
+        expect(r.stderr.trim().split('\n')).to.have.length(1);
+        expect(r.stderr).to.match(new RegExp(`^qhcp: cannot connect to 127\\.0\\.0\\.1:${nobody}: `));
+        expect(r.stderr).not.to.match(/^\s+at /m);
+      }
+    });
+
+    it('pick with no server UP: "none: no server is UP" (null in JSON), exit 3', async () => {
+      const ghost = await freePort();
+      const { port } = await startLoadBalancer([`127.0.0.1:${ghost}`], { cwd, interval: 5 });
+      const r = await runQhcp(['pick', '--address', `127.0.0.1:${port}`], { cwd });
+      expect(r.code).to.equal(3);
+      expect(r.stdout.trim()).to.equal('none: no server is UP');
+      const j = await runQhcp(['pick', '--address', `127.0.0.1:${port}`, '--json', '--count', '2'], { cwd });
+      expect(j.code).to.equal(3);
+      expect(j.stdout.trim().split('\n').map((l) => JSON.parse(l))).to.deep.equal([
+        { server: null, reason: 'no server is UP' },
+        { server: null, reason: 'no server is UP' },
+      ]);
+    });
+  });
+
   describe('--help and --version', () => {
     const seedServer = { 'server-ip': '"0.0.0.0"', 'server-port': '4243' };
     const seedLb = { 'loadbalancer-port': '4242', 'max-fail-attempts': '3', 'check-interval': '10', 'reconnect-interval': '30' };

@@ -118,6 +118,23 @@ describe('configuration', function () {
       expect((broken as Error).message).to.match(/^cannot load broken\.json: /);
     });
 
+    it('loads ESM-syntax .ts/.js configs and plugin modules in a directory whose package.json is not "type": "module"', async () => {
+      const dir = tempDir();
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'cjs-app' }));
+      const configTs = join(ROOT, 'core/config.ts');
+      writeFileSync(join(dir, 'qhcp.config.ts'), `import { defineConfig } from ${JSON.stringify(configTs)};\nexport default defineConfig({ checkInterval: 3, plugins: ['./mine.ts'] });\n`);
+      writeFileSync(join(dir, 'mine.ts'), "export default class Mine { readonly name = 'mine'; apply(): void {} }\n");
+      writeFileSync(join(dir, 'other.js'), 'export default { checkInterval: 4 };\n');
+      const found = await findConfigFile({ cwd: dir });
+      expect(found.data).to.deep.include({ checkInterval: 3 });
+      expect((await findConfigFile({ cwd: dir, file: 'other.js' })).data).to.deep.equal({ checkInterval: 4 });
+      const r = await runQhcp(['config', '--json', '--role', 'server'], { cwd: dir });
+      expect(r.code, r.stderr).to.equal(0);
+      const out = JSON.parse(r.stdout) as { config: QhcpConfig; plugins: string[] };
+      expect(out.config.checkInterval).to.equal(3);
+      expect(out.plugins).to.deep.equal(['mine', 'system-metrics']);
+    });
+
     it('the binary finds the file in its working directory, and --config overrides that', async () => {
       const dir = tempDir();
       writeFileSync(join(dir, '.qhcprc'), JSON.stringify({ checkInterval: 7 }));

@@ -11,7 +11,7 @@ import { AgentServer } from '../core/server.ts';
 import { LoadBalancer } from '../core/loadbalancer.ts';
 import { Core } from '../core/core.ts';
 import { buildConfig, type QhcpConfig } from '../core/config.ts';
-import { createHooks, MetricsReport, ON_FAIL, type AlertEvent, type AuthRequest, type CheckResult, type CredentialsRequest, type HookName, type PickRequest, type Transition } from '../core/hooks.ts';
+import { createHooks, MetricsReport, ON_FAIL, toVerdict, type AlertEvent, type AuthRequest, type CheckResult, type CredentialsRequest, type HookName, type PickRequest, type Transition } from '../core/hooks.ts';
 import { createLogger, type Logger } from '../core/log.ts';
 import { connect } from '../core/transport.ts';
 import { Session } from '../core/session.ts';
@@ -304,6 +304,15 @@ describe('hooks', function () {
       expect(await core.hooks.verify.promise(req)).to.deep.equal({ ok: false, kind: 'INTERNAL_ERROR', reason: 'auth plugin hang failed' });
     });
 
+    it('verify: an answer that is not a verdict denies (fail closed); undefined abstains', () => {
+      const invalid = { ok: false, kind: 'INTERNAL_ERROR', reason: 'auth plugin returned an invalid verdict' };
+      expect(toVerdict(undefined)).to.equal(undefined);
+      for (const v of [null, 'yes', true, {}, { ok: 'true' }, { ok: false, kind: 'NOPE', reason: 'r' }, { ok: false, kind: 'toString' }]) expect(toVerdict(v), JSON.stringify(v)).to.deep.equal(invalid);
+      expect(toVerdict({ ok: true, subject: 'lb-1', extra: 1 })).to.deep.equal({ ok: true, subject: 'lb-1' });
+      expect(toVerdict({ ok: true, subject: 5 })).to.deep.equal({ ok: true });
+      expect(toVerdict({ ok: false, kind: 'AUTH_EXPIRED' })).to.deep.equal({ ok: false, kind: 'AUTH_EXPIRED', reason: 'AUTH_EXPIRED' });
+    });
+
     it('credentials: a failing tap rejects (the check fails)', async () => {
       const { core } = make();
       core.hooks.credentials.tap('bad-creds', () => {
@@ -344,6 +353,7 @@ describe('hooks', function () {
           core.hooks.verify.tapPromise('flaky-auth', async (req) => {
             if (req.token === 'boom') throw new Error('key store unreachable');
             if (req.token === 'hang') return new Promise(() => {});
+            if (req.token === 'odd') return { ok: false, kind: 'NOT_A_CODE', reason: 'x' } as never;
             if (req.token !== 'good') return { ok: false, kind: 'AUTH_INVALID', reason: 'unknown token' };
             return { ok: true, subject: 'lb' };
           });
@@ -351,11 +361,15 @@ describe('hooks', function () {
       };
       await server.loadPlugins([xMetric(), auth]);
       await server.start();
-      for (const token of ['boom', 'hang']) {
+      for (const [token, reason] of [
+        ['boom', 'auth plugin flaky-auth failed'],
+        ['hang', 'auth plugin flaky-auth failed'],
+        ['odd', 'auth plugin returned an invalid verdict'],
+      ] as const) {
         const { result } = await hello(server.port, token);
         expect(result, token).to.be.instanceOf(PeerError);
         expect((result as PeerError).kind).to.equal('INTERNAL_ERROR');
-        expect((result as PeerError).message).to.equal('auth plugin flaky-auth failed');
+        expect((result as PeerError).message).to.equal(reason);
       }
       const denied = (await hello(server.port, 'bad')).result as PeerError;
       expect(denied).to.be.instanceOf(PeerError);
@@ -364,7 +378,7 @@ describe('hooks', function () {
       const ok = await hello(server.port, 'good');
       expect((ok.result as { type: string }).type).to.equal('ACK');
       ok.session.close();
-      expect(server.stats.authFailures).to.equal(3);
+      expect(server.stats.authFailures).to.equal(4);
       const errs = cap.pluginErrors();
       expect(errs.map((e) => [e.plugin, e.hook, e.code])).to.deep.include.members([
         ['flaky-auth', 'verify', 'QHCP_ERR_PLUGIN_HOOK'],

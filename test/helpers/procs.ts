@@ -34,6 +34,7 @@ export async function waitUntil<T>(fn: () => T | undefined | null | false | Prom
       const v = await fn();
       if (v) return v;
     } catch (e) {
+      if ((e as { fatal?: boolean }).fatal) throw e;
       last = e;
     }
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
@@ -50,11 +51,13 @@ export class QhcpProcess {
   stderr = '';
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}) {
+  /** `detached`: its own process group (pgid = pid), to signal it and its children as a terminal does. */
+  constructor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; detached?: boolean } = {}) {
     this.child = spawn(process.execPath, [BIN, ...args], {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, QHCP_LOG_FORMAT: 'text', ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      detached: opts.detached ?? false,
     });
     this.child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.stdout += d));
     this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
@@ -77,7 +80,8 @@ export class QhcpProcess {
   async waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<RegExpMatchArray> {
     return waitUntil(
       () => {
-        if (!this.running && !re.test(this.output.slice(from))) throw new Error(`process exited: ${this.output.slice(-2000)}`);
+        // Fatal: waiting longer cannot help once the process is gone.
+        if (!this.running && !re.test(this.output.slice(from))) throw Object.assign(new Error(`process exited: ${this.output.slice(-2000)}`), { fatal: true });
         return this.output.slice(from).match(re) ?? undefined;
       },
       timeoutMs,
@@ -111,10 +115,26 @@ export async function runQhcp(args: string[], opts: { cwd?: string; timeoutMs?: 
 
 /** Starts `qhcp server` on 127.0.0.1 and a free port; resolves once it listens. */
 export async function startServer(opts: { port?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ proc: QhcpProcess; port: number; address: string }> {
-  const port = opts.port ?? (await freePort());
-  const proc = new QhcpProcess(['-server', '-server-ip', '127.0.0.1', '-server-port', String(port), ...(opts.args ?? [])], opts);
-  await proc.waitFor(/server listening/);
-  return { proc, port, address: `127.0.0.1:${port}` };
+  return retryInUse(opts.port, async (port) => {
+    const proc = new QhcpProcess(['-server', '-server-ip', '127.0.0.1', '-server-port', String(port), ...(opts.args ?? [])], opts);
+    await proc.waitFor(/server listening/);
+    return { proc, port, address: `127.0.0.1:${port}` };
+  });
+}
+
+/**
+ * Runs `start` on a free port; when someone else took that port between freePort() and the
+ * bind (other tests run beside us), tries another one. A port given by the caller is kept.
+ */
+async function retryInUse<T>(given: number | undefined, start: (port: number) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const port = given ?? (await freePort());
+    try {
+      return await start(port);
+    } catch (e) {
+      if (given !== undefined || attempt >= 3 || !/address already in use/.test(String(e))) throw e;
+    }
+  }
 }
 
 /** Starts `qhcp loadbalancer` for `servers`; resolves once it runs. */
@@ -122,23 +142,24 @@ export async function startLoadBalancer(
   servers: string[],
   opts: { port?: number; interval?: number; reconnect?: number; fail?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<{ proc: QhcpProcess; port: number }> {
-  const port = opts.port ?? (await freePort());
-  const proc = new QhcpProcess(
-    [
-      '-loadbalancer',
-      '-servers', servers.join(','),
-      '-loadbalancer-host', '127.0.0.1',
-      '-loadbalancer-port', String(port),
-      '-check-interval', String(opts.interval ?? 0.5),
-      '-reconnect-interval', String(opts.reconnect ?? 1),
-      '-max-fail-attempts', String(opts.fail ?? 3),
-      '-status', 'lines',
-      ...(opts.args ?? []),
-    ],
-    opts,
-  );
-  await proc.waitFor(/load balancer started/);
-  return { proc, port };
+  return retryInUse(opts.port, async (port) => {
+    const proc = new QhcpProcess(
+      [
+        '-loadbalancer',
+        '-servers', servers.join(','),
+        '-loadbalancer-host', '127.0.0.1',
+        '-loadbalancer-port', String(port),
+        '-check-interval', String(opts.interval ?? 0.5),
+        '-reconnect-interval', String(opts.reconnect ?? 1),
+        '-max-fail-attempts', String(opts.fail ?? 3),
+        '-status', 'lines',
+        ...(opts.args ?? []),
+      ],
+      opts,
+    );
+    await proc.waitFor(/load balancer started/);
+    return { proc, port };
+  });
 }
 
 /** STATUS from a load balancer's query port. */

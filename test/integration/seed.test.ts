@@ -16,13 +16,34 @@ import { StatusWatch, of } from './watch.ts';
 
 const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
+/**
+ * Starts a load balancer with `argsFor(queryPort)`; resolves once it runs. Another free port
+ * is tried if someone took this one meanwhile (other tests run beside us).
+ */
+async function startLb(argsFor: (port: number) => string[], cwd: string): Promise<{ lb: QhcpProcess; lbPort: number }> {
+  for (let attempt = 1; ; attempt++) {
+    const lbPort = await freePort();
+    const lb = new QhcpProcess(argsFor(lbPort), { cwd });
+    extra.push(lb);
+    try {
+      await lb.waitFor(/load balancer started/);
+      return { lb, lbPort };
+    } catch (e) {
+      if (attempt >= 3 || !/address already in use/.test(lb.output)) throw e;
+    }
+  }
+}
+
 /** The seed's load balancer command, every flag as the seed wrote it; the query port on loopback only. */
-function seedLoadBalancer(servers: string[], lbPort: number, ca: string, cwd: string, interval = 1): QhcpProcess {
-  return new QhcpProcess(
-    ['-loadbalancer', '-servers', servers.join(','), '-loadbalancer-port', String(lbPort), '-max-fail-attempts', '3', '-check-interval', String(interval), '-reconnect-interval', '2', '-cert-file', ca, '-loadbalancer-host', '127.0.0.1'],
-    { cwd },
+function seedLoadBalancer(servers: string[], ca: string, cwd: string, interval = 1): Promise<{ lb: QhcpProcess; lbPort: number }> {
+  return startLb(
+    (port) => ['-loadbalancer', '-servers', servers.join(','), '-loadbalancer-port', String(port), '-max-fail-attempts', '3', '-check-interval', String(interval), '-reconnect-interval', '2', '-cert-file', ca, '-loadbalancer-host', '127.0.0.1'],
+    cwd,
   );
 }
+
+/** Processes a test started on top of the shared servers; stopped after each test. */
+const extra: QhcpProcess[] = [];
 
 describe('the seed commands, with certificates', function () {
   this.timeout(90_000);
@@ -48,7 +69,6 @@ describe('the seed commands, with certificates', function () {
     other?.remove();
     if (cwd) rmSync(cwd, { recursive: true, force: true });
   });
-  const extra: QhcpProcess[] = [];
 
   it('the servers use the given certificate (no self-signed fallback)', () => {
     for (const s of servers) {
@@ -58,10 +78,7 @@ describe('the seed commands, with certificates', function () {
   });
 
   it('the load balancer verifies them with the CA and prints one plain line per server with metrics', async () => {
-    const lbPort = await freePort();
-    const lb = seedLoadBalancer(servers.map((s) => s.address), lbPort, certs.ca, cwd);
-    extra.push(lb);
-    await lb.waitFor(/load balancer started/);
+    const { lb, lbPort } = await seedLoadBalancer(servers.map((s) => s.address), certs.ca, cwd);
     expect(lb.output).not.to.match(/not verified/);
     for (const s of servers) {
       const st = await waitForState(lbPort, s.address, 'UP', 30_000);
@@ -78,18 +95,12 @@ describe('the seed commands, with certificates', function () {
   });
 
   it('the server certificate itself may be given as -cert-file (pinned)', async () => {
-    const lbPort = await freePort();
-    const lb = seedLoadBalancer([servers[0]!.address], lbPort, certs.cert, cwd);
-    extra.push(lb);
-    await lb.waitFor(/load balancer started/);
+    const { lbPort } = await seedLoadBalancer([servers[0]!.address], certs.cert, cwd);
     await waitForState(lbPort, servers[0]!.address, 'UP', 30_000);
   });
 
   it('with a CA that did not sign them, they stay DOWN with a certificate error', async () => {
-    const lbPort = await freePort();
-    const lb = seedLoadBalancer(servers.map((s) => s.address), lbPort, other.ca, cwd, 0.5);
-    extra.push(lb);
-    await lb.waitFor(/load balancer started/);
+    const { lb, lbPort } = await seedLoadBalancer(servers.map((s) => s.address), other.ca, cwd, 0.5);
     const watch = new StatusWatch(lbPort);
     try {
       const snaps = await watch.until((s) => s.servers.every((x) => x.state === 'DOWN'), 30_000, 'both DOWN', 100);
@@ -153,16 +164,17 @@ describe('load balancer SIGTERM', function () {
 `,
     );
   });
-  afterEach(stopAll);
+  afterEach(async () => {
+    await Promise.all(extra.splice(0).map((p) => p.stop()));
+    await stopAll();
+  });
   after(() => {
     for (const d of [serverCwd, lbCwd]) if (d) rmSync(d, { recursive: true, force: true });
   });
 
   it('sends TERMINATE to each server and exits 0; the servers stay up and serve a new load balancer', async () => {
     const servers = await Promise.all([0, 1].map(() => startServer({ cwd: serverCwd })));
-    const lbPort = await freePort();
-    const lb = new QhcpProcess(['-loadbalancer', '-servers', servers.map((s) => s.address).join(','), '-loadbalancer-host', '127.0.0.1', '-loadbalancer-port', String(lbPort), '-check-interval', '0.5'], { cwd: lbCwd });
-    await lb.waitFor(/load balancer started/);
+    const { lb, lbPort } = await startLb((port) => ['-loadbalancer', '-servers', servers.map((s) => s.address).join(','), '-loadbalancer-host', '127.0.0.1', '-loadbalancer-port', String(port), '-check-interval', '0.5'], lbCwd);
     for (const s of servers) await waitForState(lbPort, s.address, 'UP', 30_000);
     for (const s of servers) expect(s.proc.output).not.to.include('frame-spy in TERMINATE');
 
@@ -175,9 +187,8 @@ describe('load balancer SIGTERM', function () {
       expect(s.proc.running).to.equal(true);
     }
 
-    const lb2Port = await freePort();
-    const lb2 = new QhcpProcess(['loadbalancer', '--servers', servers.map((s) => s.address).join(','), '--loadbalancer-host', '127.0.0.1', '--loadbalancer-port', String(lb2Port), '--check-interval', '0.5'], { cwd: lbCwd });
-    await lb2.waitFor(/load balancer started/);
+    // The Node form this time.
+    const { lbPort: lb2Port } = await startLb((port) => ['loadbalancer', '--servers', servers.map((s) => s.address).join(','), '--loadbalancer-host', '127.0.0.1', '--loadbalancer-port', String(port), '--check-interval', '0.5'], lbCwd);
     for (const s of servers) await waitForState(lb2Port, s.address, 'UP', 30_000);
     expect((await queryStatus(lb2Port)).every((x) => x.state === 'UP')).to.equal(true);
   });

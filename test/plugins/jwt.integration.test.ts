@@ -39,17 +39,20 @@ describe('jwt between real processes', function () {
     expect(server.proc.output).to.match(/load balancers must present a valid token/);
     expect(server.proc.output).to.not.match(/AUTH IS OPEN/);
 
-    const good = await startLoadBalancer([server.address], { args: ['--config', config('lb-good', shared)] });
+    // Generous timeouts: on a busy machine a slow check must not pass for an auth failure.
+    const lbOpts = { interval: 1, args: ['--check-timeout', '0.9'] };
+    const good = await startLoadBalancer([server.address], { ...lbOpts, args: [...lbOpts.args, '--config', config('lb-good', shared)] });
     const up = await waitForState(good.port, server.address, 'UP', 30_000);
     expect(up.lastError).to.equal(null);
 
-    const bad = await startLoadBalancer([server.address], { args: ['--config', config('lb-bad', secret('wrong'))] });
-    const rejected = await waitUntil(async () => (await queryStatus(bad.port)).find((s) => s.address === server.address && s.lastError !== null), 30_000, 'an auth failure in the status', 150);
+    const bad = await startLoadBalancer([server.address], { ...lbOpts, args: [...lbOpts.args, '--config', config('lb-bad', secret('wrong'))] });
+    const authError = async (port: number) => (await queryStatus(port)).find((s) => s.address === server.address && /^AUTH_/.test(s.lastError ?? ''));
+    const rejected = await waitUntil(() => authError(bad.port), 30_000, 'an auth failure in the status', 150);
     expect(rejected.lastError).to.match(/^AUTH_BAD_SIGNATURE: token signature does not verify$/);
     expect(rejected.state).to.not.equal('UP');
 
-    const none = await startLoadBalancer([server.address]);
-    const required = await waitUntil(async () => (await queryStatus(none.port)).find((s) => s.address === server.address && s.lastError !== null), 30_000, 'AUTH_REQUIRED in the status', 150);
+    const none = await startLoadBalancer([server.address], lbOpts);
+    const required = await waitUntil(() => authError(none.port), 30_000, 'AUTH_REQUIRED in the status', 150);
     expect(required.lastError).to.match(/^AUTH_REQUIRED: /);
 
     // The good load balancer was not disturbed, and the server logged the failures without tokens.

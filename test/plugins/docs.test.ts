@@ -1,0 +1,45 @@
+/**
+ * Keeps docs/plugins-builtin.md honest: every built-in plugin has its section, and each options
+ * table is exactly what the plugin's schema renders. Also checks the registry against the modules.
+ */
+import { expect } from 'chai';
+import { readFileSync } from 'node:fs';
+import { BUILTIN_PLUGINS, validateOptions, type PluginConstructor } from '../../core/plugins.ts';
+import { BUILTIN_DOC, begin, builtinSchemas, optionRows, regenerate } from '../../scripts/gen-plugin-docs.ts';
+
+/** The least options each built-in needs to construct. */
+const MINIMAL: Record<string, Record<string, unknown>> = {
+  jwt: { secretEnv: 'QHCP_UNUSED' },
+  webhook: { url: 'http://127.0.0.1:9/' },
+  exec: { command: 'true' },
+};
+
+describe('docs/plugins-builtin.md', () => {
+  const doc = readFileSync(BUILTIN_DOC, 'utf8');
+
+  it('has a section and an options table for every built-in plugin', () => {
+    for (const name of Object.keys(BUILTIN_PLUGINS)) {
+      expect(doc, name).to.match(new RegExp(`^#{2,3} ${name}$`, 'm'));
+      expect(doc, name).to.include(begin(name));
+    }
+  });
+
+  it('has every options table exactly as the schemas render it (node --import tsx scripts/gen-plugin-docs.ts)', async () => {
+    expect(await regenerate(doc)).to.equal(doc);
+  });
+
+  it('documents every option of every schema, each with a description', async () => {
+    for (const [name, schema] of Object.entries(await builtinSchemas())) {
+      for (const row of optionRows(schema)) expect(doc, `${name} ${row.name}`).to.include(`| \`${row.name}\` |`);
+    }
+  });
+
+  it('registry names match the plugins the modules construct', async () => {
+    for (const [name, path] of Object.entries(BUILTIN_PLUGINS)) {
+      const ctor = ((await import(new URL(`../../core/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
+      const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
+      expect(p.name).to.equal(name);
+      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert']);
+    }
+  });
+});
