@@ -1,7 +1,8 @@
 /**
  * Load balancer host: one process running core/loadbalancer.ts exactly as `qhcp loadbalancer`
  * does (status printing off), driven over IPC so the benchmark can read its counters
- * (checks, late checks) and hear every transition with its timestamp.
+ * (checks, late checks) and hear every transition with its timestamp. It can also run several
+ * independent load balancers (`instances`), each with its own connections, to load one agent.
  */
 import { LoadBalancer } from '../core/loadbalancer.ts';
 import { buildConfig, type QhcpConfig } from '../core/config.ts';
@@ -9,7 +10,8 @@ import { createLogger } from '../core/log.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import type { LbRequest, LbReply, LbEvent } from './lib/children.ts';
 
-let lb: LoadBalancer | undefined;
+/** Usually one; several when the benchmark plays many load balancers checking one agent. */
+const lbs: LoadBalancer[] = [];
 const logger = createLogger({ level: 'error', name: 'lb' });
 
 function reply(r: LbReply): void {
@@ -18,7 +20,7 @@ function reply(r: LbReply): void {
 
 function states(): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const b of lb?.backends ?? []) out[b.state] = (out[b.state] ?? 0) + 1;
+  for (const lb of lbs) for (const b of lb.backends) out[b.state] = (out[b.state] ?? 0) + 1;
   return out;
 }
 
@@ -27,21 +29,26 @@ process.on('message', (m: LbRequest) => {
     try {
       if (m.cmd === 'start') {
         const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, ...m.flags } as Partial<QhcpConfig>);
-        lb = new LoadBalancer(config, logger);
-        await lb.loadPlugins([new RoundRobinPlugin()]);
-        lb.hooks.transition.tap('bench', (t) => {
-          process.send?.({ event: 'transition', server: t.server, from: t.from, to: t.to, at: t.at, reason: t.reason } satisfies LbEvent);
-        });
-        await lb.start();
-        reply({ id: m.id, ok: true, port: lb.port });
+        for (let i = 0; i < (m.instances ?? 1); i++) {
+          const lb = new LoadBalancer(config, logger);
+          await lb.loadPlugins([new RoundRobinPlugin()]);
+          lb.hooks.transition.tap('bench', (t) => {
+            process.send?.({ event: 'transition', lb: i, server: t.server, from: t.from, to: t.to, at: t.at, reason: t.reason } satisfies LbEvent);
+          });
+          await lb.start();
+          lbs.push(lb);
+        }
+        reply({ id: m.id, ok: true, port: lbs[0]!.port });
       } else if (m.cmd === 'stats') {
         const mem = process.memoryUsage();
-        reply({ id: m.id, ok: true, stats: { ...lb!.stats, heapMb: Math.round(mem.heapUsed / 2 ** 20), externalMb: Math.round(mem.external / 2 ** 20), arrayBuffersMb: Math.round(mem.arrayBuffers / 2 ** 20) }, states: states() });
+        const total: Record<string, number> = {};
+        for (const lb of lbs) for (const [k, v] of Object.entries(lb.stats)) total[k] = (total[k] ?? 0) + v;
+        reply({ id: m.id, ok: true, stats: { ...total, heapMb: Math.round(mem.heapUsed / 2 ** 20), externalMb: Math.round(mem.external / 2 ** 20), arrayBuffersMb: Math.round(mem.arrayBuffers / 2 ** 20) }, states: states() });
       } else if (m.cmd === 'reset') {
-        for (const k of Object.keys(lb!.stats) as (keyof LoadBalancer['stats'])[]) lb!.stats[k] = 0;
+        for (const lb of lbs) for (const k of Object.keys(lb.stats) as (keyof LoadBalancer['stats'])[]) lb.stats[k] = 0;
         reply({ id: m.id, ok: true });
       } else if (m.cmd === 'stop') {
-        await lb?.stop();
+        await Promise.all(lbs.map((lb) => lb.stop()));
         reply({ id: m.id, ok: true });
         process.exit(0);
       }

@@ -266,14 +266,16 @@ export class LoadBalancer extends Core {
   }
 
   /**
-   * HEALTH_REQUEST on `s`. The check gives up at its deadline, but the connection waits a check
-   * interval longer for the answer (then closes with 107), and the next check takes a late
-   * answer: a packet that QUIC retransmits late fails one check, not the connection and with it
-   * every following check that would need a new handshake on the same lossy path.
+   * HEALTH_REQUEST on `s`. The check fails at its deadline, but the connection keeps waiting for
+   * the answer until the check that would mark the backend DOWN (then it closes with 107), and
+   * the next checks take a late answer. On a lossy path QUIC retransmits late: that fails a
+   * check, not the connection and with it every following check that would need a new
+   * handshake on the same lossy path (docs/operations.md, "Limits").
    */
   private healthRequest(b: Backend, s: Session, ms: number): Promise<HealthResponse> {
     const seq = (b.seq = (b.seq + 1) >>> 0);
-    const p = s.request('HEALTH_REQUEST', { seq }, this.timeoutMs + this.intervalMs) as Promise<HealthResponse>;
+    const grace = Math.max(1, this.config.maxFailAttempts - 1) * this.intervalMs;
+    const p = s.request('HEALTH_REQUEST', { seq }, this.timeoutMs + grace) as Promise<HealthResponse>;
     b.lateAnswer = p;
     const clear = () => {
       if (b.lateAnswer === p) b.lateAnswer = undefined;

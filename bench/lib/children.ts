@@ -15,12 +15,12 @@ export type FarmRequest =
 export type FarmReply = { id: number; ok: boolean; error?: string; ports?: number[]; stats?: Record<string, number> };
 
 export type LbRequest =
-  | { id: number; cmd: 'start'; flags: Record<string, unknown> }
+  | { id: number; cmd: 'start'; flags: Record<string, unknown>; instances?: number }
   | { id: number; cmd: 'stats' }
   | { id: number; cmd: 'reset' }
   | { id: number; cmd: 'stop' };
 export type LbReply = { id: number; ok: boolean; error?: string; stats?: Record<string, number>; port?: number; states?: Record<string, number> };
-export type LbEvent = { event: 'transition'; server: string; from: string; to: string; at: number; reason: string };
+export type LbEvent = { event: 'transition'; lb: number; server: string; from: string; to: string; at: number; reason: string };
 
 /** A request without its id (distributes over the union of requests). */
 export type Body<R> = R extends unknown ? Omit<R, 'id'> : never;

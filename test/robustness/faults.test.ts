@@ -31,7 +31,7 @@ describe('Robustness: faults', function () {
     const { port } = await startServer();
     relay = await UdpRelay.start({ port });
     // Default max-fail-attempts (3) and check timeout (half the interval); a short interval only.
-    const lb = await startLoadBalancer([relay.address], { interval: 0.3, fail: 3 });
+    const lb = await startLoadBalancer([relay.address], { interval: 0.5, fail: 3 });
     await waitForState(lb.port, relay.address, 'UP');
     const c0 = (await statusOf(lb.port, relay.address)).checks;
     relay.set({ loss: 0.2 });

@@ -1,0 +1,50 @@
+/**
+ * PICK over QUIC: `clients` query connections (core/query.ts, as `qhcp pick` uses) to one load
+ * balancer, each asking PICK back to back for `seconds`. Runs in its own process so the load
+ * balancer's and the clients' CPU are measured apart. Driven over IPC.
+ */
+import { performance } from 'node:perf_hooks';
+import { QueryClient } from '../core/query.ts';
+
+export type PickRequest = { id: number; cmd: 'run'; port: number; clients: number; seconds: number } | { id: number; cmd: 'stop' };
+export type PickReply = { id: number; ok: boolean; error?: string; picks?: number; empty?: number; latenciesUs?: number[]; seconds?: number };
+
+async function run(port: number, clients: number, seconds: number): Promise<Omit<PickReply, 'id' | 'ok'>> {
+  const qs: QueryClient[] = [];
+  for (let i = 0; i < clients; i++) qs.push(await QueryClient.open({ host: '127.0.0.1', port, timeoutMs: 10_000 }));
+  const latencies: number[] = [];
+  let picks = 0;
+  let empty = 0;
+  const started = performance.now();
+  const end = started + seconds * 1000;
+  await Promise.all(
+    qs.map(async (q) => {
+      while (performance.now() < end) {
+        const t = performance.now();
+        const r = await q.pick();
+        picks++;
+        if (!r.server) empty++;
+        // Keep the sample bounded: at most 200 000 latencies.
+        if (latencies.length < 200_000) latencies.push(Math.round((performance.now() - t) * 1000));
+      }
+    }),
+  );
+  const took = (performance.now() - started) / 1000;
+  await Promise.all(qs.map((q) => q.close()));
+  return { picks, empty, latenciesUs: latencies, seconds: took };
+}
+
+process.on('message', (m: PickRequest) => {
+  void (async () => {
+    try {
+      if (m.cmd === 'run') process.send!({ id: m.id, ok: true, ...(await run(m.port, m.clients, m.seconds)) });
+      else if (m.cmd === 'stop') {
+        process.send!({ id: m.id, ok: true });
+        process.exit(0);
+      }
+    } catch (e) {
+      process.send!({ id: m.id, ok: false, error: String((e as Error)?.stack ?? e) });
+    }
+  })();
+});
+process.on('disconnect', () => process.exit(0));
