@@ -110,7 +110,7 @@ function loadbalancerOptions(cmd: Command, withCert = true): Command {
     .option('--check-interval <seconds>', `seconds between checks and status prints${dflt('checkInterval')}`, num('--check-interval', 'number'))
     .option('--check-timeout <seconds>', 'check timeout (default: half the interval, at most 5)', num('--check-timeout', 'number'))
     .option('--reconnect-interval <seconds>', `seconds between reconnects to DOWN servers${dflt('reconnectInterval')}`, num('--reconnect-interval', 'number'))
-    .option('--report-interval <seconds>', 'push mode: servers send a report every this many seconds, each one a check (default: the check interval; 0 = poll with HEALTH_REQUEST)', num('--report-interval', 'number'))
+    .option('--report-interval <seconds>', `push mode: servers send a report every this many seconds, each one a check; 0 = poll with HEALTH_REQUEST${dflt('reportInterval')}`, num('--report-interval', 'number'))
     .option('--jitter <fraction>', `random spread of check times, 0-0.5${dflt('jitter')}`, num('--jitter', 'number'))
     .option('--server-name <name>', 'name server certificates must carry (default: the address host)')
     .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']));

@@ -55,8 +55,7 @@ export interface QhcpConfig {
   maxStreams: number;
   sampleInterval: number;
   pluginTimeout: number;
-  /** Push mode: seconds between the agents' HEALTH_REPORTs (unset: the check interval); 0 = poll. */
-  reportInterval?: number;
+  reportInterval: number;
   status: 'auto' | 'table' | 'lines' | 'json' | 'none';
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   defaults: boolean;
@@ -117,8 +116,7 @@ export const CONFIG_SCHEMA = {
     maxStreams: { type: 'integer', minimum: 1, maximum: 100, default: 2 },
     sampleInterval: seconds(0.05, 3600, 1),
     pluginTimeout: seconds(0.01, 600, 2),
-    // Unset: push mode at the check interval; 0: poll (docs/benchmarks.md says why push is the default).
-    reportInterval: seconds(0, 3600),
+    reportInterval: seconds(0, 3600, 0),
     status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
     logLevel: { enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' },
     defaults: { type: 'boolean', default: true },

@@ -116,8 +116,8 @@ export class LoadBalancer extends Core {
     this.intervalMs = config.checkInterval * 1000;
     this.timeoutMs = checkTimeoutOf(config) * 1000;
     this.reconnectMs = config.reconnectInterval * 1000;
-    // Unset: push at the check interval. The wire allows 0 or 100 ms and more.
-    const report = (config.reportInterval ?? config.checkInterval) * 1000;
+    // The wire allows 0 (off) or 100 ms and more.
+    const report = config.reportInterval * 1000;
     this.reportMs = report > 0 ? Math.max(100, Math.round(report)) : 0;
   }
 

@@ -98,8 +98,8 @@ export class Haproxy {
     this.child = spawnTracked(this.info.path, ['-f', cfg, '-db'], {
       onLine: (line, at) => {
         this.log = (this.log + line + '\n').slice(-20_000);
-        const m = /Server bench\/s(\d+) is (UP|DOWN|DRAIN|going DOWN|UP\/READY)\b/.exec(line);
-        if (m) this.onState?.(Number(m[1]), m[2] === 'UP/READY' ? 'UP' : m[2]!, at, line);
+        const m = /Server bench\/s(\d+) (?:is (UP|DOWN)\b|enters (drain) state)/.exec(line);
+        if (m) this.onState?.(Number(m[1]), m[2] ?? 'DRAIN', at, line);
       },
     });
     for (let i = 0; i < 100; i++) {

@@ -1,0 +1,43 @@
+/**
+ * 20% datagram loss between a real load balancer and a real agent (UDP relay on loopback),
+ * with the default failure threshold and check timeout: QUIC recovers, so the agent must never
+ * be marked DOWN. Its own file because it runs 60 checks (about 35 s).
+ */
+import { expect } from 'chai';
+import { startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll } from '../helpers/procs.ts';
+import { UdpRelay } from '../helpers/udp-relay.ts';
+import { transitionsIn } from './honest.ts';
+
+describe('Robustness: faults (loss)', function () {
+  this.timeout(120_000);
+  let relay: UdpRelay | undefined;
+
+  afterEach(async () => {
+    await relay?.close();
+    relay = undefined;
+    await stopAll();
+  });
+
+  async function statusOf(lbPort: number, address: string) {
+    const s = (await queryStatus(lbPort)).find((x) => x.address === address);
+    expect(s, `STATUS lists ${address}`).to.not.equal(undefined);
+    return s!;
+  }
+
+  it('20% loss with the default thresholds: no false DOWN over 60 checks (QUIC recovers)', async () => {
+    const { port } = await startServer();
+    relay = await UdpRelay.start({ port });
+    // Default max-fail-attempts (3) and check timeout (half the interval); a short interval only.
+    const lb = await startLoadBalancer([relay.address], { interval: 0.5, fail: 3 });
+    await waitForState(lb.port, relay.address, 'UP');
+    const c0 = (await statusOf(lb.port, relay.address)).checks;
+    relay.set({ loss: 0.2 });
+    await waitUntil(async () => (await statusOf(lb.port, relay!.address)).checks >= c0 + 60, 60_000, '60 checks under 20% loss', 500);
+    const st = await statusOf(lb.port, relay.address);
+    const down = transitionsIn(lb.proc.output).filter((t) => t.to === 'DOWN');
+    expect(down, `false DOWN transitions (relay dropped ${relay.counters.up.dropped} up, ${relay.counters.down.dropped} down)`).to.deep.equal([]);
+    expect(st.state).to.equal('UP');
+    // The loss was real.
+    expect(relay.counters.up.dropped + relay.counters.down.dropped).to.be.greaterThan(10);
+  });
+});
