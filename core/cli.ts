@@ -354,6 +354,11 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     process.stderr.write(`qhcp: internal error (bug, please report): ${errorText(e)}\n`);
     if (process.env.QHCP_DEBUG) console.error(e);
   });
+  if (argv.length === 0) {
+    // No role given: that is a usage error, not a request for help.
+    program.outputHelp({ error: true });
+    process.exit(EXIT_USAGE);
+  }
   try {
     await program.parseAsync(normalizeArgv(argv), { from: 'user' });
   } catch (e) {

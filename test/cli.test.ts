@@ -223,6 +223,13 @@ describe('qhcp command line', function () {
       }
     });
 
+    it('no role at all is a usage error: help on stderr, exit 2', async () => {
+      const r = await runQhcp([], { cwd });
+      expect(r.code).to.equal(2);
+      expect(r.stdout).to.equal('');
+      expect(r.stderr).to.match(/Usage: qhcp/);
+    });
+
     it('--version and -version print the package version and exit 0', async () => {
       for (const flag of ['--version', '-version', '-v']) {
         const r = await runQhcp([flag], { cwd });
