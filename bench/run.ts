@@ -1,0 +1,220 @@
+/**
+ * `npm run bench` (quick, a few minutes) or `npm run bench -- --full`: qhcp and HAProxy on the
+ * same machine in the same run, everything on loopback, every wait bounded, every child
+ * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
+ * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
+ *
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance (comma list), --no-report.
+ */
+import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { startFarm, Helper, stopChildren, type Farm } from './lib/children.ts';
+import type { TcpRequest, TcpReply } from './tcp-agents.ts';
+import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
+import { machine, loadAverage } from './lib/proc.ts';
+import { makeCtx } from './lib/ctx.ts';
+import { floor, type FloorCell } from './lib/floor-run.ts';
+import { qhcpCost, haproxyCost, CHECK, type CostCell } from './lib/cost.ts';
+import { qhcpDetect, haproxyDetect, type DetectResult } from './lib/detect.ts';
+import { agentCost, type AgentCell } from './lib/agent.ts';
+import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
+import { writeReport } from './report.ts';
+
+export interface Results {
+  version: 1;
+  mode: 'quick' | 'full';
+  startedAt: string;
+  finishedAt: string;
+  durationS: number;
+  machine: Record<string, unknown>;
+  loadavgStart: number[];
+  loadavgEnd: number[];
+  qhcpVersion: string;
+  quicVersion: string;
+  haproxy: { version: string } | { skipped: string };
+  settings: { fall: number; rise: number; timeoutFraction: number; windowS: number; settleS: number; runs: number };
+  floor: FloorCell[];
+  cost: CostCell[];
+  detection: DetectResult[];
+  agent: AgentCell[];
+  picks: PickRate[];
+  quicPicks: QuicPick[];
+  errors: string[];
+}
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance'] as const;
+
+function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean } {
+  const full = argv.includes('--full');
+  const i = argv.indexOf('--only');
+  const only = new Set(i >= 0 ? (argv[i + 1] ?? '').split(',') : SECTIONS);
+  for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`--only: unknown section "${s}" (sections: ${SECTIONS.join(', ')})`);
+  return { full, only, report: !argv.includes('--no-report') };
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const t0 = Date.now();
+  const log = (s: string) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
+  const ctx = makeCtx(args.full, log);
+  const pkg = (p: string) => (JSON.parse(readFileSync(`${ROOT}${p}`, 'utf8')) as { version: string }).version;
+  const res: Results = {
+    version: 1,
+    mode: args.full ? 'full' : 'quick',
+    startedAt: new Date().toISOString(),
+    finishedAt: '',
+    durationS: 0,
+    machine: machine(),
+    loadavgStart: loadAverage(),
+    loadavgEnd: [],
+    qhcpVersion: pkg('package.json'),
+    quicVersion: pkg('node_modules/@matrixai/quic/package.json'),
+    haproxy: { skipped: 'not run' },
+    settings: { fall: CHECK.fall, rise: CHECK.rise, timeoutFraction: CHECK.timeoutFraction, windowS: ctx.window, settleS: ctx.settle, runs: ctx.runs },
+    floor: [],
+    cost: [],
+    detection: [],
+    agent: [],
+    picks: [],
+    quicPicks: [],
+    errors: [],
+  };
+  log(`qhcp benchmark, ${res.mode} mode, load average ${res.loadavgStart.join(' ')} on ${String(res.machine.cores)} cores`);
+
+  const section = async (name: string, f: () => Promise<void>) => {
+    if (!args.only.has(name)) return;
+    log(`== ${name}`);
+    try {
+      await f();
+    } catch (e) {
+      const msg = `${name}: ${String((e as Error)?.message ?? e).slice(0, 500)}`;
+      res.errors.push(msg);
+      log(`!! ${msg}`);
+    }
+  };
+
+  const sizes = [10, 100, 1000];
+  const intervals = [1, 0.1];
+  // 1000 backends every 100 ms is 10 000 checks a second: only in --full (it does not keep up).
+  const cells = intervals.flatMap((i) => sizes.filter((n) => args.full || i >= 1 || n < 1000).map((n) => ({ n, i })));
+  let farm: Farm | undefined;
+  let ports: number[] = [];
+  const needFarm = ['cost', 'detect', 'balance'].some((s) => args.only.has(s));
+  let hap: HaproxyInfo | undefined;
+
+  try {
+    if (needFarm) {
+      ({ farm, ports } = await startFarm(Math.max(...cells.map((c) => c.n)), { sampleInterval: 5 }));
+      log(`agent farm: ${ports.length} agents in one process (pid ${farm.pid})`);
+    }
+    if (args.only.has('haproxy') || args.only.has('detect')) {
+      const h = ensureHaproxy(log);
+      if (typeof h === 'string') {
+        res.haproxy = { skipped: h };
+        log(`HAProxy skipped: ${h}`);
+      } else {
+        hap = h;
+        res.haproxy = { version: h.version };
+        log(`HAProxy ${h.version} (${h.path})`);
+      }
+    }
+
+    await section('floor', async () => {
+      res.floor = await floor(ctx, 100, 1);
+    });
+
+    await section('cost', async () => {
+      for (const { n, i } of cells) {
+        for (const mode of ['poll', 'push'] as const) {
+          const c = await qhcpCost(ctx, ports, n, i, mode);
+          res.cost.push(c);
+          log(`  qhcp ${mode.padEnd(4)} N=${String(n).padEnd(4)} every ${i} s: ${c.cpuPct}% CPU, ${c.usPerBackendInterval} us/backend/interval, RSS ${c.rssMb} MB, ${c.keepsUp ? 'keeps up' : `does NOT keep up (${c.checks}/${c.expected} checks, ${c.late} late, ${c.failed} failed)`}${c.upAfterS !== null ? `, all UP after ${c.upAfterS} s` : `, ${c.note}`}`);
+        }
+      }
+    });
+
+    await section('haproxy', async () => {
+      if (!hap) return;
+      const tcp = new Helper<TcpRequest, TcpReply>('tcp-agents.ts');
+      try {
+        const { ports: tports } = await tcp.request({ cmd: 'start', count: Math.max(...cells.map((c) => c.n)), reply: 'up ready 75%' });
+        for (const { n, i } of cells) {
+          const c = await haproxyCost(ctx, hap, tports!, n, i);
+          res.cost.push(c);
+          log(`  HAProxy   N=${String(n).padEnd(4)} every ${i} s: ${c.cpuPct}% CPU, ${c.usPerBackendInterval} us/backend/interval, RSS ${c.rssMb} MB, ${c.keepsUp ? 'all UP' : 'NOT all UP'}`);
+        }
+      } finally {
+        await tcp.stop(5000);
+      }
+    });
+
+    await section('detect', async () => {
+      const others = ports.slice(0, 9);
+      const modes: Array<'poll' | 'push'> = args.full ? ['poll', 'push'] : ['push'];
+      for (const mode of modes) {
+        const d = await qhcpDetect(ctx, others, mode);
+        res.detection.push(d);
+        log(`  qhcp ${mode}: crash ${fmt(d.summary.crash)}, graceful ${fmt(d.summary.graceful)}, recovery ${fmt(d.summary.recovery)}${d.misses.length ? `; misses: ${d.misses.join('; ')}` : ''}`);
+      }
+      if (hap) {
+        const tcp = new Helper<TcpRequest, TcpReply>('tcp-agents.ts');
+        try {
+          const { ports: tports } = await tcp.request({ cmd: 'start', count: 9, reply: 'up ready 75%' });
+          const d = await haproxyDetect(ctx, hap, tports!);
+          res.detection.push(d);
+          log(`  HAProxy: crash ${fmt(d.summary.crash)}, graceful ${fmt(d.summary.graceful)}, recovery ${fmt(d.summary.recovery)}${d.misses.length ? `; misses: ${d.misses.join('; ')}` : ''}`);
+        } finally {
+          await tcp.stop(5000);
+        }
+      }
+    });
+
+    await section('agent', async () => {
+      res.agent = await agentCost(ctx, args.full ? ['poll', 'push'] : ['poll', 'push'], [1, 10]);
+      for (const a of res.agent) log(`  agent ${a.mode.padEnd(4)} checked by ${a.loadBalancers}: ${a.cpuPct}% CPU, RSS ${a.rssMb} MB${a.usPerCheck !== null ? `, ${a.usPerCheck} us per check` : ''}`);
+    });
+
+    await section('balance', async () => {
+      res.picks = await inProcessPicks(ctx, [10, 1000]);
+      res.quicPicks = await quicPicks(ctx, ports.slice(0, 10), [1, 50]);
+    });
+  } finally {
+    await farm?.stop(15_000).catch(() => {});
+    stopChildren();
+  }
+
+  res.loadavgEnd = loadAverage();
+  res.finishedAt = new Date().toISOString();
+  res.durationS = Math.round((Date.now() - t0) / 1000);
+  const dir = `${ROOT}bench/results`;
+  mkdirSync(dir, { recursive: true });
+  const name = `${res.startedAt.replace(/[:.]/g, '-').slice(0, 19)}-${res.mode}.json`;
+  const json = JSON.stringify(res, null, 2) + '\n';
+  writeFileSync(`${dir}/${name}`, json);
+  writeFileSync(`${dir}/latest.json`, json);
+  log(`results: bench/results/${name} (and latest.json); load average at the end ${res.loadavgEnd.join(' ')}; ${res.durationS} s`);
+  if (args.report) {
+    writeReport(res);
+    log('docs/benchmarks.md and docs/benchmarks-cpu.svg regenerated');
+  }
+  if (res.errors.length) process.exitCode = 1;
+}
+
+function fmt(s: { min: number | null; p50: number | null; max: number | null }): string {
+  return s.p50 === null ? 'n/a' : `${s.min}/${s.p50}/${s.max} ms`;
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    stopChildren();
+    process.exit(130);
+  });
+}
+process.on('exit', () => stopChildren());
+
+await main().catch((e) => {
+  stopChildren();
+  process.stderr.write(`bench: ${String((e as Error)?.stack ?? e)}\n`);
+  process.exit(1);
+});
