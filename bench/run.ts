@@ -4,7 +4,8 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance (comma list), --no-report.
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance (comma list), --sizes 10,100
+ * (backend counts for the cost cells; default 10,100,1000), --no-report.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -45,12 +46,15 @@ export interface Results {
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance'] as const;
 
-function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean } {
+function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[] } {
   const full = argv.includes('--full');
   const i = argv.indexOf('--only');
   const only = new Set(i >= 0 ? (argv[i + 1] ?? '').split(',') : SECTIONS);
   for (const s of only) if (!(SECTIONS as readonly string[]).includes(s)) throw new Error(`--only: unknown section "${s}" (sections: ${SECTIONS.join(', ')})`);
-  return { full, only, report: !argv.includes('--no-report') };
+  const z = argv.indexOf('--sizes');
+  const sizes = z >= 0 ? (argv[z + 1] ?? '').split(',').map(Number) : [10, 100, 1000];
+  if (sizes.some((n) => !Number.isInteger(n) || n < 10 || n > 5000)) throw new Error('--sizes: integers from 10 to 5000, comma-separated');
+  return { full, only, report: !argv.includes('--no-report'), sizes };
 }
 
 async function main(): Promise<void> {
@@ -94,7 +98,7 @@ async function main(): Promise<void> {
     }
   };
 
-  const sizes = [10, 100, 1000];
+  const sizes = args.sizes;
   const intervals = [1, 0.1];
   // 1000 backends every 100 ms is 10 000 checks a second: only in --full (it does not keep up).
   const cells = intervals.flatMap((i) => sizes.filter((n) => args.full || i >= 1 || n < 1000).map((n) => ({ n, i })));

@@ -107,6 +107,7 @@ export class UdpRelay {
   resetFlows(): void {
     for (const f of this.flows.values()) this.closeFlow(f);
     this.flows.clear();
+    this.indexes.clear();
   }
 
   private fromClient(data: Buffer, client: RemoteInfo): void {
@@ -215,6 +216,8 @@ export class UdpRelay {
       if (now - f.lastSeen > FLOW_IDLE_MS) {
         this.closeFlow(f);
         this.flows.delete(key);
+        this.indexes.delete(`up:${key}`);
+        this.indexes.delete(`down:${key}`);
       }
     }
   }

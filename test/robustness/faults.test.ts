@@ -1,9 +1,9 @@
 /**
  * Faults between a real load balancer and real agents, with a UDP relay on loopback in the
- * path (test/helpers/udp-relay.ts): loss, a cut and healed path, a slow path, and processes
- * that are killed, stopped, restarted. The load balancer must report what really happened:
- * no false DOWN under loss QUIC recovers from, DOWN after the configured failures when the
- * path is gone, UP again without a restart when it heals, and never a hung checker.
+ * path (test/helpers/udp-relay.ts): a cut and healed path, a slow path, and processes that are
+ * killed, stopped, restarted (loss is in faults-loss.test.ts). The load balancer must report
+ * what really happened: DOWN after the configured failures when the path is gone, UP again
+ * without a restart when it heals, and never a hung checker.
  */
 import { expect } from 'chai';
 import { startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll, sleep, type QhcpProcess } from '../helpers/procs.ts';
@@ -26,6 +26,21 @@ describe('Robustness: faults', function () {
     expect(s, `STATUS lists ${address}`).to.not.equal(undefined);
     return s!;
   }
+
+  it('duplicated, reordered and jittered datagrams: the server stays UP, no false DOWN', async () => {
+    const { port } = await startServer();
+    relay = await UdpRelay.start({ port });
+    const lb = await startLoadBalancer([relay.address], { interval: 0.3, fail: 3, args: ['--check-timeout', '0.25'] });
+    await waitForState(lb.port, relay.address, 'UP');
+    const c0 = (await statusOf(lb.port, relay.address)).checks;
+    relay.set({ duplicate: 0.3, reorder: 0.3, delayMs: 2, jitterMs: 8 });
+    await waitUntil(async () => (await statusOf(lb.port, relay!.address)).checks >= c0 + 20, 30_000, '20 checks through a duplicating, reordering path', 300);
+    const st = await statusOf(lb.port, relay.address);
+    expect(relay.counters.up.duplicated + relay.counters.down.duplicated, 'datagrams duplicated').to.be.greaterThan(5);
+    expect(relay.counters.up.reordered + relay.counters.down.reordered, 'datagrams reordered').to.be.greaterThan(5);
+    expect(st.state).to.equal('UP');
+    expect(transitionsIn(lb.proc.output).filter((t) => t.to !== 'UP')).to.deep.equal([]);
+  });
 
   it('a cut path: DOWN after the configured failures; healed: UP again within the reconnect interval, nothing restarted', async () => {
     const { proc: server, port } = await startServer();
