@@ -224,7 +224,9 @@ export class Channel {
     } else if (e instanceof qerr.ErrorQUICConnectionPeer) {
       this.finish({ by: 'peer', code: data?.isApp ? (data.errorCode ?? 0) : 0, reason: reason || 'peer closed' });
     } else if (e instanceof qerr.ErrorQUICConnectionLocal) {
-      this.finish({ by: this.closing ? 'local' : 'error', code: data?.errorCode ?? 0, reason });
+      // The library reports some peer application closes (e.g. a refusal right after the
+      // handshake) as local errors; an application code we did not send came from the peer.
+      this.finish({ by: this.closing ? 'local' : data?.isApp ? 'peer' : 'error', code: data?.errorCode ?? 0, reason });
     } else {
       this.finish({ by: 'error', code: 0, reason });
     }
