@@ -7,7 +7,10 @@ import { createHooks, guardHooks, type CoreLike, type SessionInfo } from './hook
 import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from './plugins.ts';
 import { createLogger, type Logger } from './log.ts';
 import type { QhcpConfig } from './config.ts';
-import type { Session } from './session.ts';
+import { preHello, type Session } from './session.ts';
+import { ProtocolError } from './errors.ts';
+import { SUPPORTED_VERSIONS, type Bodies } from './messages.ts';
+import type { Channel } from './transport.ts';
 import type { PluginError } from './errors.ts';
 
 export class Core implements CoreLike {
@@ -37,6 +40,43 @@ export class Core implements CoreLike {
     this.plugins = plugins ?? (await resolvePlugins(this.config, this.role, this.configFile));
     await applyPlugins(this.plugins, this, this.config.pluginTimeout * 1000);
     this.logger.debug('plugins applied', { plugins: this.plugins.map((p) => p.name).join(',') });
+  }
+
+  /**
+   * Admission for a connection on one of our listeners: refused (closed with 301 or 300 and
+   * logged, rate-limited) while stopping, at the connection cap, or at the cap on connections
+   * still without HELLO. Returns whether it was refused.
+   */
+  refuse(ch: Channel, sessions: ReadonlySet<Session>, stopping: boolean, logKey: string): boolean {
+    const why = stopping
+      ? 'shutting down'
+      : sessions.size >= this.config.maxConnections
+        ? 'too many connections'
+        : preHello(sessions) >= this.config.maxPendingHandshakes
+          ? 'too many connections without HELLO'
+          : undefined;
+    if (!why) return false;
+    this.logger.limited(logKey, 'connection refused', { remote: ch.remote, reason: why });
+    void ch.close(stopping ? 301 : 300, why);
+    return true;
+  }
+
+  /**
+   * The version to speak with a HELLO's sender, after checking it offers one we speak and the
+   * session kind this listener serves; otherwise the session is failed and undefined returned.
+   */
+  helloVersion(s: Session, body: Bodies['HELLO'], serves: Bodies['HELLO']['role']): number | undefined {
+    const version = Math.max(...body.versions.filter((v) => SUPPORTED_VERSIONS.includes(v)));
+    if (!Number.isFinite(version)) {
+      s.fail(new ProtocolError('UNSUPPORTED_VERSION', `none of versions ${body.versions.join(',')} is supported (supported: ${SUPPORTED_VERSIONS.join(',')})`));
+      return undefined;
+    }
+    if (body.role !== serves) {
+      const here = serves === 'checker' ? 'an agent: only role "checker"' : 'a load balancer: only role "query"';
+      s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `this is ${here} is served here`));
+      return undefined;
+    }
+    return version;
   }
 
   sessionInfo(s: Session): SessionInfo {

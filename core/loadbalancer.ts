@@ -7,8 +7,8 @@ import { performance } from 'node:perf_hooks';
 import { Core } from './core.ts';
 import { ProtocolError, PeerError, LocalError, errorText } from './errors.ts';
 import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics, type ServerState, type ServerStatus } from './messages.ts';
-import { Session, preHello, type SessionEnd } from './session.ts';
-import { Listener, connect, type Channel } from './transport.ts';
+import { Session, type SessionEnd } from './session.ts';
+import { Listener, ClientSocket, connect, type Channel } from './transport.ts';
 import { parseAddress, formatAddress } from './address.ts';
 import { readPem, selfSigned } from './tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from './config.ts';
@@ -85,6 +85,7 @@ export class LoadBalancer extends Core {
   readonly backends: Backend[];
   readonly stats: LoadBalancerStats = { checks: 0, failedChecks: 0, lateChecks: 0, transitions: 0, picks: 0, queries: 0 };
   private listener: Listener | undefined;
+  private socket: ClientSocket | undefined;
   private readonly querySessions = new Set<Session>();
   private stopping = false;
   private connecting = 0;
@@ -128,6 +129,8 @@ export class LoadBalancer extends Core {
   async start(): Promise<void> {
     const c = this.config;
     await this.hooks.start.promise(this);
+    // All checks leave through one UDP socket (transport.ts ClientSocket).
+    this.socket = await ClientSocket.open();
     const tls = c.certFile && c.keyFile ? { cert: readPem(c.certFile, 'certificate'), key: readPem(c.keyFile, 'key') } : await selfSigned([c.loadbalancerHost]);
     this.listener = await Listener.listen({
       host: c.loadbalancerHost,
@@ -166,12 +169,17 @@ export class LoadBalancer extends Core {
     await this.hooks.ready.promise(this);
   }
 
-  private schedule(b: Backend, delayMs?: number): void {
+  /**
+   * Plans the next check `delayMs` from now, or one jittered interval (reconnect interval for
+   * a DOWN server without a connection) after the start of the check that just ended
+   * (`elapsedMs` ago), so that a slow or timed-out check does not stretch the cadence.
+   */
+  private schedule(b: Backend, delayMs?: number, elapsedMs = 0): void {
     if (this.stopping) return;
     const live = b.session !== undefined && !b.session.isClosed;
     const base = b.state === 'DOWN' && !live ? this.reconnectMs : this.intervalMs;
     const j = this.config.jitter;
-    const delay = delayMs ?? base * (1 + (Math.random() * 2 - 1) * j);
+    const delay = delayMs ?? Math.max(0, base * (1 + (Math.random() * 2 - 1) * j) - elapsedMs);
     b.dueAt = Date.now() + delay;
     b.timer = setTimeout(() => void this.check(b), delay);
   }
@@ -180,7 +188,8 @@ export class LoadBalancer extends Core {
   async check(b: Backend): Promise<void> {
     if (this.stopping || b.checking) return;
     b.checking = true;
-    const lag = Date.now() - b.dueAt;
+    const began = Date.now();
+    const lag = began - b.dueAt;
     if (lag > this.intervalMs * 0.1) this.stats.lateChecks++;
     this.stats.checks++;
     b.checks++;
@@ -210,7 +219,7 @@ export class LoadBalancer extends Core {
       if (b.pushing && s && b.session === s && !s.isClosed) this.awaitReport(b, b.reportMs + this.timeoutMs);
       else {
         b.pushing = false;
-        this.schedule(b);
+        this.schedule(b, undefined, Date.now() - began);
       }
     }
   }
@@ -304,6 +313,7 @@ export class LoadBalancer extends Core {
       ...(this.config.serverName ? { serverName: this.config.serverName } : {}),
       ...(this.ca !== undefined ? { ca: this.ca } : {}),
       timeoutMs: left(),
+      ...(this.socket ? { socket: this.socket } : {}),
       idleTimeoutMs: this.config.idleTimeout * 1000,
       // Checks or reports at least twice per idle timeout keep the connection alive already.
       keepAliveMs: (this.reportMs || this.intervalMs) * 2 <= this.config.idleTimeout * 1000 ? 0 : this.config.keepAlive * 1000,
@@ -438,18 +448,7 @@ export class LoadBalancer extends Core {
   }
 
   private acceptQuery(ch: Channel): void {
-    const why = this.stopping
-      ? 'shutting down'
-      : this.querySessions.size >= this.config.maxConnections
-        ? 'too many connections'
-        : preHello(this.querySessions) >= this.config.maxPendingHandshakes
-          ? 'too many connections without HELLO'
-          : undefined;
-    if (why) {
-      this.logger.limited('query-refused', 'query connection refused', { remote: ch.remote, reason: why });
-      void ch.close(this.stopping ? 301 : 300, why);
-      return;
-    }
+    if (this.refuse(ch, this.querySessions, this.stopping, 'query-refused')) return;
     const session = new Session(ch, {
       role: 'server',
       helloTimeoutMs: this.config.helloTimeout * 1000,
@@ -465,9 +464,8 @@ export class LoadBalancer extends Core {
     if (s.state === 'DRAINING') return;
     switch (msg.type) {
       case 'HELLO': {
-        const version = Math.max(...msg.body.versions.filter((v) => SUPPORTED_VERSIONS.includes(v)));
-        if (!Number.isFinite(version)) return s.fail(new ProtocolError('UNSUPPORTED_VERSION', `none of versions ${msg.body.versions.join(',')} is supported`));
-        if (msg.body.role !== 'query') return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'this is a load balancer: only role "query" is served here'));
+        const version = this.helloVersion(s, msg.body, 'query');
+        if (version === undefined) return;
         s.peer = { node: msg.body.node, role: 'query' };
         s.send('ACK', { version, node: this.node, role: 'loadbalancer', metrics: [] });
         return;
@@ -511,6 +509,7 @@ export class LoadBalancer extends Core {
     );
     for (const s of this.querySessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');
+    await this.socket?.close();
     await this.hooks.alert.promise({ kind: 'stopped', node: this.node, at: Date.now(), servers: this.backends.map((b) => b.address) }).catch(() => {});
     await this.hooks.stop.promise(this);
     this.logger.info('load balancer stopped');

@@ -6,8 +6,8 @@
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from './errors.ts';
 import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from './hooks.ts';
-import { SUPPORTED_VERSIONS, type Message, type Metrics } from './messages.ts';
-import { Session, preHello } from './session.ts';
+import type { Message, Metrics } from './messages.ts';
+import { Session } from './session.ts';
 import { Listener, type Channel } from './transport.ts';
 import { loadServerTls } from './tls.ts';
 import type { QhcpConfig } from './config.ts';
@@ -152,17 +152,8 @@ export class AgentServer extends Core {
   }
 
   private accept(ch: Channel): void {
-    const why = this.stopping
-      ? 'shutting down'
-      : this.sessions.size >= this.config.maxConnections
-        ? 'too many connections'
-        : preHello(this.sessions) >= this.config.maxPendingHandshakes
-          ? 'too many connections without HELLO'
-          : undefined;
-    if (why) {
+    if (this.refuse(ch, this.sessions, this.stopping, 'refused')) {
       this.stats.refused++;
-      this.logger.limited('refused', 'connection refused', { remote: ch.remote, reason: why });
-      void ch.close(this.stopping ? 301 : 300, why);
       return;
     }
     this.stats.accepted++;
@@ -248,13 +239,8 @@ export class AgentServer extends Core {
   }
 
   private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: Session): Promise<void> {
-    const version = Math.max(...body.versions.filter((v) => SUPPORTED_VERSIONS.includes(v)));
-    if (!Number.isFinite(version)) {
-      return s.fail(new ProtocolError('UNSUPPORTED_VERSION', `none of versions ${body.versions.join(',')} is supported (supported: ${SUPPORTED_VERSIONS.join(',')})`));
-    }
-    if (body.role !== 'checker') {
-      return s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `role ${body.role} is served by a load balancer, not by an agent`));
-    }
+    const version = this.helloVersion(s, body, 'checker');
+    if (version === undefined) return;
     const verdict = this.authOpen ? undefined : toVerdict(await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role }));
     if (s.isClosed) return;
     if (verdict && !verdict.ok) {

@@ -5,7 +5,7 @@
  * Peer misbehaviour closes that one connection; nothing here throws into the process.
  */
 import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
-import { QUICServer, QUICClient, events as qev, errors as qerr } from '@matrixai/quic';
+import { QUICServer, QUICClient, QUICSocket, events as qev, errors as qerr } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
 import QuicLogger, { LogLevel } from '@matrixai/logger';
 import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from './codec.ts';
@@ -378,6 +378,33 @@ function capHandshakes(server: QUICServer, max: number, refused?: (remote: strin
   };
 }
 
+/**
+ * One UDP socket shared by many outgoing connections. A load balancer with a thousand
+ * backends otherwise holds a thousand sockets, each with its own receive path and buffers.
+ */
+export class ClientSocket {
+  private constructor(readonly socket: QUICSocket) {}
+
+  /** Binds an ephemeral UDP port on `host` ('::' = IPv4 and IPv6). */
+  static async open(host = '::'): Promise<ClientSocket> {
+    const socket = new QUICSocket({ logger: quicLogger });
+    await socket.start({ host, port: 0 });
+    return new ClientSocket(socket);
+  }
+
+  get port(): number {
+    return this.socket.port as number;
+  }
+
+  async close(): Promise<void> {
+    try {
+      await this.socket.stop({ force: true });
+    } catch {
+      /* already stopped */
+    }
+  }
+}
+
 export interface ConnectOptions {
   host: string;
   port: number;
@@ -393,6 +420,8 @@ export interface ConnectOptions {
   logKeys?: string;
   /** Tests only: offer this ALPN instead of qhcp/1 (a wrong-ALPN peer). */
   alpn?: string;
+  /** Share this socket instead of binding one for the connection. */
+  socket?: ClientSocket;
 }
 
 /**
@@ -410,6 +439,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
       {
         host: opts.host,
         port: opts.port,
+        ...(opts.socket ? { socket: opts.socket.socket } : {}),
         crypto: { ops: { randomBytes: async (data: ArrayBuffer) => void randomFillSync(new Uint8Array(data)) } },
         config: {
           applicationProtos: [opts.alpn ?? ALPN],

@@ -27,8 +27,33 @@ export interface SystemReaders {
   cores(): number;
 }
 
+/**
+ * CPU busy % since the previous call, overall and per core, from os.cpus() tick counters.
+ * systeminformation's currentLoad() spawns `cat /proc/stat` on every call, which alone cost
+ * the idle agent about 1% of a core at one reading per second (docs/benchmarks.md).
+ */
+export function cpuLoadReader(read: () => os.CpuInfo[] = os.cpus): SystemReaders['currentLoad'] {
+  const ticks = (t: os.CpuInfo['times']) => ({ busy: t.user + t.nice + t.sys + t.irq, total: t.user + t.nice + t.sys + t.irq + t.idle });
+  let prev = read().map((c) => ticks(c.times));
+  return async () => {
+    const now = read().map((c) => ticks(c.times));
+    let busy = 0;
+    let total = 0;
+    const cpus = now.map((t, i) => {
+      const p = prev[i] ?? { busy: 0, total: 0 };
+      const db = t.busy - p.busy;
+      const dt = t.total - p.total;
+      busy += db;
+      total += dt;
+      return { load: dt > 0 ? (100 * db) / dt : 0 };
+    });
+    prev = now;
+    return { currentLoad: total > 0 ? (100 * busy) / total : 0, cpus };
+  };
+}
+
 export const SYSTEM_READERS: SystemReaders = {
-  currentLoad: () => si.currentLoad(),
+  currentLoad: cpuLoadReader(),
   mem: () => si.mem(),
   // systeminformation reports only the 1-minute average (divided by cores); node:os has all three.
   loadavg: () => os.loadavg(),

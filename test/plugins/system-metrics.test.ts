@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import SystemMetricsPlugin, { mountKey, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
+import SystemMetricsPlugin, { cpuLoadReader, mountKey, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
+import type { CpuInfo } from 'node:os';
 import { MetricsReport } from '../../core/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { validateOptions } from '../../core/plugins.ts';
@@ -184,5 +185,32 @@ describe('system-metrics plugin', () => {
     expect(Object.keys(v).some((k) => /^disk\..+\.usedPct$/.test(k))).to.equal(true, `no disk metric in ${Object.keys(v).join(',')}`);
     for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
     await core.hooks.stop.promise(core);
+  });
+});
+
+describe('cpuLoadReader', () => {
+  const cpu = (user: number, idle: number): CpuInfo => ({ model: 'x', speed: 1, times: { user, nice: 0, sys: 0, irq: 0, idle } });
+
+  it('reports busy % since the previous reading, overall and per core, from tick counters', async () => {
+    const readings = [
+      [cpu(100, 100), cpu(100, 100)],
+      [cpu(150, 150), cpu(190, 110)], // core 0: 50 busy of 100; core 1: 90 of 100
+    ];
+    let i = 0;
+    const read = cpuLoadReader(() => readings[Math.min(i++, readings.length - 1)]!);
+    const r = await read();
+    expect(r.cpus.map((c) => c.load)).to.deep.equal([50, 90]);
+    expect(r.currentLoad).to.equal(70);
+    // No ticks since: 0 %, not NaN.
+    const again = await read();
+    expect(again.currentLoad).to.equal(0);
+  });
+
+  it('reads the real counters without a child process and stays within 0..100', async () => {
+    const read = cpuLoadReader();
+    await new Promise((r) => setTimeout(r, 50));
+    const r = await read();
+    expect(r.currentLoad).to.be.within(0, 100);
+    for (const c of r.cpus) expect(c.load).to.be.within(0, 100);
   });
 });
