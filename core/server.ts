@@ -99,7 +99,10 @@ export class AgentServer extends Core {
       await this.hooks.collect.promise(report);
       this.lastReport = report;
       const times = Object.values(report.sampledAt);
-      this.sample = { values: report.values, sampledAt: times.length ? Math.min(...times) : Date.now() };
+      // The report's age is that of loadScore when there is one (the value balancers read and
+      // judge staleness by); otherwise that of the oldest value.
+      const at = report.sampledAt.loadScore ?? (times.length ? Math.min(...times) : Date.now());
+      this.sample = { values: report.values, sampledAt: at };
       this.stats.samples++;
     } catch (e) {
       this.logger.limited('sampler', `metrics sample failed: ${errorText(e)}`);

@@ -506,6 +506,37 @@ describe('hooks', function () {
     });
   });
 
+  describe('report age', () => {
+    it('is the age of loadScore when the report has one, not of a slow metric carried along', async () => {
+      const slow: QhcpPlugin = {
+        name: 'slow',
+        apply(core) {
+          core.hooks.metricDefinitions.tap('slow', (d) => [...d, { name: 'slow', unit: '', help: '', plugin: 'slow', sampleIntervalMs: 60_000 }]);
+          core.hooks.collect.tap('slow', (r) => r.set('slow', 1));
+        },
+      };
+      let scores = 0;
+      const score: QhcpPlugin = {
+        name: 'score',
+        apply(core) {
+          core.hooks.collect.tap('score', (r) => r.set('loadScore', (++scores % 10) / 10));
+        },
+      };
+      const server = new AgentServer(serverConfig({ sampleInterval: 0.05 }), capture().logger);
+      await server.loadPlugins([slow, score]);
+      await server.start();
+      try {
+        // Wait until the slow value is clearly older than the fresh loadScore samples.
+        await waitUntil(() => scores >= 20, 20_000, 'twenty loadScore samples');
+        const r = server.metricsFor(undefined);
+        expect(r.metrics).to.include({ slow: 1 });
+        expect(r.ageMs).to.be.below(500);
+      } finally {
+        await server.stop();
+      }
+    });
+  });
+
   describe('docs/plugins.md', () => {
     const doc = () => readFileSync(new URL('../docs/plugins.md', import.meta.url), 'utf8');
     /** Rows of the hooks reference table: | `name` | Kind | role | when | arguments | returns | on failure | */
