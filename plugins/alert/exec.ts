@@ -10,7 +10,7 @@ import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
-import { SerialQueue } from './queue.ts';
+import { SerialQueue, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'exec';
 const TAIL_BYTES = 2048;
@@ -158,13 +158,6 @@ export default class ExecAlertPlugin implements QhcpPlugin {
 
   apply(core: CoreLike): void {
     this.logger = core.logger;
-    core.hooks.alert.tap(PLUGIN_NAME, (e) => this.damper.submit(e));
-    core.hooks.stop.tapPromise(PLUGIN_NAME, async () => {
-      this.damper.flush();
-      if (!(await this.queue.drain(this.opts.drainTimeoutMs))) {
-        const left = this.queue.clear();
-        core.logger.warn(`${PLUGIN_NAME}: stopping with alert commands unfinished`, { command: this.opts.command, unfinished: left });
-      }
-    });
+    tapDampedQueue(core, PLUGIN_NAME, { damper: this.damper, queue: this.queue }, this.opts.drainTimeoutMs, (left) => [`${PLUGIN_NAME}: stopping with alert commands unfinished`, { command: this.opts.command, unfinished: left }]);
   }
 }

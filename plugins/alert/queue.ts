@@ -70,3 +70,24 @@ export class SerialQueue<T> {
     }
   }
 }
+
+/**
+ * The wiring every damped, queued alert plugin shares: alert events go into the damper (which
+ * feeds the queue); on stop, held alerts are flushed and the queue gets `drainTimeoutMs` to
+ * empty, then what is left is dropped and counted in one warning.
+ */
+export function tapDampedQueue(
+  core: import('../../core/hooks.ts').CoreLike,
+  name: string,
+  parts: { damper: { submit(e: import('../../core/hooks.ts').AlertEvent): void; flush(): void }; queue: Pick<SerialQueue<unknown>, 'drain' | 'clear'> },
+  drainTimeoutMs: number,
+  unfinished: (left: number) => [message: string, fields: Record<string, unknown>],
+): void {
+  core.hooks.alert.tap(name, (e) => parts.damper.submit(e));
+  core.hooks.stop.tapPromise(name, async () => {
+    parts.damper.flush();
+    if (await parts.queue.drain(drainTimeoutMs)) return;
+    const left = parts.queue.clear();
+    if (left) core.logger.warn(...unfinished(left));
+  });
+}

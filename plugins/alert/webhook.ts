@@ -9,7 +9,7 @@ import type { CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
-import { SerialQueue } from './queue.ts';
+import { SerialQueue, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'webhook';
 
@@ -126,13 +126,6 @@ export default class WebhookAlertPlugin implements QhcpPlugin {
 
   apply(core: CoreLike): void {
     this.logger = core.logger;
-    core.hooks.alert.tap(PLUGIN_NAME, (e) => this.damper.submit(e));
-    core.hooks.stop.tapPromise(PLUGIN_NAME, async () => {
-      this.damper.flush();
-      if (!(await this.queue.drain(this.opts.drainTimeoutMs))) {
-        const left = this.queue.clear();
-        if (left) core.logger.warn(`${PLUGIN_NAME}: stopping with alerts undelivered`, { url: this.where(), undelivered: left });
-      }
-    });
+    tapDampedQueue(core, PLUGIN_NAME, { damper: this.damper, queue: this.queue }, this.opts.drainTimeoutMs, (left) => [`${PLUGIN_NAME}: stopping with alerts undelivered`, { url: this.where(), undelivered: left }]);
   }
 }

@@ -286,3 +286,26 @@ describe('alert plugins', () => {
     });
   });
 });
+
+describe('tapDampedQueue (shared by webhook and exec)', () => {
+  it('feeds alerts through the damper; on stop flushes held alerts, drains, and counts what is left', async () => {
+    const { tapDampedQueue, SerialQueue } = await import('../../plugins/alert/queue.ts');
+    const { Damper } = await import('../../plugins/alert/damper.ts');
+    const core = fakeCore('loadbalancer');
+    const delivered: string[] = [];
+    // The first delivery never finishes: everything behind it stays queued.
+    const queue = new SerialQueue<string>(10, (item) => (delivered.push(item), new Promise<void>(() => {})));
+    const damper = new Damper(60_000, (e) => queue.push(e.kind === 'transition' ? `${e.transition.from}->${e.transition.to}` : e.kind));
+    tapDampedQueue(core, 'q-test', { damper, queue }, 50, (left) => ['q-test: unfinished', { left }]);
+    await core.hooks.alert.promise(transition('s', 'UP', 'DOWN'));
+    await core.hooks.alert.promise(transition('s', 'DOWN', 'UP')); // held by the damper
+    expect(delivered).to.deep.equal(['UP->DOWN']);
+    await core.hooks.stop.promise(core);
+    // The held alert was flushed into the queue behind the hung delivery; the queue did not
+    // drain, so the waiting alert (the flushed one) was dropped and counted.
+    const warned = core.logged(/q-test: unfinished/);
+    expect(warned).to.have.length(1);
+    expect(warned[0]).to.include({ left: 1 });
+    expect(queue.size).to.equal(1); // only the hung delivery remains
+  });
+});
