@@ -6,7 +6,7 @@
 import { pathToFileURL } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { Ajv } from 'ajv';
-import { ConfigError, LocalError, PluginError, errorText } from './errors.ts';
+import { ConfigError, PluginError, errorText } from './errors.ts';
 import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from './config.ts';
 import type { CoreLike } from './hooks.ts';
 
@@ -175,4 +175,3 @@ export async function applyPlugins(plugins: QhcpPlugin[], core: CoreLike, timeou
   }
 }
 
-export { LocalError };

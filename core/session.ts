@@ -95,10 +95,6 @@ export class Session {
   get isClosed(): boolean {
     return this.ended !== undefined;
   }
-  /** Why the session ended (once it has). */
-  get end_(): SessionEnd | undefined {
-    return this.ended;
-  }
 
   /** Resolves when the session has ended. */
   closed(): Promise<SessionEnd> {

@@ -10,7 +10,7 @@ import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
-import { SerialQueue, tapDampedQueue } from './queue.ts';
+import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'exec';
 const TAIL_BYTES = 2048;
@@ -64,9 +64,8 @@ export default class ExecAlertPlugin implements QhcpPlugin {
       cwd: { type: 'string', minLength: 1, description: 'working directory (default: the load balancer\'s)' },
       timeoutMs: { type: 'integer', minimum: 10, maximum: 3_600_000, default: 10_000, description: 'then SIGTERM to its process group' },
       killGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 2000, description: 'after SIGTERM, then SIGKILL' },
-      queueSize: { type: 'integer', minimum: 1, maximum: 100_000, default: 100, description: 'alerts waiting at most; beyond it the oldest is dropped' },
       minIntervalMs: minIntervalSchema(30_000),
-      drainTimeoutMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1500, description: 'on stop, time to finish what is queued (keep below pluginTimeout)' },
+      ...queueOptionsSchema('finish'),
     },
   };
   readonly name = PLUGIN_NAME;

@@ -3,6 +3,14 @@
  * full, the oldest waiting item is dropped and counted (a dead webhook must not grow memory
  * without end); the owner is told so it can warn.
  */
+/** Options every queued alert plugin has (queue bound, stop drain); `doing` words the drain. */
+export function queueOptionsSchema(doing: string) {
+  return {
+    queueSize: { type: 'integer', minimum: 1, maximum: 100_000, default: 100, description: 'alerts waiting at most; beyond it the oldest is dropped' },
+    drainTimeoutMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1500, description: `on stop, time to ${doing} what is queued (keep below pluginTimeout)` },
+  } as const;
+}
+
 export class SerialQueue<T> {
   private readonly items: T[] = [];
   private running = false;

@@ -9,7 +9,7 @@ import type { CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
-import { SerialQueue, tapDampedQueue } from './queue.ts';
+import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'webhook';
 
@@ -46,9 +46,8 @@ export default class WebhookAlertPlugin implements QhcpPlugin {
       retries: { type: 'integer', minimum: 0, maximum: 20, default: 3, description: 'further attempts after a retryable failure' },
       backoffMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 500, description: 'wait before the first retry; doubles each retry' },
       maxBackoffMs: { type: 'integer', minimum: 0, maximum: 3_600_000, default: 30_000, description: 'longest wait between retries' },
-      queueSize: { type: 'integer', minimum: 1, maximum: 100_000, default: 100, description: 'alerts waiting at most; beyond it the oldest is dropped' },
       minIntervalMs: minIntervalSchema(30_000),
-      drainTimeoutMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1500, description: 'on stop, time to deliver what is queued (keep below pluginTimeout)' },
+      ...queueOptionsSchema('deliver'),
     },
   };
   readonly name = PLUGIN_NAME;

@@ -7,7 +7,7 @@
  */
 import type { BackendView, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';
 
@@ -21,7 +21,7 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     additionalProperties: false,
     properties: {
       ...LOAD_OPTIONS_SCHEMA,
-      pickCost: { type: 'number', minimum: 0, maximum: 1, default: 0.01, description: 'load one pick adds to a server until its next report (0: no herd guard)' },
+      pickCost: pickCostSchema(0.01),
     },
   };
   readonly name = PLUGIN_NAME;

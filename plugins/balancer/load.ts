@@ -18,6 +18,11 @@ export interface LoadOptions {
 export const LOAD_DEFAULTS: LoadOptions = { maxReportAgeMs: 30_000, metric: 'loadScore', unknownLoad: 'mean' };
 
 /** JSON-schema properties for LoadOptions, shared by every load-aware balancer's schema. */
+/** The herd guard's option, shared by the load-aware strategies that count picks (PicksSinceReport). */
+export function pickCostSchema(dflt: number) {
+  return { type: 'number', minimum: 0, maximum: 1, default: dflt, description: `load one pick adds to a server until its next report (0: no herd guard)` } as const;
+}
+
 export const LOAD_OPTIONS_SCHEMA = {
   maxReportAgeMs: { type: 'integer', minimum: 100, maximum: 86_400_000, default: LOAD_DEFAULTS.maxReportAgeMs, description: 'a report older than this counts as unknown load' },
   metric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: LOAD_DEFAULTS.metric, description: 'the metric that holds the load' },

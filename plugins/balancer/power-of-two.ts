@@ -6,7 +6,7 @@
  */
 import type { BackendView, CoreLike } from '../../core/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugins.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'power-of-two';
 
@@ -20,7 +20,7 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     additionalProperties: false,
     properties: {
       ...LOAD_OPTIONS_SCHEMA,
-      pickCost: { type: 'number', minimum: 0, maximum: 1, default: 0, description: 'load one pick adds to a server until its next report' },
+      pickCost: pickCostSchema(0),
     },
   };
   readonly name = PLUGIN_NAME;

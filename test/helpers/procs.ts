@@ -172,6 +172,16 @@ export async function queryStatus(port: number): Promise<ServerStatus[]> {
   }
 }
 
+/**
+ * STATUS for one server: answered promptly (the checker is not hung) and listing `address`.
+ * @throws when the load balancer does not list it
+ */
+export async function statusOf(lbPort: number, address: string): Promise<ServerStatus> {
+  const s = (await queryStatus(lbPort)).find((x) => x.address === address);
+  if (!s) throw new Error(`STATUS does not list ${address}`);
+  return s;
+}
+
 /** Waits until the load balancer reports `address` in `state`; returns its status. */
 export async function waitForState(lbPort: number, address: string, state: ServerStatus['state'], timeoutMs = 20_000): Promise<ServerStatus> {
   return waitUntil(async () => (await queryStatus(lbPort)).find((s) => s.address === address && s.state === state), timeoutMs, `${address} to be ${state}`, 150);

@@ -11,7 +11,7 @@ import { expect } from 'chai';
 import { AgentServer } from '../../core/server.ts';
 import { buildConfig } from '../../core/config.ts';
 import { createLogger } from '../../core/log.ts';
-import { startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll, sleep } from '../helpers/procs.ts';
+import { statusOf, startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll, sleep } from '../helpers/procs.ts';
 
 /** Transitions the log alert plugin printed (JSON lines on a non-terminal stderr). */
 function transitions(output: string): Array<{ server: string; from: string; to: string; reason: string; failures: number }> {
@@ -52,7 +52,7 @@ describe('push mode: reports instead of polls', function () {
     await waitUntil(() => [...agent!.sessions].some((s) => (s.data.prefs as { reportIntervalMs?: number } | undefined)?.reportIntervalMs === 400), 10_000, 'CONFIG_UPDATE reportIntervalMs 400 on the agent');
     const polls = agent.stats.healthRequests;
     const accepted = agent.stats.accepted;
-    const before = (await queryStatus(lb.port)).find((s) => s.address === address)!;
+    const before = await statusOf(lb.port, address);
     // At least 3 s: twice the idle timeout.
     await sleep(3000);
     const after = await waitUntil(async () => (await queryStatus(lb.port)).find((s) => s.address === address && s.checks >= before.checks + 6), 15_000, 'six more checks');
@@ -97,6 +97,6 @@ describe('push mode: reports instead of polls', function () {
     expect(seen[2]!.reason).to.match(/drained/);
     await s.proc.exited;
     // The other server is untouched.
-    expect((await queryStatus(lb.port)).find((x) => x.address === other.address)!.state).to.equal('UP');
+    expect((await statusOf(lb.port, other.address)).state).to.equal('UP');
   });
 });

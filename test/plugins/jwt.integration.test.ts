@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, startLoadBalancer, queryStatus, waitForState, waitUntil, stopAll } from '../helpers/procs.ts';
+import { statusOf, startServer, startLoadBalancer, queryStatus, waitForState, waitUntil, stopAll } from '../helpers/procs.ts';
 
 describe('jwt between real processes', function () {
   this.timeout(90_000);
@@ -56,7 +56,7 @@ describe('jwt between real processes', function () {
     expect(required.lastError).to.match(/^AUTH_REQUIRED: /);
 
     // The good load balancer was not disturbed, and the server logged the failures without tokens.
-    expect((await queryStatus(good.port)).find((s) => s.address === server.address)!.state).to.equal('UP');
+    expect((await statusOf(good.port, server.address)).state).to.equal('UP');
     await waitUntil(() => /authentication failed.*AUTH_BAD_SIGNATURE/.test(server.proc.output), 10_000, 'the server to log the rejection');
     expect(server.proc.output).to.not.match(/eyJ[A-Za-z0-9_-]{10,}\./, 'no token in the server log');
   });

@@ -4,7 +4,7 @@
  * be marked DOWN. Its own file because it runs 60 checks (about 35 s).
  */
 import { expect } from 'chai';
-import { startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll } from '../helpers/procs.ts';
+import { statusOf, startServer, startLoadBalancer, waitForState, waitUntil, stopAll } from '../helpers/procs.ts';
 import { UdpRelay } from '../helpers/udp-relay.ts';
 import { transitionsIn } from './honest.ts';
 
@@ -18,11 +18,6 @@ describe('Robustness: faults (loss)', function () {
     await stopAll();
   });
 
-  async function statusOf(lbPort: number, address: string) {
-    const s = (await queryStatus(lbPort)).find((x) => x.address === address);
-    expect(s, `STATUS lists ${address}`).to.not.equal(undefined);
-    return s!;
-  }
 
   it('20% loss with the default thresholds: no false DOWN over 60 checks (QUIC recovers)', async () => {
     const { port } = await startServer();

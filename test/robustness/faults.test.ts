@@ -6,7 +6,7 @@
  * without a restart when it heals, and never a hung checker.
  */
 import { expect } from 'chai';
-import { startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll, sleep, type QhcpProcess } from '../helpers/procs.ts';
+import { statusOf, startServer, startLoadBalancer, waitForState, waitUntil, stopAll, sleep, type QhcpProcess } from '../helpers/procs.ts';
 import { UdpRelay } from '../helpers/udp-relay.ts';
 import { transitionsIn } from './honest.ts';
 
@@ -20,12 +20,6 @@ describe('Robustness: faults', function () {
     await stopAll();
   });
 
-  /** STATUS answers promptly (the checker is not hung) and says `state` for `address`. */
-  async function statusOf(lbPort: number, address: string) {
-    const s = (await queryStatus(lbPort)).find((x) => x.address === address);
-    expect(s, `STATUS lists ${address}`).to.not.equal(undefined);
-    return s!;
-  }
 
   it('duplicated, reordered and jittered datagrams: the server stays UP, no false DOWN', async () => {
     const { port } = await startServer();
