@@ -6,7 +6,7 @@
  * Every key, its flag and its default: docs/configuration.md. Plugins: docs/plugins.md
  * (hooks, writing your own) and docs/plugins-builtin.md (the built-in ones and their options).
  */
-import { defineConfig } from './core/config.ts';
+import { defineConfig } from './core/config/config.ts';
 
 export default defineConfig({
   // No `servers` here: the demo and the tests pass -servers on the command line.

@@ -1,5 +1,5 @@
 /**
- * Agent farm: one process hosting many qhcp agents (core/server.ts AgentServer) on loopback
+ * Agent farm: one process hosting many qhcp agents (core/roles/agent.ts AgentServer) on loopback
  * ports, driven by its parent over the IPC channel (bench/lib/children.ts). It lets one
  * machine offer a load balancer 1000 real QHCP servers without 1000 Node processes.
  *
@@ -12,12 +12,12 @@
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AgentServer } from '../core/server.ts';
-import { buildConfig } from '../core/config.ts';
-import { selfSigned } from '../core/tls.ts';
-import { createLogger } from '../core/log.ts';
-import type { CoreLike } from '../core/hooks.ts';
-import type { QhcpPlugin } from '../core/plugins.ts';
+import { AgentServer } from '../core/roles/agent.ts';
+import { buildConfig } from '../core/config/config.ts';
+import { selfSigned } from '../core/transport/tls.ts';
+import { createLogger } from '../core/util/log.ts';
+import type { CoreLike } from '../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../core/plugin/loader.ts';
 import type { FarmRequest, FarmReply } from './lib/children.ts';
 
 const PLUGIN_NAME = 'bench-metrics';

@@ -10,7 +10,7 @@
  *          push: the client only reads what the server pushes (the shape of a push report).
  *
  * The parent reads both processes' CPU from /proc around `run`.
- * This is the only qhcp file besides core/transport.ts that imports @matrixai/quic: the floor
+ * This is the only qhcp file besides core/transport/quic.ts that imports @matrixai/quic: the floor
  * has to measure the library bare.
  */
 import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
@@ -18,7 +18,7 @@ import { performance } from 'node:perf_hooks';
 import { QUICServer, QUICClient, events as qev } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
 import QuicLogger, { LogLevel } from '@matrixai/logger';
-import { selfSigned } from '../core/tls.ts';
+import { selfSigned } from '../core/transport/tls.ts';
 
 export type FloorRequest =
   | { id: number; cmd: 'serve' }

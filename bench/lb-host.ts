@@ -1,12 +1,12 @@
 /**
- * Load balancer host: one process running core/loadbalancer.ts exactly as `qhcp loadbalancer`
+ * Load balancer host: one process running core/roles/loadbalancer.ts exactly as `qhcp loadbalancer`
  * does (status printing off), driven over IPC so the benchmark can read its counters
  * (checks, late checks) and hear every transition with its timestamp. It can also run several
  * independent load balancers (`instances`), each with its own connections, to load one agent.
  */
-import { LoadBalancer } from '../core/loadbalancer.ts';
-import { buildConfig, type QhcpConfig } from '../core/config.ts';
-import { createLogger } from '../core/log.ts';
+import { LoadBalancer } from '../core/roles/loadbalancer.ts';
+import { buildConfig, type QhcpConfig } from '../core/config/config.ts';
+import { createLogger } from '../core/util/log.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import type { LbRequest, LbReply, LbEvent } from './lib/children.ts';
 

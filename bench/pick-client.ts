@@ -1,10 +1,10 @@
 /**
- * PICK over QUIC: `clients` query connections (core/query.ts, as `qhcp pick` uses) to one load
+ * PICK over QUIC: `clients` query connections (core/client/query.ts, as `qhcp pick` uses) to one load
  * balancer, each asking PICK back to back for `seconds`. Runs in its own process so the load
  * balancer's and the clients' CPU are measured apart. Driven over IPC.
  */
 import { performance } from 'node:perf_hooks';
-import { QueryClient } from '../core/query.ts';
+import { QueryClient } from '../core/client/query.ts';
 
 export type PickRequest = { id: number; cmd: 'run'; port: number; clients: number; seconds: number } | { id: number; cmd: 'stop' };
 export type PickReply = { id: number; ok: boolean; error?: string; picks?: number; empty?: number; latenciesUs?: number[]; seconds?: number };

@@ -4,4 +4,4 @@
 import { register } from 'tsx/esm/api';
 
 register();
-await import('../core/main.ts');
+await import('../core/cli/main.ts');

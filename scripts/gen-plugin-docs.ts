@@ -12,7 +12,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
-import { BUILTIN_PLUGINS } from '../core/plugins.ts';
+import { BUILTIN_PLUGINS } from '../core/plugin/loader.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const BUILTIN_DOC = resolve(ROOT, 'docs/plugins-builtin.md');
@@ -88,7 +88,7 @@ export function renderOptionsTable(schema: Schema): string {
 export async function builtinSchemas(): Promise<Record<string, Schema>> {
   const out: Record<string, Schema> = {};
   for (const [name, path] of Object.entries(BUILTIN_PLUGINS)) {
-    const mod = (await import(new URL(`../core/${path}.ts`, import.meta.url).href)) as { default: { schema?: Schema } };
+    const mod = (await import(new URL(`../core/plugin/${path}.ts`, import.meta.url).href)) as { default: { schema?: Schema } };
     out[name] = mod.default.schema ?? {};
   }
   return out;

@@ -1,7 +1,7 @@
 /**
  * Regenerates the parts of the docs that are data in the code:
  *
- *   docs/protocol.md    the DFA table and Mermaid diagram of each role (core/dfa.ts) and the
+ *   docs/protocol.md    the DFA table and Mermaid diagram of each role (core/protocol/dfa.ts) and the
  *                       wire error-code table (core/errors.ts, WIRE_ERRORS)
  *   docs/operations.md  the local error-code table (core/errors.ts, LOCAL_ERRORS)
  *
@@ -16,7 +16,7 @@
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
-import { TABLES, STATES, INITIAL_STATE, type Role, type DfaEvent, type Table } from '../core/dfa.ts';
+import { TABLES, STATES, INITIAL_STATE, type Role, type DfaEvent, type Table } from '../core/protocol/dfa.ts';
 import { WIRE_ERRORS, LOCAL_ERRORS, type WireErrorName, type LocalErrorCode } from '../core/errors.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');

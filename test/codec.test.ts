@@ -6,8 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { encodeFrame, decodeFrame, FrameDecoder, HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES } from '../core/codec.ts';
-import { MESSAGE_NAMES, MESSAGE_TYPES, FIELD_LIMITS, type Bodies, type Message, type MessageName, type MessageOf } from '../core/messages.ts';
+import { encodeFrame, decodeFrame, FrameDecoder, HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES } from '../core/protocol/codec.ts';
+import { MESSAGE_NAMES, MESSAGE_TYPES, FIELD_LIMITS, type Bodies, type Message, type MessageName, type MessageOf } from '../core/protocol/messages.ts';
 import { ProtocolError, WIRE_ERRORS, type WireErrorName } from '../core/errors.ts';
 
 const SPEC = readFileSync(new URL('../docs/protocol.md', import.meta.url), 'utf8');

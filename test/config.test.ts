@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { buildConfig, defineConfig, findConfigFile, CONFIG_SCHEMA, type QhcpConfig } from '../core/config.ts';
-import { resolvePlugins, type QhcpPlugin } from '../core/plugins.ts';
+import { buildConfig, defineConfig, findConfigFile, CONFIG_SCHEMA, type QhcpConfig } from '../core/config/config.ts';
+import { resolvePlugins, type QhcpPlugin } from '../core/plugin/loader.ts';
 import { ConfigError, LocalError } from '../core/errors.ts';
-import { buildProgram } from '../core/cli.ts';
+import { buildProgram } from '../core/cli/cli.ts';
 import { freePort, runQhcp, stopAll, ROOT } from './helpers/procs.ts';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/plugins/', import.meta.url));
@@ -121,7 +121,7 @@ describe('configuration', function () {
     it('loads ESM-syntax .ts/.js configs and plugin modules in a directory whose package.json is not "type": "module"', async () => {
       const dir = tempDir();
       writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'cjs-app' }));
-      const configTs = join(ROOT, 'core/config.ts');
+      const configTs = join(ROOT, 'core/config/config.ts');
       writeFileSync(join(dir, 'qhcp.config.ts'), `import { defineConfig } from ${JSON.stringify(configTs)};\nexport default defineConfig({ checkInterval: 3, plugins: ['./mine.ts'] });\n`);
       writeFileSync(join(dir, 'mine.ts'), "export default class Mine { readonly name = 'mine'; apply(): void {} }\n");
       writeFileSync(join(dir, 'other.js'), 'export default { checkInterval: 4 };\n');

@@ -1,13 +1,13 @@
 /**
  * The two state machines: every (state, event) pair of each role behaves as its table says,
- * the tables in docs/protocol.md are the tables in core/dfa.ts, and the tables make sense as
+ * the tables in docs/protocol.md are the tables in core/protocol/dfa.ts, and the tables make sense as
  * graphs and as a pair (what one side may send, the other side accepts, even when messages
  * cross on the wire).
  */
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { Dfa, TABLES, STATES, INITIAL_STATE, SERVER_TABLE, CLIENT_TABLE, type DfaEvent, type Role, type State, type Table } from '../core/dfa.ts';
-import { MESSAGE_NAMES, type MessageName } from '../core/messages.ts';
+import { Dfa, TABLES, STATES, INITIAL_STATE, SERVER_TABLE, CLIENT_TABLE, type DfaEvent, type Role, type State, type Table } from '../core/protocol/dfa.ts';
+import { MESSAGE_NAMES, type MessageName } from '../core/protocol/messages.ts';
 import { ProtocolError, LocalError, WIRE_ERRORS } from '../core/errors.ts';
 import { renderDfaTable, renderDfaDiagram, extractSection, renderSection, run } from '../scripts/gen-protocol-tables.ts';
 
@@ -256,12 +256,12 @@ describe('Dfa', () => {
 
   describe('docs/protocol.md', () => {
     for (const role of ROLES) {
-      it(`has the ${role} table exactly as rendered from core/dfa.ts`, () => {
+      it(`has the ${role} table exactly as rendered from core/protocol/dfa.ts`, () => {
         expect(extractSection(SPEC, `dfa:${role}`)).to.equal(renderDfaTable(role));
         expect(renderSection(`dfa:${role}`)).to.equal(renderDfaTable(role));
       });
 
-      it(`has the ${role} Mermaid diagram exactly as rendered from core/dfa.ts`, () => {
+      it(`has the ${role} Mermaid diagram exactly as rendered from core/protocol/dfa.ts`, () => {
         const diagram = extractSection(SPEC, `dfa:${role}-diagram`);
         expect(diagram).to.equal(renderDfaDiagram(role));
         expect(diagram).to.match(/^```mermaid\nstateDiagram-v2\n/);

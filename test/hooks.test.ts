@@ -7,18 +7,18 @@
  */
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { AgentServer } from '../core/server.ts';
-import { LoadBalancer } from '../core/loadbalancer.ts';
-import { Core } from '../core/core.ts';
-import { buildConfig, type QhcpConfig } from '../core/config.ts';
-import { createHooks, MetricsReport, ON_FAIL, toVerdict, type AlertEvent, type AuthRequest, type CheckResult, type CredentialsRequest, type HookName, type PickRequest, type Transition } from '../core/hooks.ts';
-import { createLogger, type Logger } from '../core/log.ts';
-import { connect } from '../core/transport.ts';
-import { Session } from '../core/session.ts';
-import { QueryClient } from '../core/query.ts';
+import { AgentServer } from '../core/roles/agent.ts';
+import { LoadBalancer } from '../core/roles/loadbalancer.ts';
+import { Core } from '../core/roles/core.ts';
+import { buildConfig, type QhcpConfig } from '../core/config/config.ts';
+import { createHooks, MetricsReport, ON_FAIL, toVerdict, type AlertEvent, type AuthRequest, type CheckResult, type CredentialsRequest, type HookName, type PickRequest, type Transition } from '../core/plugin/hooks.ts';
+import { createLogger, type Logger } from '../core/util/log.ts';
+import { connect } from '../core/transport/quic.ts';
+import { Session } from '../core/protocol/session.ts';
+import { QueryClient } from '../core/client/query.ts';
 import { PeerError, PluginError } from '../core/errors.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
-import type { QhcpPlugin } from '../core/plugins.ts';
+import type { QhcpPlugin } from '../core/plugin/loader.ts';
 import { waitUntil } from './helpers/procs.ts';
 
 /** A logger keeping its JSON lines, to assert what was logged. */

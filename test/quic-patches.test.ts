@@ -8,9 +8,9 @@
  * processed in order, nothing lost in a burst, closes and errors still reported.
  */
 import { expect } from 'chai';
-import { Listener, connect, type Channel, type ChannelClose } from '../core/transport.ts';
-import { selfSigned } from '../core/tls.ts';
-import type { Message } from '../core/messages.ts';
+import { Listener, connect, type Channel, type ChannelClose } from '../core/transport/quic.ts';
+import { selfSigned } from '../core/transport/tls.ts';
+import type { Message } from '../core/protocol/messages.ts';
 
 type Patched = { sendDirect?: unknown; recvTail?: unknown };
 /** The QUICConnection under a channel (a private field: tests only). */

@@ -1,10 +1,10 @@
 /**
- * The status view (core/status.ts): the redrawn table on a terminal, one plain line per server
+ * The status view (core/cli/status.ts): the redrawn table on a terminal, one plain line per server
  * otherwise, JSON lines for scripts; and which of them `status: auto` picks.
  */
 import { expect } from 'chai';
-import { render, renderTable, renderLines, renderJson, resolveFormat, statusFrame, duration } from '../core/status.ts';
-import type { ServerStatus } from '../core/messages.ts';
+import { render, renderTable, renderLines, renderJson, resolveFormat, statusFrame, duration } from '../core/cli/status.ts';
+import type { ServerStatus } from '../core/protocol/messages.ts';
 
 const NOW = Date.UTC(2026, 0, 2, 3, 4, 5);
 

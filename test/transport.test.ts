@@ -4,15 +4,15 @@
  * served at the same time.
  */
 import { expect } from 'chai';
-import { AgentServer } from '../core/server.ts';
-import { buildConfig } from '../core/config.ts';
-import { connect, type Channel, type ChannelClose } from '../core/transport.ts';
-import { Session } from '../core/session.ts';
-import { encodeFrame } from '../core/codec.ts';
+import { AgentServer } from '../core/roles/agent.ts';
+import { buildConfig } from '../core/config/config.ts';
+import { connect, type Channel, type ChannelClose } from '../core/transport/quic.ts';
+import { Session } from '../core/protocol/session.ts';
+import { encodeFrame } from '../core/protocol/codec.ts';
 import { WIRE_ERRORS, PeerError } from '../core/errors.ts';
-import { createLogger } from '../core/log.ts';
+import { createLogger } from '../core/util/log.ts';
 import SystemMetricsPlugin from '../plugins/metrics/system.ts';
-import type { Message } from '../core/messages.ts';
+import type { Message } from '../core/protocol/messages.ts';
 
 /** A raw peer: a channel with no session, recording what the server sends and how it closes. */
 async function rawPeer(port: number): Promise<{ ch: Channel; got: Message[]; closed: Promise<ChannelClose> }> {

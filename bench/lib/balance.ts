@@ -4,10 +4,10 @@
  * clients to a running load balancer: queries per second and latency.
  */
 import { performance } from 'node:perf_hooks';
-import { LoadBalancer } from '../../core/loadbalancer.ts';
-import { buildConfig } from '../../core/config.ts';
-import { createLogger } from '../../core/log.ts';
-import { BUILTIN_PLUGINS, resolvePlugins } from '../../core/plugins.ts';
+import { LoadBalancer } from '../../core/roles/loadbalancer.ts';
+import { buildConfig } from '../../core/config/config.ts';
+import { createLogger } from '../../core/util/log.ts';
+import { BUILTIN_PLUGINS, resolvePlugins } from '../../core/plugin/loader.ts';
 import { Helper, type LbHost, type LbEvent } from './children.ts';
 import type { PickRequest, PickReply } from '../pick-client.ts';
 import { sampleCpu, summary } from './proc.ts';

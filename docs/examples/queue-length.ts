@@ -13,8 +13,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import type { CoreLike, MetricDefinition } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { CoreLike, MetricDefinition } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 
 const PLUGIN_NAME = 'queue-length';
 

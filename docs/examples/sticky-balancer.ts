@@ -10,8 +10,8 @@
  *
  *   plugins: [['./docs/examples/sticky-balancer.ts', { metric: 'queueLength', maxLoad: 100 }], 'round-robin']
  */
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 
 const PLUGIN_NAME = 'sticky';
 

@@ -5,7 +5,7 @@
  * last word about a server is never lost and the operator learns that it flapped.
  * Start/stop events concern no one server and pass straight through.
  */
-import type { AlertEvent } from '../../core/hooks.ts';
+import type { AlertEvent } from '../../core/plugin/hooks.ts';
 
 export type Deliver = (event: AlertEvent, suppressed: number) => void;
 

@@ -6,8 +6,8 @@
  * at a time through a bounded queue (queue.ts) and are damped per server (damper.ts).
  */
 import { spawn } from 'node:child_process';
-import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';

@@ -3,8 +3,8 @@
  * not a terminal (or `json: true`), one readable line otherwise. Damped like every alert plugin
  * (damper.ts), but by default it logs every transition: the log is the record.
  */
-import type { AlertEvent, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 
 const PLUGIN_NAME = 'log';

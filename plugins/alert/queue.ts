@@ -85,9 +85,9 @@ export class SerialQueue<T> {
  * empty, then what is left is dropped and counted in one warning.
  */
 export function tapDampedQueue(
-  core: import('../../core/hooks.ts').CoreLike,
+  core: import('../../core/plugin/hooks.ts').CoreLike,
   name: string,
-  parts: { damper: { submit(e: import('../../core/hooks.ts').AlertEvent): void; flush(): void }; queue: Pick<SerialQueue<unknown>, 'drain' | 'clear'> },
+  parts: { damper: { submit(e: import('../../core/plugin/hooks.ts').AlertEvent): void; flush(): void }; queue: Pick<SerialQueue<unknown>, 'drain' | 'clear'> },
   drainTimeoutMs: number,
   unfinished: (left: number) => [message: string, fields: Record<string, unknown>],
 ): void {

@@ -5,8 +5,8 @@
  * the oldest alert (counted, with a warning) when the receiver cannot keep up. Damped per server
  * (damper.ts). The alert hook only enqueues: a slow receiver never delays the load balancer.
  */
-import type { CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';

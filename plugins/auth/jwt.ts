@@ -16,8 +16,8 @@ import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'n
 import { dirname, resolve } from 'node:path';
 import { SignJWT, jwtVerify, decodeProtectedHeader, createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { ConfigError, errorText, type WireErrorName } from '../../core/errors.ts';
-import type { AuthVerdict, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 
 const PLUGIN_NAME = 'jwt';
 

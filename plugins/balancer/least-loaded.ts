@@ -5,8 +5,8 @@
  * until it looks as loaded as the next one, not all of them until the next report.
  * Stale reports (older than `maxReportAgeMs`) count as unknown load (load.ts).
  */
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';

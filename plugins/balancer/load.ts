@@ -4,7 +4,7 @@
  * (the herd guard: a server that looked idle in its last report stops looking idle after the
  * picks it has been sent since).
  */
-import type { BackendView } from '../../core/hooks.ts';
+import type { BackendView } from '../../core/plugin/hooks.ts';
 
 export interface LoadOptions {
   /** A report older than this (ms, counting its sample's own age) is unknown load. */

@@ -4,8 +4,8 @@
  * with stale reports; the most loaded server is never picked while it has a peer.
  * Stale reports count as unknown load (load.ts).
  */
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'power-of-two';

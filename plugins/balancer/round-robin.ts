@@ -4,8 +4,8 @@
  * one after it in the order seen at that pick, so a server going DOWN or coming back does not
  * restart the rotation or give anyone a double turn.
  */
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 
 const PLUGIN_NAME = 'round-robin';
 

@@ -5,8 +5,8 @@
  * weight}]`), from a metric each server reports, or from its load (weight x (1 - load)); a
  * stale or missing report falls back to the configured weight (load.ts).
  */
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'weighted-round-robin';

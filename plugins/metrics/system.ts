@@ -9,8 +9,8 @@
  */
 import os from 'node:os';
 import si from 'systeminformation';
-import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { Sampler, type Source, type Values } from './sampler.ts';
 
 const PLUGIN_NAME = 'system-metrics';

@@ -5,8 +5,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { fileURLToPath } from 'node:url';
-import { QueryClient } from '../../core/query.ts';
-import type { ServerStatus } from '../../core/messages.ts';
+import { QueryClient } from '../../core/client/query.ts';
+import type { ServerStatus } from '../../core/protocol/messages.ts';
 
 export const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));

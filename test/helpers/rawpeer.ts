@@ -3,9 +3,9 @@
  * and no DFA, so it can send anything (bytes, out-of-order frames, extra streams, resets) and
  * record exactly what the other side answers and how it closes the connection.
  */
-import { connect, type Channel, type ChannelClose } from '../../core/transport.ts';
-import { encodeFrame, HEADER_BYTES } from '../../core/codec.ts';
-import { MESSAGE_TYPES, type Message, type MessageName } from '../../core/messages.ts';
+import { connect, type Channel, type ChannelClose } from '../../core/transport/quic.ts';
+import { encodeFrame, HEADER_BYTES } from '../../core/protocol/codec.ts';
+import { MESSAGE_TYPES, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import type { ProtocolError } from '../../core/errors.ts';
 import { waitUntil } from './procs.ts';
 

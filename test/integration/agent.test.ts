@@ -7,9 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { connect } from '../../core/transport.ts';
-import { Session } from '../../core/session.ts';
-import { SUPPORTED_VERSIONS, type Message } from '../../core/messages.ts';
+import { connect } from '../../core/transport/quic.ts';
+import { Session } from '../../core/protocol/session.ts';
+import { SUPPORTED_VERSIONS, type Message } from '../../core/protocol/messages.ts';
 import { startServer, stopAll, waitUntil, sleep, type QhcpProcess } from '../helpers/procs.ts';
 
 type Of<K extends Message['type']> = Extract<Message, { type: K }>;

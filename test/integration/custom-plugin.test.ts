@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
 import { startServer, startLoadBalancer, runQhcp, stopAll, waitUntil, type QhcpProcess } from '../helpers/procs.ts';
-import type { ServerStatus } from '../../core/messages.ts';
+import type { ServerStatus } from '../../core/protocol/messages.ts';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -47,7 +47,7 @@ describe('custom metric plugin (docs/examples/queue-length.ts) through real proc
     writeFileSync(
       config,
       [
-        `import { defineConfig } from ${JSON.stringify(join(ROOT, 'core/config.ts'))};`,
+        `import { defineConfig } from ${JSON.stringify(join(ROOT, 'core/config/config.ts'))};`,
         'export default defineConfig({',
         '  sampleInterval: 0.1,',
         '  plugins: [',

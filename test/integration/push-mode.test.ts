@@ -8,9 +8,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { AgentServer } from '../../core/server.ts';
-import { buildConfig } from '../../core/config.ts';
-import { createLogger } from '../../core/log.ts';
+import { AgentServer } from '../../core/roles/agent.ts';
+import { buildConfig } from '../../core/config/config.ts';
+import { createLogger } from '../../core/util/log.ts';
 import { statusOf, startServer, startLoadBalancer, waitForState, queryStatus, waitUntil, stopAll, sleep } from '../helpers/procs.ts';
 
 /** Transitions the log alert plugin printed (JSON lines on a non-terminal stderr). */

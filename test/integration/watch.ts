@@ -3,8 +3,8 @@
  * few tens of ms, every snapshot kept, so a test can check the whole path of a state change
  * (failures climbing 1, 2 before DOWN), not only where it ended.
  */
-import { QueryClient } from '../../core/query.ts';
-import type { ServerStatus } from '../../core/messages.ts';
+import { QueryClient } from '../../core/client/query.ts';
+import type { ServerStatus } from '../../core/protocol/messages.ts';
 import { sleep } from '../helpers/procs.ts';
 
 export interface Snapshot {

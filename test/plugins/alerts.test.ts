@@ -8,9 +8,9 @@ import LogAlertPlugin from '../../plugins/alert/log.ts';
 import WebhookAlertPlugin from '../../plugins/alert/webhook.ts';
 import ExecAlertPlugin from '../../plugins/alert/exec.ts';
 import { Damper } from '../../plugins/alert/damper.ts';
-import { validateOptions, type PluginConstructor } from '../../core/plugins.ts';
+import { validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import { ConfigError } from '../../core/errors.ts';
-import type { AlertEvent } from '../../core/hooks.ts';
+import type { AlertEvent } from '../../core/plugin/hooks.ts';
 import { waitUntil } from '../helpers/procs.ts';
 import { build, fakeCore } from './fake-core.ts';
 

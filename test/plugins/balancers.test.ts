@@ -4,10 +4,10 @@ import WeightedRoundRobinPlugin from '../../plugins/balancer/weighted-round-robi
 import LeastLoadedPlugin from '../../plugins/balancer/least-loaded.ts';
 import PowerOfTwoPlugin from '../../plugins/balancer/power-of-two.ts';
 import { LOAD_DEFAULTS, PicksSinceReport, loadsOf, reportedLoad } from '../../plugins/balancer/load.ts';
-import { resolvePlugins, applyPlugins, validateOptions } from '../../core/plugins.ts';
+import { resolvePlugins, applyPlugins, validateOptions } from '../../core/plugin/loader.ts';
 import { ConfigError } from '../../core/errors.ts';
-import type { BackendView, CoreLike } from '../../core/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugins.ts';
+import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
+import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { backend, build, fakeCore } from './fake-core.ts';
 
 /** A seeded PRNG (mulberry32), so distribution tests are repeatable. */

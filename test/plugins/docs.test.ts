@@ -4,7 +4,7 @@
  */
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
-import { BUILTIN_PLUGINS, validateOptions, type PluginConstructor } from '../../core/plugins.ts';
+import { BUILTIN_PLUGINS, validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import { BUILTIN_DOC, begin, builtinSchemas, optionRows, regenerate } from '../../scripts/gen-plugin-docs.ts';
 
 /** The least options each built-in needs to construct. */
@@ -36,7 +36,7 @@ describe('docs/plugins-builtin.md', () => {
 
   it('registry names match the plugins the modules construct', async () => {
     for (const [name, path] of Object.entries(BUILTIN_PLUGINS)) {
-      const ctor = ((await import(new URL(`../../core/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
+      const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
       const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
       expect(p.name).to.equal(name);
       expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert']);

@@ -2,9 +2,9 @@
  * A minimal CoreLike for plugin unit tests: the real hooks (guarded like the real core's, so a
  * throwing tap behaves as in production) and a logger whose lines are kept in memory.
  */
-import { createHooks, guardHooks, type BackendView, type CoreLike } from '../../core/hooks.ts';
-import { createLogger, type Logger } from '../../core/log.ts';
-import { validateOptions, type PluginConstructor, type QhcpPlugin } from '../../core/plugins.ts';
+import { createHooks, guardHooks, type BackendView, type CoreLike } from '../../core/plugin/hooks.ts';
+import { createLogger, type Logger } from '../../core/util/log.ts';
+import { validateOptions, type PluginConstructor, type QhcpPlugin } from '../../core/plugin/loader.ts';
 
 export interface FakeCore extends CoreLike {
   /** Log lines written so far (JSON, one object per line). */

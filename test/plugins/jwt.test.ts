@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { CompactSign, SignJWT, exportJWK } from 'jose';
 import JwtAuthPlugin, { type JwtOptions } from '../../plugins/auth/jwt.ts';
 import { ConfigError, WIRE_ERRORS } from '../../core/errors.ts';
-import { validateOptions, applyPlugins, type PluginConstructor } from '../../core/plugins.ts';
-import type { AuthVerdict } from '../../core/hooks.ts';
+import { validateOptions, applyPlugins, type PluginConstructor } from '../../core/plugin/loader.ts';
+import type { AuthVerdict } from '../../core/plugin/hooks.ts';
 import { fakeCore, type FakeCore } from './fake-core.ts';
 
 const b64url = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');

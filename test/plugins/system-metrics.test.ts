@@ -1,9 +1,9 @@
 import { expect } from 'chai';
 import SystemMetricsPlugin, { cpuLoadReader, mountKey, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
 import type { CpuInfo } from 'node:os';
-import { MetricsReport } from '../../core/hooks.ts';
+import { MetricsReport } from '../../core/plugin/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
-import { validateOptions } from '../../core/plugins.ts';
+import { validateOptions } from '../../core/plugin/loader.ts';
 import { waitUntil } from '../helpers/procs.ts';
 import { fakeCore } from './fake-core.ts';
 

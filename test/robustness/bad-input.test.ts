@@ -7,10 +7,10 @@
  */
 import { expect } from 'chai';
 import { createSocket } from 'node:dgram';
-import { encodeFrame, FrameDecoder } from '../../core/codec.ts';
-import { codeName } from '../../core/session.ts';
+import { encodeFrame, FrameDecoder } from '../../core/protocol/codec.ts';
+import { codeName } from '../../core/protocol/session.ts';
 import { ProtocolError } from '../../core/errors.ts';
-import { MESSAGE_TYPES, type Message } from '../../core/messages.ts';
+import { MESSAGE_TYPES, type Message } from '../../core/protocol/messages.ts';
 import { sleep } from '../helpers/procs.ts';
 import { RawPeer, rawFrame, frameOf, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
 import { startRig, type Rig } from './honest.ts';

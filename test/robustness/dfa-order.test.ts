@@ -1,14 +1,14 @@
 /**
  * Every message type, out of DFA order or in it, sent by a raw peer to a real agent and a real
  * load balancer's query port, before HELLO and after ACK. What the server's table in
- * core/dfa.ts does not allow must be answered with ERROR 105 UNEXPECTED_MESSAGE and a close;
+ * core/protocol/dfa.ts does not allow must be answered with ERROR 105 UNEXPECTED_MESSAGE and a close;
  * what it allows gets the answer the spec names. Honest clients are served throughout.
  */
 import { expect } from 'chai';
-import { encodeFrame } from '../../core/codec.ts';
-import { SERVER_TABLE, type ServerState } from '../../core/dfa.ts';
-import { codeName } from '../../core/session.ts';
-import { MESSAGE_NAMES, type Bodies, type Message, type MessageName } from '../../core/messages.ts';
+import { encodeFrame } from '../../core/protocol/codec.ts';
+import { SERVER_TABLE, type ServerState } from '../../core/protocol/dfa.ts';
+import { codeName } from '../../core/protocol/session.ts';
+import { MESSAGE_NAMES, type Bodies, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
 import { startRig, type Rig } from './honest.ts';
 

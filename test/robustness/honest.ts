@@ -5,9 +5,9 @@
  *   HonestQuery: a query session to a load balancer, STATUS after STATUS, expecting servers UP.
  */
 import { expect } from 'chai';
-import { connect } from '../../core/transport.ts';
-import { Session } from '../../core/session.ts';
-import { QueryClient } from '../../core/query.ts';
+import { connect } from '../../core/transport/quic.ts';
+import { Session } from '../../core/protocol/session.ts';
+import { QueryClient } from '../../core/client/query.ts';
 import { errorText } from '../../core/errors.ts';
 import { sleep, waitUntil, startServer, startLoadBalancer, waitForState, stopAll, type QhcpProcess } from '../helpers/procs.ts';
 

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
-const BIN = fileURLToPath(new URL('../bin/qhcp.js', import.meta.url));
+const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 
 export async function runDemo(opts: { checkInterval: number }): Promise<void> {
   const ports = [4243, 4244, 4245];

@@ -4,14 +4,14 @@
  * fills through the `collect` hook, applies CONFIG_UPDATE per session, and drains on stop.
  */
 import { Core } from './core.ts';
-import { ProtocolError, errorText } from './errors.ts';
-import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from './hooks.ts';
-import type { Message, Metrics } from './messages.ts';
-import { Session } from './session.ts';
-import { Listener, type Channel } from './transport.ts';
-import { loadServerTls } from './tls.ts';
-import type { QhcpConfig } from './config.ts';
-import type { Logger } from './log.ts';
+import { ProtocolError, errorText } from '../errors.ts';
+import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from '../plugin/hooks.ts';
+import type { Message, Metrics } from '../protocol/messages.ts';
+import { Session } from '../protocol/session.ts';
+import { Listener, type Channel } from '../transport/quic.ts';
+import { loadServerTls } from '../transport/tls.ts';
+import type { QhcpConfig } from '../config/config.ts';
+import type { Logger } from '../util/log.ts';
 
 interface SessionPrefs {
   /** Metric names this session asked for (undefined = all). */

@@ -2,7 +2,7 @@
  * The load balancer's status view: a table redrawn in place on a terminal, one plain line per
  * server otherwise (logs, pipes), or JSON lines for scripts. Also used by `qhcp status`.
  */
-import type { ServerStatus } from './messages.ts';
+import type { ServerStatus } from '../protocol/messages.ts';
 
 export type StatusFormat = 'table' | 'lines' | 'json';
 

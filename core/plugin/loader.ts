@@ -6,8 +6,8 @@
 import { pathToFileURL } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { Ajv } from 'ajv';
-import { ConfigError, PluginError, errorText } from './errors.ts';
-import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from './config.ts';
+import { ConfigError, PluginError, errorText } from '../errors.ts';
+import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from '../config/config.ts';
 import type { CoreLike } from './hooks.ts';
 
 export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'other';
@@ -36,15 +36,15 @@ const EXT = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
 
 /** Built-in plugins, by the name used in qhcp.config.ts (module path without extension). Loaded on demand. */
 export const BUILTIN_PLUGINS: Record<string, string> = {
-  'system-metrics': '../plugins/metrics/system',
-  jwt: '../plugins/auth/jwt',
-  'round-robin': '../plugins/balancer/round-robin',
-  'weighted-round-robin': '../plugins/balancer/weighted-round-robin',
-  'least-loaded': '../plugins/balancer/least-loaded',
-  'power-of-two': '../plugins/balancer/power-of-two',
-  log: '../plugins/alert/log',
-  webhook: '../plugins/alert/webhook',
-  exec: '../plugins/alert/exec',
+  'system-metrics': '../../plugins/metrics/system',
+  jwt: '../../plugins/auth/jwt',
+  'round-robin': '../../plugins/balancer/round-robin',
+  'weighted-round-robin': '../../plugins/balancer/weighted-round-robin',
+  'least-loaded': '../../plugins/balancer/least-loaded',
+  'power-of-two': '../../plugins/balancer/power-of-two',
+  log: '../../plugins/alert/log',
+  webhook: '../../plugins/alert/webhook',
+  exec: '../../plugins/alert/exec',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */

@@ -3,7 +3,7 @@
  * role's default port (docs/protocol.md, "Transport").
  */
 import { isIP } from 'node:net';
-import { LocalError } from './errors.ts';
+import { LocalError } from '../errors.ts';
 
 export interface Address {
   host: string;

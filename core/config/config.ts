@@ -7,8 +7,8 @@ import { pathToFileURL } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
-import { ConfigError, LocalError, errorText } from './errors.ts';
-import type { QhcpPlugin } from './plugins.ts';
+import { ConfigError, LocalError, errorText } from '../errors.ts';
+import type { QhcpPlugin } from '../plugin/loader.ts';
 
 /** Default UDP ports (docs/protocol.md, "Transport"). */
 export const DEFAULT_SERVER_PORT = 4243;

@@ -5,9 +5,9 @@
  * Timers (HELLO, response) are DFA events too.
  */
 import { Dfa, type Role, type State } from './dfa.ts';
-import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from './errors.ts';
+import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from '../errors.ts';
 import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
-import type { Channel, ChannelClose } from './transport.ts';
+import type { Channel, ChannelClose } from '../transport/quic.ts';
 
 export type Direction = 'in' | 'out';
 

@@ -2,10 +2,10 @@
  * The query client behind `qhcp status` and `qhcp pick`: one session to a load balancer's
  * query port (role "query"), requests, then TERMINATE.
  */
-import { connect } from './transport.ts';
-import { Session } from './session.ts';
-import { ProtocolError } from './errors.ts';
-import { SUPPORTED_VERSIONS, type Message, type ServerStatus } from './messages.ts';
+import { connect } from '../transport/quic.ts';
+import { Session } from '../protocol/session.ts';
+import { ProtocolError } from '../errors.ts';
+import { SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
 import { hostname } from 'node:os';
 
 export interface QueryOptions {

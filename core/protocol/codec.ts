@@ -6,7 +6,7 @@
  *   |version |  type  |        payload length (u32, big-endian)  | payload (UTF-8 JSON object)
  *   +--------+--------+--------+--------+--------+--------+---------------------+
  */
-import { ProtocolError } from './errors.ts';
+import { ProtocolError } from '../errors.ts';
 import { PROTOCOL_VERSION, messageName, validateBody, MESSAGE_TYPES, type Message } from './messages.ts';
 
 export const HEADER_BYTES = 6;

@@ -10,7 +10,7 @@
  *
  * docs/protocol.md holds the same tables; test/dfa.test.ts fails when they differ.
  */
-import { ProtocolError, LocalError } from './errors.ts';
+import { ProtocolError, LocalError } from '../errors.ts';
 import type { MessageName } from './messages.ts';
 
 export type Role = 'server' | 'client';

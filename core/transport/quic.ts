@@ -8,9 +8,9 @@ import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:c
 import { QUICServer, QUICClient, QUICSocket, events as qev, errors as qerr } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
 import QuicLogger, { LogLevel } from '@matrixai/logger';
-import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from './codec.ts';
-import { ProtocolError, LocalError, errorText } from './errors.ts';
-import type { Message } from './messages.ts';
+import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
+import { ProtocolError, LocalError, errorText } from '../errors.ts';
+import type { Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
 
 /** ALPN protocol id of QHCP version 1. */

@@ -3,15 +3,15 @@
  * Plugins receive it in `apply(core)`.
  */
 import { hostname } from 'node:os';
-import { createHooks, guardHooks, type CoreLike, type SessionInfo } from './hooks.ts';
-import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from './plugins.ts';
-import { createLogger, type Logger } from './log.ts';
-import type { QhcpConfig } from './config.ts';
-import { preHello, type Session } from './session.ts';
-import { ProtocolError } from './errors.ts';
-import { SUPPORTED_VERSIONS, type Bodies } from './messages.ts';
-import type { Channel } from './transport.ts';
-import type { PluginError } from './errors.ts';
+import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
+import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from '../plugin/loader.ts';
+import { createLogger, type Logger } from '../util/log.ts';
+import type { QhcpConfig } from '../config/config.ts';
+import { preHello, type Session } from '../protocol/session.ts';
+import { ProtocolError } from '../errors.ts';
+import { SUPPORTED_VERSIONS, type Bodies } from '../protocol/messages.ts';
+import type { Channel } from '../transport/quic.ts';
+import type { PluginError } from '../errors.ts';
 
 export class Core implements CoreLike {
   readonly hooks = createHooks();
@@ -84,7 +84,7 @@ export class Core implements CoreLike {
   }
 
   /** A `frame` observer for sessions, or undefined when no plugin listens (hot path). */
-  frameObserver(): ((dir: 'in' | 'out', msg: import('./messages.ts').Message, s: Session) => void) | undefined {
+  frameObserver(): ((dir: 'in' | 'out', msg: import('../protocol/messages.ts').Message, s: Session) => void) | undefined {
     // Not isUsed(): the guard's interceptor makes every hook "used".
     if (this.hooks.frame.taps.length === 0) return undefined;
     return (dir, msg, s) => this.hooks.frame.call(dir, msg, this.sessionInfo(s));

@@ -4,7 +4,7 @@
  * checks the type bytes against the spec's vectors.
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
-import { ProtocolError } from './errors.ts';
+import { ProtocolError } from '../errors.ts';
 
 /** Type byte of each message. Never renumber: these are on the wire. */
 export const MESSAGE_TYPES = {

@@ -5,15 +5,15 @@
  */
 import { performance } from 'node:perf_hooks';
 import { Core } from './core.ts';
-import { ProtocolError, PeerError, LocalError, errorText } from './errors.ts';
-import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics, type ServerState, type ServerStatus } from './messages.ts';
-import { Session, type SessionEnd } from './session.ts';
-import { Listener, ClientSocket, connect, type Channel } from './transport.ts';
-import { parseAddress, formatAddress } from './address.ts';
-import { readPem, selfSigned } from './tls.ts';
-import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from './config.ts';
-import type { BackendView, CheckResult, Transition } from './hooks.ts';
-import type { Logger } from './log.ts';
+import { ProtocolError, PeerError, LocalError, errorText } from '../errors.ts';
+import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics, type ServerState, type ServerStatus } from '../protocol/messages.ts';
+import { Session, type SessionEnd } from '../protocol/session.ts';
+import { Listener, ClientSocket, connect, type Channel } from '../transport/quic.ts';
+import { parseAddress, formatAddress } from '../util/address.ts';
+import { readPem, selfSigned } from '../transport/tls.ts';
+import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from '../config/config.ts';
+import type { BackendView, CheckResult, Transition } from '../plugin/hooks.ts';
+import type { Logger } from '../util/log.ts';
 
 /**
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each

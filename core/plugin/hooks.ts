@@ -8,10 +8,10 @@
  */
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
-import { PluginError, WIRE_ERRORS, type WireErrorName } from './errors.ts';
-import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from './messages.ts';
-import type { Logger } from './log.ts';
-import type { Direction } from './session.ts';
+import { PluginError, WIRE_ERRORS, type WireErrorName } from '../errors.ts';
+import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from '../protocol/messages.ts';
+import type { Logger } from '../util/log.ts';
+import type { Direction } from '../protocol/session.ts';
 
 /** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
 export interface MetricDefinition {

@@ -7,14 +7,14 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
-import { buildConfig, findConfigFile, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type QhcpConfig, type LoadedConfig } from './config.ts';
-import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from './errors.ts';
-import { parseAddress } from './address.ts';
-import { createLogger, type Level } from './log.ts';
+import { buildConfig, findConfigFile, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type QhcpConfig, type LoadedConfig } from '../config/config.ts';
+import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
+import { parseAddress } from '../util/address.ts';
+import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
-import { readPem } from './tls.ts';
+import { readPem } from '../transport/tls.ts';
 
-const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
 export const EXIT_USAGE = 2;
@@ -144,7 +144,7 @@ async function loadConfig(o: CommonOpts & Record<string, unknown>, role: 'server
     // One run lists every problem: the plugins' own option errors join the core's.
     const raw = (data as { plugins?: unknown } | undefined)?.plugins;
     if (!(e instanceof ConfigError) || !Array.isArray(raw)) throw e;
-    const { resolvePlugins } = await import('./plugins.ts');
+    const { resolvePlugins } = await import('../plugin/loader.ts');
     const more = await resolvePlugins({ plugins: raw, defaults: false }, role, file).then(
       () => [],
       (p: unknown) => (p instanceof ConfigError ? p.problems : []),
@@ -180,7 +180,7 @@ function untilSignal(stop: () => Promise<void>, logger: { info(m: string, f?: Re
 async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void> {
   const { config, file } = await loadConfig(o, 'server');
   const logger = createLogger({ level: config.logLevel, name: 'server' });
-  const { AgentServer } = await import('./server.ts');
+  const { AgentServer } = await import('../roles/agent.ts');
   const server = new AgentServer(config, logger, file);
   await server.loadPlugins();
   await server.start();
@@ -191,7 +191,7 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   const { config, file } = await loadConfig(o, 'loadbalancer');
   if (config.servers.length === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', 'no servers: give -servers "host:port,..." or `servers` in the config file');
   const logger = createLogger({ level: config.logLevel, name: 'lb' });
-  const { LoadBalancer } = await import('./loadbalancer.ts');
+  const { LoadBalancer } = await import('../roles/loadbalancer.ts');
   const lb = new LoadBalancer(config, logger, file);
   await lb.loadPlugins();
   const format = resolveFormat(config.status, process.stdout.isTTY === true);
@@ -210,7 +210,7 @@ interface QueryOpts {
 
 async function openQuery(o: QueryOpts) {
   const a = parseAddress(o.address, DEFAULT_LOADBALANCER_PORT);
-  const { QueryClient } = await import('./query.ts');
+  const { QueryClient } = await import('../client/query.ts');
   return QueryClient.open({
     host: a.host,
     port: a.port,
@@ -290,7 +290,7 @@ Seed (Go prototype) form, single dash:
     .option('--json', 'as JSON')
     .action(async (o: CommonOpts & Record<string, unknown> & { role: 'server' | 'loadbalancer'; json?: boolean }) => {
       const { config: c, sources, file } = await loadConfig(o, o.role);
-      const { resolvePlugins } = await import('./plugins.ts');
+      const { resolvePlugins } = await import('../plugin/loader.ts');
       const plugins = (await resolvePlugins(c, o.role, file)).map((p) => p.name);
       if (o.json) {
         process.stdout.write(JSON.stringify({ file: file ?? null, config: { ...c, plugins: undefined }, plugins, sources }, null, 2) + '\n');

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { generate } from 'selfsigned';
-import { LocalError, errorText } from './errors.ts';
+import { LocalError, errorText } from '../errors.ts';
 
 export interface ServerTls {
   cert: string;
