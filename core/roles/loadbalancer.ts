@@ -14,6 +14,7 @@ import { readPem, selfSigned } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from '../config/config.ts';
 import type { BackendView, CheckResult, Transition } from '../plugin/hooks.ts';
 import type { Logger } from '../util/log.ts';
+import { withTimeout } from '../util/timeout.ts';
 
 /**
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
@@ -132,22 +133,19 @@ export class LoadBalancer extends Core {
     // All checks leave through one UDP socket (transport.ts ClientSocket).
     this.socket = await ClientSocket.open();
     const tls = c.certFile && c.keyFile ? { cert: readPem(c.certFile, 'certificate'), key: readPem(c.keyFile, 'key') } : await selfSigned([c.loadbalancerHost]);
-    this.listener = await Listener.listen({
-      host: c.loadbalancerHost,
-      port: c.loadbalancerPort,
-      cert: tls.cert,
-      key: tls.key,
-      maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
-      idleTimeoutMs: c.idleTimeout * 1000,
-      handshakeTimeoutMs: c.helloTimeout * 1000,
-      maxStreams: c.maxStreams,
-      maxPendingHandshakes: c.maxPendingHandshakes,
-      onHandshakeRefused: (remote) => this.logger.limited('query-refused', 'handshake refused on query port', { remote, reason: 'too many handshakes in progress' }),
-      onChannel: (ch) => this.acceptQuery(ch),
-      onExtraStream: (ch) => {
-        for (const s of this.querySessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
-      },
-    });
+    this.listener = await Listener.listen(
+      this.listenerOptions({
+        host: c.loadbalancerHost,
+        port: c.loadbalancerPort,
+        tls,
+        logKey: 'query-refused',
+        maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
+        onChannel: (ch) => this.acceptQuery(ch),
+        onExtraStream: (ch) => {
+          for (const s of this.querySessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
+        },
+      }),
+    );
     if (!this.ca) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');
     this.logger.info('load balancer started', {
       servers: this.backends.length,
@@ -295,11 +293,7 @@ export class LoadBalancer extends Core {
 
   /** `p`, or RESPONSE_TIMEOUT after `ms`. */
   private answerWithin(p: Promise<HealthResponse>, ms: number): Promise<HealthResponse> {
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(this.timeoutMs)} ms`)), ms);
-    });
-    return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+    return withTimeout(p, ms, () => new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(this.timeoutMs)} ms`));
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
