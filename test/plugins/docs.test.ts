@@ -12,6 +12,7 @@ const MINIMAL: Record<string, Record<string, unknown>> = {
   jwt: { secretEnv: 'QHCP_UNUSED' },
   webhook: { url: 'http://127.0.0.1:9/' },
   exec: { command: 'true' },
+  haproxy: { socket: '/run/haproxy/admin.sock' },
 };
 
 describe('docs/plugins-builtin.md', () => {
@@ -39,7 +40,7 @@ describe('docs/plugins-builtin.md', () => {
       const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
       const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
       expect(p.name).to.equal(name);
-      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert']);
+      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert', 'sync', 'proxy']);
     }
   });
 });
