@@ -14,6 +14,7 @@ const MINIMAL: Record<string, Record<string, unknown>> = {
   jwt: { secretEnv: 'QHCP_UNUSED' },
   webhook: { url: 'http://127.0.0.1:9/' },
   exec: { command: 'true' },
+  haproxy: { socket: '/run/haproxy/admin.sock' },
 };
 
 /** The least options each built-in check kind needs to be created. */
@@ -57,7 +58,7 @@ describe('docs/plugins-builtin.md', () => {
       const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
       const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
       expect(p.name).to.equal(name);
-      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert']);
+      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert', 'sync', 'proxy']);
     }
   });
 
