@@ -20,6 +20,7 @@ import { Backend } from '../health/backend.ts';
 import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
 import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
+import { SyncDispatcher } from '../plugin/sync.ts';
 
 export { Backend } from '../health/backend.ts';
 export { describeFailure } from '../health/checker.ts';
@@ -57,6 +58,8 @@ export class LoadBalancer extends Core {
   private stopping = false;
   private started = false;
   private statusTimer: NodeJS.Timeout | undefined;
+  /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
+  private syncer: SyncDispatcher | undefined;
   /** Called every check interval with the backends (the CLI prints the status view). */
   onStatus: ((backends: readonly Backend[]) => void) | undefined;
 
@@ -123,6 +126,10 @@ export class LoadBalancer extends Core {
     this.started = true;
     this.statusTimer = setInterval(() => this.onStatus?.(this.records()), t.intervalMs);
     this.statusTimer.unref();
+    if (this.hooks.sync.taps.length > 0) {
+      this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
+      this.syncer.start();
+    }
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: [...this.pool.keys()] }).catch(() => {});
     await this.hooks.ready.promise(this);
   }
@@ -241,6 +248,7 @@ export class LoadBalancer extends Core {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.statusTimer);
+    this.syncer?.stop();
     this.query.halt();
     const all = this.records();
     this.checker.halt(all);

@@ -17,7 +17,7 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
   HELLO: { versions: [1], role: 'checker', node: 'raw' },
   ACK: { version: 1, node: 'raw', role: 'agent', metrics: [] },
   HEALTH_REQUEST: { seq: 1 },
-  HEALTH_RESPONSE: { seq: 1, metrics: { cpu: 1 }, ageMs: 0 },
+  HEALTH_RESPONSE: { seq: 1, metrics: { cpu: 1 }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 },
   CONFIG_UPDATE: { seq: 1 },
   CONFIG_ACK: { seq: 1, metrics: [], reportIntervalMs: 0 },
   ERROR: { code: 500, reason: 'raw peer error' },
@@ -28,7 +28,7 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
   PICK_RESPONSE: { seq: 1, server: null },
   STATUS: { seq: 1 },
   STATUS_RESPONSE: { seq: 1, node: 'raw', servers: [] },
-  HEALTH_REPORT: { metrics: { cpu: 1 }, ageMs: 0 },
+  HEALTH_REPORT: { metrics: { cpu: 1 }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 },
 };
 
 type Outcome = { answer: MessageName } | { error: string } | { closedClean: true };
