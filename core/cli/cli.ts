@@ -4,7 +4,7 @@
  * Node form (`qhcp loadbalancer --servers ...`). Usage and configuration problems print one
  * line `qhcp: <problem>` and exit 2; no stack traces.
  */
-import { readFileSync } from 'node:fs';
+import { packageInfo } from '../util/package-info.ts';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
 import { buildConfig, findConfigFile, optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig, type LoadedConfig } from '../config/config.ts';
@@ -14,7 +14,6 @@ import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from '../transport/tls.ts';
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
 export const EXIT_USAGE = 2;
@@ -244,7 +243,7 @@ function queryOptions(cmd: Command): Command {
 export function buildProgram(): Command {
   const program = new Command('qhcp')
     .description('Quick Health Check Protocol: health checks and load balancing over QUIC')
-    .version(pkg.version, '-v, --version')
+    .version(packageInfo().version, '-v, --version')
     .showSuggestionAfterError(true)
     .addHelpText(
       'after',

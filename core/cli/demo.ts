@@ -5,8 +5,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { packageInfo } from '../util/package-info.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
+/** The same binary that runs this demo (sources in the checkout, dist/ in the package). */
+const BIN = fileURLToPath(new URL('bin/qhcp.js', packageInfo().root));
 
 export async function runDemo(opts: { checkInterval: number }): Promise<void> {
   const ports = [4243, 4244, 4245];

@@ -8,7 +8,9 @@ import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
 import { ConfigError, LocalError, errorText } from '../errors.ts';
+import { importUserModule } from './user-modules.ts';
 import type { QhcpPlugin } from '../plugin/loader.ts';
+import type { PluginUse } from '../plugin/define.ts';
 import type { FromSchema } from './schema-types.ts';
 
 /** Default UDP ports (docs/protocol.md, "Transport"). */
@@ -20,7 +22,8 @@ export type PluginEntry =
   | string
   | [string, Record<string, unknown>?]
   | { name?: string; module?: string; options?: Record<string, unknown> }
-  | QhcpPlugin;
+  | QhcpPlugin
+  | PluginUse;
 
 /**
  * What an option tells the CLI and the docs beyond its JSON schema (`x-qhcp` in the schema):
@@ -259,24 +262,6 @@ export interface LoadedConfig {
   sources: Record<string, Source>;
   /** The file it came from, if any. */
   file: string | undefined;
-}
-
-/**
- * Imports a user's module (config file or plugin) by its own syntax, whatever the nearest
- * package.json says: ESM syntax in a directory without `"type": "module"` makes a plain
- * import() fail (ERR_REQUIRE_CYCLE_MODULE), so that case goes through tsx's tsImport.
- */
-export async function importUserModule(url: string): Promise<{ default?: unknown }> {
-  try {
-    return (await import(url)) as { default?: unknown };
-  } catch (e) {
-    if (!String((e as NodeJS.ErrnoException).code).startsWith('ERR_REQUIRE')) throw e;
-    const { tsImport } = await import('tsx/esm/api');
-    const mod = (await tsImport(url, import.meta.url)) as { default?: unknown };
-    // ESM syntax compiled to CommonJS arrives wrapped once more.
-    const inner = mod.default as { __esModule?: boolean; default?: unknown } | undefined;
-    return inner?.__esModule ? { default: inner.default } : mod;
-  }
 }
 
 const importLoader: Loader = async (filepath) => {

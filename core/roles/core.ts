@@ -3,6 +3,7 @@
  * Plugins receive it in `apply(core)`.
  */
 import { hostname } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
 import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from '../plugin/loader.ts';
 import { createLogger, type Logger } from '../util/log.ts';
@@ -21,6 +22,7 @@ export class Core implements CoreLike {
   lastPluginError: PluginError | undefined;
   plugins: QhcpPlugin[] = [];
   readonly node: string;
+  readonly configDir: string;
 
   constructor(
     readonly role: RoleName,
@@ -29,6 +31,7 @@ export class Core implements CoreLike {
     readonly configFile?: string,
   ) {
     this.node = config.node ?? `${hostname()}:${role === 'server' ? config.serverPort : config.loadbalancerPort}`;
+    this.configDir = configFile ? dirname(configFile) : process.cwd();
     guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures, (err) => (this.lastPluginError = err));
   }
 
@@ -39,7 +42,10 @@ export class Core implements CoreLike {
   async loadPlugins(plugins?: QhcpPlugin[]): Promise<void> {
     this.plugins = plugins ?? (await resolvePlugins(this.config, this.role, this.configFile));
     await applyPlugins(this.plugins, this, this.config.pluginTimeout * 1000);
-    this.logger.debug('plugins applied', { plugins: this.plugins.map((p) => p.name).join(',') });
+    // One start-up line naming every plugin in use, per family.
+    const byFamily: Record<string, string[]> = {};
+    for (const p of this.plugins) (byFamily[p.family ?? 'other'] ??= []).push(p.name);
+    this.logger.info('plugins in use', Object.fromEntries(Object.entries(byFamily).map(([f, names]) => [f, names.join(',')])));
   }
 
   /**
@@ -112,6 +118,10 @@ export class Core implements CoreLike {
       onChannel: o.onChannel,
       ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
     };
+  }
+
+  resolvePath(path: string): string {
+    return resolve(this.configDir, path);
   }
 
   sessionInfo(s: Session): SessionInfo {
