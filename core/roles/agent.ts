@@ -82,6 +82,7 @@ export class AgentServer extends Core {
         onExtraStream: (ch) => this.extraStream(ch),
       }),
     );
+    for (const w of tls.warnings) this.logger.warn(w);
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
     this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });

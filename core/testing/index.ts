@@ -72,8 +72,10 @@ export function build(factory: object, options: unknown = {}): QhcpPlugin {
 }
 
 /** Builds (see build) and applies a plugin to `core`, bounded by the plugin timeout as the core does. */
-export async function applyPlugin(core: FakeCore, factory: Parameters<typeof build>[0], options: Record<string, unknown> = {}): Promise<QhcpPlugin> {
-  const plugin = build(factory as unknown as PluginDefinition<ObjectSchema>, options);
+export async function applyPlugin<S extends ObjectSchema>(core: FakeCore, definition: PluginDefinition<S>, options?: FromSchema<S, 'in'>): Promise<QhcpPlugin>;
+export async function applyPlugin<T extends QhcpPlugin>(core: FakeCore, ctor: { new (options: never, ...rest: never[]): T; schema?: object }, options?: Record<string, unknown>): Promise<T>;
+export async function applyPlugin(core: FakeCore, factory: object, options: unknown = {}): Promise<QhcpPlugin> {
+  const plugin = build(factory as PluginDefinition<ObjectSchema>, options as Record<string, unknown>);
   await applyPlugins([plugin], core, core.config.pluginTimeout * 1000);
   return plugin;
 }

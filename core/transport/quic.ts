@@ -5,6 +5,7 @@
  * Peer misbehaviour closes that one connection; nothing here throws into the process.
  */
 import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import { QUICServer, QUICClient, QUICSocket, events as qev, errors as qerr } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
 import QuicLogger, { LogLevel } from '@matrixai/logger';
@@ -463,7 +464,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
       { timer: opts.timeoutMs ?? 5_000 },
     );
   } catch (e) {
-    const why = certProblem ?? describeConnectError(e);
+    const why = certProblem ?? describeConnectError(e, opts.host, opts.timeoutMs ?? 5_000);
     throw new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${opts.host}:${opts.port}: ${why}`, { cause: e });
   }
   client.addEventListener(qev.EventQUICClientError.name, () => {});
@@ -476,14 +477,16 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   return channel;
 }
 
-function describeConnectError(e: unknown): string {
-  if (e instanceof qerr.ErrorQUICConnectionStartTimeout || e instanceof qerr.ErrorQUICClientCreateTimeout) return 'handshake timed out';
+/** The real cause, in words: an unresolvable name, the timeout that passed, who refused. */
+function describeConnectError(e: unknown, host: string, timeoutMs: number): string {
+  if (e instanceof qerr.ErrorQUICHostInvalid) return isIP(host) ? `invalid address ${host}` : `cannot resolve host name "${host}"`;
+  if (e instanceof qerr.ErrorQUICConnectionStartTimeout || e instanceof qerr.ErrorQUICClientCreateTimeout) return `no handshake within ${Math.round(timeoutMs)} ms`;
   if (e instanceof qerr.ErrorQUICConnectionPeerTLS) return 'the server rejected the TLS handshake';
   if (e instanceof qerr.ErrorQUICConnectionLocalTLS) return 'TLS verification failed';
   if (e instanceof qerr.ErrorQUICConnectionPeer) {
     const d = (e as { data?: { errorCode?: number; reason?: Uint8Array } }).data;
     return `refused by peer (code ${d?.errorCode ?? '?'}${d?.reason?.length ? `: ${Buffer.from(d.reason).toString()}` : ''})`;
   }
-  if (e instanceof qerr.ErrorQUICConnectionIdleTimeout) return 'handshake timed out';
-  return errorText(e);
+  if (e instanceof qerr.ErrorQUICConnectionIdleTimeout) return `no handshake within ${Math.round(timeoutMs)} ms`;
+  return errorText(e) || (e instanceof Error ? e.constructor.name : 'unknown error');
 }
