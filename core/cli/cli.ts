@@ -113,7 +113,9 @@ function loadbalancerOptions(cmd: Command, withCert = true): Command {
     .option('--report-interval <seconds>', `push mode: servers send a report every this many seconds, each one a check; 0 = poll with HEALTH_REQUEST${dflt('reportInterval')}`, num('--report-interval', 'number'))
     .option('--jitter <fraction>', `random spread of check times, 0-0.5${dflt('jitter')}`, num('--jitter', 'number'))
     .option('--server-name <name>', 'name server certificates must carry (default: the address host)')
-    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']));
+    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']))
+    .option('--status-summary <seconds>', `lines/json status: seconds between full summaries, changes print at once; 0 = every interval${dflt('statusSummary')}`, num('--status-summary', 'number'))
+    .addOption(new Option('--degraded <policy>', `how balancers use DEGRADED servers: fallback (only when none is UP), always, never${dflt('degraded')}`).choices(['fallback', 'always', 'never']));
   return withCert ? cmd.option('--cert-file <file>', 'CA or server certificate (PEM) to verify servers with (optional; without it servers are not verified)') : cmd;
 }
 
@@ -123,7 +125,7 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
   const copy = (from: string, to: keyof QhcpConfig = from as keyof QhcpConfig) => {
     if (o[from] !== undefined) c[to] = o[from];
   };
-  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
+  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName', 'statusSummary', 'degraded'])
     copy(k);
   copy('status');
   // The seed's load balancer -cert-file is the certificate to verify servers with.

@@ -57,6 +57,10 @@ export interface QhcpConfig {
   pluginTimeout: number;
   reportInterval: number;
   status: 'auto' | 'table' | 'lines' | 'json' | 'none';
+  /** Load balancer, status output that is not a terminal: seconds between full summaries (changes print at once); 0 = every check interval. */
+  statusSummary: number;
+  /** Load balancer: how balancers use DEGRADED backends (core/health/states.ts `candidates`). */
+  degraded: 'fallback' | 'always' | 'never';
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   defaults: boolean;
   plugins: PluginEntry[];
@@ -118,6 +122,8 @@ export const CONFIG_SCHEMA = {
     pluginTimeout: seconds(0.01, 600, 2),
     reportInterval: seconds(0, 3600, 0),
     status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
+    statusSummary: seconds(0, 86400, 60),
+    degraded: { enum: ['fallback', 'always', 'never'], default: 'fallback' },
     logLevel: { enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' },
     defaults: { type: 'boolean', default: true },
     plugins: {
