@@ -36,6 +36,9 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     this.opts = { ...LOAD_DEFAULTS, pickCost: 0.01, ...options };
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
@@ -53,10 +56,15 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     const chosen = servers[best]!;
     this.last = chosen.address;
     this.picks.add(chosen);
+    this.why = `lowest load ${Math.round(eff[best]! * 1000) / 1000}`;
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

@@ -37,10 +37,16 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     this.opts = { ...LOAD_DEFAULTS, pickCost: 0, ...options };
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
-    if (n === 1) return servers[0];
+    if (n === 1) {
+      this.why = 'the only one';
+      return servers[0];
+    }
     this.picks.prune(servers);
     const a = Math.floor(this.random() * n) % n;
     // A second index drawn from the other n-1, so the two are always distinct.
@@ -49,12 +55,19 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     const { loads } = loadsOf(servers, now, this.opts);
     const la = loads[a]! + this.opts.pickCost * this.picks.get(servers[a]!);
     const lb = loads[b]! + this.opts.pickCost * this.picks.get(servers[b]!);
-    const chosen = servers[la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b]!;
+    const win = la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b;
+    const chosen = servers[win]!;
+    const r = (x: number) => Math.round(x * 1000) / 1000;
+    this.why = la === lb ? `two sampled, equal load ${r(la)}, coin toss` : `lower load of two sampled: ${r(Math.min(la, lb))} vs ${r(Math.max(la, lb))}`;
     if (this.opts.pickCost > 0) this.picks.add(chosen);
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }
