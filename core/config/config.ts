@@ -9,6 +9,7 @@ import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
 import { ConfigError, LocalError, errorText } from '../errors.ts';
 import type { QhcpPlugin } from '../plugin/loader.ts';
+import type { AgentAdmin, CommonCheckOptions } from '../check/types.ts';
 
 /** Default UDP ports (docs/protocol.md, "Transport"). */
 export const DEFAULT_SERVER_PORT = 4243;
@@ -60,7 +61,22 @@ export interface QhcpConfig {
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
   defaults: boolean;
   plugins: PluginEntry[];
+  /** Agent: checks of the default service (docs/configuration.md, "Service checks"). */
+  checks?: CheckConfig[];
+  /** Agent: named services, each with its checks. */
+  services?: Record<string, CheckConfig[]>;
+  /** Agent: the control socket `qhcp drain` & co. talk to; false turns it off. */
+  controlSocket?: string | false;
+  /** Agent: where the operator's admin state and weight are kept across restarts. */
+  stateFile?: string;
+  /** Agent: admin state at start (wins over the state file). */
+  adminState?: AgentAdmin;
+  /** Agent: the weight it reports (0-256; wins over the state file). */
+  weight?: number;
 }
+
+/** One check in `checks` / `services`: the runner's options plus the kind's own. */
+export type CheckConfig = CommonCheckOptions & Record<string, unknown>;
 
 /** Types a config file written in TypeScript: `export default defineConfig({...})`. */
 export function defineConfig(config: Partial<QhcpConfig>): Partial<QhcpConfig> {
@@ -69,6 +85,21 @@ export function defineConfig(config: Partial<QhcpConfig>): Partial<QhcpConfig> {
 
 const seconds = (min: number, max: number, dflt?: number) => ({ type: 'number', minimum: min, maximum: max, ...(dflt !== undefined ? { default: dflt } : {}) });
 const port = (dflt: number) => ({ type: 'integer', minimum: 0, maximum: 65535, default: dflt });
+
+/** A check entry: the runner's options here; the kind's own options are checked against its schema at start. */
+const CHECK_ITEM = {
+  type: 'object',
+  required: ['type'],
+  properties: {
+    type: { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,31}$' },
+    name: { type: 'string', pattern: '^[A-Za-z0-9_.:#-]{1,64}$' },
+    interval: seconds(0.05, 86400),
+    timeout: seconds(0.005, 3600),
+    rise: { type: 'integer', minimum: 1, maximum: 100 },
+    fall: { type: 'integer', minimum: 1, maximum: 100 },
+  },
+} as const;
+const CHECK_LIST = { type: 'array', maxItems: 64, items: CHECK_ITEM } as const;
 
 /** The core's JSON schema; defaults live beside each property. */
 export const CONFIG_SCHEMA = {
@@ -120,6 +151,12 @@ export const CONFIG_SCHEMA = {
     status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
     logLevel: { enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' },
     defaults: { type: 'boolean', default: true },
+    checks: CHECK_LIST,
+    services: { type: 'object', maxProperties: 32, propertyNames: { pattern: '^[A-Za-z0-9_.-]{1,64}$' }, additionalProperties: CHECK_LIST },
+    controlSocket: { anyOf: [{ type: 'string', minLength: 1, maxLength: 1024 }, { const: false }] },
+    stateFile: { type: 'string', minLength: 1 },
+    adminState: { enum: ['READY', 'DRAIN', 'MAINT'] },
+    weight: { type: 'integer', minimum: 0, maximum: 256 },
     plugins: {
       type: 'array',
       default: [],
@@ -324,9 +361,10 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
   }
   if (file) {
     // Paths in a config file are relative to the file.
-    for (const k of ['certFile', 'keyFile', 'caFile'] as const) {
+    for (const k of ['certFile', 'keyFile', 'caFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
+    if (sources.controlSocket?.startsWith('file ') && typeof config.controlSocket === 'string') config.controlSocket = resolve(dirname(file), config.controlSocket);
   }
   return { config: deepFreeze(config), sources, file };
 }

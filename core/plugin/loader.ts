@@ -10,7 +10,7 @@ import { ConfigError, PluginError, errorText } from '../errors.ts';
 import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from '../config/config.ts';
 import type { CoreLike } from './hooks.ts';
 
-export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'other';
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'check' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
 
 /** A plugin instance: a name and an `apply` that taps hooks. */
