@@ -167,6 +167,22 @@ export interface Transition {
   metrics: Metrics;
 }
 
+/**
+ * What `sync` taps receive: the whole view (every backend, config order, snapshots that stay
+ * valid after the call) and the backends that changed since the last call (all of them on the
+ * first call). Called once when the load balancer is ready and then on every change (state,
+ * verdict, admin state, weight, reason, metrics), coalesced per event-loop tick.
+ */
+export interface SyncUpdate {
+  readonly view: readonly BackendView[];
+  readonly changed: readonly BackendView[];
+  /** Addresses that left the view since the last call (removeBackend). */
+  readonly removed: readonly string[];
+  /** True on the first call. */
+  readonly initial: boolean;
+  readonly at: number;
+}
+
 export type AlertEvent =
   | { kind: 'transition'; node: string; transition: Transition }
   | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] };
@@ -215,6 +231,12 @@ export function createHooks() {
     /** Load balancer: a backend changed state. */
     transition: new SyncHook<[Transition]>(['transition']),
 
+    /**
+     * Load balancer: keep an external proxy in step (plugins/sync). Cheap: a tap records what it
+     * needs and does its I/O later, queued and retried; checks never wait for it.
+     */
+    sync: new SyncHook<[SyncUpdate]>(['update']),
+
     /** Load balancer: something to alert on (transitions, start, stop). */
     alert: new AsyncParallelHook<[AlertEvent]>(['event']),
 
@@ -243,6 +265,7 @@ export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   pick: 'skip',
   checked: 'skip',
   transition: 'skip',
+  sync: 'skip',
   alert: 'skip',
   frame: 'skip',
 };

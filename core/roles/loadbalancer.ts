@@ -14,6 +14,7 @@ import { readPem, selfSigned } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig } from '../config/config.ts';
 import type { BackendView, CheckResult, Transition } from '../plugin/hooks.ts';
 import type { Logger } from '../util/log.ts';
+import { SyncDispatcher } from '../plugin/sync.ts';
 
 /**
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
@@ -97,6 +98,8 @@ export class LoadBalancer extends Core {
   /** Push mode (docs/operations.md): agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
   readonly reportMs: number;
   private statusTimer: NodeJS.Timeout | undefined;
+  /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
+  private syncer: SyncDispatcher | undefined;
   /** Called every check interval with the backends (the CLI prints the status view). */
   onStatus: ((backends: readonly Backend[]) => void) | undefined;
 
@@ -165,6 +168,10 @@ export class LoadBalancer extends Core {
     for (const b of this.backends) this.schedule(b, Math.random() * spread);
     this.statusTimer = setInterval(() => this.onStatus?.(this.backends), this.intervalMs);
     this.statusTimer.unref();
+    if (this.hooks.sync.taps.length > 0) {
+      this.syncer = new SyncDispatcher(this.hooks, () => this.backends);
+      this.syncer.start();
+    }
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: this.backends.map((b) => b.address) }).catch(() => {});
     await this.hooks.ready.promise(this);
   }
@@ -497,6 +504,7 @@ export class LoadBalancer extends Core {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.statusTimer);
+    this.syncer?.stop();
     for (const b of this.backends) clearTimeout(b.timer);
     for (const w of this.connectWaiters.splice(0)) w();
     await Promise.all(
