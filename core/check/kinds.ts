@@ -12,10 +12,8 @@ import { ConfigError, errorText } from '../errors.ts';
 import { describeAjvErrors } from '../config/config.ts';
 import type { Logger } from '../util/log.ts';
 import { DEFAULT_SERVICE, type CheckSpec } from './runner.ts';
+import { BUILTIN_CHECK_KINDS, loadBuiltinCheckKind } from './builtin.ts';
 import type { CheckKind, CommonCheckOptions } from './types.ts';
-
-/** Built-in check kinds, by type: each is plugins/check/<type>.ts, loaded only when configured. */
-export const BUILTIN_CHECK_KINDS = ['http', 'tcp', 'exec', 'grpc', 'file'] as const;
 
 /** The runner's own options; everything else in a check entry belongs to its kind. */
 export const COMMON_CHECK_KEYS = ['type', 'name', 'interval', 'timeout', 'rise', 'fall'] as const;
@@ -24,7 +22,6 @@ export const CHECK_DEFAULTS = { interval: 5, rise: 2, fall: 3 } as const;
 /** A check entry as the config holds it. */
 export type CheckEntry = CommonCheckOptions & Record<string, unknown>;
 
-const EXT = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
 
 function isKind(k: unknown): k is CheckKind {
@@ -34,9 +31,9 @@ function isKind(k: unknown): k is CheckKind {
 
 /** Loads a built-in kind. @throws Error when the module is missing or is not a CheckKind */
 async function loadBuiltin(type: string): Promise<CheckKind> {
-  const mod = (await import(new URL(`../../plugins/check/${type}${EXT}`, import.meta.url).href)) as { default?: unknown };
-  if (!isKind(mod.default)) throw new Error(`plugins/check/${type} does not export a check kind`);
-  return mod.default;
+  const kind = await loadBuiltinCheckKind(type);
+  if (!isKind(kind)) throw new Error(`plugins/check/${type} does not export a check kind`);
+  return kind;
 }
 
 /** The effective timeout (s) of a check: given, or half its interval capped at 5 s. */
@@ -92,8 +89,8 @@ export async function buildChecks(o: BuildChecksOptions): Promise<{ specs: Check
       names.add(name);
       let kind = kinds.get(entry.type);
       if (!kind) {
-        if (!(BUILTIN_CHECK_KINDS as readonly string[]).includes(entry.type)) {
-          const known = [...BUILTIN_CHECK_KINDS, ...kinds.keys()].join(', ');
+        if (!Object.hasOwn(BUILTIN_CHECK_KINDS, entry.type)) {
+          const known = [...Object.keys(BUILTIN_CHECK_KINDS), ...kinds.keys()].join(', ');
           problems.push(`${path}.type: unknown check type "${entry.type}" (known: ${known}; others come from a plugin of family "check")`);
           continue;
         }

@@ -13,6 +13,7 @@ import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import { addControlCommands } from '../control/commands.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -97,7 +98,11 @@ function serverOptions(cmd: Command): Command {
     .option('--drain-grace <seconds>', `on SIGTERM, time load balancers get after DRAIN${dflt('drainGrace')}`, num('--drain-grace', 'number'))
     .option('--sample-interval <seconds>', `how often metrics are sampled in the background${dflt('sampleInterval')}`, num('--sample-interval', 'number'))
     .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'))
-    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'));
+    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'))
+    .option('--control-socket <path>', 'Unix socket for qhcp drain/maint/ready/weight/health (default: $XDG_RUNTIME_DIR/qhcp/<port>.sock, /run/qhcp/<port>.sock as root)')
+    .option('--state-file <file>', 'keep the admin state and weight across restarts in this file (optional)')
+    .addOption(new Option('--admin-state <state>', 'admin state at start (wins over the state file; default: READY)').choices(['ready', 'drain', 'maint', 'READY', 'DRAIN', 'MAINT']))
+    .option('--weight <n>', 'weight reported to load balancers, 0-256 (default: 100)', num('--weight', 'int'));
 }
 
 function loadbalancerOptions(cmd: Command, withCert = true): Command {
@@ -126,6 +131,8 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
   for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
     copy(k);
   copy('status');
+  for (const k of ['controlSocket', 'stateFile', 'weight']) copy(k);
+  if (typeof o.adminState === 'string') c.adminState = o.adminState.toUpperCase();
   // The seed's load balancer -cert-file is the certificate to verify servers with.
   if (o.certFile !== undefined) c[role === 'loadbalancer' ? 'caFile' : 'certFile'] = o.certFile;
   if (typeof o.servers === 'string') {
@@ -283,6 +290,8 @@ Seed (Go prototype) form, single dash:
       if (none) process.exitCode = 3;
     });
 
+  addControlCommands(program, num);
+
   const config = program.command('config').description('show the merged configuration and where each value came from');
   loadbalancerOptions(serverOptions(commonOptions(config)), false)
     .addOption(new Option('--role <role>', 'role whose flags apply').choices(['server', 'loadbalancer']).default('loadbalancer'))
@@ -327,7 +336,7 @@ function fail(e: unknown): never {
     process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
+  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
     process.stderr.write(`qhcp: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
