@@ -55,9 +55,10 @@ export function writeStateFile(path: string, state: OperatorState): void {
 }
 
 /** The state an agent starts with. */
-export function initialState(config: { adminState?: AgentAdmin; weight?: number; stateFile?: string }): OperatorState {
+export function initialState(config: { adminState?: string | undefined; weight?: number | undefined; stateFile?: string | undefined }): OperatorState {
   const saved = config.stateFile ? readStateFile(config.stateFile) : undefined;
-  const admin = config.adminState ?? saved?.admin ?? 'READY';
+  const given = config.adminState?.toUpperCase() as AgentAdmin | undefined;
+  const admin = given ?? saved?.admin ?? 'READY';
   const reason = config.adminState === undefined ? saved?.reason : undefined;
   return { admin, ...(reason && admin !== 'READY' ? { reason } : {}), weight: config.weight ?? saved?.weight ?? DEFAULT_WEIGHT };
 }

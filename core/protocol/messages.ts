@@ -5,6 +5,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { ProtocolError } from '../errors.ts';
+import { HEALTH_STATES, type HealthState } from '../health/states.ts';
 
 /** Type byte of each message. Never renumber: these are on the wire. */
 export const MESSAGE_TYPES = {
@@ -81,11 +82,11 @@ export interface AgentHealth {
 }
 
 export type Metrics = Record<string, number>;
-export type ServerState = 'UNKNOWN' | 'UP' | 'DOWN' | 'DRAINING';
 
 export interface ServerStatus {
   address: string;
-  state: ServerState;
+  /** The load balancer's health state (core/health/states.ts). */
+  state: HealthState;
   /** Epoch ms when the server entered its state. */
   since: number;
   /** Consecutive failed checks. */
@@ -128,7 +129,13 @@ export type MessageOf<K extends MessageName> = { type: K; body: Bodies[K] };
 const seq = { type: 'integer', minimum: 0, maximum: 0xffffffff } as const;
 const name = { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxNameLength } as const;
 const reason = { type: 'string', maxLength: FIELD_LIMITS.maxReasonLength } as const;
-const metricName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' } as const;
+/** The one metric-name rule: letters, digits, _ . : - (at most 128, not starting with a digit). */
+export const METRIC_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$';
+/** The metric-name rule as a regular expression (hooks, plugins). */
+export const METRIC_NAME = new RegExp(METRIC_NAME_PATTERN);
+/** The metric-name rule as a JSON schema (wire bodies, plugin options naming a metric). */
+export const metricNameSchema = { type: 'string', pattern: METRIC_NAME_PATTERN } as const;
+const metricName = metricNameSchema;
 const metrics = {
   type: 'object',
   maxProperties: FIELD_LIMITS.maxMetrics,
@@ -199,7 +206,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       maxItems: FIELD_LIMITS.maxServers,
       items: obj({
         address: { type: 'string', maxLength: 300 },
-        state: { enum: ['UNKNOWN', 'UP', 'DOWN', 'DRAINING'] },
+        state: { enum: [...HEALTH_STATES] },
         since: { type: 'number' },
         failures: { type: 'integer', minimum: 0 },
         successes: { type: 'integer', minimum: 0 },
