@@ -97,7 +97,8 @@ function serverOptions(cmd: Command): Command {
     .option('--drain-grace <seconds>', `on SIGTERM, time load balancers get after DRAIN${dflt('drainGrace')}`, num('--drain-grace', 'number'))
     .option('--sample-interval <seconds>', `how often metrics are sampled in the background${dflt('sampleInterval')}`, num('--sample-interval', 'number'))
     .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'))
-    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'));
+    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'))
+    .option('--http <host:port|off>', 'HTTP listener for /metrics and /api/status (default: off)');
 }
 
 function loadbalancerOptions(cmd: Command, withCert = true): Command {
@@ -113,7 +114,10 @@ function loadbalancerOptions(cmd: Command, withCert = true): Command {
     .option('--report-interval <seconds>', `push mode: servers send a report every this many seconds, each one a check; 0 = poll with HEALTH_REQUEST${dflt('reportInterval')}`, num('--report-interval', 'number'))
     .option('--jitter <fraction>', `random spread of check times, 0-0.5${dflt('jitter')}`, num('--jitter', 'number'))
     .option('--server-name <name>', 'name server certificates must carry (default: the address host)')
-    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']));
+    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']))
+    .option('--http-token-file <file>', 'file with the bearer token of the HTTP admin API (optional; without it the admin API is off)')
+    .option('--state-file <file>', 'file keeping runtime admin changes (added/removed backends, drain/maint, weights) across restarts (optional; default: none)');
+  if (!cmd.options.some((o) => o.long === '--http')) cmd = cmd.option('--http <host:port|off>', 'HTTP listener: status page, /metrics, admin API (default: 127.0.0.1:4280)');
   return withCert ? cmd.option('--cert-file <file>', 'CA or server certificate (PEM) to verify servers with (optional; without it servers are not verified)') : cmd;
 }
 
@@ -123,7 +127,7 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
   const copy = (from: string, to: keyof QhcpConfig = from as keyof QhcpConfig) => {
     if (o[from] !== undefined) c[to] = o[from];
   };
-  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
+  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName', 'http', 'httpTokenFile', 'stateFile'])
     copy(k);
   copy('status');
   // The seed's load balancer -cert-file is the certificate to verify servers with.
@@ -183,7 +187,16 @@ async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void>
   const { AgentServer } = await import('../roles/agent.ts');
   const server = new AgentServer(config, logger, file);
   await server.loadPlugins();
+  const { httpAddressOf } = await import('../http/common.ts');
+  const { at } = httpAddressOf(config, 'server');
   await server.start();
+  if (at) {
+    const { AgentHttp } = await import('../http/agent.ts');
+    await new AgentHttp(server, at).listen().catch(async (e: unknown) => {
+      await server.stop();
+      throw e;
+    });
+  }
   untilSignal(() => server.stop(), logger);
 }
 
@@ -196,7 +209,15 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   await lb.loadPlugins();
   const format = resolveFormat(config.status, process.stdout.isTTY === true);
   if (format !== 'none') lb.onStatus = (backends) => process.stdout.write(statusFrame(format, backends.map((b) => b.status())));
+  // The HTTP listener taps the hooks before the first check; fastify and prom-client load only when it is on.
+  const { httpAddressOf } = await import('../http/common.ts');
+  const { at, explicit } = httpAddressOf(config, 'loadbalancer');
+  const web = at ? new (await import('../http/loadbalancer.ts')).LbHttp(lb, { at, explicit, tokenFile: config.httpTokenFile }) : undefined;
   await lb.start();
+  await web?.listen().catch(async (e: unknown) => {
+    await lb.stop();
+    throw e;
+  });
   untilSignal(() => lb.stop(), logger);
 }
 

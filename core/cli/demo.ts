@@ -27,7 +27,8 @@ export async function runDemo(opts: { checkInterval: number }): Promise<void> {
     '-check-interval', String(opts.checkInterval),
     '-reconnect-interval', String(opts.checkInterval * 2),
   ]);
-  process.stdout.write('demo running: try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
+  process.stdout.write('demo running: open http://127.0.0.1:4280/ for the live status page (metrics at http://127.0.0.1:4280/metrics);\n');
+  process.stdout.write('try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
   let stopping = false;
   const stopAll = async () => {
     if (stopping) return;

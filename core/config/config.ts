@@ -58,6 +58,12 @@ export interface QhcpConfig {
   reportInterval: number;
   status: 'auto' | 'table' | 'lines' | 'json' | 'none';
   logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** HTTP listener (docs/operations.md, "HTTP listener"): "host:port" or "off"; unset = the role's default. */
+  http?: string;
+  /** File holding the bearer token for the HTTP admin API (writes need it; without it the admin API is off). */
+  httpTokenFile?: string;
+  /** Load balancer: where runtime admin changes persist (docs/operations.md, "State file"). */
+  stateFile?: string;
   defaults: boolean;
   plugins: PluginEntry[];
 }
@@ -119,6 +125,9 @@ export const CONFIG_SCHEMA = {
     reportInterval: seconds(0, 3600, 0),
     status: { enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' },
     logLevel: { enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' },
+    http: { type: 'string', minLength: 1, maxLength: 300 },
+    httpTokenFile: { type: 'string', minLength: 1 },
+    stateFile: { type: 'string', minLength: 1 },
     defaults: { type: 'boolean', default: true },
     plugins: {
       type: 'array',
@@ -324,7 +333,7 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
   }
   if (file) {
     // Paths in a config file are relative to the file.
-    for (const k of ['certFile', 'keyFile', 'caFile'] as const) {
+    for (const k of ['certFile', 'keyFile', 'caFile', 'httpTokenFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
   }
