@@ -8,6 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { HttpError, ERROR_SCHEMA } from './common.ts';
 import { emptyState, loadState, saveState, type AdminState, type StateDoc } from './state-file.ts';
 import { QhcpError, errorText } from '../errors.ts';
+import { parseBackend } from '../roles/loadbalancer.ts';
 import type { BackendJson } from './observer.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -18,7 +19,7 @@ export interface AdminTarget {
   readonly config: { readonly servers: ReadonlyArray<string | { address: string }> };
   readonly backends: ReadonlyArray<{ address: string }> | (() => ReadonlyArray<{ address: string }>);
   addBackend(address: string): { address: string } | unknown;
-  removeBackend(address: string): unknown;
+  removeBackend(address: string): Promise<unknown> | unknown;
   setAdmin(address: string, state: AdminState): unknown;
   setWeight(address: string, weight: number): unknown;
 }
@@ -40,34 +41,39 @@ export class Admin {
     this.doc = stateFile ? loadState(stateFile) : emptyState();
   }
 
-  /** The canonical address of `address` as the load balancer names it, when it has it. */
+  /** The canonical address of `address` as the load balancer names it (`127.0.0.1` -> `127.0.0.1:4243`), when it has it. */
   find(address: string): string | undefined {
     const list = addressesOf(this.lb);
     if (list.includes(address)) return address;
-    return undefined;
+    try {
+      const canonical = parseBackend(address).address;
+      return list.includes(canonical) ? canonical : undefined;
+    } catch {
+      return undefined;
+    }
   }
 
   /** Applies the state file: removals, additions, then admin states and weights. Problems are logged, not fatal. */
-  applyStartup(): void {
+  async applyStartup(): Promise<void> {
     if (!this.stateFile) return;
     const n = { added: 0, removed: 0, admin: 0, weight: 0 };
     for (const a of this.doc.removed) {
-      if (this.find(a) && this.tryDo(() => this.lb.removeBackend(a), `state file: cannot remove ${a}`)) n.removed++;
+      if (this.find(a) && (await this.tryDo(() => this.lb.removeBackend(a), `state file: cannot remove ${a}`))) n.removed++;
     }
     for (const a of this.doc.added) {
-      if (!this.find(a) && this.tryDo(() => this.lb.addBackend(a), `state file: cannot add ${a}`)) n.added++;
+      if (!this.find(a) && (await this.tryDo(() => this.lb.addBackend(a), `state file: cannot add ${a}`))) n.added++;
     }
     for (const [a, s] of Object.entries(this.doc.backends)) {
       if (!this.find(a)) continue;
-      if (s.admin && s.admin !== 'READY' && this.tryDo(() => this.lb.setAdmin(a, s.admin!), `state file: cannot set ${a} to ${s.admin}`)) n.admin++;
-      if (s.weight !== undefined && this.tryDo(() => this.lb.setWeight(a, s.weight!), `state file: cannot set the weight of ${a}`)) n.weight++;
+      if (s.admin && s.admin !== 'READY' && (await this.tryDo(() => this.lb.setAdmin(a, s.admin!), `state file: cannot set ${a} to ${s.admin}`))) n.admin++;
+      if (s.weight !== undefined && (await this.tryDo(() => this.lb.setWeight(a, s.weight!), `state file: cannot set the weight of ${a}`))) n.weight++;
     }
     this.logger.info('state file applied', { file: this.stateFile, ...n });
   }
 
-  private tryDo(fn: () => unknown, what: string): boolean {
+  private async tryDo(fn: () => unknown, what: string): Promise<boolean> {
     try {
-      fn();
+      await fn();
       return true;
     } catch (e) {
       this.logger.warn(what, { error: errorText(e) });
@@ -106,18 +112,19 @@ export class Admin {
     return canonical;
   }
 
-  remove(address: string): void {
-    this.need(address);
-    this.lb.removeBackend(address);
+  async remove(address: string): Promise<string> {
+    address = this.need(address);
+    await this.lb.removeBackend(address);
     if (this.doc.added.includes(address)) this.doc.added = this.doc.added.filter((a) => a !== address);
     else if (!this.doc.removed.includes(address)) this.doc.removed.push(address);
     delete this.doc.backends[address];
     this.save();
     this.logger.info('admin: backend removed', { server: address });
+    return address;
   }
 
-  setAdmin(address: string, state: AdminState): void {
-    this.need(address);
+  setAdmin(address: string, state: AdminState): string {
+    address = this.need(address);
     this.lb.setAdmin(address, state);
     const entry = (this.doc.backends[address] ??= {});
     if (state === 'READY') delete entry.admin;
@@ -125,10 +132,11 @@ export class Admin {
     if (Object.keys(entry).length === 0) delete this.doc.backends[address];
     this.save();
     this.logger.info('admin: state set', { server: address, admin: state });
+    return address;
   }
 
-  setWeight(address: string, weight: number): void {
-    this.need(address);
+  setWeight(address: string, weight: number): string {
+    address = this.need(address);
     try {
       this.lb.setWeight(address, weight);
     } catch (e) {
@@ -137,10 +145,14 @@ export class Admin {
     (this.doc.backends[address] ??= {}).weight = weight;
     this.save();
     this.logger.info('admin: weight set', { server: address, weight });
+    return address;
   }
 
-  private need(address: string): void {
-    if (!this.find(address)) throw new HttpError(404, 'NO_SUCH_BACKEND', `no backend ${address}`);
+  /** The canonical address. @throws HttpError 404 */
+  private need(address: string): string {
+    const a = this.find(address);
+    if (!a) throw new HttpError(404, 'NO_SUCH_BACKEND', `no backend ${address}`);
+    return a;
   }
 }
 
@@ -161,7 +173,8 @@ const errors = { 400: ERROR_SCHEMA, 401: ERROR_SCHEMA, 403: ERROR_SCHEMA, 404: E
 export function registerAdmin(app: FastifyInstance, opts: AdminRouteOptions): void {
   const { admin } = opts;
   const one = (address: string) => {
-    const b = opts.list().find((x) => x.address === address);
+    const canonical = admin.find(address) ?? address;
+    const b = opts.list().find((x) => x.address === canonical);
     if (!b) throw new HttpError(404, 'NO_SUCH_BACKEND', `no backend ${address}`);
     return b;
   };
@@ -179,26 +192,26 @@ export function registerAdmin(app: FastifyInstance, opts: AdminRouteOptions): vo
     },
   );
   app.delete<{ Params: { address: string } }>('/api/backends/:address', { ...write, schema: { params: PARAMS, response: errors } }, async (req) => {
-    admin.remove(req.params.address);
-    opts.changed(req.params.address, true);
-    return { removed: req.params.address };
+    const removed = await admin.remove(req.params.address);
+    opts.changed(removed, true);
+    return { removed };
   });
   app.put<{ Params: { address: string }; Body: { state: AdminState } }>(
     '/api/backends/:address/admin',
     { ...write, schema: { params: PARAMS, body: { type: 'object', additionalProperties: false, required: ['state'], properties: { state: { enum: ['READY', 'DRAIN', 'MAINT'] } } }, response: errors } },
     async (req) => {
-      admin.setAdmin(req.params.address, req.body.state);
-      opts.changed(req.params.address, false);
-      return { backend: one(req.params.address) };
+      const address = admin.setAdmin(req.params.address, req.body.state);
+      opts.changed(address, false);
+      return { backend: one(address) };
     },
   );
   app.put<{ Params: { address: string }; Body: { weight: number } }>(
     '/api/backends/:address/weight',
     { ...write, schema: { params: PARAMS, body: { type: 'object', additionalProperties: false, required: ['weight'], properties: { weight: { type: 'integer', minimum: 0, maximum: 1000 } } }, response: errors } },
     async (req) => {
-      admin.setWeight(req.params.address, req.body.weight);
-      opts.changed(req.params.address, false);
-      return { backend: one(req.params.address) };
+      const address = admin.setWeight(req.params.address, req.body.weight);
+      opts.changed(address, false);
+      return { backend: one(address) };
     },
   );
 }

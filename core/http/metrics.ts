@@ -16,18 +16,8 @@ export const ADMIN_STATES = ['READY', 'DRAIN', 'MAINT'] as const;
 /** Distinct failure reasons kept per backend; further ones count as "OTHER" (bounded label sets). */
 const MAX_REASONS = 16;
 
-/** What the exposition reads from a backend beyond BackendView (fields other helpers add). */
+/** What the exposition reads from a backend: BackendView, and the agent's node name when known. */
 export interface ObservedBackend extends BackendView {
-  readonly since?: number;
-  readonly failures?: number;
-  readonly successes?: number;
-  readonly checks?: number;
-  readonly lastError?: string | null;
-  readonly service?: string;
-  readonly verdict?: string;
-  readonly reason?: string | null;
-  readonly agentAdmin?: string;
-  readonly adminState?: string;
   /** The agent's node name (from its ACK), when known. */
   readonly name?: string;
   readonly session?: { peer?: { node?: string } } | undefined;

@@ -8,7 +8,8 @@ import { buildConfig, DEFAULT_SERVER_PORT, type QhcpConfig } from '../../core/co
 import { parseAddress, formatAddress } from '../../core/util/address.ts';
 import { LocalError } from '../../core/errors.ts';
 import { fakeCore, type FakeCore } from '../plugins/fake-core.ts';
-import type { Metrics, ServerState } from '../../core/protocol/messages.ts';
+import type { Metrics } from '../../core/protocol/messages.ts';
+import type { HealthState as ServerState, Verdict } from '../../core/health/states.ts';
 
 export class FakeBackend {
   state: ServerState = 'UNKNOWN';
@@ -22,6 +23,9 @@ export class FakeBackend {
   ageMs: number | null = null;
   lastError: string | null = null;
   adminState: 'READY' | 'DRAIN' | 'MAINT' = 'READY';
+  agentAdmin: 'READY' | 'DRAIN' | 'MAINT' = 'READY';
+  verdict: Verdict = 'SERVING';
+  reason: string | null = null;
   weight = 1;
   name: string | undefined;
   constructor(readonly address: string) {}

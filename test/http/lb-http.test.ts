@@ -227,7 +227,7 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       expect(lb.backends[0]!.adminState).to.equal('DRAIN');
       expect(lb.backends[1]!.adminState).to.equal('READY');
       expect((await put(`${url}/weight`, { weight: 50 })).json().backend.weight).to.equal(50);
-      expect((await put(`${url}/weight`, { weight: 900 })).json().error).to.equal('BAD_WEIGHT');
+      expect((await put(`${url}/weight`, { weight: 900 })).json().error).to.equal('BAD_WEIGHT'); // the fake's range is 0-256
       expect((await put(`${url}/weight`, { weight: -1 })).statusCode).to.equal(400);
       expect((await put(`/api/backends/${encodeURIComponent('10.9.9.9:1')}/admin`, { state: 'MAINT' })).statusCode).to.equal(404);
       const add = await web.app.inject({ method: 'POST', url: '/api/backends', payload: { address: '127.0.0.1:4303' }, headers: auth });
@@ -251,7 +251,7 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       const logger = createLogger({ level: 'silent' });
       const lb = fakeLb([A, B]);
       const admin = new Admin(lb, logger, file);
-      admin.applyStartup();
+      await admin.applyStartup();
       const web = new LbHttp(lb, { at: undefined, explicit: false, tokenFile: join(dir, 'token'), admin });
       const auth = { authorization: `Bearer ${TOKEN}` };
       await web.app.inject({ method: 'POST', url: '/api/backends', payload: { address: '127.0.0.1:4303' }, headers: auth });
@@ -267,7 +267,7 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       expect(doc.backends).to.deep.equal({ [A]: { admin: 'MAINT' }, '127.0.0.1:4303': { weight: 7 } });
       // A restart: the same configuration, the state file applied before the checks start.
       const again = fakeLb([A, B]);
-      new Admin(again, logger, file).applyStartup();
+      await new Admin(again, logger, file).applyStartup();
       expect(again.backends.map((b) => [b.address, b.adminState, b.weight])).to.deep.equal([
         [A, 'MAINT', 1],
         ['127.0.0.1:4303', 'READY', 7],
