@@ -5,6 +5,7 @@
 import { isIP } from 'node:net';
 import { parseAddress } from '../util/address.ts';
 import type { QhcpConfig } from '../config/config.ts';
+import type { BackendView, CheckResult, Hooks, Transition } from '../plugin/hooks.ts';
 
 /** The HTTP port in the defaults list (docs/operations.md). */
 export const DEFAULT_HTTP_PORT = 4280;
@@ -61,3 +62,31 @@ export const ERROR_SCHEMA = {
   required: ['error', 'message'],
 } as const;
 
+
+/**
+ * Keeps the `checked` and `transition` events from the load balancer's start until the HTTP
+ * listener (loaded after start, so start-up is not held up by fastify) takes them over; at
+ * most `max` events, the oldest dropped.
+ */
+export class EarlyEvents {
+  readonly events: Array<{ checked: [BackendView, CheckResult] } | { transition: Transition }> = [];
+  private on = true;
+  constructor(hooks: Hooks, max = 10_000) {
+    const keep = (e: EarlyEvents['events'][number]) => {
+      if (!this.on) return;
+      this.events.push(e);
+      if (this.events.length > max) this.events.shift();
+    };
+    hooks.checked.tap('http-early', (b, res) => keep({ checked: [b, res] }));
+    hooks.transition.tap('http-early', (t) => keep({ transition: t }));
+  }
+
+  /** Hands the kept events over, in order, and stops keeping. */
+  drain(checked: (b: BackendView, res: CheckResult) => void, transition: (t: Transition) => void): void {
+    this.on = false;
+    for (const e of this.events.splice(0)) {
+      if ('checked' in e) checked(...e.checked);
+      else transition(e.transition);
+    }
+  }
+}

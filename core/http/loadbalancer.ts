@@ -8,8 +8,9 @@ import { readFileSync } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { LbMetrics, type ObservedBackend, type ObservedLb } from './metrics.ts';
 import { Observer, type Subscriber } from './observer.ts';
-import { createApp, listen, readToken, urlOf } from './server.ts';
-import { isLoopback, type HttpAddress } from './common.ts';
+import { createApp, listen, urlOf } from './server.ts';
+import { readToken } from './token.ts';
+import { isLoopback, type EarlyEvents, type HttpAddress } from './common.ts';
 import { Admin, registerAdmin, type AdminTarget } from './admin.ts';
 import type { Logger } from '../util/log.ts';
 import type { QhcpConfig } from '../config/config.ts';
@@ -62,6 +63,8 @@ export interface LbHttpOptions {
   admin?: Admin;
   /** Coalescing of live updates (ms). */
   flushMs?: number;
+  /** Events since the load balancer started, kept until now (created before start). */
+  early?: EarlyEvents;
 }
 
 export class LbHttp {
@@ -83,6 +86,16 @@ export class LbHttp {
     this.metrics = new LbMetrics(o);
     const c = lb.config;
     this.observer = new Observer(o, { node: lb.node, checkInterval: c.checkInterval, rise: c.riseAttempts, fall: c.maxFailAttempts, admin: adminEnabled }, opts.flushMs);
+    opts.early?.drain(
+      (b, res) => {
+        this.metrics.onChecked(b, res);
+        this.observer.onChecked(b, res);
+      },
+      (t) => {
+        this.metrics.onTransition(t);
+        this.observer.onTransition(t);
+      },
+    );
     this.routes();
     registerAdmin(app, {
       requireToken,

@@ -73,10 +73,12 @@ export class LbMetrics {
   private readonly picks: Counter<'strategy' | 'result'>;
   private readonly pluginErrors: Counter<'plugin'>;
   private pluginSeen = new Map<string, number>();
-  private picksSeen = 0;
+  private picksSeen: number;
   private pickCalls = 0;
 
   constructor(private readonly lb: ObservedLb) {
+    // PICKs before the listener existed are not counted by strategy (nor as unrouted).
+    this.picksSeen = lb.stats.picks;
     const r = this.registry;
     const per = ['backend', 'service', 'name'] as const;
     const self = this;
@@ -263,7 +265,7 @@ export class LbMetrics {
     return l;
   }
 
-  private onChecked(b: ObservedBackend, res: CheckResult): void {
+  onChecked(b: ObservedBackend, res: CheckResult): void {
     const l = this.labelsOf(b);
     this.checks.inc({ ...l, result: res.ok ? 'ok' : 'failed' });
     if (res.ok) {
@@ -280,7 +282,7 @@ export class LbMetrics {
     this.failures.inc({ ...l, reason });
   }
 
-  private onTransition(t: Transition): void {
+  onTransition(t: Transition): void {
     const l = this.labels.get(t.server) ?? { backend: t.server, service: '', name: this.names.get(t.server) ?? '' };
     this.transitions.inc({ ...l, from: t.from, to: t.to });
   }

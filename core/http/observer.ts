@@ -153,7 +153,7 @@ export class Observer {
     this.schedule();
   }
 
-  private onChecked(b: ObservedBackend, res: CheckResult): void {
+  onChecked(b: ObservedBackend, res: CheckResult): void {
     let ring = this.history.get(b.address);
     if (!ring) this.history.set(b.address, (ring = new Ring()));
     const last = ring.last;
@@ -166,7 +166,7 @@ export class Observer {
     this.schedule();
   }
 
-  private onTransition(t: Transition): void {
+  onTransition(t: Transition): void {
     const j: TransitionJson = { server: t.server, from: t.from, to: t.to, reason: t.reason, at: t.at };
     this.transitions.push(j);
     if (this.transitions.length > TRANSITION_LOG) this.transitions.shift();

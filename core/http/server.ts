@@ -5,26 +5,12 @@
  * prom-client) are imported only when a listener is on, so `qhcp --version` never loads them.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { LocalError, errorText } from '../errors.ts';
 import { HttpError, type HttpAddress } from './common.ts';
+export { readToken } from './token.ts';
 import type { Logger } from '../util/log.ts';
-
-/** Reads the bearer token: the file's first line, at least 16 characters. @throws LocalError */
-export function readToken(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new LocalError('QHCP_ERR_CONFIG_LOAD', `httpTokenFile ${file}: cannot read: ${errorText(e)}`, { cause: e });
-  }
-  const token = text.split(/\r?\n/)[0]!.trim();
-  if (token.length < 16) throw new LocalError('QHCP_ERR_CONFIG_LOAD', `httpTokenFile ${file}: the token (first line) must be at least 16 characters`);
-  if (!/^[\x21-\x7e]+$/.test(token)) throw new LocalError('QHCP_ERR_CONFIG_LOAD', `httpTokenFile ${file}: the token must be printable ASCII without spaces`);
-  return token;
-}
 
 const digest = (s: string) => createHash('sha256').update(s).digest();
 

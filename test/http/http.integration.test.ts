@@ -161,3 +161,64 @@ describe('HTTP listeners (real processes)', function () {
     expect(r.stdout + r.stderr).to.not.match(/node_modules\/(fastify|prom-client)\//);
   });
 });
+
+describe('admin API on a real load balancer (qhcp admin, state file, restart)', function () {
+  this.timeout(180_000);
+  let dir: string;
+  const token = 'integration-token-0123456789';
+
+  before(() => {
+    dir = mkdtempSync(join(tmpdir(), 'qhcp-admin-int-'));
+    writeFileSync(join(dir, 'token'), `${token}\n`);
+  });
+  after(async () => {
+    await stopAll();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('drains by hand, adds a backend without touching the others, and keeps both across a restart', async () => {
+    const [a, b, c] = [await startServer(), await startServer(), await startServer()];
+    const lbArgs = ['--http', '127.0.0.1:0', '--http-token-file', join(dir, 'token'), '--state-file', join(dir, 'state.json'), '--status', 'none'];
+    let lb = await startLoadBalancer([a.address, b.address], { interval: 0.5, args: lbArgs });
+    let url = await httpUrl(lb.proc);
+    const backends = async () => (JSON.parse(await get(`${url}api/backends`)) as { backends: Array<{ address: string; state: string; adminState: string; checks: number }> }).backends;
+    const stateOf = async (addr: string) => (await backends()).find((x) => x.address === addr)?.state;
+    await waitUntil(async () => (await stateOf(a.address)) === 'UP' && (await stateOf(b.address)) === 'UP', 30_000, 'a and b UP');
+
+    const denied = await runQhcp(['admin', 'drain', a.address, '--url', url]);
+    expect(denied.code).to.equal(1);
+    expect(denied.stderr).to.match(/401 UNAUTHORIZED/);
+
+    const drain = await runQhcp(['admin', 'drain', a.address, '--url', url, '--token-file', join(dir, 'token')]);
+    expect(drain.code, drain.stderr).to.equal(0);
+    expect(drain.stdout).to.match(new RegExp(`${a.address}: admin DRAIN`));
+    await waitUntil(async () => (await stateOf(a.address)) === 'DRAINING', 10_000, 'a DRAINING');
+
+    const bBefore = (await backends()).find((x) => x.address === b.address)!;
+    const add = await runQhcp(['admin', 'add', c.address, '--url', url, '--token-file', join(dir, 'token')]);
+    expect(add.code, add.stderr).to.equal(0);
+    await waitUntil(async () => (await stateOf(c.address)) === 'UP', 30_000, 'c UP after add');
+    const bAfter = (await backends()).find((x) => x.address === b.address)!;
+    // b was not restarted or reset: still UP, its check count only grew.
+    expect(bAfter.state).to.equal('UP');
+    expect(bAfter.checks).to.be.greaterThan(bBefore.checks);
+
+    const doc = JSON.parse(readFileSync(join(dir, 'state.json'), 'utf8'));
+    expect(doc.added).to.deep.equal([c.address]);
+    expect(doc.backends[a.address]).to.deep.equal({ admin: 'DRAIN' });
+
+    // Restart with the same flags: the state file brings back c and a's DRAIN.
+    await lb.proc.stop();
+    lb = await startLoadBalancer([a.address, b.address], { interval: 0.5, args: lbArgs });
+    url = await httpUrl(lb.proc);
+    await waitUntil(async () => (await stateOf(c.address)) === 'UP' && (await stateOf(b.address)) === 'UP', 30_000, 'b and c UP after restart');
+    const after = await backends();
+    expect(after.map((x) => x.address)).to.deep.equal([a.address, b.address, c.address]);
+    expect(after.find((x) => x.address === a.address)).to.include({ adminState: 'DRAIN' });
+    expect(after.find((x) => x.address === a.address)!.state).to.not.equal('UP');
+
+    const list = await runQhcp(['admin', 'list', '--url', url, '--json']);
+    expect(list.code, list.stderr).to.equal(0);
+    expect(JSON.parse(list.stdout).backends).to.have.length(3);
+  });
+});

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LbHttp } from '../../core/http/loadbalancer.ts';
 import { Admin } from '../../core/http/admin.ts';
-import { parseHttp, httpAddressOf, isLoopback } from '../../core/http/common.ts';
+import { parseHttp, httpAddressOf, isLoopback, EarlyEvents } from '../../core/http/common.ts';
 import { createApp, listen, readToken } from '../../core/http/server.ts';
 import { failureReason, metricLabel } from '../../core/http/metrics.ts';
 import { createLogger } from '../../core/util/log.ts';
@@ -113,6 +113,22 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       const t = (await web.app.inject({ url: '/metrics' })).body;
       expect(t).to.not.include(`backend="${B}"`);
       expect(t).to.include(`backend="${A}"`);
+      await web.close();
+    });
+
+    it('counts the checks made between start and the listener (kept by EarlyEvents)', async () => {
+      const lb = fakeLb([A]);
+      const early = new EarlyEvents(lb.hooks);
+      lb.check(A, true);
+      lb.move(A, 'UP', 'first good check');
+      lb.check(A, false);
+      const web = new LbHttp(lb, { at: undefined, explicit: false, early });
+      lb.check(A, true);
+      const t = (await web.app.inject({ url: '/metrics' })).body;
+      expect(sample(t, 'qhcp_backend_checks_total', { backend: A, result: 'ok' })).to.equal(2);
+      expect(sample(t, 'qhcp_backend_checks_total', { backend: A, result: 'failed' })).to.equal(1);
+      expect(sample(t, 'qhcp_backend_transitions_total', { backend: A, from: 'UNKNOWN', to: 'UP' })).to.equal(1);
+      expect(early.events).to.have.length(0);
       await web.close();
     });
 
