@@ -135,6 +135,18 @@ export const CONFIG_SCHEMA = {
       { flag: LB },
     ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
+    http: opt({ type: 'string', minLength: 1, maxLength: 300 }, 'The HTTP listener: status page, `/metrics` and admin API on the load balancer; `/metrics` and `/api/status` on a server ([operations.md](operations.md#http-listener)). `"host:port"`, `":port"` (127.0.0.1) or `"off"`. A configured address that cannot be bound stops start-up; the load balancer\'s default address in use is a warning.', {
+      flag: { ...BOTH, arg: 'host:port|off', help: 'HTTP listener: status page, /metrics, admin API (default: load balancer 127.0.0.1:4280, server off)' },
+      defaultText: 'load balancer `127.0.0.1:4280`, server off',
+    }),
+    httpTokenFile: opt({ type: 'string', minLength: 1 }, 'Load balancer: file whose first line (16+ printable characters) is the bearer token of the admin API. Without it the admin API is off (writes answer 403).', {
+      kind: 'path',
+      flag: { ...LB, help: 'file with the bearer token of the HTTP admin API (optional; without it the admin API is off)' },
+    }),
+    stateFile: opt({ type: 'string', minLength: 1 }, "Both: a file keeping runtime admin changes across restarts. Load balancer: backends added or removed, DRAIN/MAINT, weights, applied again at start-up ([operations.md](operations.md#state-file)). Server: the operator's admin state and weight (`qhcp drain`, `maint`, `ready`, `weight`); `adminState` / `weight` given at start win over it.", {
+      kind: 'path',
+      flag: { ...BOTH, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
+    }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(
@@ -146,10 +158,6 @@ export const CONFIG_SCHEMA = {
       'Server: the Unix socket `qhcp drain`, `maint`, `ready`, `weight` and `health` talk to (mode 0600); by default `$XDG_RUNTIME_DIR/qhcp/<port>.sock`, else `/run/qhcp/<port>.sock` as root, else `<tmp>/qhcp-<uid>/<port>.sock`; `false`: none.',
       { kind: 'path', flag: { ...SERVER, arg: 'path' }, defaultText: 'one per port, see the meaning' },
     ),
-    stateFile: opt({ type: 'string', minLength: 1 }, "Server: keeps the operator's admin state and weight across restarts (written on every `qhcp drain`, `maint`, `ready`, `weight`).", {
-      kind: 'path',
-      flag: SERVER,
-    }),
     adminState: opt({ enum: ['READY', 'DRAIN', 'MAINT', 'ready', 'drain', 'maint'] }, 'Server: the admin state at start (wins over the state file; READY when neither says).', { flag: SERVER }),
     weight: opt({ type: 'integer', minimum: 0, maximum: 256 }, 'Server: the weight reported to load balancers at start, 0-256 (wins over the state file; 100 when neither says).', { flag: SERVER }),
     plugins: opt(
@@ -385,7 +393,7 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
   }
   if (file) {
     // Paths in a config file are relative to the file.
-    for (const k of ['certFile', 'keyFile', 'caFile', 'stateFile'] as const) {
+    for (const k of ['certFile', 'keyFile', 'caFile', 'httpTokenFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
     if (sources.controlSocket?.startsWith('file ') && typeof config.controlSocket === 'string') config.controlSocket = resolve(dirname(file), config.controlSocket);

@@ -5,6 +5,7 @@
  * ways through stream.pipeline (backpressure: a slow reader pauses the other side).
  *
  * - DRAINING, MAINT, DOWN (and UNKNOWN) backends get no new connections; existing ones finish.
+ * - DEGRADED backends take connections only when no UP one can (`degraded`, as the load balancer's option).
  * - A connection with no bytes either way for `idleTimeoutMs` is closed (a client that sends
  *   nothing too).
  * - A backend that resets mid-stream closes only that client.
@@ -31,6 +32,7 @@ export interface TcpProxyOptions extends TargetOptions {
   idleTimeoutMs: number;
   connectTimeoutMs: number;
   retries: number;
+  degraded: 'fallback' | 'always' | 'never';
   maxConnections: number;
   stopGraceMs: number;
   outlier: { consecutiveFailures: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectedPercent: number };
@@ -64,6 +66,7 @@ export default class TcpProxyPlugin implements QhcpPlugin {
       ...TARGET_SCHEMA,
       idleTimeoutMs: { type: 'integer', minimum: 10, maximum: 86_400_000, default: 60_000, description: 'a connection with no bytes either way this long is closed' },
       connectTimeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'time to connect to a backend before trying another' },
+      degraded: { enum: ['fallback', 'always', 'never'], default: 'fallback', description: 'DEGRADED backends: only when no UP one can take the connection ("fallback"), like UP ones ("always"), or never' },
       retries: { type: 'integer', minimum: 0, maximum: 10, default: 2, description: 'other backends tried after a failed connect' },
       maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 10_000, description: 'client connections at once at most (more are refused)' },
       stopGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1000, description: 'on stop, time open connections get to finish before they are closed' },
@@ -151,7 +154,11 @@ export default class TcpProxyPlugin implements QhcpPlugin {
 
   /** The backends that may take a new connection now, in configuration order. */
   candidates(now = Date.now(), exclude?: ReadonlySet<string>): BackendView[] {
-    return this.view.filter((b) => intentOf(b) === 'ready' && !this.ejected(b.address, now) && !exclude?.has(b.address));
+    const ready = this.view.filter((b) => intentOf(b) === 'ready' && !this.ejected(b.address, now) && !exclude?.has(b.address));
+    const policy = this.options.degraded;
+    if (policy === 'always') return ready;
+    const up = ready.filter((b) => String(b.state) !== 'DEGRADED');
+    return policy === 'never' || up.length > 0 ? up : ready;
   }
 
   private choose(exclude: ReadonlySet<string>): BackendView | undefined {

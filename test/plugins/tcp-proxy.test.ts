@@ -158,6 +158,26 @@ describe('proxy plugin tcp-proxy (real TCP backends)', function () {
     await old.echo('and-still');
   });
 
+  it('DEGRADED backends take connections only when no UP one can (degraded: fallback)', async () => {
+    await start('rr');
+    core.hooks.sync.call(update([view(A[0]!, { state: 'DEGRADED' as never }), view(A[1]!, { state: 'DEGRADED' as never }), view(A[2]!)]));
+    const names: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const c = client();
+      names.push(await c.greeting());
+      c.close();
+    }
+    expect(names).to.deep.equal(['b3', 'b3', 'b3']);
+    core.hooks.sync.call(update([view(A[0]!, { state: 'DEGRADED' as never }), view(A[1]!, { state: 'DEGRADED' as never }), view(A[2]!, { state: 'DOWN' })]));
+    const more: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const c = client();
+      more.push(await c.greeting());
+      c.close();
+    }
+    expect(new Set(more)).to.deep.equal(new Set(['b1', 'b2']));
+  });
+
   it('closes a connection idle for idleTimeoutMs (a client that sends nothing)', async () => {
     echoes.push(await echoBackend()); // no greeting: nothing flows unless the client sends
     await start('rr', { idleTimeoutMs: 300 }, Object.fromEntries(A.map((a) => [a, `127.0.0.1:${echoes[3]!.port}`])));
