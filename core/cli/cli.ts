@@ -13,6 +13,7 @@ import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import { sanitize, safeJson } from '../util/sanitize.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -97,7 +98,9 @@ function serverOptions(cmd: Command): Command {
     .option('--drain-grace <seconds>', `on SIGTERM, time load balancers get after DRAIN${dflt('drainGrace')}`, num('--drain-grace', 'number'))
     .option('--sample-interval <seconds>', `how often metrics are sampled in the background${dflt('sampleInterval')}`, num('--sample-interval', 'number'))
     .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'))
-    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'));
+    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'))
+    .option('--max-connections-per-source <n>', `most concurrent connections from one IP address${dflt('maxConnectionsPerSource')}`, num('--max-connections-per-source', 'int'))
+    .option('--session-idle-timeout <seconds>', `close sessions that ask nothing for this long after HELLO${dflt('sessionIdleTimeout')}`, num('--session-idle-timeout', 'number'));
 }
 
 function loadbalancerOptions(cmd: Command, withCert = true): Command {
@@ -123,7 +126,7 @@ function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalance
   const copy = (from: string, to: keyof QhcpConfig = from as keyof QhcpConfig) => {
     if (o[from] !== undefined) c[to] = o[from];
   };
-  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
+  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'maxConnectionsPerSource', 'sessionIdleTimeout', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
     copy(k);
   copy('status');
   // The seed's load balancer -cert-file is the certificate to verify servers with.
@@ -257,7 +260,7 @@ Seed (Go prototype) form, single dash:
       const q = await openQuery(o);
       try {
         const st = await q.status();
-        process.stdout.write((o.json ? JSON.stringify(st, null, 2) : render('table', st.servers, Date.now())) + '\n');
+        process.stdout.write((o.json ? safeJson(st, 2) : render('table', st.servers, Date.now())) + '\n');
       } finally {
         await q.close();
       }
@@ -275,7 +278,7 @@ Seed (Go prototype) form, single dash:
         for (let i = 0; i < n; i++) {
           const r = await q.pick(o.key);
           if (!r.server) none = true;
-          process.stdout.write((o.json ? JSON.stringify(r) : (r.server ?? `none: ${r.reason}`)) + '\n');
+          process.stdout.write((o.json ? safeJson(r) : r.server === null ? `none: ${sanitize(r.reason ?? '', 1024)}` : sanitize(r.server, 300)) + '\n');
         }
       } finally {
         await q.close();
@@ -332,7 +335,8 @@ function fail(e: unknown): never {
     process.exit(EXIT_USAGE);
   }
   if (e instanceof QhcpError || e instanceof PeerError || e instanceof ProtocolError) {
-    process.stderr.write(`qhcp: ${e instanceof PeerError ? e.toString() : e.message}\n`);
+    // A peer's ERROR reason: escaped before it reaches the terminal.
+    process.stderr.write(`qhcp: ${sanitize(e instanceof PeerError ? e.toString() : e.message, 2000)}\n`);
     process.exit(1);
   }
   process.stderr.write(`qhcp: unexpected error: ${errorText(e)}\n`);

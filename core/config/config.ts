@@ -52,6 +52,14 @@ export interface QhcpConfig {
   /** QUIC handshakes in progress, and connections not yet past HELLO, each capped at this. */
   maxPendingHandshakes: number;
   maxFrameBytes: number;
+  /** Output a peer has not read, per connection (bytes): past it, ERROR 302 SLOW_CONSUMER. */
+  maxUnreadBytes: number;
+  /** The same over every connection of the process. */
+  maxUnreadBytesTotal: number;
+  /** A session past HELLO that asks nothing for this long (s) is closed with ERROR 303 SESSION_IDLE. */
+  sessionIdleTimeout: number;
+  /** Connections from one source IP address at most (agent and query port). */
+  maxConnectionsPerSource: number;
   maxStreams: number;
   sampleInterval: number;
   pluginTimeout: number;
@@ -113,6 +121,10 @@ export const CONFIG_SCHEMA = {
     maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 },
     maxPendingHandshakes: { type: 'integer', minimum: 1, maximum: 100_000, default: 128 },
     maxFrameBytes: { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024, default: 65536 },
+    maxUnreadBytes: { type: 'integer', minimum: 65536, maximum: 1024 * 1024 * 1024, default: 256 * 1024 },
+    maxUnreadBytesTotal: { type: 'integer', minimum: 65536, maximum: 16 * 1024 * 1024 * 1024, default: 32 * 1024 * 1024 },
+    sessionIdleTimeout: seconds(0.1, 86400, 60),
+    maxConnectionsPerSource: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 256 },
     maxStreams: { type: 'integer', minimum: 1, maximum: 100, default: 2 },
     sampleInterval: seconds(0.05, 3600, 1),
     pluginTimeout: seconds(0.01, 600, 2),
