@@ -34,7 +34,7 @@ describe('@matrixai/quic patches', function () {
         serverSide.push(ch);
         ch.setHandler({
           message: (m) => {
-            if (m.type === 'HEALTH_REQUEST') void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics: { n: m.body.seq }, ageMs: 0 } });
+            if (m.type === 'HEALTH_REQUEST') void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics: { n: m.body.seq }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 } });
           },
           protocolError: () => {},
           ended: () => {},

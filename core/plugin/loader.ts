@@ -10,7 +10,7 @@ import { ConfigError, PluginError, errorText } from '../errors.ts';
 import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from '../config/config.ts';
 import type { CoreLike } from './hooks.ts';
 
-export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'other';
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'sync' | 'proxy' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
 
 /** A plugin instance: a name and an `apply` that taps hooks. */
@@ -45,6 +45,8 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   log: '../../plugins/alert/log',
   webhook: '../../plugins/alert/webhook',
   exec: '../../plugins/alert/exec',
+  haproxy: '../../plugins/sync/haproxy',
+  'haproxy-agent': '../../plugins/sync/haproxy-agent',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */

@@ -6,7 +6,7 @@
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from '../errors.ts';
 import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from '../plugin/hooks.ts';
-import type { Message, Metrics } from '../protocol/messages.ts';
+import { DEFAULT_WEIGHT, type AgentHealth, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
 import { loadServerTls } from '../transport/tls.ts';
@@ -157,7 +157,7 @@ export class AgentServer extends Core {
   }
 
   /** The metrics for one session: the cached sample, filtered to what it asked for, transformed by `report`. */
-  metricsFor(s: Session | undefined): { metrics: Metrics; ageMs: number } {
+  metricsFor(s: Session | undefined): { metrics: Metrics; ageMs: number } & AgentHealth {
     const prefs = s?.data.prefs as SessionPrefs | undefined;
     let values = this.sample.values;
     if (prefs?.metrics) {
@@ -165,7 +165,12 @@ export class AgentServer extends Core {
       for (const k of prefs.metrics) if (k in this.sample.values) values[k] = this.sample.values[k]!;
     }
     if (this.hooks.report.taps.length > 0) values = cleanMetrics(this.hooks.report.call({ ...values }, s && this.sessionInfo(s)), values);
-    return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)) };
+    return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)), ...this.health() };
+  }
+
+  /** The verdict, admin state and weight every HEALTH_RESPONSE and HEALTH_REPORT carries. */
+  health(): AgentHealth {
+    return { verdict: 'SERVING', admin: 'READY', weight: DEFAULT_WEIGHT };
   }
 
   private accept(ch: Channel): void {
