@@ -12,6 +12,8 @@ export interface HostileScript {
   node?: string;
   /** The metrics answered to every HEALTH_REQUEST, or a function of the request count. */
   metrics?: Metrics | ((n: number) => Metrics);
+  /** The verdict's `reason` in every HEALTH_RESPONSE. */
+  reason?: string;
   /** Answer the n-th HEALTH_REQUEST (1-based) with this ERROR instead (then the connection closes). */
   errorAt?: (n: number) => { code: number; reason: string } | undefined;
 }
@@ -71,7 +73,7 @@ export class HostileAgent {
         return;
       }
       const metrics = typeof s.metrics === 'function' ? s.metrics(n) : (s.metrics ?? { loadScore: 0.5 });
-      void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics, ageMs: 0 } });
+      void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100, ...(s.reason !== undefined ? { reason: s.reason } : {}) } });
     } else if (m.type === 'CONFIG_UPDATE') {
       void ch.send({ type: 'CONFIG_ACK', body: { seq: m.body.seq, metrics: [], reportIntervalMs: 0 } });
     } else if (m.type === 'TERMINATE') {
