@@ -10,7 +10,7 @@ import type { QhcpConfig } from '../config/config.ts';
 import { preHello, type Session } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
 import { SUPPORTED_VERSIONS, type Bodies } from '../protocol/messages.ts';
-import type { Channel } from '../transport/quic.ts';
+import type { Channel, ListenOptions } from '../transport/quic.ts';
 import type { PluginError } from '../errors.ts';
 
 export class Core implements CoreLike {
@@ -87,7 +87,7 @@ export class Core implements CoreLike {
    * SESSION_IDLE, unless `busy` says it is served otherwise (an agent pushing reports to it).
    * QUIC keep-alive PINGs do not count: they keep a connection, not a session, alive.
    */
-  sweepIdle(sessions: ReadonlySet<Session>, busy: (s: Session) => boolean = () => false): NodeJS.Timeout {
+  sweepIdle<D extends object>(sessions: ReadonlySet<Session<D>>, busy: (s: Session<D>) => boolean = () => false): NodeJS.Timeout {
     const idleMs = this.config.sessionIdleTimeout * 1000;
     const t = setInterval(() => {
       const now = Date.now();
@@ -99,6 +99,41 @@ export class Core implements CoreLike {
     }, Math.max(50, Math.min(1000, idleMs / 4)));
     t.unref();
     return t;
+  }
+
+  /**
+   * The one listener-options builder: a role's listen address and certificate plus what every
+   * listener takes from the config (frame limit, idle and handshake timeouts, stream and
+   * handshake caps); refused handshakes are logged rate-limited under `logKey`.
+   */
+  listenerOptions(o: {
+    host: string;
+    port: number;
+    tls: { cert: string; key: string };
+    logKey: string;
+    maxFrameBytes?: number;
+    onRefused?: (remote: string) => void;
+    onChannel: ListenOptions['onChannel'];
+    onExtraStream?: ListenOptions['onExtraStream'];
+  }): ListenOptions {
+    const c = this.config;
+    return {
+      host: o.host,
+      port: o.port,
+      cert: o.tls.cert,
+      key: o.tls.key,
+      maxFrameBytes: o.maxFrameBytes ?? c.maxFrameBytes,
+      idleTimeoutMs: c.idleTimeout * 1000,
+      handshakeTimeoutMs: c.helloTimeout * 1000,
+      maxStreams: c.maxStreams,
+      maxPendingHandshakes: c.maxPendingHandshakes,
+      onHandshakeRefused: (remote) => {
+        o.onRefused?.(remote);
+        this.logger.limited(o.logKey, 'handshake refused', { remote, reason: 'too many handshakes in progress' });
+      },
+      onChannel: o.onChannel,
+      ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
+    };
   }
 
   sessionInfo(s: Session): SessionInfo {

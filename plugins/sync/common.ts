@@ -11,6 +11,7 @@ import type { Logger } from '../../core/util/log.ts';
 import { parseAddress, formatAddress, type Address } from '../../core/util/address.ts';
 import { reportedLoad } from '../balancer/load.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
+import { withTimeout } from '../../core/util/timeout.ts';
 
 /** What a proxy should do with a backend. `unknown`: not checked yet, leave the proxy as it is. */
 export type Intent = 'ready' | 'drain' | 'maint' | 'down' | 'unknown';
@@ -249,10 +250,7 @@ export class Reconciler {
   /** Resolves when no run is in progress or pending (bounded by `timeoutMs`). */
   async settled(timeoutMs: number): Promise<boolean> {
     if (!this.running && !this.timer) return true;
-    let t: NodeJS.Timeout | undefined;
-    const ok = await Promise.race([new Promise<boolean>((r) => this.idle.push(() => r(true))), new Promise<boolean>((r) => (t = setTimeout(() => r(false), timeoutMs)))]);
-    clearTimeout(t);
-    return ok;
+    return withTimeout(new Promise<boolean>((r) => this.idle.push(() => r(true))), timeoutMs, { value: false });
   }
 
   stop(): void {
