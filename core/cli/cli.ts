@@ -324,9 +324,15 @@ Seed (Go prototype) form, single dash:
     .command('demo')
     .description('three servers and a load balancer on loopback, self-signed certificates; Ctrl-C stops all')
     .option('--check-interval <seconds>', 'check interval for the demo (default: 2)', num('--check-interval', 'number'))
-    .action(async (o: { checkInterval?: number }) => {
+    .option('--tcp-proxy [port]', 'also run three HTTP services and the tcp-proxy plugin on this port (default 8000)')
+    .action(async (o: { checkInterval?: number; tcpProxy?: string | boolean }) => {
       const { runDemo } = await import('./demo.ts');
-      await runDemo({ checkInterval: o.checkInterval ?? 2 });
+      let tcpProxy: number | undefined;
+      if (o.tcpProxy !== undefined) {
+        tcpProxy = o.tcpProxy === true ? 8000 : Number(o.tcpProxy);
+        if (!Number.isInteger(tcpProxy) || tcpProxy < 1 || tcpProxy > 65535) throw new LocalError('QHCP_ERR_CLI_USAGE', `--tcp-proxy: "${String(o.tcpProxy)}" is not a port (1-65535)`);
+      }
+      await runDemo({ checkInterval: o.checkInterval ?? 2, ...(tcpProxy !== undefined ? { tcpProxy } : {}) });
     });
 
   return program;

@@ -112,7 +112,17 @@ export const CONFIG_SCHEMA = {
       'Load balancer: push mode, servers send a HEALTH_REPORT this often (asked for with CONFIG_UPDATE) and each one counts as a check; 0: the load balancer polls with HEALTH_REQUEST every checkInterval.',
       { kind: 'seconds', flag: LB },
     ),
-    status: opt({ enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' }, 'Load balancer: the status output every check interval (auto: a table on a terminal, lines otherwise).', { flag: LB }),
+    status: opt({ enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' }, 'Load balancer: the status output (auto: a table redrawn every check interval on a terminal, lines otherwise). Lines and JSON print a server when it changes, plus a full summary every `statusSummary` seconds.', { flag: LB }),
+    statusSummary: opt(
+      seconds(0, 86400, 60),
+      'Load balancer, `lines` and `json` status: seconds between full summaries (a server that changes prints at once); 0: every server every check interval.',
+      { kind: 'seconds', flag: { ...LB, help: 'lines/json status: seconds between full summaries, changes print at once; 0 = every interval' } },
+    ),
+    degraded: opt(
+      { enum: ['fallback', 'always', 'never'], default: 'fallback' },
+      'Load balancer: how balancers use DEGRADED backends: `fallback` only when no UP backend is left (as Envoy), `always` like UP ones, `never`.',
+      { flag: LB },
+    ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     plugins: opt(

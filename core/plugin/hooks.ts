@@ -148,7 +148,7 @@ export interface CredentialsRequest {
 export type { BackendView };
 
 export interface PickRequest {
-  /** UP backends, in configuration order. */
+  /** The backends a balancer may choose: UP ones, in configuration order (DEGRADED ones too as config `degraded` says: by default only when no UP one is left). */
   readonly servers: readonly BackendView[];
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;

@@ -48,6 +48,10 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   exec: '../../plugins/alert/exec',
   haproxy: '../../plugins/sync/haproxy',
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
+  nginx: '../../plugins/sync/nginx',
+  'envoy-eds': '../../plugins/sync/envoy-eds',
+  'tcp-proxy': '../../plugins/proxy/tcp',
+  'least-connections': '../../plugins/balancer/least-connections',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */
