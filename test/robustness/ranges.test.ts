@@ -48,7 +48,7 @@ describe('Robustness: reported values out of their documented range', function (
     expect(rows).to.have.length(METRIC_RANGES.length);
     for (const r of METRIC_RANGES) expect(section).to.include((r.exact ?? r.pattern!).replace(/\|/g, '\\|'));
     const body = (metrics: Record<string, number>) => ({ metrics, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 });
-    for (const bad of [{ loadScore: -1e300 }, { loadScore: 1.5 }, { cpu: 101 }, { 'cpu.core7': -1 }, { 'disk.root.usedPct': 100.5 }, { processes: -3 }, { 'net.rxBytesPerSec': -1 }]) {
+    for (const bad of <Array<Record<string, number>>>[{ loadScore: -1e300 }, { loadScore: 1.5 }, { cpu: 101 }, { 'cpu.core7': -1 }, { 'disk.root.usedPct': 100.5 }, { processes: -3 }, { 'net.rxBytesPerSec': -1 }]) {
       expect(() => validateBody('HEALTH_REPORT', body(bad)), JSON.stringify(bad)).to.throw(/must be [<>]=/);
     }
     expect(() => validateBody('HEALTH_REPORT', body({ loadScore: 0, cpu: 100, anything: -1e300 }))).to.not.throw();
