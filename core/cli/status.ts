@@ -6,7 +6,7 @@
  * reason, an ERROR's text) are sanitised before they reach a terminal (core/util/sanitize.ts).
  */
 import type { ServerStatus } from '../protocol/messages.ts';
-import { sanitize } from '../util/sanitize.ts';
+import { sanitize, safeJson } from '../util/sanitize.ts';
 
 export type StatusFormat = 'table' | 'lines' | 'json';
 
@@ -51,6 +51,7 @@ const COLUMNS = ['SERVER', 'STATE', 'VERDICT', 'ADMIN', 'WEIGHT', 'CPU', 'MEM', 
 
 function row(s: ServerStatus, now: number): string[] {
   const m = s.metrics;
+  // Address and last error come from the network (a load balancer, through it an agent).
   return [
     sanitize(s.address, 300),
     s.state,
@@ -103,8 +104,8 @@ export function renderLine(s: ServerStatus, now = Date.now()): string {
   if (s.verdict !== undefined) parts.push(`verdict=${s.verdict}`);
   if (s.agentAdmin !== undefined || s.adminState !== undefined) parts.push(`admin=${adminText(s)}`);
   if (s.weight !== undefined) parts.push(`weight=${weightText(s.weight)}`);
-  if (s.state !== 'UP' && s.state !== 'UNKNOWN' && s.reason) parts.push(`reason=${JSON.stringify(sanitize(s.reason, 300))}`);
-  if (s.lastError) parts.push(`last_error=${JSON.stringify(sanitize(s.lastError, 300))}`);
+  if (s.state !== 'UP' && s.state !== 'UNKNOWN' && s.reason) parts.push(`reason=${safeJson(sanitize(s.reason, 300))}`);
+  if (s.lastError) parts.push(`last_error=${safeJson(sanitize(s.lastError, 300))}`);
   return parts.join(' ');
 }
 
@@ -114,7 +115,7 @@ export function renderLines(servers: readonly ServerStatus[], now = Date.now()):
 }
 
 export function renderJson(servers: readonly ServerStatus[], now = Date.now()): string {
-  return servers.map((s) => JSON.stringify({ time: now, ...s })).join('\n');
+  return servers.map((s) => safeJson({ time: now, ...s })).join('\n');
 }
 
 export function render(format: StatusFormat, servers: readonly ServerStatus[], now = Date.now()): string {
@@ -176,12 +177,12 @@ export class StatusPrinter {
       out.push(this.summaryLine(servers, now));
       if (servers.length) out.push(render(this.format, servers, now));
     } else if (changed.length) out.push(render(this.format, changed, now));
-    for (const a of gone) out.push(this.format === 'json' ? JSON.stringify({ time: now, address: a, removed: true }) : `${new Date(now).toISOString()} server=${sanitize(a, 300)} removed`);
+    for (const a of gone) out.push(this.format === 'json' ? safeJson({ time: now, address: a, removed: true }) : `${new Date(now).toISOString()} server=${sanitize(a, 300)} removed`);
     if (out.length) this.write(`${out.join('\n')}\n`);
   }
 
   private summaryLine(servers: readonly ServerStatus[], now: number): string {
     const text = `${countText(servers)} (next summary in ${Math.round(this.summaryMs / 1000)}s; changes print at once)`;
-    return this.format === 'json' ? JSON.stringify({ time: now, summary: text, servers: servers.length }) : `${new Date(now).toISOString()} summary ${text}`;
+    return this.format === 'json' ? safeJson({ time: now, summary: text, servers: servers.length }) : `${new Date(now).toISOString()} summary ${text}`;
   }
 }
