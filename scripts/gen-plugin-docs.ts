@@ -1,7 +1,8 @@
 /**
  * Regenerates the options table of each built-in plugin in docs/plugins-builtin.md from the
  * plugin's own JSON schema (the schema the loader validates options with), so the docs cannot
- * drift from the code. Each table sits between `<!-- options:NAME:begin -->` and
+ * drift from the code; the same for each built-in check kind (core/check/builtin.ts), whose
+ * tables are named `check-TYPE`. Each table sits between `<!-- options:NAME:begin -->` and
  * `<!-- options:NAME:end -->`; everything else in the file is hand-written and left alone.
  *
  *   node --import tsx scripts/gen-plugin-docs.ts          rewrite the doc in place
@@ -13,6 +14,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { BUILTIN_PLUGINS } from '../core/plugin/loader.ts';
+import { BUILTIN_CHECK_KINDS } from '../core/check/builtin.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const BUILTIN_DOC = resolve(ROOT, 'docs/plugins-builtin.md');
@@ -94,13 +96,28 @@ export async function builtinSchemas(): Promise<Record<string, Schema>> {
   return out;
 }
 
+/** The options schema of each built-in check kind, by table name (`check-http`, ...). */
+export async function builtinCheckSchemas(): Promise<Record<string, Schema>> {
+  const out: Record<string, Schema> = {};
+  for (const [type, path] of Object.entries(BUILTIN_CHECK_KINDS)) {
+    const mod = (await import(new URL(`../core/check/${path}.ts`, import.meta.url).href)) as { default: { schema: Schema } };
+    out[`check-${type}`] = mod.default.schema;
+  }
+  return out;
+}
+
+/** Every table the doc holds: plugins, then check kinds. */
+export async function allSchemas(): Promise<Record<string, Schema>> {
+  return { ...(await builtinSchemas()), ...(await builtinCheckSchemas()) };
+}
+
 export const begin = (name: string) => `<!-- options:${name}:begin -->`;
 export const end = (name: string) => `<!-- options:${name}:end -->`;
 
 /** The doc with every plugin's table regenerated. @throws when a plugin has no markers */
 export async function regenerate(doc: string): Promise<string> {
   let out = doc;
-  for (const [name, schema] of Object.entries(await builtinSchemas())) {
+  for (const [name, schema] of Object.entries(await allSchemas())) {
     const b = out.indexOf(begin(name));
     const e = out.indexOf(end(name));
     if (b < 0 || e < b) throw new Error(`docs/plugins-builtin.md has no ${begin(name)} ... ${end(name)} section`);

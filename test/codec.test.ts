@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { encodeFrame, decodeFrame, FrameDecoder, HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES } from '../core/protocol/codec.ts';
-import { MESSAGE_NAMES, MESSAGE_TYPES, FIELD_LIMITS, type Bodies, type Message, type MessageName, type MessageOf } from '../core/protocol/messages.ts';
+import { MESSAGE_NAMES, MESSAGE_TYPES, FIELD_LIMITS, VERDICTS, ADMIN_STATES, type Bodies, type Message, type MessageName, type MessageOf } from '../core/protocol/messages.ts';
 import { ProtocolError, WIRE_ERRORS, type WireErrorName } from '../core/errors.ts';
 
 const SPEC = readFileSync(new URL('../docs/protocol.md', import.meta.url), 'utf8');
@@ -73,7 +73,19 @@ const SAMPLES: { [K in MessageName]: MessageOf<K> } = {
   HELLO: { type: 'HELLO', body: { versions: [1, 2], role: 'checker', node: 'lb-1', token: 'a.b.c' } },
   ACK: { type: 'ACK', body: { version: 1, node: 'web-1', role: 'agent', metrics: ['cpu.load1', 'mem.used_pct'] } },
   HEALTH_REQUEST: { type: 'HEALTH_REQUEST', body: { seq: 0 } },
-  HEALTH_RESPONSE: { type: 'HEALTH_RESPONSE', body: { seq: 0, metrics: { 'cpu.load1': 1.25, disk_free: 1e12, temp: -4.5 }, ageMs: 999 } },
+  HEALTH_RESPONSE: {
+    type: 'HEALTH_RESPONSE',
+    body: {
+      seq: 0,
+      metrics: { 'cpu.load1': 1.25, disk_free: 1e12, temp: -4.5 },
+      ageMs: 999,
+      verdict: 'DEGRADED',
+      reason: 'web: http: 503 ✗',
+      admin: 'READY',
+      weight: 256,
+      services: { web: { verdict: 'DEGRADED', reason: 'http: 503', since: 1_700_000_000_000 }, 'api.v2': { verdict: 'SERVING', since: 0 } },
+    },
+  },
   CONFIG_UPDATE: { type: 'CONFIG_UPDATE', body: { seq: 1, metrics: [], reportIntervalMs: 100 } },
   CONFIG_ACK: { type: 'CONFIG_ACK', body: { seq: 1, metrics: ['cpu.load1'], reportIntervalMs: 0 } },
   ERROR: { type: 'ERROR', body: { code: 65535, reason: '' } },
@@ -94,7 +106,7 @@ const SAMPLES: { [K in MessageName]: MessageOf<K> } = {
       ],
     },
   },
-  HEALTH_REPORT: { type: 'HEALTH_REPORT', body: { metrics: {}, ageMs: 86_400_000 } },
+  HEALTH_REPORT: { type: 'HEALTH_REPORT', body: { metrics: {}, ageMs: 86_400_000, verdict: 'NOT_SERVING', admin: 'MAINT', weight: 0 } },
 };
 const SAMPLE_LIST = Object.values(SAMPLES) as Message[];
 
@@ -358,6 +370,21 @@ describe('codec', () => {
     const metrics = fc.dictionary(metricName, finite(), { maxKeys: 12, noNullPrototype: true });
     const metricList = fc.uniqueArray(metricName, { maxLength: 12 });
     const nullable = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: null });
+    const verdict = fc.constantFrom(...VERDICTS);
+    const verdictReason = text(FIELD_LIMITS.maxVerdictReasonLength);
+    const services = fc.dictionary(
+      fc.stringMatching(/^[A-Za-z0-9_.-]{1,64}$/),
+      fc.record({ verdict, reason: verdictReason, since: fc.integer({ min: 0, max: 253_402_300_799_999 }) }, { requiredKeys: ['verdict', 'since'] }),
+      { maxKeys: 5, noNullPrototype: true },
+    );
+    const health = {
+      verdict,
+      reason: verdictReason,
+      admin: fc.constantFrom(...ADMIN_STATES),
+      weight: fc.integer({ min: 0, max: FIELD_LIMITS.maxWeight }),
+      services,
+    };
+    const HEALTH_REQUIRED = ['verdict', 'admin', 'weight'] as const;
     const server = fc.record({
       address: text(300),
       state: fc.constantFrom('UNKNOWN', 'UP', 'DOWN', 'DRAINING'),
@@ -385,7 +412,7 @@ describe('codec', () => {
       ),
       ACK: fc.record({ version: fc.integer({ min: 1, max: 255 }), node: name, role: fc.constantFrom('agent', 'loadbalancer'), metrics: metricList }),
       HEALTH_REQUEST: fc.record({ seq }),
-      HEALTH_RESPONSE: fc.record({ seq, metrics, ageMs: ms }),
+      HEALTH_RESPONSE: fc.record({ seq, metrics, ageMs: ms, ...health }, { requiredKeys: ['seq', 'metrics', 'ageMs', ...HEALTH_REQUIRED] }),
       CONFIG_UPDATE: fc.record(
         { seq, metrics: metricList, reportIntervalMs: fc.oneof(fc.constant(0), fc.integer({ min: 100, max: 3_600_000 })) },
         { requiredKeys: ['seq'] },
@@ -399,7 +426,7 @@ describe('codec', () => {
       PICK_RESPONSE: fc.record({ seq, server: nullable(text(300)), reason }, { requiredKeys: ['seq', 'server'] }),
       STATUS: fc.record({ seq }),
       STATUS_RESPONSE: fc.record({ seq, node: name, servers: fc.array(server, { maxLength: 4 }) }),
-      HEALTH_REPORT: fc.record({ metrics, ageMs: ms }),
+      HEALTH_REPORT: fc.record({ metrics, ageMs: ms, ...health }, { requiredKeys: ['metrics', 'ageMs', ...HEALTH_REQUIRED] }),
     };
     const messageOf = <K extends MessageName>(type: K): fc.Arbitrary<Message> => BODIES[type].map((body) => ({ type, body }) as Message);
     const anyMessage = fc.oneof(...MESSAGE_NAMES.map((n) => messageOf(n)));

@@ -9,8 +9,11 @@
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
 import { PluginError, WIRE_ERRORS, type WireErrorName } from '../errors.ts';
-import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from '../protocol/messages.ts';
+import { FIELD_LIMITS, METRIC_NAME, type Message, type Metrics } from '../protocol/messages.ts';
+import type { BackendView } from '../health/backend.ts';
+import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
+import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
 
 /** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
@@ -24,8 +27,8 @@ export interface MetricDefinition {
   sampleIntervalMs?: number;
 }
 
-/** Metric names the protocol carries (messages.ts `metricName`, docs/protocol.md). */
-export const METRIC_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/;
+/** Metric names the protocol carries (the one rule lives in messages.ts; docs/protocol.md). */
+export { METRIC_NAME };
 
 /** The report that `collect` taps fill in. */
 export class MetricsReport {
@@ -124,22 +127,11 @@ export interface CredentialsRequest {
   node: string;
 }
 
-/** What balancers and alerts see of one backend (read-only). */
-export interface BackendView {
-  readonly address: string;
-  readonly state: ServerState;
-  readonly metrics: Metrics;
-  /** Epoch ms of the last good report, or null. */
-  readonly reportedAt: number | null;
-  /** How old that report's sample already was when it arrived (ms), when known. */
-  readonly ageMs?: number | null;
-  /** Configured weight (default 1). */
-  readonly weight: number;
-  readonly latencyMs: number | null;
-}
+/** What balancers and alerts see of one backend (read-only): core/health/backend.ts. */
+export type { BackendView };
 
 export interface PickRequest {
-  /** UP backends, in configuration order. */
+  /** The backends a balancer may choose: UP ones, in configuration order (DEGRADED ones too as config `degraded` says: by default only when no UP one is left). */
   readonly servers: readonly BackendView[];
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;
@@ -156,14 +148,30 @@ export interface CheckResult {
 
 export interface Transition {
   server: string;
-  from: ServerState;
-  to: ServerState;
+  from: HealthState;
+  to: HealthState;
   reason: string;
   at: number;
   failures: number;
   successes: number;
   lastError: string | null;
   metrics: Metrics;
+}
+
+/**
+ * What `sync` taps receive: the whole view (every backend, config order, snapshots that stay
+ * valid after the call) and the backends that changed since the last call (all of them on the
+ * first call). Called once when the load balancer is ready and then on every change (state,
+ * verdict, admin state, weight, reason, metrics), coalesced per event-loop tick.
+ */
+export interface SyncUpdate {
+  readonly view: readonly BackendView[];
+  readonly changed: readonly BackendView[];
+  /** Addresses that left the view since the last call (removeBackend). */
+  readonly removed: readonly string[];
+  /** True on the first call. */
+  readonly initial: boolean;
+  readonly at: number;
 }
 
 export type AlertEvent =
@@ -212,6 +220,12 @@ export function createHooks() {
     /** Load balancer: a backend changed state. */
     transition: new SyncHook<[Transition]>(['transition']),
 
+    /**
+     * Load balancer: keep an external proxy in step (plugins/sync). Cheap: a tap records what it
+     * needs and does its I/O later, queued and retried; checks never wait for it.
+     */
+    sync: new SyncHook<[SyncUpdate]>(['update']),
+
     /** Load balancer: something to alert on (transitions, start, stop). */
     alert: new AsyncParallelHook<[AlertEvent]>(['event']),
 
@@ -239,6 +253,7 @@ export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   pick: 'skip',
   checked: 'skip',
   transition: 'skip',
+  sync: 'skip',
   alert: 'skip',
   frame: 'skip',
 };
@@ -279,19 +294,12 @@ export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, fail
             }
           };
         } else if (tap.type === 'promise') {
-          tap.fn = (...args: unknown[]) => {
-            let timer: NodeJS.Timeout | undefined;
-            const timeout = new Promise<never>((_, reject) => {
-              timer = setTimeout(() => reject(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)), timeoutMs);
+          tap.fn = (...args: unknown[]) =>
+            withTimeout(() => fn(...args), timeoutMs, () => new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)).catch((e) => {
+              const err = e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
+              report(err);
+              return fallback(name, err, args);
             });
-            return Promise.race([Promise.resolve().then(() => fn(...args)), timeout])
-              .catch((e) => {
-                const err = e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
-                report(err);
-                return fallback(name, err, args);
-              })
-              .finally(() => clearTimeout(timer));
-          };
         } else if (tap.type === 'async') {
           tap.fn = (...args: unknown[]) => {
             const callback = args.pop() as (err: unknown, result?: unknown) => void;

@@ -5,6 +5,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { ProtocolError } from '../errors.ts';
+import { HEALTH_STATES, type HealthState } from '../health/states.ts';
 
 /** Type byte of each message. Never renumber: these are on the wire. */
 export const MESSAGE_TYPES = {
@@ -45,14 +46,47 @@ export const FIELD_LIMITS = {
   maxTokenLength: 16384,
   maxMetrics: 256,
   maxServers: 10000,
+  /** A verdict's reason (HEALTH_RESPONSE / HEALTH_REPORT `reason`, per-service `reason`). */
+  maxVerdictReasonLength: 256,
+  /** Named services in one HEALTH_RESPONSE / HEALTH_REPORT. */
+  maxServices: 32,
+  /** The weight an agent reports (HAProxy-style: 0 = no new picks, 100 = normal). */
+  maxWeight: 256,
 } as const;
 
+/** The agent's verdict on the service(s) it fronts. */
+export const VERDICTS = ['SERVING', 'DEGRADED', 'NOT_SERVING'] as const;
+export type WireVerdict = (typeof VERDICTS)[number];
+/** The agent's admin state, set by its operator. */
+export const ADMIN_STATES = ['READY', 'DRAIN', 'MAINT'] as const;
+export type WireAdmin = (typeof ADMIN_STATES)[number];
+/** A service name in `services`. */
+export const SERVICE_NAME_PATTERN = '^[A-Za-z0-9_.-]{1,64}$';
+export const DEFAULT_WEIGHT = 100;
+
+export interface ServiceHealth {
+  verdict: WireVerdict;
+  reason?: string;
+  /** Epoch ms when the service entered this verdict. */
+  since: number;
+}
+
+/** The health fields HEALTH_RESPONSE and HEALTH_REPORT carry besides metrics. */
+export interface AgentHealth {
+  /** Overall verdict: the worst of the agent's services. */
+  verdict: WireVerdict;
+  reason?: string;
+  admin: WireAdmin;
+  weight: number;
+  services?: Record<string, ServiceHealth>;
+}
+
 export type Metrics = Record<string, number>;
-export type ServerState = 'UNKNOWN' | 'UP' | 'DOWN' | 'DRAINING';
 
 export interface ServerStatus {
   address: string;
-  state: ServerState;
+  /** The load balancer's health state (core/health/states.ts). */
+  state: HealthState;
   /** Epoch ms when the server entered its state. */
   since: number;
   /** Consecutive failed checks. */
@@ -74,7 +108,7 @@ export interface Bodies {
   HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string };
   ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[] };
   HEALTH_REQUEST: { seq: number };
-  HEALTH_RESPONSE: { seq: number; metrics: Metrics; ageMs: number };
+  HEALTH_RESPONSE: { seq: number; metrics: Metrics; ageMs: number } & AgentHealth;
   CONFIG_UPDATE: { seq: number; metrics?: string[]; reportIntervalMs?: number };
   CONFIG_ACK: { seq: number; metrics: string[]; reportIntervalMs: number };
   ERROR: { code: number; reason: string };
@@ -85,7 +119,7 @@ export interface Bodies {
   PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
   STATUS: { seq: number };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
-  HEALTH_REPORT: { metrics: Metrics; ageMs: number };
+  HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
 
 /** A decoded, validated message. */
@@ -95,7 +129,13 @@ export type MessageOf<K extends MessageName> = { type: K; body: Bodies[K] };
 const seq = { type: 'integer', minimum: 0, maximum: 0xffffffff } as const;
 const name = { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxNameLength } as const;
 const reason = { type: 'string', maxLength: FIELD_LIMITS.maxReasonLength } as const;
-const metricName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' } as const;
+/** The one metric-name rule: letters, digits, _ . : - (at most 128, not starting with a digit). */
+export const METRIC_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$';
+/** The metric-name rule as a regular expression (hooks, plugins). */
+export const METRIC_NAME = new RegExp(METRIC_NAME_PATTERN);
+/** The metric-name rule as a JSON schema (wire bodies, plugin options naming a metric). */
+export const metricNameSchema = { type: 'string', pattern: METRIC_NAME_PATTERN } as const;
+const metricName = metricNameSchema;
 const metrics = {
   type: 'object',
   maxProperties: FIELD_LIMITS.maxMetrics,
@@ -105,6 +145,28 @@ const metrics = {
 const metricList = { type: 'array', maxItems: FIELD_LIMITS.maxMetrics, uniqueItems: true, items: metricName } as const;
 const ms = { type: 'integer', minimum: 0, maximum: 86_400_000 } as const;
 const nullable = <T extends object>(s: T) => ({ anyOf: [s, { type: 'null' }] });
+/** Epoch milliseconds: an integer from 0 to the end of year 9999. */
+const epochMs = { type: 'integer', minimum: 0, maximum: 253_402_300_799_999 } as const;
+const verdict = { enum: [...VERDICTS] } as const;
+const verdictReason = { type: 'string', maxLength: FIELD_LIMITS.maxVerdictReasonLength } as const;
+const health = {
+  verdict,
+  reason: verdictReason,
+  admin: { enum: [...ADMIN_STATES] },
+  weight: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxWeight },
+  services: {
+    type: 'object',
+    maxProperties: FIELD_LIMITS.maxServices,
+    propertyNames: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+    additionalProperties: {
+      type: 'object',
+      additionalProperties: false,
+      properties: { verdict, reason: verdictReason, since: epochMs },
+      required: ['verdict', 'since'],
+    },
+  },
+} as const;
+const HEALTH_REQUIRED = ['verdict', 'admin', 'weight'];
 
 function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
   return { type: 'object', additionalProperties: false, properties, required };
@@ -123,7 +185,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   ),
   ACK: obj({ version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList }),
   HEALTH_REQUEST: obj({ seq }),
-  HEALTH_RESPONSE: obj({ seq, metrics, ageMs: ms }),
+  HEALTH_RESPONSE: obj({ seq, metrics, ageMs: ms, ...health }, ['seq', 'metrics', 'ageMs', ...HEALTH_REQUIRED]),
   CONFIG_UPDATE: obj(
     { seq, metrics: metricList, reportIntervalMs: { anyOf: [{ const: 0 }, { type: 'integer', minimum: 100, maximum: 3_600_000 }] } },
     ['seq'],
@@ -144,7 +206,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       maxItems: FIELD_LIMITS.maxServers,
       items: obj({
         address: { type: 'string', maxLength: 300 },
-        state: { enum: ['UNKNOWN', 'UP', 'DOWN', 'DRAINING'] },
+        state: { enum: [...HEALTH_STATES] },
         since: { type: 'number' },
         failures: { type: 'integer', minimum: 0 },
         successes: { type: 'integer', minimum: 0 },
@@ -157,7 +219,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       }),
     },
   }),
-  HEALTH_REPORT: obj({ metrics, ageMs: ms }),
+  HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 
 const ajv = new Ajv({ allErrors: false, strict: true });

@@ -55,6 +55,9 @@ describe('agent: HEALTH_REQUEST, CONFIG_UPDATE per connection, TERMINATE', funct
     expect(m.load1).to.be.at.least(0);
     // Sampled in the background: the answer is the cached sample, younger than a few intervals.
     expect(res.body.ageMs).to.be.within(0, 10_000);
+    // No checks configured: the agent's own default service serves, READY, at the default weight.
+    expect({ verdict: res.body.verdict, admin: res.body.admin, weight: res.body.weight }).to.deep.equal({ verdict: 'SERVING', admin: 'READY', weight: 100 });
+    expect(res.body).to.not.have.property('services');
   });
 
   it("CONFIG_UPDATE (only ['cpu'], report every 200 ms) changes that connection only", async () => {

@@ -5,13 +5,26 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { BUILTIN_PLUGINS, validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
-import { BUILTIN_DOC, begin, builtinSchemas, optionRows, regenerate } from '../../scripts/gen-plugin-docs.ts';
+import { BUILTIN_CHECK_KINDS, loadBuiltinCheckKind } from '../../core/check/builtin.ts';
+import { BUILTIN_DOC, allSchemas, begin, optionRows, regenerate } from '../../scripts/gen-plugin-docs.ts';
+import { testContext, validated } from './checks/helpers.ts';
 
 /** The least options each built-in needs to construct. */
 const MINIMAL: Record<string, Record<string, unknown>> = {
   jwt: { secretEnv: 'QHCP_UNUSED' },
   webhook: { url: 'http://127.0.0.1:9/' },
   exec: { command: 'true' },
+  haproxy: { socket: '/run/haproxy/admin.sock' },
+  nginx: { file: '/etc/nginx/qhcp-upstream.conf', upstream: 'app' },
+};
+
+/** The least options each built-in check kind needs to be created. */
+const MINIMAL_CHECK: Record<string, Record<string, unknown>> = {
+  http: { url: 'http://127.0.0.1:9/' },
+  tcp: { port: 9 },
+  exec: { command: ['true'] },
+  grpc: { address: '127.0.0.1:9' },
+  file: { path: 'maintenance' },
 };
 
 describe('docs/plugins-builtin.md', () => {
@@ -24,12 +37,19 @@ describe('docs/plugins-builtin.md', () => {
     }
   });
 
+  it('has a section and an options table for every built-in check kind', () => {
+    for (const type of Object.keys(BUILTIN_CHECK_KINDS)) {
+      expect(doc, type).to.match(new RegExp(`^### ${type} check$`, 'm'));
+      expect(doc, type).to.include(begin(`check-${type}`));
+    }
+  });
+
   it('has every options table exactly as the schemas render it (node --import tsx scripts/gen-plugin-docs.ts)', async () => {
     expect(await regenerate(doc)).to.equal(doc);
   });
 
   it('documents every option of every schema, each with a description', async () => {
-    for (const [name, schema] of Object.entries(await builtinSchemas())) {
+    for (const [name, schema] of Object.entries(await allSchemas())) {
       for (const row of optionRows(schema)) expect(doc, `${name} ${row.name}`).to.include(`| \`${row.name}\` |`);
     }
   });
@@ -39,7 +59,18 @@ describe('docs/plugins-builtin.md', () => {
       const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
       const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
       expect(p.name).to.equal(name);
-      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert']);
+      expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert', 'sync', 'proxy']);
     }
+  });
+
+  it('check kind registry names match the kinds the modules define, and each creates from its minimal options', async () => {
+    for (const type of Object.keys(BUILTIN_CHECK_KINDS)) {
+      const kind = (await loadBuiltinCheckKind(type))!;
+      expect(kind.type).to.equal(type);
+      const check = kind.create(validated(kind, MINIMAL_CHECK[type]!) as never, testContext(process.cwd()));
+      expect(check.run).to.be.a('function');
+      await check.close?.();
+    }
+    expect(await loadBuiltinCheckKind('toString')).to.equal(undefined);
   });
 });

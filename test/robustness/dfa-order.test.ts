@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { encodeFrame } from '../../core/protocol/codec.ts';
-import { SERVER_TABLE, type ServerState } from '../../core/protocol/dfa.ts';
+import { SERVER_TABLE, type ServerSessionState } from '../../core/protocol/dfa.ts';
 import { codeName } from '../../core/protocol/session.ts';
 import { MESSAGE_NAMES, type Bodies, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
@@ -17,7 +17,7 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
   HELLO: { versions: [1], role: 'checker', node: 'raw' },
   ACK: { version: 1, node: 'raw', role: 'agent', metrics: [] },
   HEALTH_REQUEST: { seq: 1 },
-  HEALTH_RESPONSE: { seq: 1, metrics: { cpu: 1 }, ageMs: 0 },
+  HEALTH_RESPONSE: { seq: 1, metrics: { cpu: 1 }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 },
   CONFIG_UPDATE: { seq: 1 },
   CONFIG_ACK: { seq: 1, metrics: [], reportIntervalMs: 0 },
   ERROR: { code: 500, reason: 'raw peer error' },
@@ -28,13 +28,13 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
   PICK_RESPONSE: { seq: 1, server: null },
   STATUS: { seq: 1 },
   STATUS_RESPONSE: { seq: 1, node: 'raw', servers: [] },
-  HEALTH_REPORT: { metrics: { cpu: 1 }, ageMs: 0 },
+  HEALTH_REPORT: { metrics: { cpu: 1 }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 },
 };
 
 type Outcome = { answer: MessageName } | { error: string } | { closedClean: true };
 
 /** What the spec says the server does with `type` in `state`, on this kind of port. */
-function expected(port: 'agent' | 'lb', state: ServerState, type: MessageName): Outcome {
+function expected(port: 'agent' | 'lb', state: ServerSessionState, type: MessageName): Outcome {
   if (SERVER_TABLE[state][`recv:${type}`] === undefined) return { error: 'UNEXPECTED_MESSAGE' };
   const serves: Partial<Record<MessageName, MessageName>> =
     port === 'agent'

@@ -1,0 +1,196 @@
+/**
+ * http: GET (or HEAD) a URL with undici (the HTTP client inside Node's own fetch); the check
+ * passes when the status is in `expectStatus` (default 200-399) and, when asked, the body
+ * contains a string or matches a regular expression. Each run opens a fresh connection and
+ * closes it after the response (`reset`), as HAProxy's httpchk does, so a stopped server is seen
+ * as a refused connect, not as a stale pooled socket. Redirects are not followed unless
+ * `followRedirects` (a 3xx is then a status like any other). At most `maxBodyBytes` of the body
+ * are read; the rest is discarded with the connection.
+ *
+ * Reasons: `HTTP 200`, `HTTP 503`, `connect ECONNREFUSED 127.0.0.1:8080`, `body did not match
+ * /ok/`, `body did not contain "ok"`, `timed out after 1000 ms`.
+ */
+import { readFileSync } from 'node:fs';
+import { Agent, interceptors, type Dispatcher } from 'undici';
+import { ConfigError, errorText } from '../../core/errors.ts';
+import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
+import { abortedOutcome, networkErrorText, MAX_REASON } from './common.ts';
+import { sanitize } from '../../core/util/sanitize.ts';
+
+const TYPE = 'http';
+const STATUS_RANGE = '^[1-5][0-9]{2}(-[1-5][0-9]{2})?$';
+
+export interface HttpCheckOptions {
+  url: string;
+  method?: 'GET' | 'HEAD';
+  expectStatus?: string[];
+  warningStatus?: string[];
+  bodyContains?: string;
+  bodyMatches?: string;
+  headers?: Record<string, string>;
+  followRedirects?: boolean;
+  maxRedirects?: number;
+  maxBodyBytes?: number;
+  tls?: { ca?: string; cert?: string; key?: string; servername?: string; insecure?: boolean };
+}
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['url'],
+  properties: {
+    url: { type: 'string', minLength: 1, maxLength: 2048, description: 'http:// or https:// URL to request' },
+    method: { enum: ['GET', 'HEAD'], default: 'GET', description: 'HEAD reads no body (no body match then)' },
+    expectStatus: {
+      type: 'array',
+      items: { type: 'string', pattern: STATUS_RANGE },
+      minItems: 1,
+      default: ['200-399'],
+      description: 'status codes or ranges that pass ("200", "200-399")',
+    },
+    warningStatus: {
+      type: 'array',
+      items: { type: 'string', pattern: STATUS_RANGE },
+      default: [],
+      description: 'status codes or ranges that give a warning (DEGRADED), e.g. ["429"] as Consul does; checked before expectStatus',
+    },
+    bodyContains: { type: 'string', minLength: 1, maxLength: 1024, description: 'the body (its first maxBodyBytes) must contain this text' },
+    bodyMatches: { type: 'string', minLength: 1, maxLength: 1024, description: 'the body (its first maxBodyBytes) must match this regular expression (JavaScript syntax)' },
+    headers: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'request headers (e.g. Host, Authorization)' },
+    followRedirects: { type: 'boolean', default: false, description: 'follow 3xx redirects (otherwise a 3xx is the status checked)' },
+    maxRedirects: { type: 'integer', minimum: 1, maximum: 20, default: 5, description: 'redirects followed at most, with followRedirects' },
+    maxBodyBytes: { type: 'integer', minimum: 0, maximum: 1_048_576, default: 65_536, description: 'bytes of the body read at most (for the body match)' },
+    tls: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        ca: { type: 'string', minLength: 1, description: 'PEM file of the CA(s) to trust, relative to the config file' },
+        cert: { type: 'string', minLength: 1, description: 'PEM client certificate file (mutual TLS)' },
+        key: { type: 'string', minLength: 1, description: 'PEM client key file (mutual TLS)' },
+        servername: { type: 'string', minLength: 1, description: 'TLS server name (SNI and certificate check) if not the URL host' },
+        insecure: { type: 'boolean', default: false, description: 'skip certificate verification (logged as a warning once)' },
+      },
+    },
+  },
+} as const;
+
+type Range = [number, number];
+
+function parseRanges(list: readonly string[], what: string): Range[] {
+  return list.map((s) => {
+    const m = new RegExp(STATUS_RANGE).exec(s);
+    if (!m) throw new ConfigError([`${TYPE}: ${what} ${JSON.stringify(s)} is not a status or range like "200-399"`]);
+    const [lo, hi = lo] = s.split('-').map(Number) as [number, number?];
+    if (hi! < lo) throw new ConfigError([`${TYPE}: ${what} ${JSON.stringify(s)} is an empty range`]);
+    return [lo, hi!];
+  });
+}
+
+const inRanges = (status: number, ranges: Range[]) => ranges.some(([lo, hi]) => status >= lo && status <= hi);
+
+function readPem(ctx: CheckContext, file: string, what: string): Buffer {
+  const path = ctx.resolvePath(file);
+  try {
+    return readFileSync(path);
+  } catch (e) {
+    throw new ConfigError([`${TYPE}: tls.${what} ${JSON.stringify(path)} cannot be read: ${errorText(e)}`]);
+  }
+}
+
+/** Reads at most `limit` bytes of a body, then drops the rest (the connection closes anyway). */
+async function readBounded(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  if (limit > 0) {
+    for await (const chunk of body as AsyncIterable<Buffer>) {
+      const take = Math.min(chunk.length, limit - size);
+      chunks.push(take === chunk.length ? chunk : chunk.subarray(0, take));
+      size += take;
+      if (size >= limit) break; // leaving the loop destroys the stream
+    }
+  }
+  body.destroy();
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function create(options: HttpCheckOptions, ctx: CheckContext): Check {
+  let url: URL;
+  try {
+    url = new URL(options.url);
+  } catch {
+    throw new ConfigError([`${TYPE}: url ${JSON.stringify(options.url)} is not a valid URL`]);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError([`${TYPE}: url ${JSON.stringify(options.url)} is not http:// or https://`]);
+  }
+  const method = options.method ?? 'GET';
+  if (method !== 'GET' && method !== 'HEAD') throw new ConfigError([`${TYPE}: method ${JSON.stringify(method)} is not GET or HEAD`]);
+  const expect = parseRanges(options.expectStatus ?? ['200-399'], 'expectStatus');
+  const warn = parseRanges(options.warningStatus ?? [], 'warningStatus');
+  let regex: RegExp | undefined;
+  if (options.bodyMatches !== undefined) {
+    try {
+      regex = new RegExp(options.bodyMatches);
+    } catch (e) {
+      throw new ConfigError([`${TYPE}: bodyMatches is not a valid regular expression: ${errorText(e)}`]);
+    }
+  }
+  const needBody = (regex !== undefined || options.bodyContains !== undefined) && method === 'GET';
+  if ((regex !== undefined || options.bodyContains !== undefined) && method === 'HEAD') {
+    throw new ConfigError([`${TYPE}: a body match needs method GET (HEAD has no body)`]);
+  }
+  const maxBody = options.maxBodyBytes ?? 65_536;
+  const tls = options.tls ?? {};
+  const connect = {
+    ...(tls.ca ? { ca: readPem(ctx, tls.ca, 'ca') } : {}),
+    ...(tls.cert ? { cert: readPem(ctx, tls.cert, 'cert') } : {}),
+    ...(tls.key ? { key: readPem(ctx, tls.key, 'key') } : {}),
+    ...(tls.servername ? { servername: tls.servername } : {}),
+    rejectUnauthorized: !tls.insecure,
+  };
+  if ((tls.cert === undefined) !== (tls.key === undefined)) throw new ConfigError([`${TYPE}: tls.cert and tls.key go together`]);
+  if (tls.insecure && url.protocol === 'https:') {
+    ctx.logger.warn(`${TYPE} check: TLS certificate verification is OFF for ${url.origin} (tls.insecure)`);
+  }
+  const headers: Record<string, string> = { 'user-agent': 'qhcp-check', ...(options.headers ?? {}) };
+  const agent = new Agent({ connect, connections: 1 });
+  const dispatcher: Dispatcher = options.followRedirects ? agent.compose(interceptors.redirect({ maxRedirections: options.maxRedirects ?? 5 })) : agent;
+
+  return {
+    async run(signal: AbortSignal): Promise<CheckOutcome> {
+      const started = performance.now();
+      if (signal.aborted) return abortedOutcome(signal, started);
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await dispatcher.request({ origin: url.origin, path: url.pathname + url.search, method, headers, signal, reset: true });
+      } catch (e) {
+        if (signal.aborted) return abortedOutcome(signal, started);
+        return { status: 'critical', output: networkErrorText(e) };
+      }
+      const code = res.statusCode;
+      // Dropping the rest of a body makes undici emit an abort error on it: expected, not a failure.
+      res.body.on('error', () => {});
+      let body = '';
+      try {
+        if (needBody) body = await readBounded(res.body, maxBody);
+        else res.body.destroy();
+      } catch (e) {
+        if (signal.aborted) return abortedOutcome(signal, started);
+        return { status: 'critical', output: `HTTP ${code}, body unreadable: ${networkErrorText(e)}` };
+      }
+      if (inRanges(code, warn)) return { status: 'warning', output: `HTTP ${code}` };
+      if (!inRanges(code, expect)) return { status: 'critical', output: `HTTP ${code}` };
+      if (options.bodyContains !== undefined && !body.includes(options.bodyContains)) {
+        return { status: 'critical', output: sanitize(`body did not contain ${JSON.stringify(options.bodyContains)}`, MAX_REASON) };
+      }
+      if (regex && !regex.test(body)) return { status: 'critical', output: sanitize(`body did not match ${String(regex)}`, MAX_REASON) };
+      return { status: 'passing', output: `HTTP ${code}` };
+    },
+    async close() {
+      await agent.destroy().catch(() => {});
+    },
+  };
+}
+
+const http: CheckKind<HttpCheckOptions> = { type: TYPE, schema, create };
+export default http;
