@@ -53,7 +53,7 @@ describe('Transport driver (quiche, our own)', function () {
         if (opts.onChannel) return opts.onChannel(ch);
         ch.setHandler({
           message: (m) => {
-            if (m.type === 'HEALTH_REQUEST') void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics: { n: m.body.seq }, ageMs: 0 } });
+            if (m.type === 'HEALTH_REQUEST') void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics: { n: m.body.seq }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 } });
           },
           protocolError: () => {},
           ended: () => {},
@@ -304,7 +304,7 @@ describe('Transport driver (quiche, our own)', function () {
     const srv = serverSide[0]!;
     srv.setHandler({ message: () => {}, protocolError: () => {}, ended: () => {}, closed: () => {} });
     // ~900 KB in one frame: more than the peer's window, so it leaves in parts.
-    const big = { type: 'HEALTH_RESPONSE' as const, body: { seq: 1, metrics: Object.fromEntries(Array.from({ length: 30_000 }, (_, i) => [`m${String(i).padStart(20, '0')}`, i])), ageMs: 0 } };
+    const big = { type: 'HEALTH_RESPONSE' as const, body: { seq: 1, metrics: Object.fromEntries(Array.from({ length: 30_000 }, (_, i) => [`m${String(i).padStart(20, '0')}`, i])), ageMs: 0, verdict: 'SERVING' as const, admin: 'READY' as const, weight: 100 } };
     const wrote = srv.send(big);
     expect(srv.queuedBytes, 'the part flow control did not take yet').to.be.greaterThan(0);
     await wrote;

@@ -120,6 +120,18 @@ export const CONFIG_SCHEMA = {
       { flag: LB },
     ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
+    http: opt({ type: 'string', minLength: 1, maxLength: 300 }, 'The HTTP listener: status page, `/metrics` and admin API on the load balancer; `/metrics` and `/api/status` on a server ([operations.md](operations.md#http-listener)). `"host:port"`, `":port"` (127.0.0.1) or `"off"`. A configured address that cannot be bound stops start-up; the load balancer\'s default address in use is a warning.', {
+      flag: { ...BOTH, arg: 'host:port|off', help: 'HTTP listener: status page, /metrics, admin API (default: load balancer 127.0.0.1:4280, server off)' },
+      defaultText: 'load balancer `127.0.0.1:4280`, server off',
+    }),
+    httpTokenFile: opt({ type: 'string', minLength: 1 }, 'Load balancer: file whose first line (16+ printable characters) is the bearer token of the admin API. Without it the admin API is off (writes answer 403).', {
+      kind: 'path',
+      flag: { ...LB, help: 'file with the bearer token of the HTTP admin API (optional; without it the admin API is off)' },
+    }),
+    stateFile: opt({ type: 'string', minLength: 1 }, 'Load balancer: where runtime admin changes (backends added or removed, DRAIN/MAINT, weights) are kept and applied again at start-up ([operations.md](operations.md#state-file)).', {
+      kind: 'path',
+      flag: { ...LB, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
+    }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     plugins: opt(
       {
@@ -354,7 +366,7 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
   }
   if (file) {
     // Paths in a config file are relative to the file.
-    for (const k of ['certFile', 'keyFile', 'caFile'] as const) {
+    for (const k of ['certFile', 'keyFile', 'caFile', 'httpTokenFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
   }

@@ -49,6 +49,7 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   haproxy: '../../plugins/sync/haproxy',
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
   nginx: '../../plugins/sync/nginx',
+  'envoy-eds': '../../plugins/sync/envoy-eds',
   'tcp-proxy': '../../plugins/proxy/tcp',
   'least-connections': '../../plugins/balancer/least-connections',
 };

@@ -1,6 +1,8 @@
 /**
  * A small leveled logger writing one line per event to stderr (stdout belongs to the status
- * table). JSON lines when QHCP_LOG_FORMAT=json; otherwise `time level message key=value`.
+ * table). JSON lines (pino's keys: time, level, msg, then the fields) when stderr is not a
+ * terminal, human lines `time level message key=value` on a terminal; QHCP_LOG_FORMAT=json|text
+ * forces one. The message (the event name) is the same in both.
  * `limited()` rate-limits noisy sources (bad peers): at most `burst` lines per key per window,
  * the rest counted and summarised when the window rolls over, so a flood cannot fill a disk.
  */
@@ -35,7 +37,9 @@ function fmtValue(v: unknown): string {
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
-  const json = opts.json ?? process.env.QHCP_LOG_FORMAT === 'json';
+  const env = process.env.QHCP_LOG_FORMAT;
+  // A logger with its own writer (tests, embedding) keeps text unless asked; stderr decides by itself.
+  const json = opts.json ?? (env === 'json' ? true : env === 'text' ? false : opts.write ? false : process.stderr.isTTY !== true);
   const write = opts.write ?? ((line: string) => process.stderr.write(line + '\n'));
   const burst = opts.burst ?? 20;
   const windowMs = opts.windowMs ?? 10_000;

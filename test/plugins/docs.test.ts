@@ -16,6 +16,7 @@ const MINIMAL: Record<string, Record<string, unknown>> = {
   exec: { command: 'true' },
   haproxy: { socket: '/run/haproxy/admin.sock' },
   nginx: { file: '/etc/nginx/qhcp-upstream.conf', upstream: 'app' },
+  'envoy-eds': { file: '/etc/envoy/eds.json', cluster: 'app' },
 };
 
 /** The least options each built-in check kind needs to be created. */
