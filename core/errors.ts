@@ -29,6 +29,8 @@ export const WIRE_ERRORS = {
   AUTH_ALG_REJECTED: { wire: 206, description: 'the token algorithm is not allowed (e.g. alg none)' },
   TOO_MANY_CONNECTIONS: { wire: 300, description: 'the connection limit is reached; try later' },
   SHUTTING_DOWN: { wire: 301, description: 'the peer is shutting down' },
+  SLOW_CONSUMER: { wire: 302, description: 'the peer does not read what it is sent: its unread output passed the limit' },
+  SESSION_IDLE: { wire: 303, description: 'the session asked for nothing within the session idle timeout' },
   INTERNAL_ERROR: { wire: 500, description: 'a bug or an unexpected failure on the sender side' },
 } as const satisfies Record<string, { wire: number; description: string }>;
 

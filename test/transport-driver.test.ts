@@ -306,14 +306,14 @@ describe('Transport driver (quiche, our own)', function () {
     // ~900 KB in one frame: more than the peer's window, so it leaves in parts.
     const big = { type: 'HEALTH_RESPONSE' as const, body: { seq: 1, metrics: Object.fromEntries(Array.from({ length: 30_000 }, (_, i) => [`m${String(i).padStart(20, '0')}`, i])), ageMs: 0, verdict: 'SERVING' as const, admin: 'READY' as const, weight: 100 } };
     const wrote = srv.send(big);
-    expect(srv.queuedBytes, 'the part flow control did not take yet').to.be.greaterThan(0);
+    expect(srv.pendingBytes, 'the part flow control did not take yet').to.be.greaterThan(0);
     await wrote;
     // (More metrics than a HEALTH_RESPONSE may carry: the client refuses the message once it has
     // it whole, so count the bytes that arrived.)
     const frameBytes = srv.counters.bytesOut;
     await until(() => ch.counters.bytesIn >= frameBytes, 20_000, 'the big message');
     expect(ch.counters.bytesIn).to.equal(frameBytes);
-    expect(srv.queuedBytes).to.equal(0);
+    expect(srv.pendingBytes).to.equal(0);
     // Now the client stops reading: the server's writes are held, not taken without bound.
     ch.pauseReading();
     let done = false;
@@ -321,8 +321,8 @@ describe('Transport driver (quiche, our own)', function () {
     void srv.send(big).then(() => (done = true));
     await sleep(1500);
     expect(done, 'writes to a peer that does not read stay pending').to.equal(false);
-    expect(srv.queuedBytes).to.be.greaterThan(900_000);
-    expect(srv.queuedBytes).to.be.lessThan(2 * 1024 * 1024);
+    expect(srv.pendingBytes).to.be.greaterThan(900_000);
+    expect(srv.pendingBytes).to.be.lessThan(2 * 1024 * 1024);
   });
 
   it('IPv6: a listener on ::1, reached from its own socket and from a dual-stack shared socket, next to IPv4', async () => {

@@ -19,7 +19,15 @@ interface SessionPrefs {
   metrics?: Set<string>;
   reportIntervalMs: number;
   reportTimer?: NodeJS.Timeout;
+  /** Reports in a row not sent because the peer had not read the previous one (latest wins). */
+  coalesced?: number;
 }
+
+/**
+ * Reports in a row a session may leave unread (each one coalesced into the next: latest wins)
+ * before it is closed with ERROR 302 SLOW_CONSUMER (docs/operations.md, "Limits").
+ */
+export const MAX_COALESCED_REPORTS = 20;
 
 /** An agent's session: what its load balancer asked for, once HELLO is accepted. */
 type AgentSession = Session<{ prefs?: SessionPrefs }>;
@@ -44,6 +52,7 @@ export class AgentServer extends Core {
   /** The last full report (per-metric sample times), for metrics not due again yet. */
   private lastReport: MetricsReport | undefined;
   private sampler: NodeJS.Timeout | undefined;
+  private idleSweep: NodeJS.Timeout | undefined;
   private sampling = false;
   private stopping = false;
   private authOpen = true;
@@ -82,6 +91,11 @@ export class AgentServer extends Core {
         onExtraStream: (ch) => this.extraStream(ch),
       }),
     );
+    // A session pushed reports at least as often as the idle limit is served, not idle.
+    this.idleSweep = this.sweepIdle(this.sessions, (s) => {
+      const ms = s.data.prefs?.reportIntervalMs ?? 0;
+      return ms > 0 && ms <= c.sessionIdleTimeout * 1000;
+    });
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
     this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });
@@ -167,6 +181,7 @@ export class AgentServer extends Core {
       role: 'server',
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
+      unread: { perConnection: this.config.maxUnreadBytes, total: this.config.maxUnreadBytesTotal },
       onMessage: (m, s) => this.onMessage(m, s),
       onViolation: (err, s) => {
         this.stats.violations++;
@@ -236,9 +251,21 @@ export class AgentServer extends Core {
     prefs.reportIntervalMs = ms;
     if (ms > 0) {
       prefs.reportTimer = setInterval(() => {
-        if (!s.trySend('HEALTH_REPORT', this.metricsFor(s))) {
-          if (s.isClosed) clearInterval(prefs.reportTimer);
+        if (s.isClosed) return clearInterval(prefs.reportTimer);
+        // Backpressure: while the last report is still unread, this one is not queued behind
+        // it; the next tick sends the metrics of then (latest wins). A peer that reads none
+        // for MAX_COALESCED_REPORTS intervals is closed.
+        if (s.channel.pendingBytes > 0) {
+          prefs.coalesced = (prefs.coalesced ?? 0) + 1;
+          if (prefs.coalesced >= MAX_COALESCED_REPORTS) {
+            this.stats.violations++;
+            this.logger.limited('violation', 'protocol violation', { remote: s.remote, code: 'SLOW_CONSUMER', reason: `${prefs.coalesced} reports unread` });
+            s.fail(new ProtocolError('SLOW_CONSUMER', `${prefs.coalesced} reports in a row left unread (report interval ${ms} ms)`));
+          }
+          return;
         }
+        prefs.coalesced = 0;
+        s.trySend('HEALTH_REPORT', this.metricsFor(s));
       }, ms);
       prefs.reportTimer.unref();
     }
@@ -268,6 +295,7 @@ export class AgentServer extends Core {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sampler);
+    clearInterval(this.idleSweep);
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;

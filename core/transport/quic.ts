@@ -105,10 +105,12 @@ export class Channel implements ConnEvents {
     return this.closing || this.closedInfo !== undefined;
   }
 
-  /** Bytes written on the control stream that QUIC flow control has not taken yet. */
-  get queuedBytes(): number {
+  /** Bytes written on the control stream that QUIC flow control has not taken yet (the peer is not reading). */
+  get pendingBytes(): number {
     return this.outBytes;
   }
+  /** The same, summed over every channel in this process. */
+  static totalPendingBytes = 0;
 
   /** Sets who hears about this channel; events that came before are replayed. */
   setHandler(handler: ChannelHandler): void {
@@ -258,6 +260,7 @@ export class Channel implements ConnEvents {
     }
     this.out.push(bytes);
     this.outBytes += bytes.length;
+    Channel.totalPendingBytes += bytes.length;
     return new Promise<void>((resolve) => this.taken.push({ end: this.outTotal + this.outBytes, resolve }));
   }
 
@@ -276,6 +279,7 @@ export class Channel implements ConnEvents {
   private dropOut(): void {
     this.out = [];
     this.outTotal += this.outBytes;
+    Channel.totalPendingBytes -= this.outBytes;
     this.outBytes = 0;
     this.outOffset = 0;
     for (const t of this.taken.splice(0)) t.resolve();
@@ -289,6 +293,7 @@ export class Channel implements ConnEvents {
       const n = this.streamSend(rest);
       if (n < 0) return;
       this.outBytes -= n;
+      Channel.totalPendingBytes -= n;
       this.outTotal += n;
       if (n < rest.length) {
         this.outOffset += n;
@@ -529,6 +534,8 @@ export interface ConnectOptions {
   alpn?: string;
   /** Share this socket instead of binding one for the connection. */
   socket?: ClientSocket;
+  /** Flow-control window we grant the server (bytes; default 256 KiB per stream). Tests: a slow reader. */
+  receiveWindowBytes?: number;
 }
 
 /** Client configurations (each holds a BoringSSL context), by their parameters. */
@@ -581,8 +588,8 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   const config = clientConfig(ca !== undefined, {
     alpn: opts.alpn ?? ALPN,
     idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
-    streamWindow: STREAM_WINDOW,
-    connWindow: CONNECTION_WINDOW,
+    streamWindow: opts.receiveWindowBytes ?? STREAM_WINDOW,
+    connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
     peerBidiStreams: 0,
     logKeys: opts.logKeys !== undefined,
   });
