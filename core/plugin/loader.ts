@@ -50,6 +50,7 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
   nginx: '../../plugins/sync/nginx',
   'envoy-eds': '../../plugins/sync/envoy-eds',
+  caddy: '../../plugins/sync/caddy',
   'tcp-proxy': '../../plugins/proxy/tcp',
   'least-connections': '../../plugins/balancer/least-connections',
 };
