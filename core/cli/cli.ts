@@ -13,6 +13,7 @@ import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import { addControlCommands } from '../control/commands.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -318,6 +319,8 @@ Seed (Go prototype) form, single dash:
       if (none) process.exitCode = 3;
     });
 
+  addControlCommands(program, num);
+
   const config = program.command('config').description('show the merged configuration and where each value came from');
   configFlags(commonOptions(config), ['server', 'loadbalancer'])
     .addOption(new Option('--role <role>', 'role whose flags apply').choices(['server', 'loadbalancer']).default('loadbalancer'))
@@ -383,7 +386,7 @@ function fail(e: unknown): never {
     process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
+  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
     process.stderr.write(`qhcp: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }
