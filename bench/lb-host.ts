@@ -20,7 +20,7 @@ function reply(r: LbReply): void {
 
 function states(): Record<string, number> {
   const out: Record<string, number> = {};
-  for (const lb of lbs) for (const b of lb.backends) out[b.state] = (out[b.state] ?? 0) + 1;
+  for (const lb of lbs) for (const b of lb.records()) out[b.state] = (out[b.state] ?? 0) + 1;
   return out;
 }
 

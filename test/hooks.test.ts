@@ -180,7 +180,7 @@ describe('hooks', function () {
       await lb.loadPlugins([recorder, new RoundRobinPlugin()]);
       await lb.start();
       try {
-        await waitUntil(() => lb.backends[0]!.state === 'UP', 20_000, 'the server to be UP');
+        await waitUntil(() => lb.backends()[0]!.state === 'UP', 20_000, 'the server to be UP');
         const picked = await pickOnce(lb.port, 'k1');
         expect(picked.server).to.equal(address);
       } finally {
@@ -329,7 +329,7 @@ describe('hooks', function () {
       });
       const rr = new RoundRobinPlugin();
       rr.apply(core);
-      const view = { address: 'a:1', state: 'UP' as const, metrics: {}, reportedAt: null, weight: 1, latencyMs: null };
+      const view = { address: 'a:1', state: 'UP' as const, metrics: {}, reportedAt: null, weight: 1, latencyMs: null, verdict: 'SERVING' as const, agentAdmin: 'READY' as const, adminState: 'READY' as const, reason: null };
       expect(core.hooks.pick.call({ servers: [view], key: undefined, now: 0 })).to.equal(view);
     });
   });
@@ -406,7 +406,7 @@ describe('hooks', function () {
       lb = new LoadBalancer(lbConfig(server.port), capture().logger);
       await lb.loadPlugins([new RoundRobinPlugin()]);
       await lb.start();
-      const b = lb.backends[0]!;
+      const b = lb.records()[0]!;
       await waitUntil(() => b.state === 'UP' && b.checks >= 2, 20_000, 'two checks and UP');
       expect(b.metrics).to.deep.equal({ x: 1 });
       expect(cap.pluginErrors().find((e) => e.plugin === 'bad-metrics')).to.include({ hook: 'collect', code: 'QHCP_ERR_PLUGIN_HOOK' });
@@ -427,7 +427,7 @@ describe('hooks', function () {
       lb = new LoadBalancer(lbConfig(server.port, { maxFailAttempts: 1 }), capture().logger);
       await lb.loadPlugins([creds, new RoundRobinPlugin()]);
       await lb.start();
-      const b = lb.backends[0]!;
+      const b = lb.records()[0]!;
       await waitUntil(() => b.state === 'DOWN', 20_000, 'the server to be DOWN');
       expect(b.lastError).to.equal('plugin bad-creds in hook credentials threw: signing key missing');
       expect(server.stats.accepted, 'no connection was made').to.equal(0);
@@ -451,7 +451,7 @@ describe('hooks', function () {
       lb = new LoadBalancer(lbConfig(server.port), cap.logger);
       await lb.loadPlugins([thrower]);
       await lb.start();
-      await waitUntil(() => lb!.backends[0]!.state === 'UP', 20_000, 'the server to be UP');
+      await waitUntil(() => lb!.backends()[0]!.state === 'UP', 20_000, 'the server to be UP');
       expect(await pickOnce(lb.port)).to.deep.equal({ server: null, reason: 'balancer failed: plugin bad-balancer in hook pick threw: weights table empty' });
       expect(await pickOnce(lb.port, 'fine')).to.deep.equal({ server: null, reason: 'the balancer chose no server' });
       expect(cap.pluginErrors()[0]).to.include({ hook: 'pick', plugin: 'bad-balancer' });
@@ -467,7 +467,7 @@ describe('hooks', function () {
       lb = new LoadBalancer(lbConfig(server.port), capture().logger);
       await lb.loadPlugins([]);
       await lb.start();
-      await waitUntil(() => lb!.backends[0]!.state === 'UP', 20_000, 'the server to be UP');
+      await waitUntil(() => lb!.backends()[0]!.state === 'UP', 20_000, 'the server to be UP');
       expect(await pickOnce(lb.port)).to.deep.equal({ server: null, reason: 'no balancer plugin is configured' });
     });
 

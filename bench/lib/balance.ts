@@ -46,7 +46,7 @@ export async function inProcessPicks(ctx: Ctx, sizes: number[]): Promise<PickRat
         const lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
         await lb.loadPlugins(await resolvePlugins(config, 'loadbalancer'));
         const now = Date.now();
-        for (const b of lb.backends) {
+        for (const b of lb.records()) {
           b.state = 'UP';
           const load = Math.random();
           b.metrics = { cpu: load * 100, memory: 40, load1: load * 2, loadScore: load };

@@ -9,7 +9,9 @@
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
 import { PluginError, WIRE_ERRORS, type WireErrorName } from '../errors.ts';
-import { FIELD_LIMITS, type Message, type Metrics, type ServerState } from '../protocol/messages.ts';
+import { FIELD_LIMITS, type Message, type Metrics } from '../protocol/messages.ts';
+import type { BackendView } from '../health/backend.ts';
+import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
 import type { Direction } from '../protocol/session.ts';
 
@@ -124,19 +126,8 @@ export interface CredentialsRequest {
   node: string;
 }
 
-/** What balancers and alerts see of one backend (read-only). */
-export interface BackendView {
-  readonly address: string;
-  readonly state: ServerState;
-  readonly metrics: Metrics;
-  /** Epoch ms of the last good report, or null. */
-  readonly reportedAt: number | null;
-  /** How old that report's sample already was when it arrived (ms), when known. */
-  readonly ageMs?: number | null;
-  /** Configured weight (default 1). */
-  readonly weight: number;
-  readonly latencyMs: number | null;
-}
+/** What balancers and alerts see of one backend (read-only): core/health/backend.ts. */
+export type { BackendView };
 
 export interface PickRequest {
   /** UP backends, in configuration order. */
@@ -156,8 +147,8 @@ export interface CheckResult {
 
 export interface Transition {
   server: string;
-  from: ServerState;
-  to: ServerState;
+  from: HealthState;
+  to: HealthState;
   reason: string;
   at: number;
   failures: number;

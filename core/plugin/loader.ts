@@ -46,6 +46,7 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   webhook: '../../plugins/alert/webhook',
   exec: '../../plugins/alert/exec',
   haproxy: '../../plugins/sync/haproxy',
+  'haproxy-agent': '../../plugins/sync/haproxy-agent',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */

@@ -41,16 +41,16 @@ export const CLIENT_STATES = [
   'AWAIT_TERMINATE_ACK',
   'CLOSED',
 ] as const;
-export type ServerState = (typeof SERVER_STATES)[number];
-export type ClientState = (typeof CLIENT_STATES)[number];
-export type State = ServerState | ClientState;
+export type ServerSessionState = (typeof SERVER_STATES)[number];
+export type ClientSessionState = (typeof CLIENT_STATES)[number];
+export type State = ServerSessionState | ClientSessionState;
 
 export type Table<S extends string> = Record<S, Partial<Record<DfaEvent, S>>>;
 
 /** Either side may send or receive ERROR in any open state; both end the session. */
 const ERRORS = { 'send:ERROR': 'CLOSED', 'recv:ERROR': 'CLOSED' } as const;
 
-export const SERVER_TABLE: Table<ServerState> = {
+export const SERVER_TABLE: Table<ServerSessionState> = {
   AWAIT_HELLO: { 'recv:HELLO': 'AUTH', 'timeout:hello': 'CLOSED', ...ERRORS },
   AUTH: { 'send:ACK': 'READY', ...ERRORS },
   READY: {
@@ -80,7 +80,7 @@ export const SERVER_TABLE: Table<ServerState> = {
   CLOSED: {},
 };
 
-export const CLIENT_TABLE: Table<ClientState> = {
+export const CLIENT_TABLE: Table<ClientSessionState> = {
   START: { 'send:HELLO': 'AWAIT_ACK' },
   AWAIT_ACK: { 'recv:ACK': 'READY', 'timeout:response': 'CLOSED', ...ERRORS },
   READY: {

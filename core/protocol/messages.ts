@@ -5,6 +5,7 @@
  */
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { ProtocolError } from '../errors.ts';
+import { HEALTH_STATES, type HealthState } from '../health/states.ts';
 
 /** Type byte of each message. Never renumber: these are on the wire. */
 export const MESSAGE_TYPES = {
@@ -81,11 +82,11 @@ export interface AgentHealth {
 }
 
 export type Metrics = Record<string, number>;
-export type ServerState = 'UNKNOWN' | 'UP' | 'DOWN' | 'DRAINING';
 
 export interface ServerStatus {
   address: string;
-  state: ServerState;
+  /** The load balancer's health state (core/health/states.ts). */
+  state: HealthState;
   /** Epoch ms when the server entered its state. */
   since: number;
   /** Consecutive failed checks. */
@@ -199,7 +200,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       maxItems: FIELD_LIMITS.maxServers,
       items: obj({
         address: { type: 'string', maxLength: 300 },
-        state: { enum: ['UNKNOWN', 'UP', 'DOWN', 'DRAINING'] },
+        state: { enum: [...HEALTH_STATES] },
         since: { type: 'number' },
         failures: { type: 'integer', minimum: 0 },
         successes: { type: 'integer', minimum: 0 },

@@ -9,7 +9,7 @@ import type { AlertEvent } from '../../core/plugin/hooks.ts';
 
 export type Deliver = (event: AlertEvent, suppressed: number) => void;
 
-interface ServerState {
+interface DamperEntry {
   lastSentAt: number;
   held: AlertEvent | undefined;
   /** Transitions dropped since the last delivery (superseded by a later one). */
@@ -18,7 +18,7 @@ interface ServerState {
 }
 
 export class Damper {
-  private readonly servers = new Map<string, ServerState>();
+  private readonly servers = new Map<string, DamperEntry>();
 
   constructor(
     private readonly minIntervalMs: number,
@@ -56,13 +56,13 @@ export class Damper {
     return n;
   }
 
-  private release(st: ServerState): void {
+  private release(st: DamperEntry): void {
     clearTimeout(st.timer);
     st.timer = undefined;
     if (st.held) this.send(st, st.held, this.now());
   }
 
-  private send(st: ServerState, e: AlertEvent, now: number): void {
+  private send(st: DamperEntry, e: AlertEvent, now: number): void {
     const suppressed = st.dropped;
     st.held = undefined;
     st.dropped = 0;

@@ -47,6 +47,10 @@ export function backend(address: string, over: Partial<{ state: BackendView['sta
     reportedAt: over.reportedAt === undefined ? Date.now() : over.reportedAt,
     weight: over.weight ?? 1,
     latencyMs: null,
+    verdict: 'SERVING',
+    agentAdmin: 'READY',
+    adminState: 'READY',
+    reason: null,
     ...(over.ageMs !== undefined ? { ageMs: over.ageMs } : {}),
   };
 }

@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { encodeFrame } from '../../core/protocol/codec.ts';
-import { SERVER_TABLE, type ServerState } from '../../core/protocol/dfa.ts';
+import { SERVER_TABLE, type ServerSessionState } from '../../core/protocol/dfa.ts';
 import { codeName } from '../../core/protocol/session.ts';
 import { MESSAGE_NAMES, type Bodies, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
@@ -34,7 +34,7 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
 type Outcome = { answer: MessageName } | { error: string } | { closedClean: true };
 
 /** What the spec says the server does with `type` in `state`, on this kind of port. */
-function expected(port: 'agent' | 'lb', state: ServerState, type: MessageName): Outcome {
+function expected(port: 'agent' | 'lb', state: ServerSessionState, type: MessageName): Outcome {
   if (SERVER_TABLE[state][`recv:${type}`] === undefined) return { error: 'UNEXPECTED_MESSAGE' };
   const serves: Partial<Record<MessageName, MessageName>> =
     port === 'agent'

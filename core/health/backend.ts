@@ -1,0 +1,113 @@
+/**
+ * One backend as the load balancer sees it: its health state and the facts that drive it
+ * (core/health/states.ts), the agent's last report, and the checker's bookkeeping. Everyone but
+ * the load balancer reads it through `BackendView` (read-only); only the checker
+ * (core/health/checker.ts) and the load balancer (core/roles/loadbalancer.ts) write it.
+ */
+import type { Metrics, ServerStatus } from '../protocol/messages.ts';
+import type { Session } from '../protocol/session.ts';
+import type { Message } from '../protocol/messages.ts';
+import { effectiveAdmin, type AdminState, type HealthFacts, type HealthState, type Verdict } from './states.ts';
+
+/** What balancers, alerts, sync plugins and the status view see of one backend (read-only). */
+export interface BackendView {
+  /** host:port, or host:port/service when the backend names a service. */
+  readonly address: string;
+  /** The agent's service this backend follows (`host:4243/web`), if any. */
+  readonly service?: string;
+  readonly state: HealthState;
+  /** Epoch ms when the backend entered its state. */
+  readonly since?: number;
+  readonly metrics: Metrics;
+  /** Epoch ms of the last good report, or null. */
+  readonly reportedAt: number | null;
+  /** How old that report's sample already was when it arrived (ms), when known. */
+  readonly ageMs?: number | null;
+  /** Effective weight: the configured weight (default 1) scaled by the agent's weight (percent, default 100). */
+  readonly weight: number;
+  readonly latencyMs: number | null;
+  /** The agent's verdict for the service (SERVING when the agent says nothing). */
+  readonly verdict: Verdict;
+  /** The agent's admin state (READY / DRAIN / MAINT). */
+  readonly agentAdmin: AdminState;
+  /** The load balancer's own admin state for this backend, set by operators. */
+  readonly adminState: AdminState;
+  /** Why the backend is in its state (the agent's reason, the last error, the transition's reason). */
+  readonly reason: string | null;
+  readonly failures?: number;
+  readonly successes?: number;
+  readonly lastError?: string | null;
+  readonly checks?: number;
+}
+
+type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
+
+export class Backend implements BackendView, HealthFacts {
+  state: HealthState = 'UNKNOWN';
+  since = Date.now();
+  failures = 0;
+  successes = 0;
+  latencyMs: number | null = null;
+  metrics: Metrics = {};
+  ageMs: number | null = null;
+  reportedAt: number | null = null;
+  lastError: string | null = null;
+  checks = 0;
+  verdict: Verdict = 'SERVING';
+  agentAdmin: AdminState = 'READY';
+  adminState: AdminState = 'READY';
+  /** The agent's weight in percent of the configured one (wire `weight`, default 100). */
+  agentWeight = 100;
+  reason: string | null = null;
+  shuttingDown = false;
+  everChecked = false;
+  /** Removed from the load balancer: its loops stop and nothing writes it any more. */
+  removed = false;
+
+  // The checker's bookkeeping (core/health/checker.ts).
+  /** The live session, when connected. */
+  session: Session | undefined;
+  timer: NodeJS.Timeout | undefined;
+  checking = false;
+  dueAt = 0;
+  seq = 0;
+  /** The last HEALTH_REQUEST while its answer is late (past the check deadline, connection kept). */
+  lateAnswer: Promise<HealthResponse> | undefined;
+  /** Push mode: the agent reports on its own (CONFIG_UPDATE reportIntervalMs), `timer` awaits the next report. */
+  pushing = false;
+  /** The report interval the agent agreed to (CONFIG_ACK). */
+  reportMs = 0;
+
+  constructor(
+    readonly address: string,
+    readonly host: string,
+    readonly port: number,
+    /** The configured weight (config `servers[].weight`, `setWeight`). */
+    public configWeight: number,
+    readonly service?: string,
+  ) {}
+
+  get weight(): number {
+    return (this.configWeight * this.agentWeight) / 100;
+  }
+
+  get admin(): AdminState {
+    return effectiveAdmin(this);
+  }
+
+  status(): ServerStatus {
+    return {
+      address: this.address,
+      state: this.state,
+      since: this.since,
+      failures: this.failures,
+      successes: this.successes,
+      latencyMs: this.latencyMs,
+      metrics: this.metrics,
+      ageMs: this.ageMs,
+      reportedAt: this.reportedAt,
+      lastError: this.lastError,
+      checks: this.checks,
+    };
+  }
+}

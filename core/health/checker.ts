@@ -1,0 +1,393 @@
+/**
+ * The load balancer's checker: one QUIC session per backend, a jittered poll loop per backend
+ * (HEALTH_REQUEST), or push mode (the agent sends HEALTH_REPORTs; a missing one is a failed
+ * check), reconnects, and the cap on handshakes in flight. It turns every answer and failure into
+ * health events (core/health/states.ts) for its host, the load balancer, which moves the state.
+ * docs/operations.md, "Health semantics", describes the timing.
+ */
+import { performance } from 'node:perf_hooks';
+import { ProtocolError, PeerError, LocalError, errorText } from '../errors.ts';
+import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics } from '../protocol/messages.ts';
+import { Session, type SessionEnd } from '../protocol/session.ts';
+import { connect, type ClientSocket } from '../transport/quic.ts';
+import { sanitize } from '../util/sanitize.ts';
+import type { QhcpConfig } from '../config/config.ts';
+import type { CheckResult, Hooks } from '../plugin/hooks.ts';
+import type { Logger } from '../util/log.ts';
+import type { Backend } from './backend.ts';
+import { ADMIN_STATES, VERDICTS, type AdminState, type HealthEvent, type Verdict } from './states.ts';
+
+/**
+ * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
+ * side; 1000 started at once all miss their timeout and retry together (bench/, N = 1000).
+ */
+const MAX_CONNECTING = 16;
+
+type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
+/** What a good answer carries: HEALTH_RESPONSE or HEALTH_REPORT body (verdict fields optional: older agents send none). */
+type Answer = { metrics: Metrics; ageMs: number };
+
+export interface CheckStats {
+  checks: number;
+  failedChecks: number;
+  lateChecks: number;
+}
+
+/** The timings the checker runs with (ms); `configure` changes them (SIGHUP). */
+export interface CheckTimings {
+  intervalMs: number;
+  timeoutMs: number;
+  reconnectMs: number;
+  /** Push mode: agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
+  reportMs: number;
+}
+
+/** What the checker needs from the load balancer. */
+export interface CheckerHost {
+  readonly config: Readonly<QhcpConfig>;
+  readonly hooks: Hooks;
+  readonly logger: Logger;
+  readonly node: string;
+  frameObserver(): ((dir: 'in' | 'out', msg: Message, s: Session) => void) | undefined;
+  /** Feeds one health event to the states table (core/health/states.ts). */
+  health(b: Backend, event: HealthEvent, detail?: string): void;
+}
+
+/** The timings of a config (the wire allows push intervals of 0 = off, or 100 ms and more). */
+export function timingsOf(config: Readonly<QhcpConfig>, timeoutSeconds: number): CheckTimings {
+  const report = config.reportInterval * 1000;
+  return {
+    intervalMs: config.checkInterval * 1000,
+    timeoutMs: timeoutSeconds * 1000,
+    reconnectMs: config.reconnectInterval * 1000,
+    reportMs: report > 0 ? Math.max(100, Math.round(report)) : 0,
+  };
+}
+
+export class Checker {
+  private connecting = 0;
+  private readonly connectWaiters: Array<() => void> = [];
+  private stopping = false;
+  socket: ClientSocket | undefined;
+
+  constructor(
+    private readonly host: CheckerHost,
+    public timings: CheckTimings,
+    readonly stats: CheckStats,
+    private readonly ca: string | undefined,
+  ) {}
+
+  private get config(): Readonly<QhcpConfig> {
+    return this.host.config;
+  }
+
+  /** Starts a backend's loop: its first check `delayMs` from now. */
+  begin(b: Backend, delayMs: number): void {
+    this.schedule(b, delayMs);
+  }
+
+  /** Stops a backend's loop and closes its connection (politely: TERMINATE when the session allows it). */
+  async end(b: Backend, reason: string): Promise<void> {
+    b.removed = true;
+    clearTimeout(b.timer);
+    const s = b.session;
+    if (!s || s.isClosed) return;
+    // A check in flight: the DFA allows TERMINATE only once its answer is in (or the session has
+    // ended), so wait for that first, within the same bound (docs/operations.md, "Signals").
+    const until = Date.now() + 1000;
+    while (!s.isClosed && !s.dfa.peek('send:TERMINATE') && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    if (!s.isClosed && s.dfa.peek('send:TERMINATE')) await s.request('TERMINATE', { reason }, Math.max(100, until - Date.now())).catch(() => {});
+    s.close(reason);
+  }
+
+  /** Stops every loop (stop()); sessions are ended by `end`. */
+  halt(backends: Iterable<Backend>): void {
+    this.stopping = true;
+    for (const b of backends) clearTimeout(b.timer);
+    for (const w of this.connectWaiters.splice(0)) w();
+  }
+
+  /**
+   * Plans the next check `delayMs` from now, or one jittered interval (reconnect interval for
+   * a DOWN server without a connection) after the start of the check that just ended
+   * (`elapsedMs` ago), so that a slow or timed-out check does not stretch the cadence.
+   */
+  private schedule(b: Backend, delayMs?: number, elapsedMs = 0): void {
+    if (this.stopping || b.removed) return;
+    const live = b.session !== undefined && !b.session.isClosed;
+    const base = b.state === 'DOWN' && !live ? this.timings.reconnectMs : this.timings.intervalMs;
+    const j = this.config.jitter;
+    const delay = delayMs ?? Math.max(0, base * (1 + (Math.random() * 2 - 1) * j) - elapsedMs);
+    b.dueAt = Date.now() + delay;
+    clearTimeout(b.timer);
+    b.timer = setTimeout(() => void this.check(b), delay);
+  }
+
+  /** One health check: (re)connect when needed, HEALTH_REQUEST, judge, reschedule. */
+  async check(b: Backend): Promise<void> {
+    if (this.stopping || b.removed || b.checking) return;
+    b.checking = true;
+    const { intervalMs, timeoutMs, reportMs } = this.timings;
+    const began = Date.now();
+    const lag = began - b.dueAt;
+    if (lag > intervalMs * 0.1) this.stats.lateChecks++;
+    this.stats.checks++;
+    b.checks++;
+    // A new connection waits for a slot first; the check's time starts once it has one.
+    const late = b.lateAnswer;
+    const fresh = !late && !(b.session && !b.session.isClosed && b.session.state === 'READY');
+    const release = fresh ? await this.connectSlot() : undefined;
+    const started = performance.now();
+    const deadline = started + timeoutMs;
+    const left = () => Math.max(1, Math.round(deadline - performance.now()));
+    let s: Session | undefined;
+    try {
+      if (this.stopping || b.removed) return;
+      // A late answer to the last check's request is still awaited: this check waits for it.
+      s = late ? b.session : await this.ensureSession(b, left);
+      release?.();
+      if (!late && s && reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
+      const res = late ? await this.answerWithin(late, left()) : await this.healthRequest(b, s!, left());
+      this.succeeded(b, res.body, late ? null : performance.now() - started);
+    } catch (e) {
+      // A check that crossed the server's DRAIN was dropped, not failed: DRAIN already moved the state.
+      if (!this.stopping && !b.removed && !s?.drained) this.failed(b, describeFailure(e));
+    } finally {
+      release?.();
+      b.checking = false;
+      // Removed while this check connected: its session is nobody's now.
+      if (b.removed && s && !s.isClosed) void this.end(b, 'removed from the load balancer');
+      // Push mode: no more checks on this session; the next report is awaited instead.
+      if (b.pushing && s && b.session === s && !s.isClosed) this.awaitReport(b, b.reportMs + this.timings.timeoutMs);
+      else {
+        b.pushing = false;
+        this.schedule(b, undefined, Date.now() - began);
+      }
+    }
+  }
+
+  /** Waits for a connection-attempt slot (MAX_CONNECTING); returns its release, idempotent. */
+  private async connectSlot(): Promise<() => void> {
+    if (this.connecting < MAX_CONNECTING) this.connecting++;
+    else await new Promise<void>((r) => this.connectWaiters.push(r)); // the releaser hands its slot over
+    let held = true;
+    return () => {
+      if (!held) return;
+      held = false;
+      const next = this.connectWaiters.shift();
+      if (next) next();
+      else this.connecting--;
+    };
+  }
+
+  /** Push mode: asks the agent to report every `reportMs`; false when it declines (we poll then). */
+  private async startReports(b: Backend, s: Session, left: () => number): Promise<boolean> {
+    const seq = (b.seq = (b.seq + 1) >>> 0);
+    const ack = (await s.request('CONFIG_UPDATE', { seq, reportIntervalMs: this.timings.reportMs }, left())) as Extract<Message, { type: 'CONFIG_ACK' }>;
+    b.reportMs = ack.body.reportIntervalMs;
+    return b.reportMs > 0;
+  }
+
+  /**
+   * Push mode: a report is due within `ms`. A report that does not come is a failed check,
+   * counted like a timed-out poll; at DOWN the session is closed and the check loop reconnects.
+   */
+  private awaitReport(b: Backend, ms: number): void {
+    if (this.stopping || b.removed) return;
+    clearTimeout(b.timer);
+    b.dueAt = Date.now() + b.reportMs;
+    b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
+  }
+
+  private reportMissed(b: Backend, ms: number): void {
+    if (this.stopping || b.removed) return;
+    const s = b.session;
+    if (!b.pushing || !s || s.isClosed) {
+      b.pushing = false;
+      return this.schedule(b);
+    }
+    this.stats.checks++;
+    b.checks++;
+    this.failed(b, `REPORT_TIMEOUT: no HEALTH_REPORT within ${ms} ms`);
+    if (b.state === 'DOWN') {
+      b.pushing = false;
+      s.close('reports stopped');
+      this.schedule(b);
+    } else this.awaitReport(b, b.reportMs);
+  }
+
+  /**
+   * HEALTH_REQUEST on `s`. The check fails at its deadline, but the connection keeps waiting for
+   * the answer until the check that would mark the backend DOWN (then it closes with 107), and
+   * the next checks take a late answer. On a lossy path QUIC retransmits late: that fails a
+   * check, not the connection and with it every following check that would need a new
+   * handshake on the same lossy path (docs/operations.md, "Limits").
+   */
+  private healthRequest(b: Backend, s: Session, ms: number): Promise<HealthResponse> {
+    const seq = (b.seq = (b.seq + 1) >>> 0);
+    const grace = Math.max(1, this.config.maxFailAttempts - 1) * this.timings.intervalMs;
+    const p = s.request('HEALTH_REQUEST', { seq }, this.timings.timeoutMs + grace) as Promise<HealthResponse>;
+    b.lateAnswer = p;
+    const clear = () => {
+      if (b.lateAnswer === p) b.lateAnswer = undefined;
+    };
+    p.then(clear, clear);
+    return this.answerWithin(p, ms);
+  }
+
+  /** `p`, or RESPONSE_TIMEOUT after `ms`. */
+  private answerWithin(p: Promise<HealthResponse>, ms: number): Promise<HealthResponse> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeoutMs = this.timings.timeoutMs;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`)), ms);
+    });
+    return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+  }
+
+  private async ensureSession(b: Backend, left: () => number): Promise<Session> {
+    if (b.session && !b.session.isClosed && b.session.state === 'READY') return b.session;
+    b.session?.close('replaced');
+    b.session = undefined;
+    const { hooks, config } = this.host;
+    const token = await hooks.credentials.promise({ server: b.address, node: this.host.node });
+    const reportMs = this.timings.reportMs;
+    const channel = await connect({
+      host: b.host,
+      port: b.port,
+      ...(config.serverName ? { serverName: config.serverName } : {}),
+      ...(this.ca !== undefined ? { ca: this.ca } : {}),
+      timeoutMs: left(),
+      ...(this.socket ? { socket: this.socket } : {}),
+      idleTimeoutMs: config.idleTimeout * 1000,
+      // Checks or reports at least twice per idle timeout keep the connection alive already.
+      keepAliveMs: (reportMs || this.timings.intervalMs) * 2 <= config.idleTimeout * 1000 ? 0 : config.keepAlive * 1000,
+      maxFrameBytes: config.maxFrameBytes,
+    });
+    const s = new Session(channel, {
+      role: 'client',
+      observe: this.host.frameObserver(),
+      onMessage: (m, sess) => this.onMessage(b, m, sess),
+      onClose: (why, sess) => this.onClose(b, sess, why),
+      onViolation: (err, sess) => this.host.logger.limited(`violation:${b.address}`, 'protocol violation by server', { server: b.address, remote: sess.remote, code: err.kind, reason: err.message }),
+    });
+    b.session = s;
+    b.shuttingDown = false;
+    const ack = (await s.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'checker', node: this.host.node, ...(token ? { token } : {}) }, left())) as Extract<Message, { type: 'ACK' }>;
+    if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
+      s.fail(new ProtocolError('UNSUPPORTED_VERSION', `server chose version ${ack.body.version}; we speak ${PROTOCOL_VERSION}`));
+      throw new ProtocolError('UNSUPPORTED_VERSION', `server chose version ${ack.body.version}`);
+    }
+    if (ack.body.role !== 'agent') {
+      s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`));
+      throw new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`);
+    }
+    s.peer = { node: ack.body.node, role: ack.body.role };
+    return s;
+  }
+
+  private onMessage(b: Backend, msg: Message, s: Session): void {
+    if (b.removed) return;
+    if (msg.type === 'DRAIN') {
+      b.shuttingDown = true;
+      this.host.health(b, 'shutdown-drain', sanitize(msg.body.reason ?? 'no reason given', 256));
+      // Finish politely; the server closes after TERMINATE_ACK or its grace, whichever is first.
+      void s.request('TERMINATE', { reason: 'server is draining' }, Math.max(100, msg.body.graceMs)).catch(() => {});
+    } else if (msg.type === 'HEALTH_REPORT') {
+      if (b.pushing && b.session === s && !b.checking) {
+        // Each pushed report is one good check.
+        this.stats.checks++;
+        b.checks++;
+        if (Date.now() - b.dueAt > b.reportMs * 0.1) this.stats.lateChecks++;
+        this.succeeded(b, msg.body, null);
+        this.awaitReport(b, b.reportMs + this.timings.timeoutMs);
+      } else this.succeeded(b, msg.body, null);
+    }
+  }
+
+  private onClose(b: Backend, s: Session, why: SessionEnd): void {
+    const current = b.session === s;
+    if (current) b.session = undefined;
+    if (this.stopping || b.removed) return;
+    if (current && b.pushing && !b.checking) {
+      // Push mode: the connection went away; the check loop takes over and reconnects.
+      b.pushing = false;
+      clearTimeout(b.timer);
+      this.schedule(b);
+    }
+    if (why.by !== 'local' && !(b.state === 'DRAINING' && b.shuttingDown)) b.lastError = why.error ? String(why.error) : `connection closed: ${why.reason}`;
+    this.host.health(b, 'closed', why.reason);
+  }
+
+  /**
+   * A good answer: the counters, the agent's verdict, admin state and weight for this backend
+   * (its service's verdict when it names one), then the events: agent admin and verdict changes
+   * first, `check-ok` last.
+   */
+  private succeeded(b: Backend, body: Answer, latencyMs: number | null): void {
+    const read = readVerdict(body, b.service);
+    b.failures = 0;
+    if (read.verdict === 'NOT_SERVING') b.successes = 0;
+    else b.successes++;
+    b.everChecked = true;
+    b.metrics = body.metrics;
+    b.ageMs = body.ageMs;
+    b.reportedAt = Date.now();
+    if (latencyMs !== null) b.latencyMs = Math.round(latencyMs * 1000) / 1000;
+    b.lastError = null;
+    if (read.weight !== undefined) b.agentWeight = read.weight;
+    const result: CheckResult = { ok: true, latencyMs: b.latencyMs, metrics: body.metrics, error: null, at: b.reportedAt };
+    this.host.hooks.checked.call(b, result);
+    const detail = read.reason;
+    if (read.admin !== b.agentAdmin) {
+      b.agentAdmin = read.admin;
+      this.host.health(b, `agent:${read.admin}`, detail);
+    }
+    if (read.verdict !== b.verdict) {
+      b.verdict = read.verdict;
+      this.host.health(b, `verdict:${read.verdict}`, detail);
+    }
+    this.host.health(b, 'check-ok', detail);
+  }
+
+  private failed(b: Backend, reason: string): void {
+    this.stats.failedChecks++;
+    b.successes = 0;
+    b.failures++;
+    b.lastError = reason;
+    this.host.hooks.checked.call(b, { ok: false, latencyMs: null, metrics: null, error: reason, at: Date.now() });
+    this.host.health(b, 'check-failed', reason);
+  }
+}
+
+/**
+ * The verdict, admin state, weight and reason an answer gives for a backend: the overall ones, or
+ * those of the backend's service (a service the agent does not report is NOT_SERVING). An agent
+ * that sends no verdict (older agents) is SERVING and READY.
+ */
+export function readVerdict(body: Answer, service: string | undefined): { verdict: Verdict; admin: AdminState; weight?: number; reason?: string } {
+  const o = body as Answer & { verdict?: unknown; admin?: unknown; weight?: unknown; reason?: unknown; services?: Record<string, { verdict?: unknown; reason?: unknown }> };
+  const admin = ADMIN_STATES.includes(o.admin as AdminState) ? (o.admin as AdminState) : 'READY';
+  const weight = typeof o.weight === 'number' && Number.isFinite(o.weight) ? Math.max(0, Math.min(256, o.weight)) : undefined;
+  let verdict: Verdict = VERDICTS.includes(o.verdict as Verdict) ? (o.verdict as Verdict) : 'SERVING';
+  let reason = typeof o.reason === 'string' && o.reason ? o.reason : undefined;
+  if (service !== undefined) {
+    const s = o.services && Object.hasOwn(o.services, service) ? o.services[service] : undefined;
+    if (!s) {
+      verdict = 'NOT_SERVING';
+      reason = `the agent reports no service "${service}"`;
+    } else {
+      verdict = VERDICTS.includes(s.verdict as Verdict) ? (s.verdict as Verdict) : 'NOT_SERVING';
+      reason = typeof s.reason === 'string' && s.reason ? s.reason : undefined;
+    }
+  }
+  return { verdict, admin, ...(weight !== undefined ? { weight } : {}), ...(reason !== undefined ? { reason: sanitize(reason, 256) } : {}) };
+}
+
+/** "RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 2000 ms", "AUTH_EXPIRED: token expired", ... */
+export function describeFailure(e: unknown): string {
+  if (e instanceof PeerError) return e.toString();
+  if (e instanceof ProtocolError) return `${e.kind}: ${e.message}`;
+  if (e instanceof LocalError) return e.message;
+  return errorText(e);
+}
