@@ -11,10 +11,11 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
-import { buildConfig, defineConfig, findConfigFile, CONFIG_SCHEMA, type QhcpConfig } from '../core/config/config.ts';
+import { buildConfig, defineConfig, findConfigFile, jsonSchema, optionMeta, CONFIG_SCHEMA, type ConfigKey, type QhcpConfig } from '../core/config/config.ts';
 import { resolvePlugins, type QhcpPlugin } from '../core/plugin/loader.ts';
 import { ConfigError, LocalError } from '../core/errors.ts';
-import { buildProgram } from '../core/cli/cli.ts';
+import { buildProgram, flagOf, parseConfigFlags } from '../core/cli/cli.ts';
+import { regenerate } from '../scripts/gen-config-docs.ts';
 import { freePort, runQhcp, stopAll, ROOT } from './helpers/procs.ts';
 
 const FIXTURES = fileURLToPath(new URL('./fixtures/plugins/', import.meta.url));
@@ -379,6 +380,10 @@ describe('configuration', function () {
       expect([...rows().keys()].sort()).to.deep.equal(Object.keys(CONFIG_SCHEMA.properties).sort());
     });
 
+    it('is what npm run docs:config generates from CONFIG_SCHEMA (table and schema)', () => {
+      expect(regenerate(doc()), 'run npm run docs:config').to.equal(doc());
+    });
+
     it('gives each key its schema default', () => {
       const r = rows();
       for (const [key, schema] of Object.entries(CONFIG_SCHEMA.properties)) {
@@ -395,9 +400,26 @@ describe('configuration', function () {
       for (const [key, row] of rows()) for (const f of row.flags) expect(flags.has(f), `${key}: ${f}`).to.equal(true);
     });
 
-    it('embeds the JSON schema exactly as CONFIG_SCHEMA', () => {
+    it('embeds the JSON schema exactly as CONFIG_SCHEMA, less its x-qhcp annotations', () => {
       const block = /```json\n([\s\S]*?)\n```/.exec(section('config-schema'))?.[1];
-      expect(JSON.parse(block!)).to.deep.equal(JSON.parse(JSON.stringify(CONFIG_SCHEMA)));
+      const parsed = JSON.parse(block!) as { properties: Record<string, object> };
+      expect(parsed).to.deep.equal(jsonSchema());
+      expect(Object.keys(parsed.properties)).to.deep.equal(Object.keys(CONFIG_SCHEMA.properties));
+      expect(block).not.to.include('x-qhcp');
+    });
+
+    it('every key with a flag: the CLI parses the flag into that key, for each role the schema gives it', () => {
+      for (const key of Object.keys(CONFIG_SCHEMA.properties) as ConfigKey[]) {
+        const meta = optionMeta(key);
+        if (!meta.flag) continue;
+        for (const role of meta.flag.roles) {
+          const s = CONFIG_SCHEMA.properties[key] as { type?: string; enum?: readonly string[] };
+          const value = meta.kind === 'ip' ? '127.0.0.9' : meta.kind === 'port' ? '4999' : meta.kind === 'list' ? 'h1:1,h2:2' : s.enum ? s.enum[1]! : s.type === 'integer' ? '7' : s.type === 'number' ? '0.25' : 'text';
+          const want = meta.kind === 'list' ? ['h1:1', 'h2:2'] : s.enum || s.type === 'string' || meta.kind === 'ip' || meta.kind === 'path' || meta.kind === 'name' ? value : Number(value);
+          const got = parseConfigFlags(role, [flagOf(key), value]) as Record<string, unknown>;
+          expect(got, `${key} via ${flagOf(key)} (${role})`).to.deep.equal({ [key]: want });
+        }
+      }
     });
   });
 });

@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
-import { buildConfig, findConfigFile, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type QhcpConfig, type LoadedConfig } from '../config/config.ts';
+import { buildConfig, findConfigFile, optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig, type LoadedConfig } from '../config/config.ts';
 import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
@@ -18,12 +18,6 @@ const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.ur
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
 export const EXIT_USAGE = 2;
-
-type Props = typeof CONFIG_SCHEMA.properties;
-const dflt = (k: keyof Props) => {
-  const d = (CONFIG_SCHEMA.properties[k] as { default?: unknown }).default;
-  return d === undefined ? '' : ` (default: ${Array.isArray(d) ? 'none' : d})`;
-};
 
 function num(flag: string, kind: 'int' | 'number') {
   return (v: string): number => {
@@ -69,77 +63,95 @@ export function normalizeArgv(args: string[]): string[] {
 
 interface CommonOpts {
   config?: string;
-  node?: string;
-  logLevel?: Level;
-  pluginTimeout?: number;
-  maxFrameBytes?: number;
-  idleTimeout?: number;
-  helloTimeout?: number;
+}
+
+type FlagRole = 'server' | 'loadbalancer';
+const CONFIG_KEYS = Object.keys(CONFIG_SCHEMA.properties) as ConfigKey[];
+
+/** A config key's flag: `x-qhcp.flag.name`, else `--` and the key in kebab case. */
+export function flagOf(key: ConfigKey): string {
+  return optionMeta(key).flag?.name ?? `--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+}
+
+/** The attribute commander stores a flag's value under (`--cert-file` -> `certFile`). */
+const attrOf = (flag: string) => flag.slice(2).replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+const ARG: Record<string, string> = { seconds: 'seconds', port: 'port', ip: 'ip', path: 'file', bytes: 'bytes', fraction: 'fraction', list: 'list', name: 'name' };
+const ROLE_PREFIX = /^(Load balancer|Server|Both): /;
+
+/** One commander Option for a config key, its help, default text and parser all from the schema. */
+function optionFor(key: ConfigKey, flag: string): Option {
+  const schema = CONFIG_SCHEMA.properties[key] as { type?: string; enum?: readonly string[]; default?: unknown; description: string };
+  const meta = optionMeta(key);
+  const arg = meta.flag?.arg ?? (meta.kind ? ARG[meta.kind] : schema.enum ? 'value' : schema.type === 'integer' ? 'n' : 'value');
+  const d = schema.default;
+  const dflt = meta.defaultText ? ` (default: ${meta.defaultText})` : d === undefined ? ' (optional)' : Array.isArray(d) ? '' : ` (default: ${JSON.stringify(d)})`;
+  const help = (meta.flag?.help ?? schema.description.replace(ROLE_PREFIX, '')).replace(/\.$/, '');
+  const option = new Option(`${flag} <${arg}>`, `${help}${dflt}`);
+  if (schema.enum) return option.choices(schema.enum);
+  if (meta.kind === 'ip') return option.argParser(ipArg(flag));
+  if (meta.kind === 'port') return option.argParser(portArg(flag));
+  if (schema.type === 'integer') return option.argParser(num(flag, 'int'));
+  if (schema.type === 'number') return option.argParser(num(flag, 'number'));
+  return option;
+}
+
+/** Adds the flag of every config key the schema gives to one of `roles` (a shared flag once). */
+function configFlags(cmd: Command, roles: FlagRole[]): Command {
+  const seen = new Set<string>();
+  for (const key of CONFIG_KEYS) {
+    const f = optionMeta(key).flag;
+    if (!f || !f.roles.some((r) => roles.includes(r))) continue;
+    const flag = flagOf(key);
+    if (seen.has(flag)) continue;
+    seen.add(flag);
+    // A flag two roles read into different keys (--cert-file) says which key for which role.
+    const shared = CONFIG_KEYS.filter((k) => k !== key && flagOf(k) === flag && optionMeta(k).flag?.roles.some((r) => roles.includes(r)));
+    const option = optionFor(key, flag);
+    if (shared.length) option.description = [key, ...shared].map((k) => `${optionMeta(k).flag!.roles.join('/')}: ${k}`).join('; ');
+    cmd.addOption(option);
+  }
+  return cmd;
 }
 
 function commonOptions(cmd: Command): Command {
-  return cmd
-    .option('--config <file>', 'configuration file (default: qhcp.config.{ts,js,json}, .qhcprc, package.json#qhcp in the working directory)')
-    .option('--node <name>', 'this node\'s name in HELLO/ACK (default: hostname:port)')
-    .addOption(new Option('--log-level <level>', `log level${dflt('logLevel')}`).choices(['debug', 'info', 'warn', 'error', 'silent']))
-    .option('--plugin-timeout <seconds>', `time a plugin hook may take${dflt('pluginTimeout')}`, num('--plugin-timeout', 'number'))
-    .option('--hello-timeout <seconds>', `close connections that send no HELLO in time${dflt('helloTimeout')}`, num('--hello-timeout', 'number'))
-    .option('--idle-timeout <seconds>', `QUIC idle timeout${dflt('idleTimeout')}`, num('--idle-timeout', 'number'))
-    .option('--max-frame-bytes <bytes>', `largest frame payload accepted${dflt('maxFrameBytes')}`, num('--max-frame-bytes', 'int'));
+  return cmd.option('--config <file>', 'configuration file (default: qhcp.config.{ts,js,json}, .qhcprc, package.json#qhcp in the working directory)');
 }
 
-function serverOptions(cmd: Command): Command {
-  return cmd
-    .option('--server-ip <ip>', 'IP address to listen on (default: "0.0.0.0")', ipArg('--server-ip'))
-    .option('--server-port <port>', `UDP port to listen on${dflt('serverPort')}`, portArg('--server-port'))
-    .option('--key-file <file>', 'TLS private key, PEM (optional; with --cert-file)')
-    .option('--cert-file <file>', 'TLS certificate, PEM (optional; without both a self-signed one is made in memory)')
-    .option('--drain-grace <seconds>', `on SIGTERM, time load balancers get after DRAIN${dflt('drainGrace')}`, num('--drain-grace', 'number'))
-    .option('--sample-interval <seconds>', `how often metrics are sampled in the background${dflt('sampleInterval')}`, num('--sample-interval', 'number'))
-    .option('--max-connections <n>', `most concurrent connections${dflt('maxConnections')}`, num('--max-connections', 'int'))
-    .option('--max-pending-handshakes <n>', `most handshakes in progress, and most connections still without HELLO${dflt('maxPendingHandshakes')}`, num('--max-pending-handshakes', 'int'));
-}
-
-function loadbalancerOptions(cmd: Command, withCert = true): Command {
-  cmd = cmd
-    .option('--servers <list>', 'comma-separated host:port list of servers (a bare host uses port 4243)')
-    .option('--loadbalancer-port <port>', `UDP port for STATUS/PICK queries${dflt('loadbalancerPort')}`, portArg('--loadbalancer-port'))
-    .option('--loadbalancer-host <ip>', 'IP address for the query port (default: "0.0.0.0")', ipArg('--loadbalancer-host'))
-    .option('--max-fail-attempts <n>', `consecutive failed checks before DOWN${dflt('maxFailAttempts')}`, num('--max-fail-attempts', 'int'))
-    .option('--rise-attempts <n>', `consecutive good checks before a DOWN server is UP again${dflt('riseAttempts')}`, num('--rise-attempts', 'int'))
-    .option('--check-interval <seconds>', `seconds between checks and status prints${dflt('checkInterval')}`, num('--check-interval', 'number'))
-    .option('--check-timeout <seconds>', 'check timeout (default: half the interval, at most 5)', num('--check-timeout', 'number'))
-    .option('--reconnect-interval <seconds>', `seconds between reconnects to DOWN servers${dflt('reconnectInterval')}`, num('--reconnect-interval', 'number'))
-    .option('--report-interval <seconds>', `push mode: servers send a report every this many seconds, each one a check; 0 = poll with HEALTH_REQUEST${dflt('reportInterval')}`, num('--report-interval', 'number'))
-    .option('--jitter <fraction>', `random spread of check times, 0-0.5${dflt('jitter')}`, num('--jitter', 'number'))
-    .option('--server-name <name>', 'name server certificates must carry (default: the address host)')
-    .addOption(new Option('--status <format>', `status output (auto: table on a terminal, lines otherwise)${dflt('status')}`).choices(['auto', 'table', 'lines', 'json', 'none']));
-  return withCert ? cmd.option('--cert-file <file>', 'CA or server certificate (PEM) to verify servers with (optional; without it servers are not verified)') : cmd;
-}
-
-/** Maps parsed flags to config keys (only those given: flags override the file). */
-function flagsToConfig(o: Record<string, unknown>, role: 'server' | 'loadbalancer'): Partial<QhcpConfig> {
+/**
+ * Maps parsed flags to config keys (only those given: flags override the file). `role` decides
+ * a flag two keys share (--cert-file: certFile for a server, caFile for a load balancer);
+ * `qhcp config` has every role's flags and applies them all.
+ */
+function flagsToConfig(o: Record<string, unknown>, role: FlagRole, roles: FlagRole[] = [role]): QhcpUserConfig {
   const c: Record<string, unknown> = {};
-  const copy = (from: string, to: keyof QhcpConfig = from as keyof QhcpConfig) => {
-    if (o[from] !== undefined) c[to] = o[from];
-  };
-  for (const k of ['node', 'logLevel', 'pluginTimeout', 'helloTimeout', 'idleTimeout', 'maxFrameBytes', 'serverIp', 'serverPort', 'keyFile', 'drainGrace', 'sampleInterval', 'maxConnections', 'maxPendingHandshakes', 'loadbalancerPort', 'loadbalancerHost', 'maxFailAttempts', 'riseAttempts', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'serverName'])
-    copy(k);
-  copy('status');
-  // The seed's load balancer -cert-file is the certificate to verify servers with.
-  if (o.certFile !== undefined) c[role === 'loadbalancer' ? 'caFile' : 'certFile'] = o.certFile;
-  if (typeof o.servers === 'string') {
-    const list = o.servers.split(',').map((s) => s.trim()).filter(Boolean);
-    if (list.length === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', '--servers: the list is empty');
-    c.servers = list;
+  for (const key of CONFIG_KEYS) {
+    const f = optionMeta(key).flag;
+    if (!f?.roles.some((r) => roles.includes(r))) continue;
+    const sharedWith = CONFIG_KEYS.filter((k) => k !== key && optionMeta(k).flag && flagOf(k) === flagOf(key));
+    if (sharedWith.length > 0 && !f.roles.includes(role)) continue;
+    const v = o[attrOf(flagOf(key))];
+    if (v === undefined) continue;
+    if (optionMeta(key).kind === 'list' && typeof v === 'string') {
+      const list = v.split(',').map((s) => s.trim()).filter(Boolean);
+      if (list.length === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', `${flagOf(key)}: the list is empty`);
+      c[key] = list;
+    } else c[key] = v;
   }
-  return c as Partial<QhcpConfig>;
+  return c as QhcpUserConfig;
 }
 
-async function loadConfig(o: CommonOpts & Record<string, unknown>, role: 'server' | 'loadbalancer'): Promise<LoadedConfig> {
+/** The config a role's flags give (for tests and embedding): `--check-interval 2` -> { checkInterval: 2 }. */
+export function parseConfigFlags(role: FlagRole, args: string[]): QhcpUserConfig {
+  const cmd = configFlags(commonOptions(new Command(role)), [role]).exitOverride();
+  cmd.parse(args, { from: 'user' });
+  return flagsToConfig(cmd.opts(), role);
+}
+
+async function loadConfig(o: CommonOpts & Record<string, unknown>, role: FlagRole, flagRoles: FlagRole[] = [role]): Promise<LoadedConfig> {
   const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}) });
   try {
-    return buildConfig(data, file, flagsToConfig(o, role));
+    return buildConfig(data, file, flagsToConfig(o, role, flagRoles));
   } catch (e) {
     // One run lists every problem: the plugins' own option errors join the core's.
     const raw = (data as { plugins?: unknown } | undefined)?.plugins;
@@ -243,11 +255,11 @@ Seed (Go prototype) form, single dash:
        -max-fail-attempts 3 -check-interval 10 -reconnect-interval 30 -cert-file ca.pem`,
     );
 
-  serverOptions(commonOptions(program.command('server').description('run a backend agent that reports live metrics over QHCP')))
+  configFlags(commonOptions(program.command('server').description('run a backend agent that reports live metrics over QHCP')), ['server'])
     .addHelpText('after', '\nExample:\n  qhcp server --server-ip 127.0.0.1 --server-port 4243 --key-file key.pem --cert-file cert.pem\n  qhcp -server -server-ip 0.0.0.0 -server-port 4243 -key-file key.pem -cert-file cert.pem   (seed form)')
     .action(async (o) => runServer(o));
 
-  loadbalancerOptions(commonOptions(program.command('loadbalancer').alias('lb').description('check servers over QHCP, mark them UP/DOWN, answer STATUS and PICK')))
+  configFlags(commonOptions(program.command('loadbalancer').alias('lb').description('check servers over QHCP, mark them UP/DOWN, answer STATUS and PICK')), ['loadbalancer'])
     .addHelpText('after', '\nExample:\n  qhcp loadbalancer --servers "10.0.0.1:4243,10.0.0.2" --check-interval 10 --max-fail-attempts 3 --cert-file ca.pem\n  qhcp -loadbalancer -servers "host1:4243,host2:4244" -loadbalancer-port 4242 -max-fail-attempts 3 -check-interval 10 -reconnect-interval 30 -cert-file ca.pem   (seed form)')
     .action(async (o) => runLoadBalancer(o));
 
@@ -284,12 +296,12 @@ Seed (Go prototype) form, single dash:
     });
 
   const config = program.command('config').description('show the merged configuration and where each value came from');
-  loadbalancerOptions(serverOptions(commonOptions(config)), false)
+  configFlags(commonOptions(config), ['server', 'loadbalancer'])
     .addOption(new Option('--role <role>', 'role whose flags apply').choices(['server', 'loadbalancer']).default('loadbalancer'))
     .option('--print', 'print the merged configuration (the default)')
     .option('--json', 'as JSON')
     .action(async (o: CommonOpts & Record<string, unknown> & { role: 'server' | 'loadbalancer'; json?: boolean }) => {
-      const { config: c, sources, file } = await loadConfig(o, o.role);
+      const { config: c, sources, file } = await loadConfig(o, o.role, ['server', 'loadbalancer']);
       const { resolvePlugins } = await import('../plugin/loader.ts');
       const plugins = (await resolvePlugins(c, o.role, file)).map((p) => p.name);
       if (o.json) {
@@ -312,9 +324,15 @@ Seed (Go prototype) form, single dash:
     .command('demo')
     .description('three servers and a load balancer on loopback, self-signed certificates; Ctrl-C stops all')
     .option('--check-interval <seconds>', 'check interval for the demo (default: 2)', num('--check-interval', 'number'))
-    .action(async (o: { checkInterval?: number }) => {
+    .option('--tcp-proxy [port]', 'also run three HTTP services and the tcp-proxy plugin on this port (default 8000)')
+    .action(async (o: { checkInterval?: number; tcpProxy?: string | boolean }) => {
       const { runDemo } = await import('./demo.ts');
-      await runDemo({ checkInterval: o.checkInterval ?? 2 });
+      let tcpProxy: number | undefined;
+      if (o.tcpProxy !== undefined) {
+        tcpProxy = o.tcpProxy === true ? 8000 : Number(o.tcpProxy);
+        if (!Number.isInteger(tcpProxy) || tcpProxy < 1 || tcpProxy > 65535) throw new LocalError('QHCP_ERR_CLI_USAGE', `--tcp-proxy: "${String(o.tcpProxy)}" is not a port (1-65535)`);
+      }
+      await runDemo({ checkInterval: o.checkInterval ?? 2, ...(tcpProxy !== undefined ? { tcpProxy } : {}) });
     });
 
   return program;

@@ -16,6 +16,7 @@ import type { CheckResult, Hooks } from '../plugin/hooks.ts';
 import type { Logger } from '../util/log.ts';
 import type { Backend } from './backend.ts';
 import { ADMIN_STATES, VERDICTS, type AdminState, type HealthEvent, type Verdict } from './states.ts';
+import { withTimeout } from '../util/timeout.ts';
 
 /**
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
@@ -237,12 +238,8 @@ export class Checker {
 
   /** `p`, or RESPONSE_TIMEOUT after `ms`. */
   private answerWithin(p: Promise<HealthResponse>, ms: number): Promise<HealthResponse> {
-    let timer: NodeJS.Timeout | undefined;
     const timeoutMs = this.timings.timeoutMs;
-    const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`)), ms);
-    });
-    return Promise.race([p, deadline]).finally(() => clearTimeout(timer));
+    return withTimeout(p, ms, () => new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`));
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {

@@ -9,10 +9,11 @@
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
 import { PluginError, WIRE_ERRORS, type WireErrorName } from '../errors.ts';
-import { FIELD_LIMITS, type Message, type Metrics } from '../protocol/messages.ts';
+import { FIELD_LIMITS, METRIC_NAME, type Message, type Metrics } from '../protocol/messages.ts';
 import type { BackendView } from '../health/backend.ts';
 import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
+import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
 
 /** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
@@ -26,8 +27,8 @@ export interface MetricDefinition {
   sampleIntervalMs?: number;
 }
 
-/** Metric names the protocol carries (messages.ts `metricName`, docs/protocol.md). */
-export const METRIC_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/;
+/** Metric names the protocol carries (the one rule lives in messages.ts; docs/protocol.md). */
+export { METRIC_NAME };
 
 /** The report that `collect` taps fill in. */
 export class MetricsReport {
@@ -130,7 +131,7 @@ export interface CredentialsRequest {
 export type { BackendView };
 
 export interface PickRequest {
-  /** UP backends, in configuration order. */
+  /** The backends a balancer may choose: UP ones, in configuration order (DEGRADED ones too as config `degraded` says: by default only when no UP one is left). */
   readonly servers: readonly BackendView[];
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;
@@ -293,19 +294,12 @@ export function guardHooks(hooks: Hooks, logger: Logger, timeoutMs: number, fail
             }
           };
         } else if (tap.type === 'promise') {
-          tap.fn = (...args: unknown[]) => {
-            let timer: NodeJS.Timeout | undefined;
-            const timeout = new Promise<never>((_, reject) => {
-              timer = setTimeout(() => reject(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)), timeoutMs);
+          tap.fn = (...args: unknown[]) =>
+            withTimeout(() => fn(...args), timeoutMs, () => new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', name, plugin)).catch((e) => {
+              const err = e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
+              report(err);
+              return fallback(name, err, args);
             });
-            return Promise.race([Promise.resolve().then(() => fn(...args)), timeout])
-              .catch((e) => {
-                const err = e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', name, plugin, e);
-                report(err);
-                return fallback(name, err, args);
-              })
-              .finally(() => clearTimeout(timer));
-          };
         } else if (tap.type === 'async') {
           tap.fn = (...args: unknown[]) => {
             const callback = args.pop() as (err: unknown, result?: unknown) => void;

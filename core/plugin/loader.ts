@@ -9,6 +9,7 @@ import { Ajv } from 'ajv';
 import { ConfigError, PluginError, errorText } from '../errors.ts';
 import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from '../config/config.ts';
 import type { CoreLike } from './hooks.ts';
+import { withTimeout } from '../util/timeout.ts';
 
 export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'sync' | 'proxy' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
@@ -47,6 +48,8 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   exec: '../../plugins/alert/exec',
   haproxy: '../../plugins/sync/haproxy',
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
+  'tcp-proxy': '../../plugins/proxy/tcp',
+  'least-connections': '../../plugins/balancer/least-connections',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */
@@ -158,21 +161,13 @@ export async function resolvePlugins(config: Pick<QhcpConfig, 'plugins' | 'defau
 /** Applies plugins in order, each bounded by `timeoutMs`. @throws PluginError */
 export async function applyPlugins(plugins: QhcpPlugin[], core: CoreLike, timeoutMs: number): Promise<void> {
   for (const p of plugins) {
-    let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
-        Promise.resolve().then(() => p.apply(core)),
-        new Promise((_, reject) => {
-          timer = setTimeout(() => reject(new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', 'apply', p.name)), timeoutMs);
-        }),
-      ]);
+      await withTimeout(() => p.apply(core), timeoutMs, () => new PluginError('QHCP_ERR_PLUGIN_TIMEOUT', 'apply', p.name));
     } catch (e) {
       // A plugin that finds its configuration unusable only now (a key file for this role) says
       // so with a ConfigError: it stays one, so the CLI prints every problem and exits 2.
       if (e instanceof ConfigError) throw e;
       throw e instanceof PluginError ? e : new PluginError('QHCP_ERR_PLUGIN_HOOK', 'apply', p.name, e);
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

@@ -129,7 +129,13 @@ export type MessageOf<K extends MessageName> = { type: K; body: Bodies[K] };
 const seq = { type: 'integer', minimum: 0, maximum: 0xffffffff } as const;
 const name = { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxNameLength } as const;
 const reason = { type: 'string', maxLength: FIELD_LIMITS.maxReasonLength } as const;
-const metricName = { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$' } as const;
+/** The one metric-name rule: letters, digits, _ . : - (at most 128, not starting with a digit). */
+export const METRIC_NAME_PATTERN = '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$';
+/** The metric-name rule as a regular expression (hooks, plugins). */
+export const METRIC_NAME = new RegExp(METRIC_NAME_PATTERN);
+/** The metric-name rule as a JSON schema (wire bodies, plugin options naming a metric). */
+export const metricNameSchema = { type: 'string', pattern: METRIC_NAME_PATTERN } as const;
+const metricName = metricNameSchema;
 const metrics = {
   type: 'object',
   maxProperties: FIELD_LIMITS.maxMetrics,

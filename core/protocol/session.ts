@@ -11,18 +11,21 @@ import type { Channel, ChannelClose } from '../transport/quic.ts';
 
 export type Direction = 'in' | 'out';
 
-export interface SessionOptions {
+/** `D`: the session's own application state (`session.data`), e.g. what a load balancer asked for. */
+export interface SessionOptions<D extends object = object> {
   role: Role;
+  /** The initial `data` (default: an empty object, so D's fields should be optional). */
+  data?: D;
   /** Server role: close a connection that sends no HELLO within this (ms). */
   helloTimeoutMs?: number;
   /** Called for every frame in either direction, after the DFA accepted it. */
-  observe?: (dir: Direction, msg: Message, session: Session) => void;
+  observe?: (dir: Direction, msg: Message, session: Session<D>) => void;
   /** Application handler for received messages (requests, pushes); runs after the DFA step. */
-  onMessage: (msg: Message, session: Session) => void;
+  onMessage: (msg: Message, session: Session<D>) => void;
   /** Called once when the session ends, with why. */
-  onClose?: (why: SessionEnd, session: Session) => void;
+  onClose?: (why: SessionEnd, session: Session<D>) => void;
   /** Called when this side detects a peer violation (for counting and rate-limited logging). */
-  onViolation?: (err: ProtocolError, session: Session) => void;
+  onViolation?: (err: ProtocolError, session: Session<D>) => void;
 }
 
 export interface SessionEnd {
@@ -54,13 +57,13 @@ const RESPONSE_OF: Partial<Record<MessageName, MessageName>> = {
 
 let nextId = 1;
 
-export class Session {
+export class Session<D extends object = object> {
   readonly id = nextId++;
   readonly dfa: Dfa;
   /** Peer identity once HELLO/ACK told us (node name, auth subject). */
   peer: { node?: string; subject?: string; role?: string } = {};
   /** Per-session application state (e.g. the metrics a load balancer asked for). */
-  data: Record<string, unknown> = {};
+  readonly data: D;
   private pending: Pending | undefined;
   private helloTimer: NodeJS.Timeout | undefined;
   private ended: SessionEnd | undefined;
@@ -70,8 +73,9 @@ export class Session {
 
   constructor(
     readonly channel: Channel,
-    private readonly opts: SessionOptions,
+    private readonly opts: SessionOptions<D>,
   ) {
+    this.data = opts.data ?? ({} as D);
     this.dfa = new Dfa(opts.role);
     if (opts.role === 'server') {
       const ms = opts.helloTimeoutMs ?? 5_000;

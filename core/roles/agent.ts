@@ -12,6 +12,7 @@ import { Listener, type Channel } from '../transport/quic.ts';
 import { loadServerTls } from '../transport/tls.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Logger } from '../util/log.ts';
+import { withTimeout } from '../util/timeout.ts';
 
 interface SessionPrefs {
   /** Metric names this session asked for (undefined = all). */
@@ -19,6 +20,9 @@ interface SessionPrefs {
   reportIntervalMs: number;
   reportTimer?: NodeJS.Timeout;
 }
+
+/** An agent's session: what its load balancer asked for, once HELLO is accepted. */
+type AgentSession = Session<{ prefs?: SessionPrefs }>;
 
 /** Counters exposed for tests, benchmarks and operators. */
 export interface ServerStats {
@@ -32,7 +36,7 @@ export interface ServerStats {
 
 export class AgentServer extends Core {
   private listener: Listener | undefined;
-  readonly sessions = new Set<Session>();
+  readonly sessions = new Set<AgentSession>();
   readonly stats: ServerStats = { accepted: 0, refused: 0, violations: 0, authFailures: 0, healthRequests: 0, samples: 0 };
   definitions: MetricDefinition[] = [];
   /** The last sample: values and when it was taken. */
@@ -67,23 +71,17 @@ export class AgentServer extends Core {
     await this.takeSample();
     this.sampler = setInterval(() => void this.takeSample(), c.sampleInterval * 1000);
     this.sampler.unref();
-    this.listener = await Listener.listen({
-      host: c.serverIp,
-      port: c.serverPort,
-      cert: tls.cert,
-      key: tls.key,
-      maxFrameBytes: c.maxFrameBytes,
-      idleTimeoutMs: c.idleTimeout * 1000,
-      handshakeTimeoutMs: c.helloTimeout * 1000,
-      maxStreams: c.maxStreams,
-      maxPendingHandshakes: c.maxPendingHandshakes,
-      onHandshakeRefused: (remote) => {
-        this.stats.refused++;
-        this.logger.limited('refused', 'handshake refused', { remote, reason: 'too many handshakes in progress' });
-      },
-      onChannel: (ch) => this.accept(ch),
-      onExtraStream: (ch) => this.extraStream(ch),
-    });
+    this.listener = await Listener.listen(
+      this.listenerOptions({
+        host: c.serverIp,
+        port: c.serverPort,
+        tls,
+        logKey: 'refused',
+        onRefused: () => this.stats.refused++,
+        onChannel: (ch) => this.accept(ch),
+        onExtraStream: (ch) => this.extraStream(ch),
+      }),
+    );
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
     this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });
@@ -143,8 +141,8 @@ export class AgentServer extends Core {
   }
 
   /** The metrics for one session: the cached sample, filtered to what it asked for, transformed by `report`. */
-  metricsFor(s: Session | undefined): { metrics: Metrics; ageMs: number } & AgentHealth {
-    const prefs = s?.data.prefs as SessionPrefs | undefined;
+  metricsFor(s: AgentSession | undefined): { metrics: Metrics; ageMs: number } & AgentHealth {
+    const prefs = s?.data.prefs;
     let values = this.sample.values;
     if (prefs?.metrics) {
       values = {};
@@ -165,7 +163,7 @@ export class AgentServer extends Core {
       return;
     }
     this.stats.accepted++;
-    const session = new Session(ch, {
+    const session: AgentSession = new Session<{ prefs?: SessionPrefs }>(ch, {
       role: 'server',
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
@@ -176,7 +174,7 @@ export class AgentServer extends Core {
       },
       onClose: (why, s) => {
         this.sessions.delete(s);
-        const prefs = s.data.prefs as SessionPrefs | undefined;
+        const prefs = s.data.prefs;
         if (prefs?.reportTimer) clearInterval(prefs.reportTimer);
         this.logger.debug('session closed', { remote: s.remote, by: why.by, code: why.code, reason: why.reason });
       },
@@ -193,7 +191,7 @@ export class AgentServer extends Core {
     }
   }
 
-  private onMessage(msg: Message, s: Session): void {
+  private onMessage(msg: Message, s: AgentSession): void {
     if (s.state === 'DRAINING') return; // crossed our DRAIN: dropped, as the spec says
     switch (msg.type) {
       case 'HELLO':
@@ -205,7 +203,7 @@ export class AgentServer extends Core {
         return;
       }
       case 'CONFIG_UPDATE': {
-        const prefs = s.data.prefs as SessionPrefs;
+        const prefs = s.data.prefs!;
         if (msg.body.metrics) {
           const known = new Set(this.definitions.map((d) => d.name));
           prefs.metrics = new Set(msg.body.metrics.length ? msg.body.metrics.filter((m) => known.has(m) || m in this.sample.values) : [...known]);
@@ -232,7 +230,7 @@ export class AgentServer extends Core {
     }
   }
 
-  private setReportInterval(s: Session, prefs: SessionPrefs, ms: number): void {
+  private setReportInterval(s: AgentSession, prefs: SessionPrefs, ms: number): void {
     if (prefs.reportTimer) clearInterval(prefs.reportTimer);
     prefs.reportTimer = undefined;
     prefs.reportIntervalMs = ms;
@@ -246,7 +244,7 @@ export class AgentServer extends Core {
     }
   }
 
-  private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: Session): Promise<void> {
+  private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: AgentSession): Promise<void> {
     const version = this.helloVersion(s, body, 'checker');
     if (version === undefined) return;
     const verdict = this.authOpen ? undefined : toVerdict(await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role }));
@@ -275,10 +273,7 @@ export class AgentServer extends Core {
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;
     this.logger.info('draining', { sessions: drained, graceMs });
     if (this.sessions.size > 0 && graceMs > 0) {
-      await Promise.race([
-        Promise.all([...this.sessions].map((s) => s.closed())),
-        new Promise((r) => setTimeout(r, graceMs)),
-      ]);
+      await withTimeout(Promise.all([...this.sessions].map((s) => s.closed())), graceMs, { value: undefined });
     }
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');

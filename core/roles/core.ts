@@ -10,7 +10,7 @@ import type { QhcpConfig } from '../config/config.ts';
 import { preHello, type Session } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
 import { SUPPORTED_VERSIONS, type Bodies } from '../protocol/messages.ts';
-import type { Channel } from '../transport/quic.ts';
+import type { Channel, ListenOptions } from '../transport/quic.ts';
 import type { PluginError } from '../errors.ts';
 
 export class Core implements CoreLike {
@@ -77,6 +77,41 @@ export class Core implements CoreLike {
       return undefined;
     }
     return version;
+  }
+
+  /**
+   * The one listener-options builder: a role's listen address and certificate plus what every
+   * listener takes from the config (frame limit, idle and handshake timeouts, stream and
+   * handshake caps); refused handshakes are logged rate-limited under `logKey`.
+   */
+  listenerOptions(o: {
+    host: string;
+    port: number;
+    tls: { cert: string; key: string };
+    logKey: string;
+    maxFrameBytes?: number;
+    onRefused?: (remote: string) => void;
+    onChannel: ListenOptions['onChannel'];
+    onExtraStream?: ListenOptions['onExtraStream'];
+  }): ListenOptions {
+    const c = this.config;
+    return {
+      host: o.host,
+      port: o.port,
+      cert: o.tls.cert,
+      key: o.tls.key,
+      maxFrameBytes: o.maxFrameBytes ?? c.maxFrameBytes,
+      idleTimeoutMs: c.idleTimeout * 1000,
+      handshakeTimeoutMs: c.helloTimeout * 1000,
+      maxStreams: c.maxStreams,
+      maxPendingHandshakes: c.maxPendingHandshakes,
+      onHandshakeRefused: (remote) => {
+        o.onRefused?.(remote);
+        this.logger.limited(o.logKey, 'handshake refused', { remote, reason: 'too many handshakes in progress' });
+      },
+      onChannel: o.onChannel,
+      ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
+    };
   }
 
   sessionInfo(s: Session): SessionInfo {

@@ -18,7 +18,7 @@ import type { BackendView, Transition } from '../plugin/hooks.ts';
 import type { Logger } from '../util/log.ts';
 import { Backend } from '../health/backend.ts';
 import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
-import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
+import { ruleFor, reasonOf, candidates, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
 import { SyncDispatcher } from '../plugin/sync.ts';
 
@@ -226,14 +226,14 @@ export class LoadBalancer extends Core {
    */
   choose(key?: string): { backend: Backend; reason?: undefined } | { backend: undefined; reason: string } {
     this.stats.picks++;
-    const up = this.records().filter((b) => b.state === 'UP');
+    const up = candidates(this.records(), this.config.degraded ?? 'fallback');
     if (up.length === 0) return { backend: undefined, reason: 'no server is UP' };
     if (this.hooks.pick.taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
     const before = this.lastPluginError;
     const chosen = this.hooks.pick.call({ servers: up, key, now: Date.now() });
     if (chosen && up.includes(chosen as Backend)) return { backend: chosen as Backend };
     const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
-    const reason = failed ? `balancer failed: ${failed.message}` : chosen ? 'the balancer chose a server that is not UP' : 'the balancer chose no server';
+    const reason = failed ? `balancer failed: ${failed.message}` : chosen ? 'the balancer chose a server it was not offered' : 'the balancer chose no server';
     return { backend: undefined, reason: reason.slice(0, 1000) };
   }
 

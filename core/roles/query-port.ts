@@ -40,22 +40,19 @@ export class QueryPort {
   }
 
   async listen(c: Readonly<QhcpConfig>, tls: { cert: string; key: string }): Promise<void> {
-    this.listener = await Listener.listen({
-      host: c.loadbalancerHost,
-      port: c.loadbalancerPort,
-      cert: tls.cert,
-      key: tls.key,
-      maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
-      idleTimeoutMs: c.idleTimeout * 1000,
-      handshakeTimeoutMs: c.helloTimeout * 1000,
-      maxStreams: c.maxStreams,
-      maxPendingHandshakes: c.maxPendingHandshakes,
-      onHandshakeRefused: (remote) => this.core.logger.limited('query-refused', 'handshake refused on query port', { remote, reason: 'too many handshakes in progress' }),
-      onChannel: (ch) => this.accept(ch),
-      onExtraStream: (ch) => {
-        for (const s of this.sessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
-      },
-    });
+    this.listener = await Listener.listen(
+      this.core.listenerOptions({
+        host: c.loadbalancerHost,
+        port: c.loadbalancerPort,
+        tls,
+        logKey: 'query-refused',
+        maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
+        onChannel: (ch) => this.accept(ch),
+        onExtraStream: (ch) => {
+          for (const s of this.sessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
+        },
+      }),
+    );
   }
 
   private accept(ch: Channel): void {

@@ -3,6 +3,8 @@
  * full, the oldest waiting item is dropped and counted (a dead webhook must not grow memory
  * without end); the owner is told so it can warn.
  */
+import { withTimeout } from '../../core/util/timeout.ts';
+
 /** Options every queued alert plugin has (queue bound, stop drain); `doing` words the drain. */
 export function queueOptionsSchema(doing: string) {
   return {
@@ -43,13 +45,7 @@ export class SerialQueue<T> {
   /** Resolves true once everything queued is delivered, false after `timeoutMs`. */
   async drain(timeoutMs: number): Promise<boolean> {
     if (this.size === 0) return true;
-    let timer: NodeJS.Timeout | undefined;
-    const done = await Promise.race([
-      new Promise<boolean>((r) => this.idle.push(() => r(true))),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), timeoutMs))),
-    ]);
-    clearTimeout(timer);
-    return done;
+    return withTimeout(new Promise<boolean>((r) => this.idle.push(() => r(true))), timeoutMs, { value: false });
   }
 
   /** Forgets what is still waiting (after a drain timed out); returns how many. */

@@ -5,6 +5,7 @@
  * picks it has been sent since).
  */
 import type { BackendView } from '../../core/plugin/hooks.ts';
+import { metricNameSchema } from '../../core/protocol/messages.ts';
 
 export interface LoadOptions {
   /** A report older than this (ms, counting its sample's own age) is unknown load. */
@@ -25,7 +26,7 @@ export function pickCostSchema(dflt: number) {
 
 export const LOAD_OPTIONS_SCHEMA = {
   maxReportAgeMs: { type: 'integer', minimum: 100, maximum: 86_400_000, default: LOAD_DEFAULTS.maxReportAgeMs, description: 'a report older than this counts as unknown load' },
-  metric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: LOAD_DEFAULTS.metric, description: 'the metric that holds the load' },
+  metric: { ...metricNameSchema, default: LOAD_DEFAULTS.metric, description: 'the metric that holds the load' },
   unknownLoad: {
     anyOf: [{ const: 'mean' }, { type: 'number', minimum: 0 }],
     default: LOAD_DEFAULTS.unknownLoad,

@@ -8,6 +8,7 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
+import { metricNameSchema } from '../../core/protocol/messages.ts';
 
 const PLUGIN_NAME = 'weighted-round-robin';
 
@@ -25,7 +26,7 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
     additionalProperties: false,
     properties: {
       weightFrom: { enum: ['config', 'metric', 'load'], default: 'config', description: 'where weights come from' },
-      weightMetric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
+      weightMetric: { ...metricNameSchema, default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
       ...LOAD_OPTIONS_SCHEMA,
     },
   };

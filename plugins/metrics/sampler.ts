@@ -6,6 +6,7 @@
  * second time (a stuck `df` must not pile up child processes).
  */
 import { errorText } from '../../core/errors.ts';
+import { withTimeout } from '../../core/util/timeout.ts';
 
 export type Values = Record<string, number>;
 
@@ -54,12 +55,7 @@ export class Sampler {
   async start(firstWaitMs: number): Promise<void> {
     if (this.running) return;
     this.running = true;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.all(this.states.map((s) => this.readOnce(s))),
-      new Promise<void>((r) => (timer = setTimeout(r, firstWaitMs))),
-    ]);
-    clearTimeout(timer);
+    await withTimeout(Promise.all(this.states.map((s) => this.readOnce(s))), firstWaitMs, { value: undefined });
     if (!this.running) return; // stopped while starting
     for (const s of this.states) {
       s.timer = setInterval(() => void this.readOnce(s), s.source.intervalMs);
@@ -103,12 +99,8 @@ export class Sampler {
       () => (s.inFlight = false),
       () => (s.inFlight = false),
     );
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${s.source.timeoutMs} ms`)), s.source.timeoutMs);
-    });
     try {
-      const values = await Promise.race([reading, timeout]);
+      const values = await withTimeout(reading, s.source.timeoutMs, () => new Error(`timed out after ${s.source.timeoutMs} ms`));
       if (gen !== s.generation) return;
       const clean: Values = {};
       for (const [k, v] of Object.entries(values)) if (Number.isFinite(v)) clean[k] = v;
@@ -123,8 +115,6 @@ export class Sampler {
       s.values = {};
       s.sampledAt = 0;
       this.onError(s.name, s.lastError);
-    } finally {
-      clearTimeout(timer);
     }
   }
 }

@@ -11,6 +11,7 @@ import type { Logger } from '../../core/util/log.ts';
 import { parseAddress, formatAddress, type Address } from '../../core/util/address.ts';
 import { reportedLoad } from '../balancer/load.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
+import { withTimeout } from '../../core/util/timeout.ts';
 
 /** What a proxy should do with a backend. `unknown`: not checked yet, leave the proxy as it is. */
 export type Intent = 'ready' | 'drain' | 'maint' | 'down' | 'unknown';
@@ -65,13 +66,12 @@ export const WEIGHT_SCHEMA = {
 } as const;
 
 /**
- * The backend's weight factor (1 = as configured). With the shared contract's effective weight
- * (0..256, 100 = normal, set by `qhcp weight N`) it is weight / 100; a view without an agent
- * verdict carries the configured weight, which the proxy already has, so the factor is 1.
+ * The backend's weight factor for a proxy's own weights: the agent's weight in percent
+ * (`qhcp weight N`, wire `weight` 0..256, 100 = normal) / 100. The configured qhcp weight is not
+ * applied (the proxy has its own configured weights); a view without `agentWeight` gives 1.
  */
 export function weightFactor(b: BackendView): number {
-  if (extra(b).verdict === undefined) return 1;
-  const w = b.weight;
+  const w = (b as unknown as { agentWeight?: unknown }).agentWeight;
   return typeof w === 'number' && Number.isFinite(w) && w >= 0 ? Math.min(w, 256) / 100 : 1;
 }
 
@@ -249,10 +249,7 @@ export class Reconciler {
   /** Resolves when no run is in progress or pending (bounded by `timeoutMs`). */
   async settled(timeoutMs: number): Promise<boolean> {
     if (!this.running && !this.timer) return true;
-    let t: NodeJS.Timeout | undefined;
-    const ok = await Promise.race([new Promise<boolean>((r) => this.idle.push(() => r(true))), new Promise<boolean>((r) => (t = setTimeout(() => r(false), timeoutMs)))]);
-    clearTimeout(t);
-    return ok;
+    return withTimeout(new Promise<boolean>((r) => this.idle.push(() => r(true))), timeoutMs, { value: false });
   }
 
   stop(): void {

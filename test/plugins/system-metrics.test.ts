@@ -7,7 +7,7 @@ import { validateOptions } from '../../core/plugin/loader.ts';
 import { waitUntil } from '../helpers/procs.ts';
 import { fakeCore } from './fake-core.ts';
 
-const METRIC_NAME = /^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$/;
+import { METRIC_NAME } from '../../core/protocol/messages.ts';
 
 /** Instant fake readers with call counters; `over` replaces any of them. */
 function fakeReaders(over: Partial<SystemReaders> = {}) {
