@@ -13,6 +13,7 @@ import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, statusFrame } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import { addControlCommands } from '../control/commands.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -195,7 +196,16 @@ async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void>
   const { AgentServer } = await import('../roles/agent.ts');
   const server = new AgentServer(config, logger, file);
   await server.loadPlugins();
+  const { httpAddressOf } = await import('../http/common.ts');
+  const { at } = httpAddressOf(config, 'server');
   await server.start();
+  if (at) {
+    const { AgentHttp } = await import('../http/agent.ts');
+    await new AgentHttp(server, at).listen().catch(async (e: unknown) => {
+      await server.stop();
+      throw e;
+    });
+  }
   untilSignal(() => server.stop(), logger);
 }
 
@@ -208,7 +218,21 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   await lb.loadPlugins();
   const format = resolveFormat(config.status, process.stdout.isTTY === true);
   if (format !== 'none') lb.onStatus = (backends) => process.stdout.write(statusFrame(format, backends.map((b) => b.status())));
+  // The state file applies before the first check. The HTTP listener (fastify, prom-client:
+  // loaded only when it is on) comes up after start, so start-up is not held up; the events
+  // in between are kept for it.
+  const { httpAddressOf, EarlyEvents } = await import('../http/common.ts');
+  const { at, explicit } = httpAddressOf(config, 'loadbalancer');
+  const admin = at || config.stateFile ? new (await import('../http/admin.ts')).Admin(lb, logger, config.stateFile) : undefined;
+  await admin?.applyStartup();
+  const early = at ? new EarlyEvents(lb.hooks) : undefined;
+  if (config.httpTokenFile) (await import('../http/token.ts')).readToken(config.httpTokenFile);
   await lb.start();
+  const web = at ? new (await import('../http/loadbalancer.ts')).LbHttp(lb, { at, explicit, tokenFile: config.httpTokenFile, ...(admin ? { admin } : {}), ...(early ? { early } : {}) }) : undefined;
+  await web?.listen().catch(async (e: unknown) => {
+    await lb.stop();
+    throw e;
+  });
   untilSignal(() => lb.stop(), logger);
 }
 
@@ -295,6 +319,8 @@ Seed (Go prototype) form, single dash:
       if (none) process.exitCode = 3;
     });
 
+  addControlCommands(program, num);
+
   const config = program.command('config').description('show the merged configuration and where each value came from');
   configFlags(commonOptions(config), ['server', 'loadbalancer'])
     .addOption(new Option('--role <role>', 'role whose flags apply').choices(['server', 'loadbalancer']).default('loadbalancer'))
@@ -318,6 +344,21 @@ Seed (Go prototype) form, single dash:
         process.stdout.write(`${k.padEnd(w)} ${String(shown).padEnd(30)} ${sources[k] ?? (k === 'checkTimeout' ? 'default' : '')}\n`);
       }
       process.stdout.write(`${'plugins'.padEnd(w)} ${plugins.join(', ')}  (${sources.plugins ?? 'default'})\n`);
+    });
+
+  program
+    .command('admin')
+    .description("change a running load balancer through its HTTP admin API (bearer token)")
+    .argument('<action>', 'list | add <address> | remove <address> | drain|ready|maint <address> | weight <address> <n>')
+    .argument('[args...]', 'the backend address (host:port or host:port/service), and the weight')
+    .option('--url <url>', 'the load balancer\'s HTTP listener', 'http://127.0.0.1:4280/')
+    .option('--token-file <file>', 'file with the bearer token (the load balancer\'s httpTokenFile); writes need it')
+    .option('--json', 'machine-readable JSON output')
+    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'))
+    .addHelpText('after', '\nExample:\n  qhcp admin list\n  qhcp admin drain 10.0.0.1:4243 --token-file /etc/qhcp/token\n  qhcp admin add 10.0.0.9:4243 --token-file /etc/qhcp/token --url http://127.0.0.1:4280/')
+    .action(async (action: string, args: string[], o: { url: string; tokenFile?: string; json?: boolean; timeout?: number }) => {
+      const { runAdmin } = await import('./admin.ts');
+      await runAdmin(action, args, o);
     });
 
   program
@@ -345,7 +386,7 @@ function fail(e: unknown): never {
     process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
+  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
     process.stderr.write(`qhcp: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }

@@ -55,7 +55,8 @@ export async function runDemo(opts: { checkInterval: number; tcpProxy?: number }
     '-reconnect-interval', String(opts.checkInterval * 2),
     ...proxyArgs,
   ]);
-  process.stdout.write('demo running: try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
+  process.stdout.write('demo running: open http://127.0.0.1:4280/ for the live status page (metrics at http://127.0.0.1:4280/metrics);\n');
+  process.stdout.write('try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
   if (opts.tcpProxy !== undefined) process.stdout.write(`tcp-proxy on 127.0.0.1:${opts.tcpProxy}: try \`curl -s 127.0.0.1:${opts.tcpProxy}\` a few times (service 1, 2, 3 in turn)\n`);
   let stopping = false;
   const stopAll = async () => {

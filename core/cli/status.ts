@@ -3,6 +3,7 @@
  * server otherwise (logs, pipes), or JSON lines for scripts. Also used by `qhcp status`.
  */
 import type { ServerStatus } from '../protocol/messages.ts';
+import { sanitize, safeJson } from '../util/sanitize.ts';
 
 export type StatusFormat = 'table' | 'lines' | 'json';
 
@@ -23,9 +24,10 @@ const COLUMNS = ['SERVER', 'STATE', 'CPU', 'MEM', 'LOAD1', 'SCORE', 'LATENCY', '
 
 function row(s: ServerStatus, now: number): string[] {
   const m = s.metrics;
+  // Address and last error come from the network (a load balancer, through it an agent).
   return [
-    s.address,
-    s.state,
+    sanitize(s.address, 300),
+    sanitize(s.state),
     pct(m.cpu),
     pct(m.memory),
     num(m.load1),
@@ -33,7 +35,7 @@ function row(s: ServerStatus, now: number): string[] {
     s.latencyMs === null ? '-' : `${s.latencyMs.toFixed(1)}ms`,
     String(s.failures),
     duration(now - s.since),
-    s.lastError ?? '',
+    sanitize(s.lastError ?? '', 1024),
   ];
 }
 
@@ -54,8 +56,8 @@ export function renderLines(servers: readonly ServerStatus[], now = Date.now()):
     .map((s) => {
       const m = s.metrics;
       const parts = [
-        `${t} server=${s.address}`,
-        `state=${s.state}`,
+        `${t} server=${sanitize(s.address, 300)}`,
+        `state=${sanitize(s.state)}`,
         `cpu=${pct(m.cpu)}`,
         `mem=${pct(m.memory)}`,
         `load1=${num(m.load1)}`,
@@ -64,14 +66,14 @@ export function renderLines(servers: readonly ServerStatus[], now = Date.now()):
         `failures=${s.failures}`,
         `in_state=${duration(now - s.since)}`,
       ];
-      if (s.lastError) parts.push(`last_error=${JSON.stringify(s.lastError)}`);
+      if (s.lastError) parts.push(`last_error=${safeJson(s.lastError)}`);
       return parts.join(' ');
     })
     .join('\n');
 }
 
 export function renderJson(servers: readonly ServerStatus[], now = Date.now()): string {
-  return servers.map((s) => JSON.stringify({ time: now, ...s })).join('\n');
+  return servers.map((s) => safeJson({ time: now, ...s })).join('\n');
 }
 
 export function render(format: StatusFormat, servers: readonly ServerStatus[], now = Date.now()): string {

@@ -136,10 +136,41 @@ export const METRIC_NAME = new RegExp(METRIC_NAME_PATTERN);
 /** The metric-name rule as a JSON schema (wire bodies, plugin options naming a metric). */
 export const metricNameSchema = { type: 'string', pattern: METRIC_NAME_PATTERN } as const;
 const metricName = metricNameSchema;
+/**
+ * The documented range of each well-known metric (docs/protocol.md, "Metric ranges"): a value
+ * outside it makes the whole message invalid (ERROR 104). `exact` names one metric, `pattern`
+ * a family of names; a metric neither names is any finite number. One table: the schema below,
+ * the agent's clamping of its own plugins' values and the spec's table all read it.
+ */
+export const METRIC_RANGES: ReadonlyArray<{ exact?: string; pattern?: string; min: number; max?: number; meaning: string }> = [
+  { exact: 'loadScore', min: 0, max: 1, meaning: 'derived load, 0 idle to 1 saturated' },
+  { exact: 'cpu', min: 0, max: 100, meaning: 'percent' },
+  { exact: 'memory', min: 0, max: 100, meaning: 'percent' },
+  { pattern: '^cpu\\.core[0-9]+$', min: 0, max: 100, meaning: 'percent, per core' },
+  { pattern: '(Pct|_pct)$', min: 0, max: 100, meaning: 'any percentage (e.g. disk.root.usedPct)' },
+  { exact: 'load1', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'load5', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'load15', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'processes', min: 0, meaning: 'count' },
+  { exact: 'uptime', min: 0, meaning: 'seconds' },
+  { pattern: '(Bytes|BytesPerSec|Count|_count|_total)$', min: 0, meaning: 'byte counts, rates and counts (e.g. net.rxBytesPerSec)' },
+];
+
+function rangeSchema(r: { min: number; max?: number }) {
+  return { type: 'number', minimum: r.min, ...(r.max !== undefined ? { maximum: r.max } : {}) };
+}
+
+/** The range that applies to metric `name`, if any. */
+export function metricRange(name: string): { min: number; max?: number } | undefined {
+  return METRIC_RANGES.find((r) => r.exact === name) ?? METRIC_RANGES.find((r) => r.pattern !== undefined && new RegExp(r.pattern).test(name) && !METRIC_RANGES.some((e) => e.exact === name));
+}
+
 const metrics = {
   type: 'object',
   maxProperties: FIELD_LIMITS.maxMetrics,
   propertyNames: metricName,
+  properties: Object.fromEntries(METRIC_RANGES.filter((r) => r.exact).map((r) => [r.exact!, rangeSchema(r)])),
+  patternProperties: Object.fromEntries(METRIC_RANGES.filter((r) => r.pattern).map((r) => [r.pattern!, rangeSchema(r)])),
   additionalProperties: { type: 'number' },
 } as const;
 const metricList = { type: 'array', maxItems: FIELD_LIMITS.maxMetrics, uniqueItems: true, items: metricName } as const;

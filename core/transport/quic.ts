@@ -55,6 +55,10 @@ export class Channel {
   private early: Array<() => void> = [];
   /** Bytes and frames received and sent, for metrics. */
   readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 };
+  /** Bytes queued by `send` that the QUIC library has not taken yet (the peer is not reading). */
+  pendingBytes = 0;
+  /** The same, summed over every channel in this process. */
+  static totalPendingBytes = 0;
 
   constructor(
     private readonly conn: QUICConnection,
@@ -156,10 +160,15 @@ export class Channel {
     const frame = encodeFrame(msg);
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
+    this.pendingBytes += frame.length;
+    Channel.totalPendingBytes += frame.length;
     try {
       await this.writer.write(frame);
     } catch {
       /* the connection is going away; its close event tells the session */
+    } finally {
+      this.pendingBytes -= frame.length;
+      Channel.totalPendingBytes -= frame.length;
     }
   }
 
@@ -422,6 +431,8 @@ export interface ConnectOptions {
   alpn?: string;
   /** Share this socket instead of binding one for the connection. */
   socket?: ClientSocket;
+  /** Flow-control window we grant the server (bytes; default the library's 1 MiB). Tests: a slow reader. */
+  receiveWindowBytes?: number;
 }
 
 /**
@@ -456,6 +467,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
           ...(opts.keepAliveMs && opts.keepAliveMs < idle ? { keepAliveIntervalTime: opts.keepAliveMs } : {}),
           initialMaxStreamsBidi: 0,
           initialMaxStreamsUni: 0,
+          ...(opts.receiveWindowBytes ? { initialMaxStreamDataBidiLocal: opts.receiveWindowBytes, initialMaxData: opts.receiveWindowBytes } : {}),
           ...(opts.logKeys ? { logKeys: opts.logKeys } : {}),
         } as never,
         logger: quicLogger,

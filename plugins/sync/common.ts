@@ -257,4 +257,14 @@ export class Reconciler {
     clearTimeout(this.timer);
     this.timer = undefined;
   }
+
+  /**
+   * On shutdown: lets a pending run finish (up to `timeoutMs`), then stops, and waits (bounded
+   * too) for a run that is still in progress, so no file or command is left half-done.
+   */
+  async halt(timeoutMs: number): Promise<void> {
+    if (!this.timer) await this.settled(timeoutMs); // a failing proxy's next retry is not waited for
+    this.stop();
+    for (const until = Date.now() + timeoutMs; this.running && Date.now() < until; ) await new Promise((r) => setTimeout(r, 10));
+  }
 }

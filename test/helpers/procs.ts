@@ -117,7 +117,7 @@ export async function runQhcp(args: string[], opts: { cwd?: string; timeoutMs?: 
 export async function startServer(opts: { port?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ proc: QhcpProcess; port: number; address: string }> {
   return retryInUse(opts.port, async (port) => {
     const proc = new QhcpProcess(['-server', '-server-ip', '127.0.0.1', '-server-port', String(port), ...(opts.args ?? [])], opts);
-    await proc.waitFor(/server listening/);
+    await proc.waitFor(/server listening/, 60_000);
     return { proc, port, address: `127.0.0.1:${port}` };
   });
 }
@@ -157,7 +157,7 @@ export async function startLoadBalancer(
       ],
       opts,
     );
-    await proc.waitFor(/load balancer started/);
+    await proc.waitFor(/load balancer started/, 60_000);
     return { proc, port };
   });
 }

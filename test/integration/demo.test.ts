@@ -112,6 +112,7 @@ describe('npm start: the local demonstration', function () {
     // Three servers and a load balancer (tsx may add a helper process of its own).
     expect(children.length).to.be.at.least(4);
     expect(demo.stdout).to.match(/demo running/);
+    expect(demo.stdout).to.match(/open http:\/\/127\.0\.0\.1:4280\/ for the live status page/);
     demo.signal('SIGINT');
     await expectAllGone(demo, children);
   });
