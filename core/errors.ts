@@ -29,6 +29,8 @@ export const WIRE_ERRORS = {
   AUTH_ALG_REJECTED: { wire: 206, description: 'the token algorithm is not allowed (e.g. alg none)' },
   TOO_MANY_CONNECTIONS: { wire: 300, description: 'the connection limit is reached; try later' },
   SHUTTING_DOWN: { wire: 301, description: 'the peer is shutting down' },
+  SLOW_CONSUMER: { wire: 302, description: 'the peer does not read what it is sent: its unread output passed the limit' },
+  SESSION_IDLE: { wire: 303, description: 'the session asked for nothing within the session idle timeout' },
   INTERNAL_ERROR: { wire: 500, description: 'a bug or an unexpected failure on the sender side' },
 } as const satisfies Record<string, { wire: number; description: string }>;
 
@@ -46,6 +48,7 @@ export const LOCAL_ERRORS = {
   QHCP_ERR_PLUGIN_TIMEOUT: 'a plugin did not finish a hook in time',
   QHCP_ERR_CONNECT: 'a QUIC connection could not be established',
   QHCP_ERR_CLOSED: 'the session is closed',
+  QHCP_ERR_CONTROL: "the agent's control socket could not be reached, refused access, or rejected the command",
 } as const;
 
 export type LocalErrorCode = keyof typeof LOCAL_ERRORS;

@@ -3,7 +3,8 @@
  *
  *   docs/protocol.md    the DFA table and Mermaid diagram of each role (core/protocol/dfa.ts) and the
  *                       wire error-code table (core/errors.ts, WIRE_ERRORS)
- *   docs/operations.md  the local error-code table (core/errors.ts, LOCAL_ERRORS)
+ *   docs/operations.md  the local error-code table (core/errors.ts, LOCAL_ERRORS) and the load
+ *                       balancer's health states and transitions (core/health/states.ts)
  *
  * Each generated part sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` comments;
  * everything outside the markers is hand-written and left alone.
@@ -18,6 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { TABLES, STATES, INITIAL_STATE, type Role, type DfaEvent, type Table } from '../core/protocol/dfa.ts';
 import { WIRE_ERRORS, LOCAL_ERRORS, type WireErrorName, type LocalErrorCode } from '../core/errors.ts';
+import { HEALTH_STATES, HEALTH_EVENTS, HEALTH_EVENT_NAMES, GUARDS, RULES, STATE_MEANING, type GuardName } from '../core/health/states.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 export const PROTOCOL_DOC = resolve(ROOT, 'docs/protocol.md');
@@ -26,7 +28,7 @@ export const OPERATIONS_DOC = resolve(ROOT, 'docs/operations.md');
 /** Marker names of the generated parts of docs/protocol.md. */
 export const PROTOCOL_SECTIONS = ['dfa:server', 'dfa:client', 'dfa:server-diagram', 'dfa:client-diagram', 'wire-errors'] as const;
 /** Marker names of the generated parts of docs/operations.md. */
-export const OPERATIONS_SECTIONS = ['local-errors'] as const;
+export const OPERATIONS_SECTIONS = ['local-errors', 'health-states'] as const;
 export type SectionName = (typeof PROTOCOL_SECTIONS)[number] | (typeof OPERATIONS_SECTIONS)[number];
 
 export const beginMarker = (name: string): string => `<!-- ${name}:begin -->`;
@@ -89,6 +91,34 @@ export function renderLocalErrorTable(): string {
   return lines.join('\n');
 }
 
+/**
+ * The load balancer's health states: what each means, the transitions (first matching row wins),
+ * the events and the guards (core/health/states.ts).
+ */
+export function renderHealthStates(): string {
+  const lines = ['| State | In rotation | Meaning |', '| --- | --- | --- |'];
+  for (const s of HEALTH_STATES) lines.push(`| ${s} | ${STATE_MEANING[s].rotation} | ${cell(STATE_MEANING[s].text)} |`);
+  lines.push('', '| From | Event | Guard | To | Reason |', '| --- | --- | --- | --- | --- |');
+  for (const r of RULES) {
+    const events = r.on.map((e) => `\`${e}\``).join(', ');
+    const guard = (r.when ?? []).map((g) => `\`${g}\``).join(' and ') || '-';
+    lines.push(`| ${r.from.join(', ')} | ${events} | ${guard} | ${r.to} | \`${cell(r.why)}\` |`);
+  }
+  lines.push(
+    '',
+    'For a state and an event, the first row whose guards all hold is taken; a row whose target is the',
+    'state itself keeps it; an event with no matching row leaves the state as it is. In a reason,',
+    '`{detail}` is the event\'s detail (": " and the agent\'s reason or the last error, when there is one).',
+    '',
+    '| Event | When |',
+    '| --- | --- |',
+  );
+  for (const e of HEALTH_EVENT_NAMES) lines.push(`| \`${e}\` | ${cell(HEALTH_EVENTS[e])} |`);
+  lines.push('', '| Guard | Holds when |', '| --- | --- |');
+  for (const g of Object.keys(GUARDS) as GuardName[]) lines.push(`| \`${g}\` | ${cell(GUARDS[g].text)} |`);
+  return lines.join('\n');
+}
+
 /** The generated text of one marked section. */
 export function renderSection(name: SectionName): string {
   switch (name) {
@@ -104,6 +134,8 @@ export function renderSection(name: SectionName): string {
       return renderWireErrorTable();
     case 'local-errors':
       return renderLocalErrorTable();
+    case 'health-states':
+      return renderHealthStates();
   }
 }
 
@@ -150,6 +182,12 @@ export function operationsSkeleton(): string {
     beginMarker('local-errors'),
     renderLocalErrorTable(),
     endMarker('local-errors'),
+    '',
+    '## Health states',
+    '',
+    beginMarker('health-states'),
+    renderHealthStates(),
+    endMarker('health-states'),
     '',
   ].join('\n');
 }

@@ -12,7 +12,8 @@ import type { LoadedConfig } from '../config/config.ts';
 import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
-import { render, resolveFormat, statusFrame } from './status.ts';
+import { render, resolveFormat, StatusPrinter } from './status.ts';
+import { addControlCommands } from '../control/commands.ts';
 
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
@@ -196,7 +197,16 @@ async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void>
   const { AgentServer } = await import('../roles/agent.ts');
   const server = new AgentServer(config, logger, file);
   await server.loadPlugins();
+  const { httpAddressOf } = await import('../http/common.ts');
+  const { at } = httpAddressOf(config, 'server');
   await server.start();
+  if (at) {
+    const { AgentHttp } = await import('../http/agent.ts');
+    await new AgentHttp(server, at).listen().catch(async (e: unknown) => {
+      await server.stop();
+      throw e;
+    });
+  }
   untilSignal(() => server.stop(), logger);
 }
 
@@ -208,8 +218,25 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   const lb = new LoadBalancer(config, logger, file);
   await lb.loadPlugins();
   const format = resolveFormat(config.status, process.stdout.isTTY === true);
-  if (format !== 'none') lb.onStatus = (backends) => process.stdout.write(statusFrame(format, backends.map((b) => b.status())));
+  if (format !== 'none') {
+    const printer = new StatusPrinter(format, config.statusSummary * 1000, (text) => process.stdout.write(text));
+    lb.onStatus = (backends, change) => printer.update(backends.map((b) => b.status()), Date.now(), change);
+  }
+  // The state file applies before the first check. The HTTP listener (fastify, prom-client:
+  // loaded only when it is on) comes up after start, so start-up is not held up; the events
+  // in between are kept for it.
+  const { httpAddressOf, EarlyEvents } = await import('../http/common.ts');
+  const { at, explicit } = httpAddressOf(config, 'loadbalancer');
+  const admin = at || config.stateFile ? new (await import('../http/admin.ts')).Admin(lb, logger, config.stateFile) : undefined;
+  await admin?.applyStartup();
+  const early = at ? new EarlyEvents(lb.hooks) : undefined;
+  if (config.httpTokenFile) (await import('../http/token.ts')).readToken(config.httpTokenFile);
   await lb.start();
+  const web = at ? new (await import('../http/loadbalancer.ts')).LbHttp(lb, { at, explicit, tokenFile: config.httpTokenFile, ...(admin ? { admin } : {}), ...(early ? { early } : {}) }) : undefined;
+  await web?.listen().catch(async (e: unknown) => {
+    await lb.stop();
+    throw e;
+  });
   untilSignal(() => lb.stop(), logger);
 }
 
@@ -301,11 +328,12 @@ Seed (Go prototype) form, single dash:
     .action(async (o) => runLoadBalancer(o));
 
   queryOptions(program.command('status').description("print a load balancer's view of its servers"))
-    .addHelpText('after', '\nExample:\n  qhcp status --address 127.0.0.1:4242 --json')
-    .action(async (o: QueryOpts) => {
+    .option('--service <name>', 'only the servers that name this service (host:4243/web)')
+    .addHelpText('after', '\nExample:\n  qhcp status --address 127.0.0.1:4242 --json\n  qhcp status --service web')
+    .action(async (o: QueryOpts & { service?: string }) => {
       const q = await openQuery(o);
       try {
-        const st = await q.status();
+        const st = await q.status(o.service);
         process.stdout.write((o.json ? JSON.stringify(st, null, 2) : render('table', st.servers, Date.now())) + '\n');
       } finally {
         await q.close();
@@ -315,14 +343,15 @@ Seed (Go prototype) form, single dash:
   queryOptions(program.command('pick').description('ask a load balancer which server to use'))
     .option('--key <key>', 'affinity key passed to the balancer')
     .option('--count <n>', 'ask n times over one connection (default: 1)', num('--count', 'int'))
+    .option('--service <name>', 'choose among the servers that name this service (host:4243/web)')
     .addHelpText('after', '\nExample:\n  qhcp pick --address 127.0.0.1:4242 --count 6 --json')
-    .action(async (o: QueryOpts & { key?: string; count?: number }) => {
+    .action(async (o: QueryOpts & { key?: string; count?: number; service?: string }) => {
       const q = await openQuery(o);
       let none = false;
       try {
         const n = Math.max(1, Math.min(o.count ?? 1, 100_000));
         for (let i = 0; i < n; i++) {
-          const r = await q.pick(o.key);
+          const r = await q.pick(o.key, o.service);
           if (!r.server) none = true;
           process.stdout.write((o.json ? JSON.stringify(r) : (r.server ?? `none: ${r.reason}`)) + '\n');
         }
@@ -331,6 +360,8 @@ Seed (Go prototype) form, single dash:
       }
       if (none) process.exitCode = 3;
     });
+
+  addControlCommands(program, num);
 
   const config = program.command('config').description('show the merged configuration and where each value came from');
   configFlags(commonOptions(config), ['server', 'loadbalancer'])
@@ -358,12 +389,33 @@ Seed (Go prototype) form, single dash:
     });
 
   program
+    .command('admin')
+    .description("change a running load balancer through its HTTP admin API (bearer token)")
+    .argument('<action>', 'list | add <address> | remove <address> | drain|ready|maint <address> | weight <address> <n>')
+    .argument('[args...]', 'the backend address (host:port or host:port/service), and the weight')
+    .option('--url <url>', 'the load balancer\'s HTTP listener', 'http://127.0.0.1:4280/')
+    .option('--token-file <file>', 'file with the bearer token (the load balancer\'s httpTokenFile); writes need it')
+    .option('--json', 'machine-readable JSON output')
+    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'))
+    .addHelpText('after', '\nExample:\n  qhcp admin list\n  qhcp admin drain 10.0.0.1:4243 --token-file /etc/qhcp/token\n  qhcp admin add 10.0.0.9:4243 --token-file /etc/qhcp/token --url http://127.0.0.1:4280/')
+    .action(async (action: string, args: string[], o: { url: string; tokenFile?: string; json?: boolean; timeout?: number }) => {
+      const { runAdmin } = await import('./admin.ts');
+      await runAdmin(action, args, o);
+    });
+
+  program
     .command('demo')
     .description('three servers and a load balancer on loopback, self-signed certificates; Ctrl-C stops all')
     .option('--check-interval <seconds>', 'check interval for the demo (default: 2)', num('--check-interval', 'number'))
-    .action(async (o: { checkInterval?: number }) => {
+    .option('--tcp-proxy [port]', 'also run three HTTP services and the tcp-proxy plugin on this port (default 8000)')
+    .action(async (o: { checkInterval?: number; tcpProxy?: string | boolean }) => {
       const { runDemo } = await import('./demo.ts');
-      await runDemo({ checkInterval: o.checkInterval ?? 2 });
+      let tcpProxy: number | undefined;
+      if (o.tcpProxy !== undefined) {
+        tcpProxy = o.tcpProxy === true ? 8000 : Number(o.tcpProxy);
+        if (!Number.isInteger(tcpProxy) || tcpProxy < 1 || tcpProxy > 65535) throw new LocalError('QHCP_ERR_CLI_USAGE', `--tcp-proxy: "${String(o.tcpProxy)}" is not a port (1-65535)`);
+      }
+      await runDemo({ checkInterval: o.checkInterval ?? 2, ...(tcpProxy !== undefined ? { tcpProxy } : {}) });
     });
 
   return program;
@@ -376,7 +428,7 @@ function fail(e: unknown): never {
     process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
+  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
     process.stderr.write(`qhcp: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }

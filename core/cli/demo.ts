@@ -6,13 +6,40 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { packageInfo } from '../util/package-info.ts';
+import { createServer, type Server } from 'node:http';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 /** The same binary that runs this demo (sources in the checkout, dist/ in the package). */
 const BIN = fileURLToPath(new URL('bin/qhcp.js', packageInfo().root));
 
-export async function runDemo(opts: { checkInterval: number }): Promise<void> {
+/**
+ * `--tcp-proxy [port]`: three small HTTP services in this process (free loopback ports), each
+ * answering `service N`, one per agent, and the load balancer runs the `tcp-proxy` plugin on
+ * `port` with a targets map from each agent to its service. Returns the extra LB arguments.
+ */
+async function tcpProxySetup(agents: number[], port: number, cleanups: Array<() => void>): Promise<string[]> {
+  const targets: Record<string, string> = {};
+  for (let i = 0; i < agents.length; i++) {
+    const name = `service ${i + 1}`;
+    const server: Server = createServer((_req, res) => res.end(`${name}\n`));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => server.close());
+    targets[`127.0.0.1:${agents[i]}`] = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-demo-'));
+  cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'qhcp.config.json');
+  writeFileSync(file, JSON.stringify({ plugins: [['tcp-proxy', { host: '127.0.0.1', port, targets }]] }, null, 2));
+  return ['--config', file];
+}
+
+export async function runDemo(opts: { checkInterval: number; tcpProxy?: number }): Promise<void> {
   const ports = [4243, 4244, 4245];
   const children: ChildProcess[] = [];
+  const cleanups: Array<() => void> = [];
+  const proxyArgs = opts.tcpProxy !== undefined ? await tcpProxySetup(ports, opts.tcpProxy, cleanups) : [];
   const start = (args: string[]) => {
     process.stdout.write(`$ qhcp ${args.join(' ')}\n`);
     const child = spawn(process.execPath, [BIN, ...args], { stdio: ['ignore', 'inherit', 'inherit'] });
@@ -28,8 +55,11 @@ export async function runDemo(opts: { checkInterval: number }): Promise<void> {
     '-max-fail-attempts', '3',
     '-check-interval', String(opts.checkInterval),
     '-reconnect-interval', String(opts.checkInterval * 2),
+    ...proxyArgs,
   ]);
-  process.stdout.write('demo running: try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
+  process.stdout.write('demo running: open http://127.0.0.1:4280/ for the live status page (metrics at http://127.0.0.1:4280/metrics);\n');
+  process.stdout.write('try `npx qhcp status` or `npx qhcp pick --count 6` in another terminal; Ctrl-C stops everything\n');
+  if (opts.tcpProxy !== undefined) process.stdout.write(`tcp-proxy on 127.0.0.1:${opts.tcpProxy}: try \`curl -s 127.0.0.1:${opts.tcpProxy}\` a few times (service 1, 2, 3 in turn)\n`);
   let stopping = false;
   const stopAll = async () => {
     if (stopping) return;
@@ -40,6 +70,7 @@ export async function runDemo(opts: { checkInterval: number }): Promise<void> {
     for (const c of children) if (c !== lb) c.kill('SIGTERM');
     await Promise.race([Promise.all(children.map(exited)), new Promise((r) => setTimeout(r, 8000))]);
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const f of cleanups) f();
     process.exit(0);
   };
   process.on('SIGINT', () => void stopAll());

@@ -189,9 +189,10 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
   }
   if (file) {
     // Paths in a config file are relative to the file.
-    for (const k of ['certFile', 'keyFile', 'caFile'] as const) {
+    for (const k of ['certFile', 'keyFile', 'caFile', 'httpTokenFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
+    if (sources.controlSocket?.startsWith('file ') && typeof config.controlSocket === 'string') config.controlSocket = resolve(dirname(file), config.controlSocket);
   }
   return { config: deepFreeze(config), sources, file };
 }

@@ -40,6 +40,21 @@ const LB = { roles: ['loadbalancer'] } as const;
 const SERVER = { roles: ['server'] } as const;
 const BOTH = { roles: ['server', 'loadbalancer'] } as const;
 
+/** A check entry: the runner's options are checked here; the kind's own options against its schema when the agent starts. */
+const CHECK_ITEM = {
+  type: 'object',
+  required: ['type'],
+  properties: {
+    type: { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,31}$' },
+    name: { type: 'string', pattern: '^[A-Za-z0-9_.:#-]{1,64}$' },
+    interval: { type: 'number', minimum: 0.05, maximum: 86400 },
+    timeout: { type: 'number', minimum: 0.005, maximum: 3600 },
+    rise: { type: 'integer', minimum: 1, maximum: 100 },
+    fall: { type: 'integer', minimum: 1, maximum: 100 },
+  },
+} as const;
+const CHECK_LIST = { type: 'array', maxItems: 64, items: CHECK_ITEM } as const;
+
 /**
  * The core's JSON schema: the one place a top-level option is declared. Its default, its
  * TypeScript type (QhcpConfig, via FromSchema), its command-line flag, its row in
@@ -97,6 +112,10 @@ export const CONFIG_SCHEMA = {
     maxConnections: opt({ type: 'integer', minimum: 1, maximum: 1_000_000, default: 1024 }, 'Both: concurrent connections accepted; more are refused with TOO_MANY_CONNECTIONS.', { flag: SERVER }),
     maxPendingHandshakes: opt({ type: 'integer', minimum: 1, maximum: 100_000, default: 128 }, 'Both: handshakes in progress, and connections not yet past HELLO, each at most this.', { flag: SERVER }),
     maxFrameBytes: opt({ type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024, default: 65536 }, 'Both: the largest frame payload accepted (FRAME_TOO_LARGE beyond).', { kind: 'bytes', flag: BOTH }),
+    maxConnectionsPerSource: opt({ type: 'integer', minimum: 1, maximum: 1_000_000, default: 256 }, 'Both (agent, query port): concurrent connections from one IP address; more are refused with TOO_MANY_CONNECTIONS.', { flag: SERVER }),
+    sessionIdleTimeout: opt(seconds(0.1, 86400, 60), 'Both (agent, query port): a session past HELLO that sends nothing for this long is closed with 303 SESSION_IDLE (an agent session receiving reports at least this often is not idle).', { kind: 'seconds', flag: SERVER }),
+    maxUnreadBytes: opt({ type: 'integer', minimum: 65536, maximum: 1024 * 1024 * 1024, default: 256 * 1024 }, 'Both: output a peer has not read on one connection; past it the next answer is not queued and the session is closed with 302 SLOW_CONSUMER.', { kind: 'bytes' }),
+    maxUnreadBytesTotal: opt({ type: 'integer', minimum: 65536, maximum: 16 * 1024 * 1024 * 1024, default: 32 * 1024 * 1024 }, 'Both: the same summed over every connection of the process.', { kind: 'bytes' }),
     maxStreams: opt({ type: 'integer', minimum: 1, maximum: 100, default: 2 }, 'Both: QUIC bidirectional streams a peer may open; any beyond the control stream is refused with EXTRA_STREAM.'),
     sampleInterval: opt(seconds(0.05, 3600, 1), 'Server: how often the `collect` hook runs in the background (metric plugins may declare slower rates).', { kind: 'seconds', flag: SERVER }),
     pluginTimeout: opt(seconds(0.01, 600, 2), "Both: how long one async plugin tap (and a plugin's `apply`) may take before it is cut off and logged.", { kind: 'seconds', flag: BOTH }),
@@ -105,9 +124,43 @@ export const CONFIG_SCHEMA = {
       'Load balancer: push mode, servers send a HEALTH_REPORT this often (asked for with CONFIG_UPDATE) and each one counts as a check; 0: the load balancer polls with HEALTH_REQUEST every checkInterval.',
       { kind: 'seconds', flag: LB },
     ),
-    status: opt({ enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' }, 'Load balancer: the status output every check interval (auto: a table on a terminal, lines otherwise).', { flag: LB }),
+    status: opt({ enum: ['auto', 'table', 'lines', 'json', 'none'], default: 'auto' }, 'Load balancer: the status output (auto: a table redrawn every check interval on a terminal, lines otherwise). Lines and JSON print a server when it changes, plus a full summary every `statusSummary` seconds.', { flag: LB }),
+    statusSummary: opt(
+      seconds(0, 86400, 60),
+      'Load balancer, `lines` and `json` status: seconds between full summaries (a server that changes prints at once); 0: every server every check interval.',
+      { kind: 'seconds', flag: { ...LB, help: 'lines/json status: seconds between full summaries, changes print at once; 0 = every interval' } },
+    ),
+    degraded: opt(
+      { enum: ['fallback', 'always', 'never'], default: 'fallback' },
+      'Load balancer: how balancers use DEGRADED backends: `fallback` only when no UP backend is left (as Envoy), `always` like UP ones, `never`.',
+      { flag: LB },
+    ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
+    http: opt({ type: 'string', minLength: 1, maxLength: 300 }, 'The HTTP listener: status page, `/metrics` and admin API on the load balancer; `/metrics` and `/api/status` on a server ([operations.md](operations.md#http-listener)). `"host:port"`, `":port"` (127.0.0.1) or `"off"`. A configured address that cannot be bound stops start-up; the load balancer\'s default address in use is a warning.', {
+      flag: { ...BOTH, arg: 'host:port|off', help: 'HTTP listener: status page, /metrics, admin API (default: load balancer 127.0.0.1:4280, server off)' },
+      defaultText: 'load balancer `127.0.0.1:4280`, server off',
+    }),
+    httpTokenFile: opt({ type: 'string', minLength: 1 }, 'Load balancer: file whose first line (16+ printable characters) is the bearer token of the admin API. Without it the admin API is off (writes answer 403).', {
+      kind: 'path',
+      flag: { ...LB, help: 'file with the bearer token of the HTTP admin API (optional; without it the admin API is off)' },
+    }),
+    stateFile: opt({ type: 'string', minLength: 1 }, "Both: a file keeping runtime admin changes across restarts. Load balancer: backends added or removed, DRAIN/MAINT, weights, applied again at start-up ([operations.md](operations.md#state-file)). Server: the operator's admin state and weight (`qhcp drain`, `maint`, `ready`, `weight`); `adminState` / `weight` given at start win over it.", {
+      kind: 'path',
+      flag: { ...BOTH, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
+    }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
+    checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
+    services: opt(
+      { type: 'object', maxProperties: 32, propertyNames: { pattern: '^[A-Za-z0-9_.-]{1,64}$' }, additionalProperties: CHECK_LIST },
+      'Server: named services (at most 32, names `^[A-Za-z0-9_.-]{1,64}$`), each with its list of checks; a load balancer backend `host:4243/web` follows service `web`.',
+    ),
+    controlSocket: opt(
+      { anyOf: [{ type: 'string', minLength: 1, maxLength: 1024 }, { const: false }] },
+      'Server: the Unix socket `qhcp drain`, `maint`, `ready`, `weight` and `health` talk to (mode 0600); by default `$XDG_RUNTIME_DIR/qhcp/<port>.sock`, else `/run/qhcp/<port>.sock` as root, else `<tmp>/qhcp-<uid>/<port>.sock`; `false`: none.',
+      { kind: 'path', flag: { ...SERVER, arg: 'path' }, defaultText: 'one per port, see the meaning' },
+    ),
+    adminState: opt({ enum: ['READY', 'DRAIN', 'MAINT', 'ready', 'drain', 'maint'] }, 'Server: the admin state at start (wins over the state file; READY when neither says).', { flag: SERVER }),
+    weight: opt({ type: 'integer', minimum: 0, maximum: 256 }, 'Server: the weight reported to load balancers at start, 0-256 (wins over the state file; 100 when neither says).', { flag: SERVER }),
     plugins: opt(
       {
         type: 'array',

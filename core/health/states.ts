@@ -14,8 +14,28 @@
 export const HEALTH_STATES = ['UNKNOWN', 'UP', 'DEGRADED', 'DRAINING', 'MAINT', 'DOWN'] as const;
 export type HealthState = (typeof HEALTH_STATES)[number];
 
-/** States whose backends balancers may choose (DEGRADED as the `degraded` option says). */
-export const IN_ROTATION: readonly HealthState[] = ['UP', 'DEGRADED'];
+/** What each state means for picks and operators (rendered into docs/operations.md). */
+export const STATE_MEANING: Record<HealthState, { rotation: string; text: string }> = {
+  UNKNOWN: { rotation: 'no', text: 'not checked yet (just started, or just added)' },
+  UP: { rotation: 'yes', text: 'checks pass; the agent says SERVING (or says nothing) and READY' },
+  DEGRADED: {
+    rotation: 'only when no UP backend is left (option `degraded`: `fallback`, the default; `always`; `never`)',
+    text: 'checks pass; the agent says DEGRADED (a warning): shown, alerted',
+  },
+  DRAINING: { rotation: 'no new picks', text: 'the agent or the operator says DRAIN, or the agent is shutting down; the connection stays' },
+  MAINT: { rotation: 'no', text: 'the agent or the operator says MAINT; checks go on, and decide the state once MAINT is lifted' },
+  DOWN: { rotation: 'no', text: '`maxFailAttempts` failed checks, the agent says NOT_SERVING, or a drained connection closed' },
+};
+
+/** How balancers use DEGRADED backends (config `degraded`): as Envoy does by default, only when no UP one is left. */
+export type DegradedPolicy = 'fallback' | 'always' | 'never';
+
+/** The backends a balancer may choose from, in pool order, per the DEGRADED policy. */
+export function candidates<B extends { readonly state: HealthState }>(pool: readonly B[], policy: DegradedPolicy): B[] {
+  const up = pool.filter((b) => b.state === 'UP');
+  if (policy === 'never' || (policy === 'fallback' && up.length > 0)) return up;
+  return pool.filter((b) => b.state === 'UP' || b.state === 'DEGRADED');
+}
 
 /** The agent's verdict for a service (wire: HEALTH_RESPONSE/HEALTH_REPORT `verdict`). */
 export type Verdict = 'SERVING' | 'DEGRADED' | 'NOT_SERVING';
@@ -127,6 +147,7 @@ export const RULES: readonly HealthRule[] = [
   { from: ['DRAINING'], on: ['check-failed'], when: ['fall'], to: 'DOWN', why: '{failures} consecutive failed checks while draining; last: {detail}' },
   { from: ['DRAINING'], on: ['verdict:NOT_SERVING'], to: 'DOWN', why: 'not serving{detail}' },
   { from: ['DRAINING'], on: ADMIN_READY, when: ['drain'], to: 'DRAINING', why: 'still draining' },
+  { from: ['DRAINING'], on: ADMIN_READY, when: ['unchecked'], to: 'UNKNOWN', why: 'ready; not checked yet' },
   { from: ['DRAINING'], on: ADMIN_READY, when: ['not-serving'], to: 'DOWN', why: 'ready; not serving' },
   { from: ['DRAINING'], on: ADMIN_READY, when: ['degraded'], to: 'DEGRADED', why: 'ready; degraded' },
   { from: ['DRAINING'], on: ADMIN_READY, to: 'UP', why: 'ready{detail}' },

@@ -9,13 +9,14 @@
 import { AsyncParallelHook, AsyncSeriesBailHook, AsyncSeriesHook, SyncBailHook, SyncHook, SyncWaterfallHook } from 'tapable';
 import type { Tap } from 'tapable';
 import { PluginError, WIRE_ERRORS, type WireErrorName } from '../errors.ts';
-import { FIELD_LIMITS, METRIC_NAME, type Message, type Metrics } from '../protocol/messages.ts';
+import { FIELD_LIMITS, METRIC_NAME, metricRange, type Message, type Metrics } from '../protocol/messages.ts';
 import type { BackendView } from '../health/backend.ts';
 import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
+import type { CheckKind } from '../check/types.ts';
 
 /** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
 export interface MetricDefinition {
@@ -30,6 +31,22 @@ export interface MetricDefinition {
 
 /** Metric names the protocol carries (the one rule lives in messages.ts; docs/protocol.md). */
 export { METRIC_NAME };
+
+const rangeCache = new Map<string, { min: number; max?: number } | null>();
+/**
+ * `value` clamped into the documented range of metric `name` (messages.ts METRIC_RANGES): an
+ * agent never sends a value its load balancers would reject with ERROR 104 because a plugin
+ * overshot (a CPU reading of 100.0001 %).
+ */
+export function clampMetric(name: string, value: number): number {
+  let r = rangeCache.get(name);
+  if (r === undefined) {
+    r = metricRange(name) ?? null;
+    if (rangeCache.size < 4096) rangeCache.set(name, r);
+  }
+  if (!r) return value;
+  return Math.min(r.max ?? Infinity, Math.max(r.min, value));
+}
 
 /** The report that `collect` taps fill in. */
 export class MetricsReport {
@@ -52,6 +69,7 @@ export class MetricsReport {
   set(name: string, value: number, sampledAt = Date.now()): void {
     if (typeof name !== 'string' || !METRIC_NAME.test(name)) throw new TypeError(`metric name ${JSON.stringify(name)} is invalid: letters, digits, _ . : - (at most 128, not starting with a digit)`);
     if (typeof value !== 'number' || !Number.isFinite(value)) return;
+    value = clampMetric(name, value);
     if (!(name in this.sampledAt)) {
       if (this.count >= FIELD_LIMITS.maxMetrics) throw new RangeError(`more than ${FIELD_LIMITS.maxMetrics} metrics in one report`);
       this.count++;
@@ -78,7 +96,7 @@ export function cleanMetrics(m: unknown, fallback: Metrics): Metrics {
   for (const [k, v] of Object.entries(m)) {
     if (n >= FIELD_LIMITS.maxMetrics) break;
     if (METRIC_NAME.test(k) && typeof v === 'number' && Number.isFinite(v)) {
-      out[k] = v;
+      out[k] = clampMetric(k, v);
       n++;
     }
   }
@@ -132,11 +150,16 @@ export interface CredentialsRequest {
 export type { BackendView };
 
 export interface PickRequest {
-  /** UP backends, in configuration order. */
+  /** The backends a balancer may choose: UP ones, in configuration order (DEGRADED ones too as config `degraded` says: by default only when no UP one is left). */
   readonly servers: readonly BackendView[];
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;
   readonly now: number;
+  /**
+   * Says why the balancer chose the server it returns (PICK_RESPONSE `why`, e.g. "lowest
+   * loadScore 0.12"); the load balancer appends what it was chosen from ("of 3 UP").
+   */
+  readonly explain?: (why: string) => void;
 }
 
 export interface CheckResult {
@@ -214,6 +237,8 @@ export function createHooks() {
     metricDefinitions: new SyncWaterfallHook<[MetricDefinition[]]>(['definitions']),
     /** Server: fill a report (runs in the background sampler, never on a check's path). */
     collect: new AsyncParallelHook<[MetricsReport]>(['report']),
+    /** Server: each `check` plugin appends the check kinds it provides (once at start, before checks are built). */
+    checkKinds: new SyncWaterfallHook<[CheckKind[]]>(['kinds']),
     /** Server: transform the metrics sent to one session (derive, rename, filter). */
     report: new SyncWaterfallHook<[Metrics, SessionInfo | undefined]>(['metrics', 'session']),
 
@@ -256,6 +281,7 @@ export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   stop: 'skip',
   metricDefinitions: 'skip',
   collect: 'skip',
+  checkKinds: 'skip',
   report: 'skip',
   credentials: 'throw',
   verify: 'deny',
@@ -272,7 +298,7 @@ function fallback(hook: HookName, err: PluginError, args: unknown[]): unknown {
   if (mode === 'throw') throw err;
   if (mode === 'deny') return { ok: false, kind: 'INTERNAL_ERROR', reason: `auth plugin ${err.plugin} failed` } satisfies AuthVerdict;
   // Waterfalls pass their first argument on unchanged.
-  return hook === 'report' || hook === 'metricDefinitions' ? args[0] : undefined;
+  return hook === 'report' || hook === 'metricDefinitions' || hook === 'checkKinds' ? args[0] : undefined;
 }
 
 /**

@@ -14,7 +14,7 @@ import { isPluginDefinition, isPluginUse, type PluginDefinition } from './define
 import type { ObjectSchema } from '../config/schema-types.ts';
 import { withTimeout } from '../util/timeout.ts';
 
-export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'sync' | 'proxy' | 'other';
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'check' | 'sync' | 'proxy' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
 
 /** A plugin instance: a name and an `apply` that taps hooks. */
@@ -51,6 +51,11 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   exec: '../../plugins/alert/exec',
   haproxy: '../../plugins/sync/haproxy',
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
+  nginx: '../../plugins/sync/nginx',
+  'envoy-eds': '../../plugins/sync/envoy-eds',
+  caddy: '../../plugins/sync/caddy',
+  'tcp-proxy': '../../plugins/proxy/tcp',
+  'least-connections': '../../plugins/balancer/least-connections',
 };
 
 /** What a role gets for a family that the config's list leaves out (unless `defaults: false`). */

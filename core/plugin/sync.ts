@@ -8,9 +8,13 @@
 import type { BackendView, Hooks, SyncUpdate } from './hooks.ts';
 
 /** The fields of a backend a snapshot keeps (those of the shared contract that are present). */
-const FIELDS = ['address', 'state', 'metrics', 'reportedAt', 'ageMs', 'weight', 'latencyMs', 'service', 'verdict', 'reason', 'agentAdmin', 'adminState'] as const;
+const FIELDS = ['address', 'state', 'metrics', 'reportedAt', 'ageMs', 'weight', 'latencyMs', 'service', 'verdict', 'reason', 'agentAdmin', 'adminState', 'agentWeight', 'configWeight'] as const;
 
-/** A frozen copy of `b`'s view fields (metrics copied too). */
+/**
+ * A frozen copy of `b`'s view fields (metrics copied too); getters (the effective `weight`) are
+ * read. `agentWeight` (the agent's weight in percent) and `configWeight` are kept when the
+ * backend record has them, for sync plugins that scale a proxy's own weights.
+ */
 export function snapshot(b: BackendView): BackendView {
   const out: Record<string, unknown> = {};
   for (const k of FIELDS) {

@@ -102,6 +102,18 @@ export interface ServerStatus {
   reportedAt: number | null;
   lastError: string | null;
   checks: number;
+  /** The agent's service the backend follows (`host:4243/web`), if any. */
+  service?: string;
+  /** The agent's verdict for the backend (its service's, when it names one). */
+  verdict?: WireVerdict;
+  /** Why the backend is in its state (sanitised). */
+  reason?: string | null;
+  /** The agent's admin state. */
+  agentAdmin?: WireAdmin;
+  /** The load balancer's own admin state for the backend (operators). */
+  adminState?: WireAdmin;
+  /** Effective weight: the configured weight scaled by the agent's (percent). */
+  weight?: number;
 }
 
 export interface Bodies {
@@ -115,9 +127,9 @@ export interface Bodies {
   TERMINATE: { reason?: string };
   TERMINATE_ACK: Record<string, never>;
   DRAIN: { reason?: string; graceMs: number };
-  PICK: { seq: number; key?: string };
-  PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
-  STATUS: { seq: number };
+  PICK: { seq: number; key?: string; service?: string };
+  PICK_RESPONSE: { seq: number; server: string | null; reason?: string; balancer?: string; why?: string };
+  STATUS: { seq: number; service?: string };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
@@ -136,10 +148,41 @@ export const METRIC_NAME = new RegExp(METRIC_NAME_PATTERN);
 /** The metric-name rule as a JSON schema (wire bodies, plugin options naming a metric). */
 export const metricNameSchema = { type: 'string', pattern: METRIC_NAME_PATTERN } as const;
 const metricName = metricNameSchema;
+/**
+ * The documented range of each well-known metric (docs/protocol.md, "Metric ranges"): a value
+ * outside it makes the whole message invalid (ERROR 104). `exact` names one metric, `pattern`
+ * a family of names; a metric neither names is any finite number. One table: the schema below,
+ * the agent's clamping of its own plugins' values and the spec's table all read it.
+ */
+export const METRIC_RANGES: ReadonlyArray<{ exact?: string; pattern?: string; min: number; max?: number; meaning: string }> = [
+  { exact: 'loadScore', min: 0, max: 1, meaning: 'derived load, 0 idle to 1 saturated' },
+  { exact: 'cpu', min: 0, max: 100, meaning: 'percent' },
+  { exact: 'memory', min: 0, max: 100, meaning: 'percent' },
+  { pattern: '^cpu\\.core[0-9]+$', min: 0, max: 100, meaning: 'percent, per core' },
+  { pattern: '(Pct|_pct)$', min: 0, max: 100, meaning: 'any percentage (e.g. disk.root.usedPct)' },
+  { exact: 'load1', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'load5', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'load15', min: 0, meaning: 'load average, non-negative' },
+  { exact: 'processes', min: 0, meaning: 'count' },
+  { exact: 'uptime', min: 0, meaning: 'seconds' },
+  { pattern: '(Bytes|BytesPerSec|Count|_count|_total)$', min: 0, meaning: 'byte counts, rates and counts (e.g. net.rxBytesPerSec)' },
+];
+
+function rangeSchema(r: { min: number; max?: number }) {
+  return { type: 'number', minimum: r.min, ...(r.max !== undefined ? { maximum: r.max } : {}) };
+}
+
+/** The range that applies to metric `name`, if any. */
+export function metricRange(name: string): { min: number; max?: number } | undefined {
+  return METRIC_RANGES.find((r) => r.exact === name) ?? METRIC_RANGES.find((r) => r.pattern !== undefined && new RegExp(r.pattern).test(name) && !METRIC_RANGES.some((e) => e.exact === name));
+}
+
 const metrics = {
   type: 'object',
   maxProperties: FIELD_LIMITS.maxMetrics,
   propertyNames: metricName,
+  properties: Object.fromEntries(METRIC_RANGES.filter((r) => r.exact).map((r) => [r.exact!, rangeSchema(r)])),
+  patternProperties: Object.fromEntries(METRIC_RANGES.filter((r) => r.pattern).map((r) => [r.pattern!, rangeSchema(r)])),
   additionalProperties: { type: 'number' },
 } as const;
 const metricList = { type: 'array', maxItems: FIELD_LIMITS.maxMetrics, uniqueItems: true, items: metricName } as const;
@@ -195,28 +238,37 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   TERMINATE: obj({ reason }, []),
   TERMINATE_ACK: obj({}, []),
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
-  PICK: obj({ seq, key: { type: 'string', maxLength: 256 } }, ['seq']),
-  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason }, ['seq', 'server']),
-  STATUS: obj({ seq }),
+  PICK: obj({ seq, key: { type: 'string', maxLength: 256 }, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
+  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason, balancer: name, why: reason }, ['seq', 'server']),
+  STATUS: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
   STATUS_RESPONSE: obj({
     seq,
     node: name,
     servers: {
       type: 'array',
       maxItems: FIELD_LIMITS.maxServers,
-      items: obj({
-        address: { type: 'string', maxLength: 300 },
-        state: { enum: [...HEALTH_STATES] },
-        since: { type: 'number' },
-        failures: { type: 'integer', minimum: 0 },
-        successes: { type: 'integer', minimum: 0 },
-        latencyMs: nullable({ type: 'number', minimum: 0 }),
-        metrics,
-        ageMs: nullable({ type: 'number', minimum: 0 }),
-        reportedAt: nullable({ type: 'number' }),
-        lastError: nullable(reason),
-        checks: { type: 'integer', minimum: 0 },
-      }),
+      items: obj(
+        {
+          address: { type: 'string', maxLength: 300 },
+          state: { enum: [...HEALTH_STATES] },
+          since: { type: 'number' },
+          failures: { type: 'integer', minimum: 0 },
+          successes: { type: 'integer', minimum: 0 },
+          latencyMs: nullable({ type: 'number', minimum: 0 }),
+          metrics,
+          ageMs: nullable({ type: 'number', minimum: 0 }),
+          reportedAt: nullable({ type: 'number' }),
+          lastError: nullable(reason),
+          checks: { type: 'integer', minimum: 0 },
+          service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+          verdict,
+          reason: nullable(reason),
+          agentAdmin: { enum: [...ADMIN_STATES] },
+          adminState: { enum: [...ADMIN_STATES] },
+          weight: { type: 'number', minimum: 0, maximum: 2560 },
+        },
+        ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
+      ),
     },
   }),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),

@@ -7,7 +7,7 @@
 import { Dfa, type Role, type State } from './dfa.ts';
 import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from '../errors.ts';
 import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
-import type { Channel, ChannelClose } from '../transport/quic.ts';
+import { Channel, type ChannelClose } from '../transport/quic.ts';
 
 export type Direction = 'in' | 'out';
 
@@ -26,6 +26,12 @@ export interface SessionOptions<D extends object = object> {
   onClose?: (why: SessionEnd, session: Session<D>) => void;
   /** Called when this side detects a peer violation (for counting and rate-limited logging). */
   onViolation?: (err: ProtocolError, session: Session<D>) => void;
+  /**
+   * Output the peer has not read yet, in bytes: past `perConnection` on this connection, or
+   * `total` over every connection of the process, the next send fails the session with
+   * ERROR 302 SLOW_CONSUMER instead of queueing more (docs/operations.md, "Limits").
+   */
+  unread?: { perConnection: number; total: number };
 }
 
 export interface SessionEnd {
@@ -70,6 +76,8 @@ export class Session<D extends object = object> {
   private readonly closeWaiters: Array<(e: SessionEnd) => void> = [];
   /** True once the peer sent DRAIN: it answers no more requests. */
   drained = false;
+  /** When the peer last sent a frame (epoch ms): the idle limit after HELLO reads it. */
+  lastReceivedAt = Date.now();
 
   constructor(
     readonly channel: Channel,
@@ -112,6 +120,15 @@ export class Session<D extends object = object> {
    */
   send<K extends MessageName>(type: K, body: Bodies[K]): void {
     if (this.ended) throw new LocalError('QHCP_ERR_CLOSED', `session closed; cannot send ${type}`);
+    const u = this.opts.unread;
+    if (u && type !== 'ERROR') {
+      const mine = this.channel.pendingBytes;
+      if (mine > u.perConnection || (mine > 0 && Channel.totalPendingBytes > u.total)) {
+        const where = mine > u.perConnection ? `${mine} bytes unread on this connection (limit ${u.perConnection})` : `${Channel.totalPendingBytes} bytes unread over all connections (limit ${u.total})`;
+        this.opts.onViolation?.(new ProtocolError('SLOW_CONSUMER', where), this);
+        return this.fail(new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${where}`));
+      }
+    }
     const msg = { type, body } as Message;
     this.dfa.apply(`send:${type}`);
     this.opts.observe?.('out', msg, this);
@@ -167,6 +184,7 @@ export class Session<D extends object = object> {
 
   private receive(msg: Message): void {
     if (this.ended) return;
+    this.lastReceivedAt = Date.now();
     try {
       this.dfa.apply(`recv:${msg.type}`);
     } catch (e) {

@@ -6,12 +6,16 @@
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from '../errors.ts';
 import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from '../plugin/hooks.ts';
-import { DEFAULT_WEIGHT, type AgentHealth, type Message, type Metrics } from '../protocol/messages.ts';
+import { type AgentHealth, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
 import { loadServerTls } from '../transport/tls.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Logger } from '../util/log.ts';
+import { CheckRunner } from '../check/runner.ts';
+import { buildChecks, type CheckEntry } from '../check/kinds.ts';
+import { initialState, writeStateFile } from '../control/state.ts';
+import { ControlServer, defaultControlSocket, type ControlAnswer, type ControlRequest } from '../control/socket.ts';
 import { withTimeout } from '../util/timeout.ts';
 
 interface SessionPrefs {
@@ -19,7 +23,15 @@ interface SessionPrefs {
   metrics?: Set<string>;
   reportIntervalMs: number;
   reportTimer?: NodeJS.Timeout;
+  /** Reports in a row not sent because the peer had not read the previous one (latest wins). */
+  coalesced?: number;
 }
+
+/**
+ * Reports in a row a session may leave unread (each one coalesced into the next: latest wins)
+ * before it is closed with ERROR 302 SLOW_CONSUMER (docs/operations.md, "Limits").
+ */
+export const MAX_COALESCED_REPORTS = 20;
 
 /** An agent's session: what its load balancer asked for, once HELLO is accepted. */
 type AgentSession = Session<{ prefs?: SessionPrefs }>;
@@ -44,12 +56,24 @@ export class AgentServer extends Core {
   /** The last full report (per-metric sample times), for metrics not due again yet. */
   private lastReport: MetricsReport | undefined;
   private sampler: NodeJS.Timeout | undefined;
+  private idleSweep: NodeJS.Timeout | undefined;
   private sampling = false;
   private stopping = false;
   private authOpen = true;
+  /** Checks, verdicts, admin state and weight; replaced at start by one with the configured checks. */
+  runner: CheckRunner;
+  private control: ControlServer | undefined;
+  /** Health pushes sent because the verdict, admin state or weight changed. */
+  healthPushes = 0;
 
   constructor(config: Readonly<QhcpConfig>, logger?: Logger, configFile?: string) {
     super('server', config, logger, configFile);
+    this.runner = new CheckRunner([], [], { logger: this.logger });
+  }
+
+  /** The control socket's path, once listening. */
+  get controlSocket(): string | undefined {
+    return this.control?.path;
   }
 
   get port(): number {
@@ -64,6 +88,23 @@ export class AgentServer extends Core {
     const c = this.config;
     const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.serverIp });
     await this.hooks.start.promise(this);
+    const operator = initialState(c);
+    const { specs, services } = await buildChecks({
+      checks: c.checks,
+      services: c.services,
+      userKinds: this.hooks.checkKinds.call([]),
+      logger: this.logger,
+      configFile: this.configFile,
+    });
+    this.runner = new CheckRunner(specs, services, {
+      logger: this.logger,
+      admin: operator.admin,
+      ...(operator.reason ? { adminReason: operator.reason } : {}),
+      weight: operator.weight,
+    });
+    // The first round runs before the listener opens: the first answer carries real verdicts.
+    await this.runner.start();
+    this.runner.onChange = () => this.pushHealth();
     this.definitions = cleanDefinitions(this.hooks.metricDefinitions.call([]), this.logger);
     this.restCollectTaps();
     // Not isUsed(): the guard's interceptor makes every hook "used".
@@ -83,9 +124,27 @@ export class AgentServer extends Core {
       }),
     );
     for (const w of tls.warnings) this.logger.warn(w);
+    if (c.controlSocket !== false) {
+      this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
+    }
+    // A session pushed reports at least as often as the idle limit is served, not idle.
+    this.idleSweep = this.sweepIdle(this.sessions, (s) => {
+      const ms = s.data.prefs?.reportIntervalMs ?? 0;
+      return ms > 0 && ms <= c.sessionIdleTimeout * 1000;
+    });
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
-    this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });
+    const h = this.runner.health();
+    this.logger.info('server listening', {
+      address: `${this.host}:${this.port}`,
+      alpn: 'qhcp/1',
+      metrics: this.definitions.length,
+      checks: specs.length,
+      verdict: h.verdict,
+      admin: h.admin,
+      weight: h.weight,
+      ...(this.control ? { control: this.control.path } : {}),
+    });
     await this.hooks.ready.promise(this);
   }
 
@@ -153,9 +212,66 @@ export class AgentServer extends Core {
     return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)), ...this.health() };
   }
 
-  /** The verdict, admin state and weight every HEALTH_RESPONSE and HEALTH_REPORT carries. */
+  /** The verdict, admin state and weight every HEALTH_RESPONSE and HEALTH_REPORT carries (the last results; no check runs here). */
   health(): AgentHealth {
-    return { verdict: 'SERVING', admin: 'READY', weight: DEFAULT_WEIGHT };
+    return this.runner.health();
+  }
+
+  /**
+   * The verdict, admin state, weight or a service's verdict changed: a HEALTH_REPORT to every
+   * session past ACK at once, whatever its report interval (poll mode too). Returns how many were sent.
+   */
+  pushHealth(): number {
+    const h = this.runner.health();
+    let sent = 0;
+    for (const s of this.sessions) {
+      if (!s.peer || s.isClosed) continue;
+      if (s.trySend('HEALTH_REPORT', this.metricsFor(s))) sent++;
+    }
+    this.healthPushes += sent;
+    this.logger.info('health changed', { verdict: h.verdict, admin: h.admin, weight: h.weight, ...(h.reason ? { reason: h.reason } : {}), pushedTo: sent });
+    return sent;
+  }
+
+  /** One control-channel command (core/control/socket.ts). */
+  command(req: ControlRequest): ControlAnswer {
+    let pushed = 0;
+    const before = this.healthPushes;
+    switch (req.cmd) {
+      case 'drain':
+        this.runner.setAdmin('DRAIN', req.reason);
+        break;
+      case 'maint':
+        this.runner.setAdmin('MAINT', req.reason);
+        break;
+      case 'ready':
+        this.runner.setAdmin('READY');
+        break;
+      case 'weight':
+        this.runner.setWeight(req.weight);
+        break;
+      case 'health':
+        break;
+    }
+    pushed = this.healthPushes - before;
+    if (req.cmd !== 'health') {
+      this.logger.info('operator command', { cmd: req.cmd, ...this.runner.operatorState });
+      if (this.config.stateFile) {
+        try {
+          writeStateFile(this.config.stateFile, this.runner.operatorState);
+        } catch (e) {
+          this.logger.error('cannot write the state file', { file: this.config.stateFile, error: errorText(e) });
+          return { ok: false, error: `state applied but not saved to ${this.config.stateFile}: ${errorText(e)}` };
+        }
+      }
+    }
+    return {
+      ok: true,
+      health: this.runner.health(),
+      operator: this.runner.operatorState,
+      checks: this.runner.status().map((c) => ({ service: c.service, name: c.name, type: c.type, status: c.status ?? null, output: c.output, runs: c.runs })),
+      pushed,
+    };
   }
 
   private accept(ch: Channel): void {
@@ -168,6 +284,7 @@ export class AgentServer extends Core {
       role: 'server',
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
+      unread: { perConnection: this.config.maxUnreadBytes, total: this.config.maxUnreadBytesTotal },
       onMessage: (m, s) => this.onMessage(m, s),
       onViolation: (err, s) => {
         this.stats.violations++;
@@ -237,9 +354,21 @@ export class AgentServer extends Core {
     prefs.reportIntervalMs = ms;
     if (ms > 0) {
       prefs.reportTimer = setInterval(() => {
-        if (!s.trySend('HEALTH_REPORT', this.metricsFor(s))) {
-          if (s.isClosed) clearInterval(prefs.reportTimer);
+        if (s.isClosed) return clearInterval(prefs.reportTimer);
+        // Backpressure: while the last report is still unread, this one is not queued behind
+        // it; the next tick sends the metrics of then (latest wins). A peer that reads none
+        // for MAX_COALESCED_REPORTS intervals is closed.
+        if (s.channel.pendingBytes > 0) {
+          prefs.coalesced = (prefs.coalesced ?? 0) + 1;
+          if (prefs.coalesced >= MAX_COALESCED_REPORTS) {
+            this.stats.violations++;
+            this.logger.limited('violation', 'protocol violation', { remote: s.remote, code: 'SLOW_CONSUMER', reason: `${prefs.coalesced} reports unread` });
+            s.fail(new ProtocolError('SLOW_CONSUMER', `${prefs.coalesced} reports in a row left unread (report interval ${ms} ms)`));
+          }
+          return;
         }
+        prefs.coalesced = 0;
+        s.trySend('HEALTH_REPORT', this.metricsFor(s));
       }, ms);
       prefs.reportTimer.unref();
     }
@@ -269,6 +398,9 @@ export class AgentServer extends Core {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sampler);
+    await this.control?.close();
+    await this.runner.stop();
+    clearInterval(this.idleSweep);
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;

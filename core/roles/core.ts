@@ -60,7 +60,9 @@ export class Core implements CoreLike {
         ? 'too many connections'
         : preHello(sessions) >= this.config.maxPendingHandshakes
           ? 'too many connections without HELLO'
-          : undefined;
+          : fromSource(sessions, sourceOf(ch.remote)) >= this.config.maxConnectionsPerSource
+            ? `too many connections from ${sourceOf(ch.remote)}`
+            : undefined;
     if (!why) return false;
     this.logger.limited(logKey, 'connection refused', { remote: ch.remote, reason: why });
     void ch.close(stopping ? 301 : 300, why);
@@ -83,6 +85,26 @@ export class Core implements CoreLike {
       return undefined;
     }
     return version;
+  }
+
+  /**
+   * The idle limit after HELLO: every second (or sooner for short limits), a session past HELLO
+   * from which nothing has been received for `sessionIdleTimeout` is closed with ERROR 303
+   * SESSION_IDLE, unless `busy` says it is served otherwise (an agent pushing reports to it).
+   * QUIC keep-alive PINGs do not count: they keep a connection, not a session, alive.
+   */
+  sweepIdle<D extends object>(sessions: ReadonlySet<Session<D>>, busy: (s: Session<D>) => boolean = () => false): NodeJS.Timeout {
+    const idleMs = this.config.sessionIdleTimeout * 1000;
+    const t = setInterval(() => {
+      const now = Date.now();
+      for (const s of sessions) {
+        if (s.isClosed || s.state === 'AWAIT_HELLO' || s.state === 'AUTH' || now - s.lastReceivedAt < idleMs || busy(s)) continue;
+        this.logger.limited('idle', 'idle session closed', { remote: s.remote, idleMs: now - s.lastReceivedAt });
+        s.fail(new ProtocolError('SESSION_IDLE', `nothing asked for ${Math.round((now - s.lastReceivedAt) / 1000)} s (sessionIdleTimeout ${this.config.sessionIdleTimeout} s)`));
+      }
+    }, Math.max(50, Math.min(1000, idleMs / 4)));
+    t.unref();
+    return t;
   }
 
   /**
@@ -134,4 +156,17 @@ export class Core implements CoreLike {
     if (this.hooks.frame.taps.length === 0) return undefined;
     return (dir, msg, s) => this.hooks.frame.call(dir, msg, this.sessionInfo(s));
   }
+}
+
+/** The IP address of a "host:port" or "[v6]:port" remote. */
+export function sourceOf(remote: string): string {
+  const at = remote.lastIndexOf(':');
+  const host = at > 0 ? remote.slice(0, at) : remote;
+  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+}
+
+function fromSource(sessions: Iterable<Session>, source: string): number {
+  let n = 0;
+  for (const s of sessions) if (sourceOf(s.remote) === source) n++;
+  return n;
 }

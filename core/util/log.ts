@@ -1,9 +1,13 @@
 /**
  * A small leveled logger writing one line per event to stderr (stdout belongs to the status
- * table). JSON lines when QHCP_LOG_FORMAT=json; otherwise `time level message key=value`.
+ * table). JSON lines (pino's keys: time, level, msg, then the fields) when stderr is not a
+ * terminal, human lines `time level message key=value` on a terminal; QHCP_LOG_FORMAT=json|text
+ * forces one. The message (the event name) is the same in both.
  * `limited()` rate-limits noisy sources (bad peers): at most `burst` lines per key per window,
  * the rest counted and summarised when the window rolls over, so a flood cannot fill a disk.
  */
+import { sanitize, safeJson } from './sanitize.ts';
+
 export type Level = 'debug' | 'info' | 'warn' | 'error' | 'silent';
 const RANK: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
@@ -29,13 +33,15 @@ export interface LoggerOptions {
 }
 
 function fmtValue(v: unknown): string {
-  if (typeof v === 'string') return /[\s"=]/.test(v) ? JSON.stringify(v) : v;
-  if (v instanceof Error) return JSON.stringify(v.message);
-  return JSON.stringify(v);
+  if (typeof v === 'string') return /[\s"=]/.test(v) ? safeJson(v) : sanitize(v);
+  if (v instanceof Error) return safeJson(v.message);
+  return safeJson(v);
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
-  const json = opts.json ?? process.env.QHCP_LOG_FORMAT === 'json';
+  const env = process.env.QHCP_LOG_FORMAT;
+  // A logger with its own writer (tests, embedding) keeps text unless asked; stderr decides by itself.
+  const json = opts.json ?? (env === 'json' ? true : env === 'text' ? false : opts.write ? false : process.stderr.isTTY !== true);
   const write = opts.write ?? ((line: string) => process.stderr.write(line + '\n'));
   const burst = opts.burst ?? 20;
   const windowMs = opts.windowMs ?? 10_000;
@@ -45,11 +51,12 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
   const emit = (level: Level, msg: string, fields?: Record<string, unknown>) => {
     if (RANK[level] < RANK[logger.level]) return;
     const time = new Date().toISOString();
+    // Fields often carry a peer's strings (node names, reasons): never raw on a terminal.
     if (json) {
-      write(JSON.stringify({ time, level, ...(opts.name ? { name: opts.name } : {}), msg, ...fields }));
+      write(safeJson({ time, level, ...(opts.name ? { name: opts.name } : {}), msg, ...fields }));
     } else {
-      const kv = fields ? Object.entries(fields).map(([k, v]) => ` ${k}=${fmtValue(v)}`).join('') : '';
-      write(`${time} ${level.toUpperCase().padEnd(5)} ${opts.name ? `[${opts.name}] ` : ''}${msg}${kv}`);
+      const kv = fields ? Object.entries(fields).map(([k, v]) => ` ${sanitize(k)}=${fmtValue(v)}`).join('') : '';
+      write(`${time} ${level.toUpperCase().padEnd(5)} ${opts.name ? `[${opts.name}] ` : ''}${sanitize(msg)}${kv}`);
     }
   };
 

@@ -20,3 +20,15 @@ export function isClean(text: string): boolean {
   UNSAFE.lastIndex = 0;
   return !UNSAFE.test(text);
 }
+
+// eslint-disable-next-line no-control-regex
+const JSON_UNSAFE = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * JSON text for a terminal or a log line: JSON.stringify escapes C0 controls already; this also
+ * writes DEL, C1 controls, line separators and bidi overrides as \uNNNN escapes. Lossless: the
+ * text parses back to the same value.
+ */
+export function safeJson(value: unknown, space?: number): string {
+  return String(JSON.stringify(value, null, space)).replace(JSON_UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

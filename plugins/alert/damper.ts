@@ -5,6 +5,7 @@
  * last word about a server is never lost and the operator learns that it flapped.
  * Start/stop events concern no one server and pass straight through.
  */
+import { sanitize } from '../../core/util/sanitize.ts';
 import type { AlertEvent } from '../../core/plugin/hooks.ts';
 
 export type Deliver = (event: AlertEvent, suppressed: number) => void;
@@ -77,21 +78,22 @@ export function alertPayload(e: AlertEvent, suppressed: number): Record<string, 
     const t = e.transition;
     return {
       event: 'transition',
-      node: e.node,
+      node: sanitize(e.node),
       time: new Date(t.at).toISOString(),
       at: t.at,
-      server: t.server,
+      server: sanitize(t.server),
       from: t.from,
       to: t.to,
-      reason: t.reason,
+      // Reasons and errors carry agents' text: escaped for every reader (log, webhook, exec).
+      reason: sanitize(t.reason),
       failures: t.failures,
       successes: t.successes,
-      lastError: t.lastError,
+      lastError: t.lastError === null ? null : sanitize(t.lastError),
       metrics: t.metrics,
       suppressed,
     };
   }
-  return { event: e.kind, node: e.node, time: new Date(e.at).toISOString(), at: e.at, servers: e.servers, suppressed };
+  return { event: e.kind, node: sanitize(e.node), time: new Date(e.at).toISOString(), at: e.at, servers: e.servers, suppressed };
 }
 
 /** JSON-schema property for `minIntervalMs`, shared by the alert plugins' schemas. */

@@ -5,6 +5,7 @@
  * after `killGraceMs`, to its whole process group, so `sh -c` children go too. Commands run one
  * at a time through a bounded queue (queue.ts) and are damped per server (damper.ts).
  */
+import { safeJson } from '../../core/util/sanitize.ts';
 import { spawn } from 'node:child_process';
 import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
@@ -44,8 +45,8 @@ export function alertEnv(e: AlertEvent, suppressed: number): Record<string, stri
     QHCP_SUPPRESSED: String(suppressed),
   };
   if (e.kind === 'transition') {
-    const t = e.transition;
-    Object.assign(env, { QHCP_SERVER: t.server, QHCP_FROM: t.from, QHCP_TO: t.to, QHCP_REASON: t.reason, QHCP_LAST_ERROR: t.lastError ?? '' });
+    // From the sanitized payload: an agent's text never reaches a command raw.
+    Object.assign(env, { QHCP_SERVER: String(p.server), QHCP_FROM: String(p.from), QHCP_TO: String(p.to), QHCP_REASON: String(p.reason), QHCP_LAST_ERROR: String(p.lastError ?? '') });
   } else {
     env.QHCP_SERVERS = e.servers.join(',');
   }
@@ -118,7 +119,7 @@ export default class ExecAlertPlugin implements QhcpPlugin {
       child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-TAIL_BYTES)));
       // A command that does not read stdin closes it early: that is not an error.
       child.stdin!.on('error', () => {});
-      child.stdin!.end(JSON.stringify(alertPayload(e, suppressed)) + '\n');
+      child.stdin!.end(safeJson(alertPayload(e, suppressed)) + '\n');
       const finish = (code: number | null, signal: NodeJS.Signals | null, err?: Error) => {
         clearTimeout(timer);
         clearTimeout(killer);

@@ -3,6 +3,7 @@
  * not a terminal (or `json: true`), one readable line otherwise. Damped like every alert plugin
  * (damper.ts), but by default it logs every transition: the log is the record.
  */
+import { sanitize, safeJson } from '../../core/util/sanitize.ts';
 import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
@@ -38,13 +39,13 @@ export default class LogAlertPlugin implements QhcpPlugin {
   }
 
   format(e: AlertEvent, suppressed = 0): string {
-    if (this.json) return JSON.stringify({ level: 'alert', ...alertPayload(e, suppressed) });
+    if (this.json) return safeJson({ level: 'alert', ...alertPayload(e, suppressed) });
     const more = suppressed > 0 ? ` (${suppressed} more transition${suppressed > 1 ? 's' : ''} suppressed)` : '';
     if (e.kind === 'transition') {
       const t = e.transition;
-      return `${new Date(t.at).toISOString()} ALERT ${t.server} ${t.from} -> ${t.to}: ${t.reason}${more}`;
+      return `${new Date(t.at).toISOString()} ALERT ${sanitize(t.server)} ${t.from} -> ${t.to}: ${sanitize(t.reason)}${more}`;
     }
-    return `${new Date(e.at).toISOString()} ALERT load balancer ${e.node} ${e.kind} (${e.servers.length} servers)`;
+    return `${new Date(e.at).toISOString()} ALERT load balancer ${sanitize(e.node)} ${e.kind} (${e.servers.length} servers)`;
   }
 
   apply(core: CoreLike): void {

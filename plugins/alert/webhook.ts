@@ -5,6 +5,7 @@
  * the oldest alert (counted, with a warning) when the receiver cannot keep up. Damped per server
  * (damper.ts). The alert hook only enqueues: a slow receiver never delays the load balancer.
  */
+import { safeJson } from '../../core/util/sanitize.ts';
 import type { CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import { errorText } from '../../core/errors.ts';
@@ -68,7 +69,7 @@ export default class WebhookAlertPlugin implements QhcpPlugin {
       this.stats.dropped = n;
       this.logger?.limited(`${PLUGIN_NAME}:dropped`, `${PLUGIN_NAME}: queue full (${this.opts.queueSize}), dropped the oldest alert`, { url: this.where(), dropped: n });
     });
-    this.damper = new Damper(this.opts.minIntervalMs, (e, suppressed) => this.queue.push(JSON.stringify(alertPayload(e, suppressed))));
+    this.damper = new Damper(this.opts.minIntervalMs, (e, suppressed) => this.queue.push(safeJson(alertPayload(e, suppressed))));
   }
 
   /** The URL without credentials or query, for logs. */

@@ -7,12 +7,13 @@
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, PicksSinceReport, ShareCap, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';
 
 export interface LeastLoadedOptions extends Partial<LoadOptions> {
   pickCost?: number;
+  maxShare?: number;
 }
 
 export default class LeastLoadedPlugin implements QhcpPlugin {
@@ -22,26 +23,34 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     properties: {
       ...LOAD_OPTIONS_SCHEMA,
       pickCost: pickCostSchema(0.01),
+      maxShare: maxShareSchema,
     },
   };
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private readonly opts: LoadOptions & { pickCost: number };
+  private readonly opts: LoadOptions & { pickCost: number; maxShare: number };
   private readonly picks = new PicksSinceReport();
+  private readonly share: ShareCap;
   /** The address picked last, where the search among ties starts. */
   private last: string | undefined;
 
   constructor(options: LeastLoadedOptions = {}) {
-    this.opts = { ...LOAD_DEFAULTS, pickCost: 0.01, ...options };
+    this.opts = { ...LOAD_DEFAULTS, pickCost: 0.01, maxShare: maxShareSchema.default, ...options };
+    this.share = new ShareCap(this.opts.maxShare);
   }
+
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
 
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
     this.picks.prune(servers);
     const { loads } = loadsOf(servers, now, this.opts);
-    const eff = servers.map((s, i) => loads[i]! + this.opts.pickCost * this.picks.get(s));
+    // A server at its share cap is passed over while another is offered (load.ts ShareCap).
+    const open = new Set(this.share.open(servers));
+    const eff = servers.map((s, i) => (open.has(s) ? loads[i]! + this.opts.pickCost * this.picks.get(s) : Infinity));
     const min = Math.min(...eff);
     // Ties rotate: the first tied server after the one picked last, in configuration order.
     const lastAt = this.last === undefined ? -1 : servers.findIndex((s) => s.address === this.last);
@@ -53,10 +62,16 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     const chosen = servers[best]!;
     this.last = chosen.address;
     this.picks.add(chosen);
+    this.share.add(chosen);
+    this.why = `lowest load ${Math.round(eff[best]! * 1000) / 1000}`;
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

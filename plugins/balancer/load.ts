@@ -77,3 +77,53 @@ export class PicksSinceReport {
     for (const k of this.counts.keys()) if (!live.has(k)) this.counts.delete(k);
   }
 }
+
+/** Picks the share cap looks back over. */
+export const SHARE_WINDOW = 100;
+
+/** JSON-schema property for the share cap (load-aware balancers). */
+export const maxShareSchema = {
+  type: 'number',
+  minimum: 0.5,
+  maximum: 1,
+  default: 0.75,
+  description: `most of the last ${SHARE_WINDOW} picks one server may get while another is UP, whatever it reports (and never more than 3 times its fair share 1/n); 1: no cap`,
+} as const;
+
+/**
+ * The share cap: a reported figure alone (a loadScore of 0 against 0.9, a weight metric of 1e9)
+ * never captures all traffic. A server that already had `limit` of the last SHARE_WINDOW picks,
+ * where limit = min(maxShare, 3/n) × SHARE_WINDOW for n servers offered, is passed over while
+ * another server is offered (docs/plugins-builtin.md, "Share cap").
+ */
+export class ShareCap {
+  private readonly recent: string[] = [];
+  private readonly counts = new Map<string, number>();
+
+  constructor(readonly maxShare: number) {}
+
+  /** Whether `s` has had its share of the recent picks, with `n` servers offered. */
+  full(s: BackendView, n: number): boolean {
+    if (n < 2 || this.maxShare >= 1) return false;
+    const limit = Math.max(1, Math.floor(Math.min(this.maxShare, 3 / n) * SHARE_WINDOW));
+    return (this.counts.get(s.address) ?? 0) >= limit;
+  }
+
+  /** Records a pick. */
+  add(s: BackendView): void {
+    this.recent.push(s.address);
+    this.counts.set(s.address, (this.counts.get(s.address) ?? 0) + 1);
+    if (this.recent.length > SHARE_WINDOW) {
+      const old = this.recent.shift()!;
+      const c = (this.counts.get(old) ?? 1) - 1;
+      if (c <= 0) this.counts.delete(old);
+      else this.counts.set(old, c);
+    }
+  }
+
+  /** `servers` without those at their cap (all of them when every one is). */
+  open<T extends BackendView>(servers: readonly T[]): readonly T[] {
+    const ok = servers.filter((s) => !this.full(s, servers.length));
+    return ok.length > 0 ? ok : servers;
+  }
+}

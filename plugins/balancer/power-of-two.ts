@@ -6,12 +6,13 @@
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, PicksSinceReport, loadsOf, type LoadOptions } from './load.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, PicksSinceReport, ShareCap, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'power-of-two';
 
 export interface PowerOfTwoOptions extends Partial<LoadOptions> {
   pickCost?: number;
+  maxShare?: number;
 }
 
 export default class PowerOfTwoPlugin implements QhcpPlugin {
@@ -21,26 +22,35 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     properties: {
       ...LOAD_OPTIONS_SCHEMA,
       pickCost: pickCostSchema(0),
+      maxShare: maxShareSchema,
     },
   };
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private readonly opts: LoadOptions & { pickCost: number };
+  private readonly opts: LoadOptions & { pickCost: number; maxShare: number };
   private readonly picks = new PicksSinceReport();
+  private readonly share: ShareCap;
 
   /** `random` returns [0, 1) like Math.random (tests pass a seeded one). */
   constructor(
     options: PowerOfTwoOptions = {},
     private readonly random: () => number = Math.random,
   ) {
-    this.opts = { ...LOAD_DEFAULTS, pickCost: 0, ...options };
+    this.opts = { ...LOAD_DEFAULTS, pickCost: 0, maxShare: maxShareSchema.default, ...options };
+    this.share = new ShareCap(this.opts.maxShare);
   }
+
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
 
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
-    if (n === 1) return servers[0];
+    if (n === 1) {
+      this.why = 'the only one';
+      return servers[0];
+    }
     this.picks.prune(servers);
     const a = Math.floor(this.random() * n) % n;
     // A second index drawn from the other n-1, so the two are always distinct.
@@ -49,12 +59,34 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     const { loads } = loadsOf(servers, now, this.opts);
     const la = loads[a]! + this.opts.pickCost * this.picks.get(servers[a]!);
     const lb = loads[b]! + this.opts.pickCost * this.picks.get(servers[b]!);
-    const chosen = servers[la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b]!;
+    let chosen = servers[la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b]!;
+    // The pair's winner at its share cap gives way to the least loaded server not at its cap
+    // (load.ts ShareCap), so the cap never sends a pick to the most loaded one needlessly.
+    if (this.share.full(chosen, n)) {
+      let best: number | undefined;
+      servers.forEach((s, i) => {
+        if (!this.share.full(s, n) && (best === undefined || loads[i]! < loads[best]!)) best = i;
+      });
+      if (best !== undefined) chosen = servers[best]!;
+    }
+    const r = (x: number) => Math.round(x * 1000) / 1000;
+    const won = chosen === servers[a] ? la : chosen === servers[b] ? lb : undefined;
+    this.why =
+      won === undefined
+        ? 'the pair at its share cap: least loaded below the cap'
+        : la === lb
+          ? `two sampled, equal load ${r(la)}, coin toss`
+          : `lower load of two sampled: ${r(Math.min(la, lb))} vs ${r(Math.max(la, lb))}`;
     if (this.opts.pickCost > 0) this.picks.add(chosen);
+    this.share.add(chosen);
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

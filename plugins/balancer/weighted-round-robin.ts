@@ -7,7 +7,7 @@
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
+import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 import { metricNameSchema } from '../../core/protocol/messages.ts';
 
 const PLUGIN_NAME = 'weighted-round-robin';
@@ -18,6 +18,7 @@ const MIN_LOAD_SHARE = 0.01;
 export interface WeightedRoundRobinOptions extends Partial<LoadOptions> {
   weightFrom?: 'config' | 'metric' | 'load';
   weightMetric?: string;
+  maxShare?: number;
 }
 
 export default class WeightedRoundRobinPlugin implements QhcpPlugin {
@@ -28,17 +29,21 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
       weightFrom: { enum: ['config', 'metric', 'load'], default: 'config', description: 'where weights come from' },
       weightMetric: { ...metricNameSchema, default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
       ...LOAD_OPTIONS_SCHEMA,
+      maxShare: { ...maxShareSchema, description: `${maxShareSchema.description}; applies with weightFrom "metric" or "load" (reported figures), not to configured weights` },
     },
   };
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private readonly opts: LoadOptions & { weightFrom: 'config' | 'metric' | 'load'; weightMetric: string };
+  private readonly opts: LoadOptions & { weightFrom: 'config' | 'metric' | 'load'; weightMetric: string; maxShare: number };
+  private readonly share: ShareCap;
   /** Smooth-WRR credit per server address. */
   private readonly credit = new Map<string, number>();
 
   constructor(options: WeightedRoundRobinOptions = {}) {
-    this.opts = { ...LOAD_DEFAULTS, weightFrom: 'config', weightMetric: 'weight', ...options };
+    this.opts = { ...LOAD_DEFAULTS, weightFrom: 'config', weightMetric: 'weight', maxShare: maxShareSchema.default, ...options };
+    // Configured weights are the operator's choice; reported ones are capped (load.ts ShareCap).
+    this.share = new ShareCap(this.opts.weightFrom === 'config' ? 1 : this.opts.maxShare);
   }
 
   /** The weight of each server for this pick (never negative; all zero means equal). */
@@ -60,13 +65,18 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
     return w.some((x) => x > 0) ? w : w.map(() => 1);
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     if (servers.length === 0) return undefined;
     if (this.credit.size > servers.length) {
       const live = new Set(servers.map((s) => s.address));
       for (const k of this.credit.keys()) if (!live.has(k)) this.credit.delete(k);
     }
-    const w = this.weights(servers, now);
+    const capped = this.share.open(servers);
+    const w = this.weights(servers, now).map((x, i) => (capped.length < servers.length && !capped.includes(servers[i]!) ? 0 : x));
+    if (!w.some((x) => x > 0)) w.fill(1);
     const total = w.reduce((a, b) => a + b, 0);
     let best = 0;
     let bestCredit = -Infinity;
@@ -80,10 +90,16 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
     });
     const chosen = servers[best]!;
     this.credit.set(chosen.address, bestCredit - total);
+    this.share.add(chosen);
+    this.why = `smooth weighted rotation, weight ${Math.round(w[best]! * 1000) / 1000} of total ${Math.round(total * 1000) / 1000}`;
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

@@ -66,13 +66,12 @@ export const WEIGHT_SCHEMA = {
 } as const;
 
 /**
- * The backend's weight factor (1 = as configured). With the shared contract's effective weight
- * (0..256, 100 = normal, set by `qhcp weight N`) it is weight / 100; a view without an agent
- * verdict carries the configured weight, which the proxy already has, so the factor is 1.
+ * The backend's weight factor for a proxy's own weights: the agent's weight in percent
+ * (`qhcp weight N`, wire `weight` 0..256, 100 = normal) / 100. The configured qhcp weight is not
+ * applied (the proxy has its own configured weights); a view without `agentWeight` gives 1.
  */
 export function weightFactor(b: BackendView): number {
-  if (extra(b).verdict === undefined) return 1;
-  const w = b.weight;
+  const w = (b as unknown as { agentWeight?: unknown }).agentWeight;
   return typeof w === 'number' && Number.isFinite(w) && w >= 0 ? Math.min(w, 256) / 100 : 1;
 }
 
@@ -257,5 +256,15 @@ export class Reconciler {
     this.stopped = true;
     clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  /**
+   * On shutdown: lets a pending run finish (up to `timeoutMs`), then stops, and waits (bounded
+   * too) for a run that is still in progress, so no file or command is left half-done.
+   */
+  async halt(timeoutMs: number): Promise<void> {
+    if (!this.timer) await this.settled(timeoutMs); // a failing proxy's next retry is not waited for
+    this.stop();
+    for (const until = Date.now() + timeoutMs; this.running && Date.now() < until; ) await new Promise((r) => setTimeout(r, 10));
   }
 }

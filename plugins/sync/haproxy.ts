@@ -113,8 +113,7 @@ export default class HaproxySyncPlugin implements QhcpPlugin {
     });
     core.hooks.stop.tapPromise(PLUGIN_NAME, async () => {
       clearInterval(this.timer);
-      await this.reconciler!.settled(Math.min(1000, this.options.timeoutMs));
-      this.reconciler!.stop();
+      await this.reconciler!.halt(Math.min(1000, this.options.timeoutMs));
     });
   }
 

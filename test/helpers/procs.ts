@@ -77,8 +77,8 @@ export class QhcpProcess {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Waits for `re` in stdout+stderr (text after `from` only, when given). */
-  async waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<RegExpMatchArray> {
+  /** Waits for `re` in stdout+stderr (text after `from` only, when given); 45 s by default (start-up on a loaded 2-core machine). */
+  async waitFor(re: RegExp, timeoutMs = 45_000, from = 0): Promise<RegExpMatchArray> {
     return waitUntil(
       () => {
         // Fatal: waiting longer cannot help once the process is gone.
@@ -118,7 +118,7 @@ export async function runQhcp(args: string[], opts: { cwd?: string; timeoutMs?: 
 export async function startServer(opts: { port?: number; args?: string[]; cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ proc: QhcpProcess; port: number; address: string }> {
   return retryInUse(opts.port, async (port) => {
     const proc = new QhcpProcess(['-server', '-server-ip', '127.0.0.1', '-server-port', String(port), ...(opts.args ?? [])], opts);
-    await proc.waitFor(/server listening/);
+    await proc.waitFor(/server listening/, 60_000);
     return { proc, port, address: `127.0.0.1:${port}` };
   });
 }
@@ -158,7 +158,7 @@ export async function startLoadBalancer(
       ],
       opts,
     );
-    await proc.waitFor(/load balancer started/);
+    await proc.waitFor(/load balancer started/, 60_000);
     return { proc, port };
   });
 }

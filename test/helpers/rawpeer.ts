@@ -3,7 +3,7 @@
  * and no DFA, so it can send anything (bytes, out-of-order frames, extra streams, resets) and
  * record exactly what the other side answers and how it closes the connection.
  */
-import { connect, type Channel, type ChannelClose } from '../../core/transport/quic.ts';
+import { connect, ClientSocket, type Channel, type ChannelClose } from '../../core/transport/quic.ts';
 import { encodeFrame, HEADER_BYTES } from '../../core/protocol/codec.ts';
 import { MESSAGE_TYPES, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import type { ProtocolError } from '../../core/errors.ts';
@@ -17,6 +17,10 @@ export interface RawPeerOptions {
   timeoutMs?: number;
   idleTimeoutMs?: number;
   keepAliveMs?: number;
+  /** Flow-control window granted to the other side (a slow reader fills it quickly). */
+  receiveWindowBytes?: number;
+  /** Bind the connection's UDP socket to this local address (e.g. 127.0.0.2: another source). */
+  localHost?: string;
 }
 
 /** Encodes a frame with any header and payload: type byte, raw payload, optional lying length. */
@@ -61,6 +65,7 @@ export class RawPeer {
 
   /** Connects (QUIC handshake + control stream). @throws LocalError QHCP_ERR_CONNECT */
   static async open(opts: RawPeerOptions): Promise<RawPeer> {
+    const socket = opts.localHost ? await ClientSocket.open(opts.localHost) : undefined;
     const ch = await connect({
       host: opts.host ?? '127.0.0.1',
       port: opts.port,
@@ -68,8 +73,15 @@ export class RawPeer {
       ...(opts.alpn ? { alpn: opts.alpn } : {}),
       ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
       ...(opts.keepAliveMs !== undefined ? { keepAliveMs: opts.keepAliveMs } : {}),
+      ...(opts.receiveWindowBytes ? { receiveWindowBytes: opts.receiveWindowBytes } : {}),
+      ...(socket ? { socket } : {}),
+    }).catch(async (e: unknown) => {
+      await socket?.close();
+      throw e;
     });
-    return new RawPeer(ch);
+    const peer = new RawPeer(ch);
+    if (socket) void peer.closed.then(() => setTimeout(() => void socket.close(), 100));
+    return peer;
   }
 
   get isClosed(): boolean {

@@ -7,7 +7,8 @@
 import { createSocket } from 'node:dgram';
 import { readdirSync, readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { QhcpProcess, waitUntil, queryStatus } from '../helpers/procs.ts';
+import { QhcpProcess, waitUntil, queryStatus, freePort } from '../helpers/procs.ts';
+import { httpGet } from '../helpers/proxies.ts';
 
 const PORTS: Array<[string, number]> = [
   ['0.0.0.0', 4242],
@@ -66,8 +67,8 @@ function alive(pid: number): boolean {
 }
 
 /** Starts the demo and waits until its status lines show the three servers UP. */
-async function startDemo(detached: boolean): Promise<{ demo: QhcpProcess; children: number[] }> {
-  const demo = new QhcpProcess(['demo', '--check-interval', '1'], detached ? { detached: true } : {});
+async function startDemo(detached: boolean, extra: string[] = []): Promise<{ demo: QhcpProcess; children: number[] }> {
+  const demo = new QhcpProcess(['demo', '--check-interval', '1', ...extra], detached ? { detached: true } : {});
   const up = (p: number) => new RegExp(`server=127\\.0\\.0\\.1:${p} state=UP cpu=\\S+ mem=\\S+`);
   await waitUntil(() => [4243, 4244, 4245].every((p) => up(p).test(demo.stdout)), 60_000, `three servers UP in the demo output:\n${demo.output.slice(-1500)}`, 200);
   // The query port answers too, as the demo's banner says.
@@ -111,6 +112,7 @@ describe('npm start: the local demonstration', function () {
     // Three servers and a load balancer (tsx may add a helper process of its own).
     expect(children.length).to.be.at.least(4);
     expect(demo.stdout).to.match(/demo running/);
+    expect(demo.stdout).to.match(/open http:\/\/127\.0\.0\.1:4280\/ for the live status page/);
     demo.signal('SIGINT');
     await expectAllGone(demo, children);
   });
@@ -121,6 +123,21 @@ describe('npm start: the local demonstration', function () {
     spawned = children;
     // What a terminal does on Ctrl-C: the signal goes to every process of the foreground group.
     process.kill(-demo.pid, 'SIGINT');
+    await expectAllGone(demo, children);
+  });
+
+  it('--tcp-proxy: requests through the proxy reach the three services in turn', async () => {
+    const port = await freePort();
+    const { demo, children } = await startDemo(false, ['--tcp-proxy', String(port)]);
+    running = demo;
+    spawned = children;
+    expect(demo.stdout).to.include(`curl -s 127.0.0.1:${port}`);
+    const bodies: string[] = [];
+    for (let i = 0; i < 6; i++) bodies.push((await httpGet(port)).trim());
+    // Round-robin over three UP backends: each service once in every three requests.
+    expect(new Set(bodies.slice(0, 3))).to.deep.equal(new Set(['service 1', 'service 2', 'service 3']));
+    expect(bodies.slice(3)).to.deep.equal(bodies.slice(0, 3));
+    demo.signal('SIGINT');
     await expectAllGone(demo, children);
   });
 });

@@ -152,9 +152,12 @@ describe('balancer plugins', () => {
 
     it('herd guard: between reports, the idle-looking server takes a bounded share, not every pick', () => {
       const servers: Server[] = [{ address: 'idle', loadScore: 0 }, { address: 'b', loadScore: 0.1 }, { address: 'c', loadScore: 0.1 }];
-      // Without the guard (pickCost 0), all 3000 picks between two reports land on one server.
-      const herd = simulate(withPlugin(build(LeastLoadedPlugin, { pickCost: 0 })), servers, 3000, 3000);
+      // Without the guard (pickCost 0) and without the share cap, all 3000 picks between two
+      // reports land on one server; the share cap alone holds it to 75 of every 100.
+      const herd = simulate(withPlugin(build(LeastLoadedPlugin, { pickCost: 0, maxShare: 1 })), servers, 3000, 3000);
       expect(herd.counts.idle).to.equal(3000);
+      const capped = simulate(withPlugin(build(LeastLoadedPlugin, { pickCost: 0 })), servers, 3000, 3000);
+      expect(capped.counts.idle).to.be.within(2200, 2250);
       // With it, the idle server leads by 0.1 / pickCost picks and then the pool shares.
       const guarded = simulate(withPlugin(build(LeastLoadedPlugin, { pickCost: 0.01 })), servers, 3000, 3000);
       expect(share(guarded.counts, 'idle')).to.be.lessThan(0.4);
@@ -168,7 +171,7 @@ describe('balancer plugins', () => {
       expect(counts.b).to.be.greaterThan(counts['stale-idle']!);
       expect(share(counts, 'stale-idle')).to.be.lessThan(0.4);
       // A fixed unknownLoad of 1 keeps traffic away from servers we know nothing about.
-      const pessimist = withPlugin(build(LeastLoadedPlugin, { maxReportAgeMs: 5000, unknownLoad: 1, pickCost: 0 }));
+      const pessimist = withPlugin(build(LeastLoadedPlugin, { maxReportAgeMs: 5000, unknownLoad: 1, pickCost: 0, maxShare: 1 }));
       expect(simulate(pessimist, [{ address: 'stale-idle', loadScore: 0, stale: true }, { address: 'b', loadScore: 0.6 }], 1000).counts).to.deep.equal({ 'stale-idle': 0, b: 1000 });
     });
 
@@ -176,6 +179,31 @@ describe('balancer plugins', () => {
       const core = withPlugin(build(LeastLoadedPlugin));
       const { counts } = simulate(core, [{ address: 'a' }, { address: 'b' }, { address: 'c' }], 3000);
       expect(counts).to.deep.equal({ a: 1000, b: 1000, c: 1000 });
+    });
+  });
+
+  describe('share cap: a reported figure alone never captures all traffic', () => {
+    const liar = (n: number): Server[] => [{ address: 'liar', loadScore: 0, metrics: { capacity: 1e9 } }, ...Array.from({ length: n - 1 }, (_, i) => ({ address: `h${i}`, loadScore: 0.9, metrics: { capacity: 1 } }))];
+    const cases: Array<[string, () => QhcpPlugin]> = [
+      ['least-loaded', () => build(LeastLoadedPlugin, { pickCost: 0 })],
+      ['power-of-two', () => new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, {}, 't'), seeded(3))],
+      ['weighted-round-robin (weightFrom metric)', () => build(WeightedRoundRobinPlugin, { weightFrom: 'metric', weightMetric: 'capacity' })],
+    ];
+    for (const [name, make] of cases) {
+      it(`${name}: at most 75 % of picks with 2 servers, at most 3/n with 10`, () => {
+        for (const [n, cap] of [[2, 0.75], [10, 0.3]] as const) {
+          const { counts, seq } = simulate(withPlugin(make()), liar(n), 2000, 2000);
+          expect(share(counts, 'liar'), `${n} servers`).to.be.at.most(cap);
+          expect(share(counts, 'liar'), `${n} servers: still favoured`).to.be.at.least(n === 2 ? cap - 0.05 : 0.15);
+          // In every window of 100 picks too.
+          for (let i = 0; i + 100 <= seq.length; i += 50) expect(seq.slice(i, i + 100).filter((a) => a === 'liar').length).to.be.at.most(cap * 100);
+        }
+      });
+    }
+    it('maxShare: 1 turns the cap off; configured weights are never capped', () => {
+      expect(simulate(withPlugin(build(LeastLoadedPlugin, { pickCost: 0, maxShare: 1 })), liar(2), 500, 500).counts.liar).to.equal(500);
+      const wrr = simulate(withPlugin(build(WeightedRoundRobinPlugin, {})), [{ address: 'big', weight: 9 }, { address: 'small', weight: 1 }], 1000);
+      expect(wrr.counts.big).to.equal(900);
     });
   });
 

@@ -112,6 +112,9 @@ describe('sync plugin haproxy (real HAProxy, real HTTP traffic)', function () {
     // Smooth weighted round robin over 25:100:50 gives 10:40:20 in 70 requests.
     expect(n('b2')).to.be.greaterThan(n('b3'));
     expect(n('b3')).to.be.greaterThan(n('b1'));
+    // The agent's own weight (`qhcp weight 50`: agentWeight 50%) scales HAProxy's weight too.
+    core.hooks.sync.call(update([view(A[0]!, { loadScore: 0.75 }), view(A[1]!, { loadScore: 0.5, agentWeight: 50 } as never), view(A[2]!, { loadScore: 0.5 })]));
+    await waitUntil(async () => (await haproxyCommand({ path: h.socket }, 'get weight web/b2', 2000)).startsWith('25 '), 5000, 'b2 weight 100 x 50% x (1 - 0.5) = 25');
   });
 
   it('HAProxy restarted (socket gone, then back): the plugin logs the failed command, then puts every setting back', async () => {

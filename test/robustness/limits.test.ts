@@ -224,6 +224,7 @@ describe('Robustness: limits', function () {
     const { proc, port } = await startServer();
     honest = await HonestChecker.start(port);
     const n = 60;
+    const t0 = Date.now();
     for (let i = 0; i < n; i += 10) {
       await Promise.all(
         Array.from({ length: 10 }, async () => {
@@ -235,7 +236,10 @@ describe('Robustness: limits', function () {
     }
     await honest.expectServing();
     const lines = (proc.output.match(/protocol violation/g) ?? []).length;
-    expect(lines, 'violation log lines').to.be.at.most(20);
+    // 20 lines per 10 s window; on a loaded machine the 60 connections may span a second window.
+    const windows = Math.ceil((Date.now() - t0) / 10_000);
+    expect(lines, `violation log lines in ${windows} window(s)`).to.be.at.most(20 * windows);
+    expect(lines, 'violation log lines').to.be.below(n);
     expect(lines).to.be.at.least(1);
     await proc.stop();
     const stopped = proc.output.match(/server stopped .*violations=(\d+).*logLinesSuppressed=(\d+)/);

@@ -1,0 +1,82 @@
+/**
+ * A scripted QHCP agent for load balancer tests: a real QUIC listener on loopback speaking the
+ * protocol through the real Session and DFA, whose verdict, admin state, weight and services the
+ * test sets. Every change is pushed at once as a HEALTH_REPORT to every connected load balancer,
+ * as the real agent does (docs/protocol.md); HEALTH_REQUESTs get the current values.
+ */
+import { Listener, type Channel } from '../../core/transport/quic.ts';
+import { Session } from '../../core/protocol/session.ts';
+import { selfSigned } from '../../core/transport/tls.ts';
+import type { AgentHealth, Message } from '../../core/protocol/messages.ts';
+
+export class ScriptedAgent {
+  private readonly sessions = new Set<Session>();
+  health: AgentHealth = { verdict: 'SERVING', admin: 'READY', weight: 100 };
+  /** HEALTH_REQUESTs answered so far. */
+  answered = 0;
+  /** TERMINATEs received so far. */
+  terminated = 0;
+
+  private constructor(private readonly listener: Listener) {}
+
+  static async start(host = '127.0.0.1'): Promise<ScriptedAgent> {
+    const tls = await selfSigned();
+    let agent: ScriptedAgent | undefined;
+    const listener = await Listener.listen({ host, port: 0, cert: tls.cert, key: tls.key, idleTimeoutMs: 30_000, handshakeTimeoutMs: 5000, onChannel: (ch) => agent!.accept(ch) });
+    agent = new ScriptedAgent(listener);
+    return agent;
+  }
+
+  get port(): number {
+    return this.listener.port;
+  }
+  get address(): string {
+    return `127.0.0.1:${this.port}`;
+  }
+  get connections(): number {
+    return [...this.sessions].filter((s) => s.state !== 'AWAIT_HELLO' && !s.isClosed).length;
+  }
+
+  /** Changes what the agent reports and pushes a HEALTH_REPORT to every load balancer at once. */
+  set(health: Partial<AgentHealth>): void {
+    this.health = { ...this.health, ...health };
+    for (const k of Object.keys(this.health) as Array<keyof AgentHealth>) if (this.health[k] === undefined) delete this.health[k];
+    for (const s of this.sessions) s.trySend('HEALTH_REPORT', { metrics: {}, ageMs: 0, ...this.health });
+  }
+
+  private accept(ch: Channel): void {
+    const session = new Session(ch, {
+      role: 'server',
+      helloTimeoutMs: 5000,
+      onMessage: (m, s) => this.onMessage(m, s),
+      onClose: (_w, s) => this.sessions.delete(s),
+    });
+    this.sessions.add(session);
+  }
+
+  private onMessage(msg: Message, s: Session): void {
+    switch (msg.type) {
+      case 'HELLO':
+        s.send('ACK', { version: 1, node: 'scripted-agent', role: 'agent', metrics: [] });
+        return;
+      case 'HEALTH_REQUEST':
+        this.answered++;
+        s.send('HEALTH_RESPONSE', { seq: msg.body.seq, metrics: {}, ageMs: 0, ...this.health });
+        return;
+      case 'CONFIG_UPDATE':
+        s.send('CONFIG_ACK', { seq: msg.body.seq, metrics: [], reportIntervalMs: 0 });
+        return;
+      case 'TERMINATE':
+        this.terminated++;
+        s.send('TERMINATE_ACK', {});
+        return;
+      default:
+        return;
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.sessions) s.close('stopping');
+    await this.listener.stop(0, 'stopping');
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * Peers that ask and never read (issue 13, items 2 and 6): every buffer they can fill is bounded
+ * in bytes. An agent pushing reports to sessions that stopped reading coalesces them (latest
+ * wins) and then closes those sessions with ERROR 302 SLOW_CONSUMER; a load balancer answering
+ * pipelined STATUS to clients that never read stops at the unread-bytes limit the same way. The
+ * processes' RSS is measured before and during the attack; honest clients are served throughout.
+ */
+import { expect } from 'chai';
+import { readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { encodeFrame } from '../../core/protocol/codec.ts';
+import { codeName } from '../../core/protocol/session.ts';
+import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil } from '../helpers/procs.ts';
+import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
+import { HonestChecker, HonestQuery } from './honest.ts';
+
+export const WIDE = fileURLToPath(new URL('../fixtures/plugins/wide-metrics.ts', import.meta.url));
+
+/** Resident set size of a process, KiB (Linux). */
+export function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error(`no VmRSS for ${pid}`);
+  return Number(m[1]);
+}
+
+/** Runs `open` for `n` items, `width` at a time. */
+async function inBatches<T>(n: number, width: number, open: (i: number) => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < n; i += width) out.push(...(await Promise.all(Array.from({ length: Math.min(width, n - i) }, (_, k) => open(i + k)))));
+  return out;
+}
+
+describe('Robustness: peers that do not read (bounded memory)', function () {
+  this.timeout(180_000);
+  const dirs: string[] = [];
+  const peers: RawPeer[] = [];
+  let honest: HonestChecker | HonestQuery | undefined;
+
+  function configFile(data: object): string {
+    const dir = mkdtempSync(join(tmpdir(), 'qhcp-slow-'));
+    dirs.push(dir);
+    const file = join(dir, 'qhcp.config.json');
+    writeFileSync(file, JSON.stringify(data));
+    return file;
+  }
+
+  afterEach(async () => {
+    await honest?.stop();
+    honest = undefined;
+    await Promise.all(peers.splice(0).map((p) => p.close()));
+    await stopAll();
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('agent: 300 sessions with a 100 ms report interval that stop reading: reports coalesce, sessions end with 302, RSS stays bounded', async () => {
+    // 64 metrics with 128-character names: each report is about 10 KB.
+    const cfg = configFile({ defaults: false, plugins: [[WIDE, { count: 64, nameLength: 128 }]] });
+    const { proc, port } = await startServer({ args: ['--config', cfg, '--max-connections-per-source', '1000'] });
+    honest = await HonestChecker.start(port);
+    await honest.expectServing(3);
+    const rss0 = rssKiB(proc.pid);
+    let peak = rss0;
+    const sampler = setInterval(() => {
+      if (proc.running) peak = Math.max(peak, rssKiB(proc.pid));
+    }, 200);
+    try {
+      const opened = await inBatches(300, 20, async () => {
+        // A 16 KiB window: the agent's reports fill it within two reports.
+        const p = await RawPeer.open({ port, receiveWindowBytes: 16 * 1024, keepAliveMs: 1000 });
+        peers.push(p);
+        await p.send(Buffer.concat([HELLO_CHECKER(), encodeFrame({ type: 'CONFIG_UPDATE', body: { seq: 1, reportIntervalMs: 100 } })]));
+        await p.waitFor('CONFIG_ACK', 20_000);
+        p.channel.pauseReading();
+        return p;
+      });
+      expect(opened).to.have.length(300);
+      // Each one is closed with SLOW_CONSUMER once 20 reports in a row went unread.
+      await waitUntil(() => opened.every((p) => p.isClosed), 60_000, 'every non-reading session closed');
+      const codes = new Map<string, number>();
+      for (const p of opened) {
+        const name = codeName((await p.closedWith()).code);
+        codes.set(name, (codes.get(name) ?? 0) + 1);
+      }
+      expect(Object.fromEntries(codes)).to.deep.equal({ SLOW_CONSUMER: 300 });
+      await honest.expectServing(3);
+    } finally {
+      clearInterval(sampler);
+    }
+    const growthMiB = (peak - rss0) / 1024;
+    console.log(`      agent RSS ${rss0} KiB before, peak ${peak} KiB during 300 non-reading push sessions (+${growthMiB.toFixed(1)} MiB)`);
+    // Unbounded queueing grows by ~30 MB per second here; the bound is the sessions' own state.
+    expect(growthMiB, 'agent RSS growth (MiB)').to.be.below(160);
+    expect(proc.running).to.equal(true);
+  });
+});
