@@ -230,9 +230,8 @@ console.log('examples ok');
     const port = await freePort();
     const agent = new QhcpProcess(['server', '--server-ip', '127.0.0.1', '--server-port', String(port)], { cwd: app, env, bin: join(app, 'node_modules/.bin/qhcp') });
     try {
-      const line = await agent.waitFor(/plugins in use.*/, 30_000);
-      expect(line[0]).to.match(/metrics=queue-length,system-metrics/);
-      await agent.waitFor(/server listening/, 30_000);
+      const line = await agent.waitFor(/server listening.*/, 30_000);
+      expect(line[0]).to.match(/plugins\.metrics=queue-length,system-metrics/);
       // Ask it over QHCP with the client the package exports, from the consumer's side.
       writeFileSync(
         join(app, 'ask.mjs'),

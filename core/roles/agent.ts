@@ -137,6 +137,7 @@ export class AgentServer extends Core {
     const h = this.runner.health();
     this.logger.info('server listening', {
       address: `${this.host}:${this.port}`,
+      ...this.pluginFields(),
       alpn: 'qhcp/1',
       metrics: this.definitions.length,
       checks: specs.length,

@@ -42,10 +42,7 @@ export class Core implements CoreLike {
   async loadPlugins(plugins?: QhcpPlugin[]): Promise<void> {
     this.plugins = plugins ?? (await resolvePlugins(this.config, this.role, this.configFile));
     await applyPlugins(this.plugins, this, this.config.pluginTimeout * 1000);
-    // One start-up line naming every plugin in use, per family.
-    const byFamily: Record<string, string[]> = {};
-    for (const p of this.plugins) (byFamily[p.family ?? 'other'] ??= []).push(p.name);
-    this.logger.info('plugins in use', Object.fromEntries(Object.entries(byFamily).map(([f, names]) => [f, names.join(',')])));
+    this.logger.debug('plugins applied', { plugins: this.plugins.map((p) => p.name).join(',') });
   }
 
   /**
@@ -140,6 +137,13 @@ export class Core implements CoreLike {
       onChannel: o.onChannel,
       ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
     };
+  }
+
+  /** Every plugin in use, per family, as start-up line fields: `plugins.alert=webhook,log`. */
+  pluginFields(): Record<string, string> {
+    const byFamily: Record<string, string[]> = {};
+    for (const p of this.plugins) (byFamily[p.family ?? 'other'] ??= []).push(p.name);
+    return Object.fromEntries(Object.entries(byFamily).map(([f, names]) => [`plugins.${f}`, names.join(',')]));
   }
 
   resolvePath(path: string): string {
