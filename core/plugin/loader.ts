@@ -11,7 +11,7 @@ import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig 
 import type { CoreLike } from './hooks.ts';
 import { withTimeout } from '../util/timeout.ts';
 
-export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'sync' | 'proxy' | 'other';
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'check' | 'sync' | 'proxy' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
 
 /** A plugin instance: a name and an `apply` that taps hooks. */
