@@ -95,6 +95,11 @@ export class LoadBalancer extends Core {
     return [...this.pool.values()];
   }
 
+  /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
+  queryConnections(): { open: number; accepted: number; limited: number } {
+    return this.query.connections();
+  }
+
   /** STATUS: every backend's status. */
   status(): ServerStatus[] {
     return this.records().map((b) => b.status());
