@@ -192,6 +192,10 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
     ...table(['failure', 'implementation', 'runs', 'down min ms', 'down median ms', 'down max ms', 'median qhcp / HAProxy', 'up median ms', 'up max ms'], rows),
     '',
     ...(sv.misses.length ? ['Misses:', '', ...sv.misses.map((x) => `- ${x}`), ''] : []),
+    `Where qhcp's time goes (one run traced with the agent's log and the service's request times): the agent's checks reach the service every interval ± 10% (its jitter); the agent decides on the third failed check a few ms to a few tens of ms after the service answered it (under this load); the load balancer has the pushed NOT_SERVING 1 to 25 ms later. Both sides' times are dominated by where their check cycle stood when the service failed (uniform over one interval for each), so medians move by a few hundred ms between runs. On 2026-11-29, three runs (5, 10 and 20 failures of each kind) gave qhcp / HAProxy medians of 0.89×, 1.09×, 0.90× for a 503 (within that noise) and 1.17×, 1.21×, 1.13× for a stopped service: consistently slower, and not explained yet. qhcp's times for a stopped service spread evenly over 2.1-3.1 s as the phase predicts; HAProxy's bunch near 2.0-2.2 s (9 of 20 in the last run, where an even spread gives about 4), as if its first failed check came right after the stop more often than chance.`,
+    '',
+    `Recovery takes longer for qhcp by design: the agent's own rise (rise passing checks) comes first, then the load balancer moves the backend UP only after its own rise on its checks of the agent (the pushed SERVING counts as one), so up to one more load-balancer check interval; HAProxy applies one rise.`,
+    '',
     'The reasons each load balancer gave:',
     '',
     ...reasons,
@@ -310,6 +314,7 @@ export function render(res: Results): string {
   const s100 = cell(res, 'qhcp-push', 100, 1);
   if (floorEcho && p100) L.push(`Read against the floor: at N = 100, 1 s, a poll check costs the load balancer ${p100.usPerBackendInterval} µs where a bare round trip costs the client ${floorEcho.clientUsPerMsg} µs (${ratio(p100.usPerBackendInterval, floorEcho.clientUsPerMsg)}).`);
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}). Most of a check is the library, not qhcp.`);
+  L.push(...tcpProxySection());
   L.push(
     '',
     '## What we tried, and what each change bought',
@@ -331,6 +336,39 @@ export function render(res: Results): string {
     '',
   );
   return L.join('\n');
+}
+
+/**
+ * The tcp-proxy section, from bench/results/tcp-proxy-latest.json (`node --import tsx
+ * bench/tcp-proxy.ts`), a separate run with its own date, machine line and load.
+ */
+function tcpProxySection(): string[] {
+  const file = `${ROOT}bench/results/tcp-proxy-latest.json`;
+  if (!existsSync(file)) return [];
+  const t = JSON.parse(readFileSync(file, 'utf8')) as import('./tcp-proxy.ts').TcpResults;
+  const m = t.machine as { cpu?: string; cores?: number; os?: string; node?: string };
+  const by = (k: string) => t.rows.find((r) => r.target === k);
+  const q = by('qhcp');
+  const h = by('haproxy');
+  const d = by('direct');
+  const n = by('node-pipe');
+  const x = (a: number | null | undefined, b: number | null | undefined) => (a && b ? `${(a / b).toFixed(2)}×` : '—');
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const L = [
+    '',
+    '## TCP proxy next to HAProxy',
+    '',
+    `\`node --import tsx bench/tcp-proxy.ts\` (${t.mode} mode, ${t.startedAt}, ${t.durationS} s): the \`tcp-proxy\` plugin (one Node process, round-robin) and HAProxy ${t.haproxy} in TCP mode (\`nbthread 1\`, \`balance roundrobin\`) in front of the same three backends, on loopback; backends, each proxy and the load generator are separate processes. Machine: ${m.cpu ?? '?'}, ${m.cores ?? '?'} cores, ${m.os ?? '?'}, Node ${m.node ?? process.version}; **shared with other agents' work during the run**: load average ${la(t.loadavgStart)} at the start, ${la(t.loadavgEnd)} at the end (1/5/15 min), so absolute figures are low and noisy; the ratios, measured alternately in the same run, are what to read.`,
+    '',
+    `A connection = connect, read the backend's \`ok\\n\`, close; ${t.settings.concurrency} at once for ${t.settings.windowMs / 1000} s. Throughput: ${t.settings.streams} streams of ${t.settings.sourceMb} MiB from the backends. Medians of ${t.settings.rounds} rounds.`,
+    '',
+    '| Path | connections/s | proxy CPU (% of a core) | proxy CPU per 1000 connections | throughput (MB/s) | failed connections |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...t.rows.map((r) => `| ${({ direct: 'direct (no proxy)', 'node-pipe': 'bare Node proxy (socket.pipe)', qhcp: 'qhcp tcp-proxy', haproxy: 'HAProxy (tcp)' } as Record<string, string>)[r.target] ?? r.target} | ${r.connsPerS} | ${r.cpuPct ?? '—'} | ${r.cpuMsPer1000 === null ? '—' : `${r.cpuMsPer1000} ms`} | ${r.throughputMBs} | ${r.errors} |`),
+    '',
+    `**Ratios, qhcp / HAProxy:** connections/s ${x(q?.connsPerS, h?.connsPerS)} (target: at least 0.33×, within 3× of HAProxy), CPU per connection ${x(q?.cpuMsPer1000, h?.cpuMsPer1000)}, throughput ${x(q?.throughputMBs, h?.throughputMBs)}. **qhcp / bare Node proxy:** connections/s ${x(q?.connsPerS, n?.connsPerS)}, throughput ${x(q?.throughputMBs, n?.throughputMBs)} (what qhcp's checks, limits, counting and pipeline add to Node's sockets). Direct connections/s ${d?.connsPerS ?? '—'} is the ceiling of the generator and backends on this machine: where a proxy is close to it, the generator, not the proxy, is the limit.`,
+  ];
+  return L;
 }
 
 export function writeReport(res: Results): void {

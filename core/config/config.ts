@@ -4,6 +4,7 @@
  * schema (plugins.ts). Every problem is reported by path, then the result is deep-frozen.
  */
 import { pathToFileURL } from 'node:url';
+import { statSync } from 'node:fs';
 import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
@@ -124,7 +125,11 @@ export interface LoadedConfig {
 }
 
 const importLoader: Loader = async (filepath) => {
-  const mod = await importUserModule(pathToFileURL(filepath).href);
+  // A reload (SIGHUP) must see the file as it is now, not the module cached when it was first
+  // imported: the modification time in the URL makes a changed file a new module (the user-module
+  // hooks read and transform it afresh; modules it imports stay cached).
+  const mtime = statSync(filepath).mtimeMs;
+  const mod = await importUserModule(`${pathToFileURL(filepath).href}?mtime=${mtime}`);
   return mod.default ?? mod;
 };
 
