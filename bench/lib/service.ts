@@ -93,6 +93,8 @@ type Ev = { impl: Impl; to: 'UP' | 'DOWN'; at: number; reason: string };
 export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, intervalS = 1): Promise<ServiceResult> {
   const t0 = Date.now();
   const timeoutS = intervalS * CHECK.timeoutFraction;
+  // The phase of each check cycle against the failure is random (0..interval): a median needs runs.
+  const runs = ctx.full ? 20 : ctx.runs;
   const res: ServiceResult = {
     version: 1,
     startedAt: new Date().toISOString(),
@@ -102,7 +104,7 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     loadavgStart: loadAverage(),
     loadavgEnd: [],
     haproxy: typeof hap === 'string' ? { skipped: hap } : { version: hap.version },
-    settings: { intervalS, timeoutS, fall: CHECK.fall, rise: CHECK.rise, runs: ctx.runs, lbCheckIntervalS: intervalS },
+    settings: { intervalS, timeoutS, fall: CHECK.fall, rise: CHECK.rise, runs, lbCheckIntervalS: intervalS },
     boundDownMs: Math.round(CHECK.fall * intervalS * 1000),
     cells: [],
     misses: [],
@@ -187,7 +189,7 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     if (!(await hUp)) throw new Error('the HAProxy server never came UP');
 
     const settle = 20_000;
-    for (let r = 0; r < ctx.runs; r++) {
+    for (let r = 0; r < runs; r++) {
       for (const failure of ['503', 'stopped'] as const) {
         // Let a few checks pass so the failure falls anywhere in both check cycles.
         await sleep((1 + Math.random()) * intervalS * 1000);
@@ -213,7 +215,7 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
           if (e) cellOf(failure, impls[k]!).up.push(e.at - tFix);
           else res.misses.push(`run ${r} ${failure}: ${impls[k]} never came back UP`);
         });
-        ctx.log(`  run ${r + 1}/${ctx.runs} ${failure.padEnd(7)} down ${got.map((e, k) => `${impls[k]} ${e ? e.at - tFail : '–'} ms`).join(', ')}; up ${back.map((e, k) => `${impls[k]} ${e ? e.at - tFix : '–'} ms`).join(', ')}`);
+        ctx.log(`  run ${r + 1}/${runs} ${failure.padEnd(7)} down ${got.map((e, k) => `${impls[k]} ${e ? e.at - tFail : '–'} ms`).join(', ')}; up ${back.map((e, k) => `${impls[k]} ${e ? e.at - tFix : '–'} ms`).join(', ')}`);
       }
     }
   } finally {

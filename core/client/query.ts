@@ -43,14 +43,20 @@ export class QueryClient {
     return new QueryClient(session, timeoutMs);
   }
 
-  async status(): Promise<{ node: string; servers: ServerStatus[] }> {
-    const res = (await this.session.request('STATUS', { seq: ++this.seq }, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
+  /** Every backend's status, or only those of one service (`host:4243/web` backends). */
+  async status(service?: string): Promise<{ node: string; servers: ServerStatus[] }> {
+    const res = (await this.session.request('STATUS', { seq: ++this.seq, ...(service !== undefined ? { service } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
     return { node: res.body.node, servers: res.body.servers };
   }
 
-  async pick(key?: string): Promise<{ server: string | null; reason?: string }> {
-    const res = (await this.session.request('PICK', { seq: ++this.seq, ...(key !== undefined ? { key } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'PICK_RESPONSE' }>;
-    return { server: res.body.server, ...(res.body.reason ? { reason: res.body.reason } : {}) };
+  /**
+   * One backend for `key` (affinity), among those of `service` when given; with the balancer
+   * that chose it and why, or the reason there is none.
+   */
+  async pick(key?: string, service?: string): Promise<{ server: string | null; reason?: string; balancer?: string; why?: string }> {
+    const res = (await this.session.request('PICK', { seq: ++this.seq, ...(key !== undefined ? { key } : {}), ...(service !== undefined ? { service } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'PICK_RESPONSE' }>;
+    const b = res.body;
+    return { server: b.server, ...(b.reason ? { reason: b.reason } : {}), ...(b.balancer ? { balancer: b.balancer } : {}), ...(b.why ? { why: b.why } : {}) };
   }
 
   async close(): Promise<void> {

@@ -154,6 +154,11 @@ export interface PickRequest {
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;
   readonly now: number;
+  /**
+   * Says why the balancer chose the server it returns (PICK_RESPONSE `why`, e.g. "lowest
+   * loadScore 0.12"); the load balancer appends what it was chosen from ("of 3 UP").
+   */
+  readonly explain?: (why: string) => void;
 }
 
 export interface CheckResult {

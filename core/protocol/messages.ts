@@ -102,6 +102,18 @@ export interface ServerStatus {
   reportedAt: number | null;
   lastError: string | null;
   checks: number;
+  /** The agent's service the backend follows (`host:4243/web`), if any. */
+  service?: string;
+  /** The agent's verdict for the backend (its service's, when it names one). */
+  verdict?: WireVerdict;
+  /** Why the backend is in its state (sanitised). */
+  reason?: string | null;
+  /** The agent's admin state. */
+  agentAdmin?: WireAdmin;
+  /** The load balancer's own admin state for the backend (operators). */
+  adminState?: WireAdmin;
+  /** Effective weight: the configured weight scaled by the agent's (percent). */
+  weight?: number;
 }
 
 export interface Bodies {
@@ -115,9 +127,9 @@ export interface Bodies {
   TERMINATE: { reason?: string };
   TERMINATE_ACK: Record<string, never>;
   DRAIN: { reason?: string; graceMs: number };
-  PICK: { seq: number; key?: string };
-  PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
-  STATUS: { seq: number };
+  PICK: { seq: number; key?: string; service?: string };
+  PICK_RESPONSE: { seq: number; server: string | null; reason?: string; balancer?: string; why?: string };
+  STATUS: { seq: number; service?: string };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
@@ -231,28 +243,37 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   TERMINATE: obj({ reason }, []),
   TERMINATE_ACK: obj({}, []),
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
-  PICK: obj({ seq, key: { type: 'string', maxLength: 256 } }, ['seq']),
-  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason }, ['seq', 'server']),
-  STATUS: obj({ seq }),
+  PICK: obj({ seq, key: { type: 'string', maxLength: 256 }, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
+  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason, balancer: name, why: reason }, ['seq', 'server']),
+  STATUS: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
   STATUS_RESPONSE: obj({
     seq,
     node: name,
     servers: {
       type: 'array',
       maxItems: FIELD_LIMITS.maxServers,
-      items: obj({
-        address: { type: 'string', minLength: 1, maxLength: 300 },
-        state: { enum: [...HEALTH_STATES] },
-        since: epochMs,
-        failures: count,
-        successes: count,
-        latencyMs: nullable({ type: 'number', minimum: 0, maximum: 86_400_000 }),
-        metrics,
-        ageMs: nullable(ms),
-        reportedAt: nullable(epochMs),
-        lastError: nullable(reason),
-        checks: count,
-      }),
+      items: obj(
+        {
+          address: { type: 'string', minLength: 1, maxLength: 300 },
+          state: { enum: [...HEALTH_STATES] },
+          since: epochMs,
+          failures: count,
+          successes: count,
+          latencyMs: nullable({ type: 'number', minimum: 0, maximum: 86_400_000 }),
+          metrics,
+          ageMs: nullable(ms),
+          reportedAt: nullable(epochMs),
+          lastError: nullable(reason),
+          checks: count,
+          service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+          verdict,
+          reason: nullable(reason),
+          agentAdmin: { enum: [...ADMIN_STATES] },
+          adminState: { enum: [...ADMIN_STATES] },
+          weight: { type: 'number', minimum: 0, maximum: 2560 },
+        },
+        ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
+      ),
     },
   }),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),

@@ -16,7 +16,7 @@ export interface QueryStats {
 }
 
 /** A pick's outcome: a server, or why there is none; with the balancer that chose and why. */
-export type PickAnswer = { server: string; balancer?: string; why?: string } | { server: null; reason: string };
+export type PickAnswer = { server: string; balancer: string; why: string } | { server: null; reason: string };
 
 /** What the query port asks the load balancer. */
 export interface QueryHost {
@@ -82,12 +82,12 @@ export class QueryPort {
       }
       case 'STATUS':
         this.stats.queries++;
-        s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: this.host.status() });
+        s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: this.host.status(msg.body.service) });
         return;
       case 'PICK': {
         this.stats.queries++;
-        const a = this.host.pickAnswer(msg.body.key);
-        s.send('PICK_RESPONSE', a.server !== null ? { seq: msg.body.seq, server: a.server } : { seq: msg.body.seq, server: null, reason: a.reason });
+        const a = this.host.pickAnswer(msg.body.key, msg.body.service);
+        s.send('PICK_RESPONSE', a.server !== null ? { seq: msg.body.seq, server: a.server, balancer: a.balancer, why: a.why } : { seq: msg.body.seq, server: null, reason: a.reason });
         return;
       }
       case 'TERMINATE':
