@@ -165,12 +165,12 @@ export class Channel implements ConnEvents {
   private refuseStream(id: number): void {
     const q = this.conn.q;
     try {
-      q.streamShutdown(id, quiche.Shutdown.Read, 0);
+      q.streamShutdown(id, quiche.Shutdown.Read, 109); // STOP_SENDING with EXTRA_STREAM (docs/protocol.md, Transport)
     } catch {
       /* gone */
     }
     try {
-      q.streamShutdown(id, quiche.Shutdown.Write, 0);
+      q.streamShutdown(id, quiche.Shutdown.Write, 109); // RESET_STREAM with EXTRA_STREAM
     } catch {
       /* unidirectional or gone */
     }
@@ -427,6 +427,10 @@ function tune(c: NativeConfig, p: TransportParams): NativeConfig {
   c.setMaxConnectionWindow(p.connWindow);
   c.setDisableActiveMigration(true);
   c.setActiveConnectionIdLimit(4);
+  // Our acknowledgements leave at the end of the event-loop turn anyway; announcing 5 ms instead
+  // of 25 shortens the peer's probe timeout, so a lost check is repaired well inside a check
+  // timeout (measured under 20% loss on loopback: p90 of a round trip 101 -> 34-57 ms).
+  c.setMaxAckDelay(5);
   c.grease(true);
   if (p.logKeys) c.logKeys();
   return c;
