@@ -102,7 +102,8 @@ export class QueryPort {
         const version = this.core.helloVersion(s, msg.body, 'query');
         if (version === undefined) return;
         s.peer = { node: msg.body.node, role: 'query' };
-        s.send('ACK', { version, node: this.core.node, role: 'loadbalancer', metrics: [] });
+        if (msg.body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = msg.body.maxFrameBytes;
+        s.send('ACK', { version, node: this.core.node, role: 'loadbalancer', metrics: [], maxFrameBytes: Math.max(this.core.config.maxFrameBytes, 4 * 1024 * 1024) });
         return;
       }
       case 'STATUS':
