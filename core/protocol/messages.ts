@@ -105,8 +105,8 @@ export interface ServerStatus {
 }
 
 export interface Bodies {
-  HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string };
-  ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[] };
+  HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string; maxFrameBytes?: number };
+  ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[]; maxFrameBytes?: number };
   HEALTH_REQUEST: { seq: number };
   HEALTH_RESPONSE: { seq: number; metrics: Metrics; ageMs: number } & AgentHealth;
   CONFIG_UPDATE: { seq: number; metrics?: string[]; reportIntervalMs?: number };
@@ -117,8 +117,8 @@ export interface Bodies {
   DRAIN: { reason?: string; graceMs: number };
   PICK: { seq: number; key?: string };
   PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
-  STATUS: { seq: number };
-  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
+  STATUS: { seq: number; offset?: number; limit?: number };
+  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
 
@@ -199,6 +199,9 @@ const health = {
 } as const;
 const HEALTH_REQUIRED = ['verdict', 'admin', 'weight'];
 
+/** The largest frame payload a peer accepts (HELLO/ACK `maxFrameBytes`): 1 KiB to 16 MiB. */
+const frameBytes = { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024 } as const;
+
 function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
   return { type: 'object', additionalProperties: false, properties, required };
 }
@@ -211,10 +214,14 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       role: { enum: ['checker', 'query'] },
       node: name,
       token: { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxTokenLength },
+      maxFrameBytes: frameBytes,
     },
     ['versions', 'role', 'node'],
   ),
-  ACK: obj({ version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList }),
+  ACK: obj(
+    { version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList, maxFrameBytes: frameBytes },
+    ['version', 'node', 'role', 'metrics'],
+  ),
   HEALTH_REQUEST: obj({ seq }),
   HEALTH_RESPONSE: obj({ seq, metrics, ageMs: ms, ...health }, ['seq', 'metrics', 'ageMs', ...HEALTH_REQUIRED]),
   CONFIG_UPDATE: obj(
@@ -228,28 +235,33 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
   PICK: obj({ seq, key: { type: 'string', maxLength: 256 } }, ['seq']),
   PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason }, ['seq', 'server']),
-  STATUS: obj({ seq }),
-  STATUS_RESPONSE: obj({
-    seq,
-    node: name,
-    servers: {
-      type: 'array',
-      maxItems: FIELD_LIMITS.maxServers,
-      items: obj({
-        address: { type: 'string', maxLength: 300 },
-        state: { enum: [...HEALTH_STATES] },
-        since: { type: 'number' },
-        failures: { type: 'integer', minimum: 0 },
-        successes: { type: 'integer', minimum: 0 },
-        latencyMs: nullable({ type: 'number', minimum: 0 }),
-        metrics,
-        ageMs: nullable({ type: 'number', minimum: 0 }),
-        reportedAt: nullable({ type: 'number' }),
-        lastError: nullable(reason),
-        checks: { type: 'integer', minimum: 0 },
-      }),
+  STATUS: obj({ seq, offset: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers }, limit: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers } }, ['seq']),
+  STATUS_RESPONSE: obj(
+    {
+      seq,
+      node: name,
+      servers: {
+        type: 'array',
+        maxItems: FIELD_LIMITS.maxServers,
+        items: obj({
+          address: { type: 'string', maxLength: 300 },
+          state: { enum: [...HEALTH_STATES] },
+          since: { type: 'number' },
+          failures: { type: 'integer', minimum: 0 },
+          successes: { type: 'integer', minimum: 0 },
+          latencyMs: nullable({ type: 'number', minimum: 0 }),
+          metrics,
+          ageMs: nullable({ type: 'number', minimum: 0 }),
+          reportedAt: nullable({ type: 'number' }),
+          lastError: nullable(reason),
+          checks: { type: 'integer', minimum: 0 },
+        }),
+      },
+      next: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+      total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
     },
-  }),
+    ['seq', 'node', 'servers'],
+  ),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 

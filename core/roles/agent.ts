@@ -282,6 +282,7 @@ export class AgentServer extends Core {
       return s.fail(new ProtocolError(verdict.kind, verdict.reason));
     }
     s.peer = { node: body.node, role: body.role, ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
+    if (verdict?.ok) this.expireWith(s, verdict.expiresAt);
     s.data.prefs = { reportIntervalMs: 0 } satisfies SessionPrefs;
     s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name) });
     this.logger.debug('load balancer connected', { remote: s.remote, node: body.node });
