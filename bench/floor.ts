@@ -1,5 +1,10 @@
 /**
- * The floor: what @matrixai/quic itself costs per message, with no qhcp code in the way.
+ * The floor: what QUIC itself costs per message, with no qhcp code in the way, for two
+ * implementations side by side (`impl`):
+ *   lib     @matrixai/quic's JavaScript layer (QUICServer/QUICClient, a socket per client), what
+ *           qhcp used before issue 12;
+ *   driver  qhcp's own driver (core/transport/driver.ts) on the same quiche binding: one socket
+ *           per side, connections routed by id, one timer heap, sends batched per turn.
  * One process plays either side (forked twice by bench/run.ts, driven over IPC):
  *
  *   serve  a QUICServer that echoes every message (ping-pong) or, told so by the client's first
@@ -9,9 +14,9 @@
  *          echo (the shape of a poll check), or closed loop (as fast as possible, one at a time);
  *          push: the client only reads what the server pushes (the shape of a push report).
  *
- * The parent reads both processes' CPU from /proc around `run`.
- * This is the only qhcp file besides core/transport/quic.ts that imports @matrixai/quic: the floor
- * has to measure the library bare.
+ * The parent reads both processes' CPU from /proc around `run`, and the client's RSS around `open`.
+ * This is the only qhcp file that imports @matrixai/quic's JavaScript layer: the floor has to
+ * measure the library bare.
  */
 import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -19,13 +24,15 @@ import { QUICServer, QUICClient, events as qev } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
 import QuicLogger, { LogLevel } from '@matrixai/logger';
 import { selfSigned } from '../core/transport/tls.ts';
+import { Endpoint, quiche, type Conn, type NativeConfig } from '../core/transport/driver.ts';
 
+export type FloorImpl = 'lib' | 'driver';
 export type FloorRequest =
-  | { id: number; cmd: 'serve' }
-  | { id: number; cmd: 'open'; port: number; conns: number; mode: 'echo' | 'push'; intervalMs: number }
+  | { id: number; cmd: 'serve'; impl?: FloorImpl }
+  | { id: number; cmd: 'open'; port: number; conns: number; mode: 'echo' | 'push'; intervalMs: number; impl?: FloorImpl }
   | { id: number; cmd: 'run'; seconds: number; closedLoop?: boolean }
   | { id: number; cmd: 'stop' };
-export type FloorReply = { id: number; ok: boolean; error?: string; port?: number; messages?: number; rttsUs?: number[] };
+export type FloorReply = { id: number; ok: boolean; error?: string; port?: number; messages?: number; rttsUs?: number[]; openMs?: number };
 
 const ALPN = 'qhcp-floor';
 const logger = new QuicLogger('floor', LogLevel.ERROR);
@@ -89,8 +96,12 @@ async function serveStream(stream: QUICStream): Promise<void> {
   }
 }
 
+/** Connections opened at once by `open` (both implementations). */
+const OPEN_BATCH = 1;
+let openMs = 0;
+
 async function open(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> {
-  for (let i = 0; i < req.conns; i++) {
+  const one = async (): Promise<void> => {
     const client = await QUICClient.createQUICClient(
       {
         host: '127.0.0.1',
@@ -99,7 +110,7 @@ async function open(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> 
         config: { applicationProtos: [ALPN], verifyPeer: false, maxIdleTimeout: 60_000 },
         logger,
       },
-      { timer: 10_000 },
+      { timer: 30_000 },
     );
     client.addEventListener(qev.EventQUICClientError.name, () => {});
     clients.push(client);
@@ -112,7 +123,8 @@ async function open(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> 
     await writer.write(hello);
     lanes.push({ stream, writer, reader });
     if (req.mode === 'push') void drain(reader);
-  }
+  };
+  for (let i = 0; i < req.conns; i += OPEN_BATCH) await Promise.all(Array.from({ length: Math.min(OPEN_BATCH, req.conns - i) }, one));
   mode = req.mode;
   intervalMs = req.intervalMs;
 }
@@ -166,22 +178,174 @@ async function run(seconds: number, closedLoop: boolean): Promise<{ messages: nu
     return { messages: received - before, rttsUs: [] };
   }
   const rtts: number[] = [];
-  const counts = await Promise.all(lanes.map((l) => pingLoop(l, end, closedLoop, rtts)));
+  const counts = impl === 'driver' ? await Promise.all(dlanes.map((l) => pingDriver(l, end, closedLoop, rtts))) : await Promise.all(lanes.map((l) => pingLoop(l, end, closedLoop, rtts)));
   return { messages: counts.reduce((a, b) => a + b, 0), rttsUs: rtts };
 }
 
 async function stop(): Promise<void> {
+  await dclient?.close();
+  await dserver?.close();
   await Promise.all(clients.map((c) => c.destroy({ force: true }).catch(() => {})));
   await server?.stop({ force: true }).catch(() => {});
 }
 
+// ---- the driver ------------------------------------------------------------------------------
+
+function driverConfig(tls?: { cert: string; key: string }): NativeConfig {
+  const c = tls ? quiche.Config.withBoringSslCtx(false, false, null, [Buffer.from(tls.key)], [Buffer.from(tls.cert)], null) : quiche.Config.withBoringSslCtx(false, true, null, null, null, null);
+  c.setApplicationProtos([ALPN]);
+  c.setMaxIdleTimeout(60_000);
+  c.setMaxRecvUdpPayloadSize(quiche.MAX_DATAGRAM_SIZE);
+  c.setMaxSendUdpPayloadSize(quiche.MAX_DATAGRAM_SIZE);
+  c.setInitialMaxData(512 * 1024);
+  c.setInitialMaxStreamDataBidiLocal(256 * 1024);
+  c.setInitialMaxStreamDataBidiRemote(256 * 1024);
+  c.setInitialMaxStreamsBidi(tls ? 2 : 0);
+  c.setInitialMaxStreamsUni(0);
+  c.setDisableActiveMigration(true);
+  return c;
+}
+
+const dbuf = Buffer.allocUnsafe(65536);
+let dserver: Endpoint | undefined;
+let dclient: Endpoint | undefined;
+const dlanes: Array<{ conn: Conn; got: number; waiter: (() => void) | undefined }> = [];
+
+async function serveDriver(): Promise<number> {
+  const tls = await selfSigned(['127.0.0.1']);
+  const ep = await Endpoint.open('127.0.0.1', 0);
+  dserver = ep;
+  ep.server = {
+    config: driverConfig(tls),
+    maxPendingHandshakes: Infinity,
+    handshakeTimeoutMs: 10_000,
+    accepted: (conn) => {
+      let mode = 0;
+      let timer: NodeJS.Timeout | undefined;
+      conn.events = {
+        established: () => {},
+        progress: () => {
+          const q = conn.q;
+          for (const id of q.readable()) {
+            for (;;) {
+              let r: [number, boolean] | null;
+              try {
+                r = q.streamRecv(id, dbuf);
+              } catch {
+                break;
+              }
+              if (r === null) break;
+              let data = dbuf.subarray(0, r[0]);
+              if (mode === 0 && data.length >= 5) {
+                mode = data[0]!;
+                if (mode === 0x50) {
+                  const every = data.readUInt32BE(1);
+                  timer = setInterval(() => {
+                    try {
+                      q.streamSend(id, MESSAGE, false);
+                    } catch {
+                      clearInterval(timer);
+                    }
+                    ep.touch(conn);
+                  }, every);
+                }
+                data = data.subarray(5);
+              }
+              if (mode === 0x45 && data.length > 0) q.streamSend(id, data, false);
+            }
+          }
+        },
+        ended: () => clearInterval(timer),
+      };
+    },
+  };
+  return ep.local.port;
+}
+
+async function openDriver(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> {
+  dclient ??= await Endpoint.open('127.0.0.1', 0);
+  const ep = dclient;
+  const config = driverConfig();
+  const hello = Buffer.alloc(5);
+  hello[0] = req.mode === 'push' ? 0x50 : 0x45;
+  hello.writeUInt32BE(req.intervalMs, 1);
+  const one = () =>
+    new Promise<void>((resolve, reject) => {
+      const conn = ep.connect('127.0.0.1', { host: '127.0.0.1', port: req.port }, config, 10_000);
+      const lane = { conn, got: 0, waiter: undefined as (() => void) | undefined };
+      conn.events = {
+        established: () => {
+          conn.q.streamSend(0, hello, false);
+          ep.touch(conn);
+          dlanes.push(lane);
+          resolve();
+        },
+        progress: () => {
+          for (const id of conn.q.readable()) {
+            for (;;) {
+              let r: [number, boolean] | null;
+              try {
+                r = conn.q.streamRecv(id, dbuf);
+              } catch {
+                break;
+              }
+              if (r === null) break;
+              lane.got += r[0];
+              while (lane.got >= MESSAGE.length) {
+                lane.got -= MESSAGE.length;
+                received++;
+                const w = lane.waiter;
+                lane.waiter = undefined;
+                w?.();
+              }
+            }
+          }
+        },
+        ended: (e) => reject(new Error(`connection ended: ${e.reason}`)),
+      };
+    });
+  // One after another, as the library's open below.
+  for (let i = 0; i < req.conns; i += OPEN_BATCH) await Promise.all(Array.from({ length: Math.min(OPEN_BATCH, req.conns - i) }, one));
+  mode = req.mode;
+  intervalMs = req.intervalMs;
+}
+
+async function pingDriver(lane: (typeof dlanes)[number], end: number, closedLoop: boolean, rtts: number[]): Promise<number> {
+  let n = 0;
+  if (!closedLoop) await new Promise((r) => setTimeout(r, Math.random() * intervalMs));
+  let next = performance.now();
+  while (performance.now() < end) {
+    const t = performance.now();
+    const got = new Promise<void>((r) => (lane.waiter = r));
+    lane.conn.q.streamSend(0, MESSAGE, false);
+    lane.conn.ep.touch(lane.conn);
+    await got;
+    n++;
+    if (rtts.length < 100_000) rtts.push(Math.round((performance.now() - t) * 1000));
+    if (!closedLoop) {
+      next += intervalMs;
+      const wait = next - performance.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    }
+  }
+  return n;
+}
+
+let impl: FloorImpl = 'lib';
+
 process.on('message', (m: FloorRequest) => {
   void (async () => {
     try {
-      if (m.cmd === 'serve') process.send!({ id: m.id, ok: true, port: await serve() });
-      else if (m.cmd === 'open') {
-        await open(m);
-        process.send!({ id: m.id, ok: true });
+      if (m.cmd === 'serve') {
+        impl = m.impl ?? 'lib';
+        process.send!({ id: m.id, ok: true, port: impl === 'driver' ? await serveDriver() : await serve() });
+      } else if (m.cmd === 'open') {
+        impl = m.impl ?? 'lib';
+        const t = performance.now();
+        if (impl === 'driver') await openDriver(m);
+        else await open(m);
+        openMs = performance.now() - t;
+        process.send!({ id: m.id, ok: true, openMs: Math.round(openMs) });
       } else if (m.cmd === 'run') process.send!({ id: m.id, ok: true, ...(await run(m.seconds, m.closedLoop ?? false)) });
       else if (m.cmd === 'stop') {
         await stop();

@@ -4,8 +4,12 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance (comma list), --sizes 10,100
- * (backend counts for the cost cells; default 10,100,1000), --no-report.
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service (comma list), --sizes
+ * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
+ *
+ * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
+ * its results in bench/results/service-<time>.json and service-latest.json, which the report
+ * reads on its own: `--only service` refreshes that section without touching latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +23,7 @@ import { qhcpCost, haproxyCost, CHECK, type CostCell } from './lib/cost.ts';
 import { qhcpDetect, haproxyDetect, type DetectResult } from './lib/detect.ts';
 import { agentCost, type AgentCell } from './lib/agent.ts';
 import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
+import { serviceFailure, type ServiceResult } from './lib/service.ts';
 import { writeReport } from './report.ts';
 
 export interface Results {
@@ -44,7 +49,7 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service'] as const;
 
 function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[] } {
   const full = argv.includes('--full');
@@ -106,13 +111,14 @@ async function main(): Promise<void> {
   let ports: number[] = [];
   const needFarm = ['cost', 'detect', 'balance'].some((s) => args.only.has(s));
   let hap: HaproxyInfo | undefined;
+  let service: ServiceResult | undefined;
 
   try {
     if (needFarm) {
       ({ farm, ports } = await startFarm(Math.max(...cells.map((c) => c.n)), { sampleInterval: 5 }));
       log(`agent farm: ${ports.length} agents in one process (pid ${farm.pid})`);
     }
-    if (args.only.has('haproxy') || args.only.has('detect')) {
+    if (args.only.has('haproxy') || args.only.has('detect') || args.only.has('service')) {
       const h = ensureHaproxy(log);
       if (typeof h === 'string') {
         res.haproxy = { skipped: h };
@@ -183,6 +189,12 @@ async function main(): Promise<void> {
       res.picks = await inProcessPicks(ctx, [10, 1000]);
       res.quicPicks = await quicPicks(ctx, ports.slice(0, 10), [1, 50]);
     });
+
+    await section('service', async () => {
+      service = await serviceFailure(ctx, hap ?? ('skipped' in res.haproxy ? res.haproxy.skipped : 'not run'));
+      for (const c of service.cells) log(`  ${c.impl.padEnd(7)} ${c.failure.padEnd(7)}: down ${fmt(c.summary.down)}, up ${fmt(c.summary.up)}`);
+      if (service.misses.length) log(`  misses: ${service.misses.join('; ')}`);
+    });
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
@@ -193,13 +205,24 @@ async function main(): Promise<void> {
   res.durationS = Math.round((Date.now() - t0) / 1000);
   const dir = `${ROOT}bench/results`;
   mkdirSync(dir, { recursive: true });
-  const name = `${res.startedAt.replace(/[:.]/g, '-').slice(0, 19)}-${res.mode}.json`;
-  const json = JSON.stringify(res, null, 2) + '\n';
-  writeFileSync(`${dir}/${name}`, json);
-  writeFileSync(`${dir}/latest.json`, json);
-  log(`results: bench/results/${name} (and latest.json); load average at the end ${res.loadavgEnd.join(' ')}; ${res.durationS} s`);
+  const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
+  if (service) {
+    const sjson = JSON.stringify(service, null, 2) + '\n';
+    writeFileSync(`${dir}/service-${stamp}.json`, sjson);
+    writeFileSync(`${dir}/service-latest.json`, sjson);
+    log(`service results: bench/results/service-${stamp}.json (and service-latest.json)`);
+  }
+  // Only the service section: the other sections keep the figures of their last run.
+  const onlyService = [...args.only].every((s) => s === 'service');
+  if (!onlyService) {
+    const name = `${stamp}-${res.mode}.json`;
+    const json = JSON.stringify(res, null, 2) + '\n';
+    writeFileSync(`${dir}/${name}`, json);
+    writeFileSync(`${dir}/latest.json`, json);
+    log(`results: bench/results/${name} (and latest.json); load average at the end ${res.loadavgEnd.join(' ')}; ${res.durationS} s`);
+  }
   if (args.report) {
-    writeReport(res);
+    writeReport(onlyService ? (JSON.parse(readFileSync(`${dir}/latest.json`, 'utf8')) as Results) : res);
     log('docs/benchmarks.md and docs/benchmarks-cpu.svg regenerated');
   }
   if (res.errors.length) process.exitCode = 1;

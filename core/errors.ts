@@ -48,6 +48,7 @@ export const LOCAL_ERRORS = {
   QHCP_ERR_PLUGIN_TIMEOUT: 'a plugin did not finish a hook in time',
   QHCP_ERR_CONNECT: 'a QUIC connection could not be established',
   QHCP_ERR_CLOSED: 'the session is closed',
+  QHCP_ERR_CONTROL: "the agent's control socket could not be reached, refused access, or rejected the command",
 } as const;
 
 export type LocalErrorCode = keyof typeof LOCAL_ERRORS;

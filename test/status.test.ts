@@ -3,7 +3,7 @@
  * otherwise, JSON lines for scripts; and which of them `status: auto` picks.
  */
 import { expect } from 'chai';
-import { render, renderTable, renderLines, renderJson, resolveFormat, statusFrame, duration } from '../core/cli/status.ts';
+import { render, renderTable, renderLines, renderJson, resolveFormat, statusFrame, duration, StatusPrinter, adminText } from '../core/cli/status.ts';
 import type { ServerStatus } from '../core/protocol/messages.ts';
 
 const NOW = Date.UTC(2026, 0, 2, 3, 4, 5);
@@ -21,15 +21,21 @@ function server(over: Partial<ServerStatus>): ServerStatus {
     reportedAt: NOW - 500,
     lastError: null,
     checks: 12,
+    verdict: 'SERVING',
+    reason: 'first good check',
+    agentAdmin: 'READY',
+    adminState: 'READY',
+    weight: 1,
     ...over,
   };
 }
 
 const SERVERS: ServerStatus[] = [
   server({}),
-  server({ address: '127.0.0.1:4244', state: 'DOWN', failures: 3, successes: 0, latencyMs: null, metrics: {}, lastError: 'RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 250 ms', since: NOW - 4_000 }),
-  server({ address: '[::1]:4245', state: 'DRAINING', since: NOW - 7_200_000 - 180_000 }),
-  server({ address: 'db.example:4243', state: 'UNKNOWN', metrics: {}, latencyMs: null, successes: 0, checks: 0, since: NOW }),
+  server({ address: '127.0.0.1:4244', state: 'DOWN', failures: 3, successes: 0, latencyMs: null, metrics: {}, lastError: 'RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 250 ms', reason: null, since: NOW - 4_000 }),
+  server({ address: '[::1]:4245', state: 'DRAINING', since: NOW - 7_200_000 - 180_000, agentAdmin: 'DRAIN', reason: 'draining: deploy 42' }),
+  server({ address: 'db.example:4243', state: 'UNKNOWN', metrics: {}, latencyMs: null, successes: 0, checks: 0, since: NOW, reason: null }),
+  server({ address: '127.0.0.1:4246/web', service: 'web', state: 'DOWN', verdict: 'NOT_SERVING', reason: 'not serving: http: 503\x1b[31m', weight: 0.5, adminState: 'MAINT', since: NOW - 1000 }),
 ];
 
 describe('status view', () => {
@@ -52,24 +58,40 @@ describe('status view', () => {
 
     it('has a title with the UP count, a header and one row per server', () => {
       expect(lines).to.have.length(2 + SERVERS.length);
-      expect(lines[0]).to.equal(`qhcp load balancer - 1/4 UP - ${new Date(NOW).toISOString()}`);
-      expect(lines[1]!.split(/\s{2,}/)).to.deep.equal(['SERVER', 'STATE', 'CPU', 'MEM', 'LOAD1', 'SCORE', 'LATENCY', 'FAILS', 'IN STATE', 'LAST ERROR']);
+      expect(lines[0]).to.equal(`qhcp load balancer - 1/5 UP, 2 DOWN, 1 DRAINING, 1 UNKNOWN - ${new Date(NOW).toISOString()}`);
+      expect(lines[1]!.split(/\s{2,}/)).to.deep.equal(['SERVER', 'STATE', 'VERDICT', 'ADMIN', 'WEIGHT', 'CPU', 'MEM', 'LOAD1', 'SCORE', 'LATENCY', 'FAILS', 'IN STATE', 'REASON']);
     });
 
     it('aligns columns: each header word starts where its values start', () => {
       const header = lines[1]!;
-      for (const col of ['STATE', 'CPU', 'MEM', 'LATENCY', 'FAILS', 'IN STATE']) {
+      for (const col of ['STATE', 'VERDICT', 'ADMIN', 'WEIGHT', 'CPU', 'MEM', 'LATENCY', 'FAILS', 'IN STATE']) {
         const at = header.indexOf(col);
         for (const row of lines.slice(2)) expect(row[at - 1], `column ${col} in "${row}"`).to.equal(' ');
         for (const row of lines.slice(2)) expect(row[at], `column ${col} in "${row}"`).not.to.equal(' ');
       }
     });
 
-    it('shows state, metrics, latency, failures, time in state and the last error', () => {
-      expect(lines[2]).to.match(/^127\.0\.0\.1:4243\s+UP\s+12\.3%\s+56\.8%\s+0\.50\s+0\.57\s+1\.2ms\s+0\s+1m15s$/);
-      expect(lines[3]).to.match(/^127\.0\.0\.1:4244\s+DOWN\s+-\s+-\s+-\s+-\s+-\s+3\s+4s\s+RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 250 ms$/);
-      expect(lines[4]).to.match(/^\[::1\]:4245\s+DRAINING\s.*\s2h03m$/);
+    it('shows state, verdict, admin, weight, metrics, latency, failures, time in state and the reason', () => {
+      expect(lines[2]).to.match(/^127\.0\.0\.1:4243\s+UP\s+SERVING\s+READY\s+1\s+12\.3%\s+56\.8%\s+0\.50\s+0\.57\s+1\.2ms\s+0\s+1m15s$/);
+      expect(lines[3]).to.match(/^127\.0\.0\.1:4244\s+DOWN\s+SERVING\s+READY\s+1\s+-\s+-\s+-\s+-\s+-\s+3\s+4s\s+RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 250 ms$/);
+      expect(lines[4]).to.match(/^\[::1\]:4245\s+DRAINING\s+SERVING\s+DRAIN\(agent\)\s.*\s2h03m\s+draining: deploy 42$/);
       expect(lines[5]).to.match(/^db\.example:4243\s+UNKNOWN\s.*\s0s$/);
+      expect(lines[6]).to.match(/^127\.0\.0\.1:4246\/web\s+DOWN\s+NOT_SERVING\s+MAINT\(lb\)\s+0\.5\s.*\s1s\s+not serving: http: 503\\x1b\[31m$/);
+    });
+
+    it('never lets a peer\'s escape sequence through', () => {
+      const evil = server({ state: 'DOWN', reason: 'x\x1b]0;pwned\x07y', lastError: 'a\rb' });
+      expect(renderTable([evil], NOW)).not.to.match(/[\x00-\x08\x0b-\x1f\x7f]/);
+      expect(renderLines([evil], NOW)).not.to.match(/[\x00-\x1f\x7f]/);
+      expect(renderLines([evil], NOW)).to.contain('reason="x\\\\x1b]0;pwned\\\\x07y"');
+    });
+
+    it('names whose admin state is in force', () => {
+      expect(adminText({ agentAdmin: 'READY', adminState: 'READY' })).to.equal('READY');
+      expect(adminText({ agentAdmin: 'DRAIN', adminState: 'MAINT' })).to.equal('MAINT(lb)');
+      expect(adminText({ agentAdmin: 'MAINT', adminState: 'DRAIN' })).to.equal('MAINT(agent)');
+      expect(adminText({ agentAdmin: 'DRAIN', adminState: 'DRAIN' })).to.equal('DRAIN(both)');
+      expect(adminText({})).to.equal('READY');
     });
 
     it('an empty list is a title and a header', () => {
@@ -83,7 +105,8 @@ describe('status view', () => {
     it('one key=value line per server, each with the time', () => {
       expect(lines).to.have.length(SERVERS.length);
       for (const l of lines) expect(l.startsWith(new Date(NOW).toISOString() + ' server=')).to.equal(true);
-      expect(lines[0]).to.equal(`${new Date(NOW).toISOString()} server=127.0.0.1:4243 state=UP cpu=12.3% mem=56.8% load1=0.50 score=0.57 latency=1.2ms failures=0 in_state=1m15s`);
+      expect(lines[0]).to.equal(`${new Date(NOW).toISOString()} server=127.0.0.1:4243 state=UP cpu=12.3% mem=56.8% load1=0.50 score=0.57 latency=1.2ms failures=0 in_state=1m15s verdict=SERVING admin=READY weight=1`);
+      expect(lines[4]).to.match(/ service=web verdict=NOT_SERVING admin=MAINT\(lb\) weight=0\.5 reason="not serving: http: 503\\\\x1b\[31m"$/);
     });
 
     it('quotes the last error so a line stays parseable', () => {
@@ -120,6 +143,74 @@ describe('status view', () => {
       expect(render('table', SERVERS, NOW)).to.equal(renderTable(SERVERS, NOW));
       expect(render('lines', SERVERS, NOW)).to.equal(renderLines(SERVERS, NOW));
       expect(render('json', SERVERS, NOW)).to.equal(renderJson(SERVERS, NOW));
+    });
+  });
+
+  describe(StatusPrinter.name, () => {
+    const make = (format: 'lines' | 'json' | 'table', summaryMs: number) => {
+      const out: string[] = [];
+      return { p: new StatusPrinter(format, summaryMs, (t) => out.push(t)), out };
+    };
+    const a = server({ address: 'a:1' });
+    const b = server({ address: 'b:1' });
+
+    it('lines: every server at the first tick with a summary line, then only what changed, then a summary again', () => {
+      const { p, out } = make('lines', 60_000);
+      p.update([a, b], NOW);
+      expect(out).to.have.length(1);
+      const first = out[0]!.trimEnd().split('\n');
+      expect(first[0]).to.match(/ summary 2\/2 UP \(next summary in 60s; changes print at once\)$/);
+      expect(first.slice(1).map((l) => / server=(\S+)/.exec(l)![1])).to.deep.equal(['a:1', 'b:1']);
+      for (let i = 1; i <= 10; i++) p.update([a, b], NOW + i * 1000);
+      expect(out, 'nothing changed: nothing printed').to.have.length(1);
+      const bDown = { ...b, state: 'DOWN' as const, failures: 3, reason: '3 consecutive failed checks' };
+      p.update([a, bDown], NOW + 11_000, true);
+      expect(out).to.have.length(2);
+      expect(out[1]!.trimEnd().split('\n')).to.have.length(1);
+      expect(out[1]).to.match(/ server=b:1 state=DOWN /);
+      p.update([a, bDown], NOW + 12_000);
+      expect(out, 'the same state again: nothing').to.have.length(2);
+      p.update([a, bDown], NOW + 60_000);
+      expect(out).to.have.length(3);
+      expect(out[2]!.trimEnd().split('\n')).to.have.length(3);
+      expect(out[2]).to.match(/summary 1\/2 UP, 1 DOWN/);
+    });
+
+    it('a server starting to fail (before DOWN) and a removed server print a line', () => {
+      const { p, out } = make('lines', 60_000);
+      p.update([a, b], NOW);
+      p.update([a, { ...b, failures: 1, lastError: 'RESPONSE_TIMEOUT' }], NOW + 1000);
+      expect(out[1]).to.match(/server=b:1 state=UP .*last_error="RESPONSE_TIMEOUT"/);
+      p.update([a], NOW + 2000, true);
+      expect(out[2]).to.match(/server=b:1 removed\n$/);
+    });
+
+    it('json: the same, as JSON objects', () => {
+      const { p, out } = make('json', 60_000);
+      p.update([a], NOW);
+      p.update([{ ...a, state: 'DEGRADED', verdict: 'DEGRADED' }], NOW + 1000, true);
+      const objs = out.join('').trimEnd().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(objs.map((o) => o.summary ?? o.state)).to.deep.equal(['1/1 UP (next summary in 60s; changes print at once)', 'UP', 'DEGRADED']);
+    });
+
+    it('summary 0: every server every tick, as before; the table redraws every tick; changes alone print nothing then', () => {
+      const { p, out } = make('lines', 0);
+      p.update([a, b], NOW);
+      p.update([a, b], NOW + 1000);
+      p.update([a, b], NOW + 1500, true);
+      expect(out).to.deep.equal([statusFrame('lines', [a, b], NOW), statusFrame('lines', [a, b], NOW + 1000)]);
+      const t = make('table', 60_000);
+      t.p.update([a], NOW);
+      t.p.update([a], NOW + 1000);
+      expect(t.out).to.deep.equal([statusFrame('table', [a], NOW), statusFrame('table', [a], NOW + 1000)]);
+    });
+
+    it('bounds the output: 3 servers, 8 minutes of 1 s ticks, one change: a few dozen lines, not 1440', () => {
+      const { p, out } = make('lines', 60_000);
+      const c = server({ address: 'c:1' });
+      for (let t = 0; t < 480; t++) p.update([a, b, t > 100 && t < 110 ? { ...c, state: 'DOWN' } : c], NOW + t * 1000);
+      const lines = out.join('').trimEnd().split('\n').length;
+      expect(lines).to.equal(8 * 4 + 2);
     });
   });
 

@@ -1,16 +1,19 @@
 /**
- * Runs the floor (bench/floor.ts): bare @matrixai/quic with no qhcp code, so every other figure
- * can be read against what the library costs per message.
+ * Runs the floor (bench/floor.ts): bare QUIC with no qhcp code, for @matrixai/quic's JavaScript
+ * layer (`lib`) and for qhcp's own driver on the same quiche (`driver`), so every other figure
+ * can be read against what the transport costs per message.
  *   closed loop   one connection, one ~100-byte message back and forth as fast as it goes
  *   paced echo    N connections, each one round trip per interval (the shape of a poll check)
  *   push          N connections, the server sends one message per interval (the shape of push)
  */
 import { Helper } from './children.ts';
-import type { FloorRequest, FloorReply } from '../floor.ts';
-import { sampleCpu, summary, sleep } from './proc.ts';
+import type { FloorRequest, FloorReply, FloorImpl } from '../floor.ts';
+import { sampleCpu, summary, sleep, rssMb } from './proc.ts';
 import type { Ctx } from './ctx.ts';
 
 export interface FloorCell {
+  /** Which QUIC implementation (absent in results from before the driver: the library). */
+  impl?: FloorImpl;
   shape: 'closed-loop' | 'paced-echo' | 'push';
   conns: number;
   intervalS: number | null;
@@ -19,14 +22,21 @@ export interface FloorCell {
   clientUsPerMsg: number;
   serverUsPerMsg: number;
   rttUs: ReturnType<typeof summary> | null;
+  /** Time to open all `conns` connections (one after another), ms. */
+  openMs?: number;
+  /** Client RSS growth per connection while opening them, KB. */
+  kbPerConn?: number;
 }
 
-async function one(ctx: Ctx, shape: FloorCell['shape'], conns: number, intervalS: number | null): Promise<FloorCell> {
+async function one(ctx: Ctx, impl: FloorImpl, shape: FloorCell['shape'], conns: number, intervalS: number | null): Promise<FloorCell> {
   const srv = new Helper<FloorRequest, FloorReply>('floor.ts');
   const cli = new Helper<FloorRequest, FloorReply>('floor.ts');
   try {
-    const { port } = await srv.request({ cmd: 'serve' });
-    await cli.request({ cmd: 'open', port: port!, conns, mode: shape === 'push' ? 'push' : 'echo', intervalMs: Math.round((intervalS ?? 1) * 1000) }, 120_000);
+    const { port } = await srv.request({ cmd: 'serve', impl });
+    await sleep(500);
+    const rss0 = rssMb(cli.pid);
+    const opened = await cli.request({ cmd: 'open', port: port!, conns, mode: shape === 'push' ? 'push' : 'echo', intervalMs: Math.round((intervalS ?? 1) * 1000), impl }, 180_000);
+    const rss1 = rssMb(cli.pid);
     await sleep(ctx.settle * 1000);
     const a = sampleCpu(cli.pid);
     const sa = sampleCpu(srv.pid);
@@ -35,6 +45,7 @@ async function one(ctx: Ctx, shape: FloorCell['shape'], conns: number, intervalS
     const sb = sampleCpu(srv.pid);
     const n = Math.max(1, r.messages!);
     return {
+      impl,
       shape,
       conns,
       intervalS,
@@ -42,6 +53,8 @@ async function one(ctx: Ctx, shape: FloorCell['shape'], conns: number, intervalS
       clientUsPerMsg: Math.round(((b.cpuS - a.cpuS) * 1e6) / n),
       serverUsPerMsg: Math.round(((sb.cpuS - sa.cpuS) * 1e6) / n),
       rttUs: r.rttsUs!.length ? summary(r.rttsUs!) : null,
+      openMs: opened.openMs ?? 0,
+      kbPerConn: Math.round(((rss1 - rss0) * 1024) / conns),
     };
   } finally {
     await cli.stop(5000);
@@ -49,11 +62,15 @@ async function one(ctx: Ctx, shape: FloorCell['shape'], conns: number, intervalS
   }
 }
 
-export async function floor(ctx: Ctx, conns: number, intervalS: number): Promise<FloorCell[]> {
+export async function floor(ctx: Ctx, conns: number, intervalS: number, pushConns = 1000): Promise<FloorCell[]> {
   const out: FloorCell[] = [];
-  out.push(await one(ctx, 'closed-loop', 1, null));
-  out.push(await one(ctx, 'paced-echo', conns, intervalS));
-  out.push(await one(ctx, 'push', conns, intervalS));
-  for (const c of out) ctx.log(`  ${c.shape} (${c.conns} conn${c.conns > 1 ? 's' : ''}): client ${c.clientUsPerMsg} us, server ${c.serverUsPerMsg} us per message${c.rttUs ? `, round trip p50 ${c.rttUs.p50} us` : ''}`);
+  for (const impl of ['lib', 'driver'] as const) {
+    out.push(await one(ctx, impl, 'closed-loop', 1, null));
+    out.push(await one(ctx, impl, 'paced-echo', conns, intervalS));
+    out.push(await one(ctx, impl, 'push', pushConns, intervalS));
+  }
+  for (const c of out) {
+    ctx.log(`  ${c.impl} ${c.shape} (${c.conns} conn${c.conns > 1 ? 's' : ''}): client ${c.clientUsPerMsg} us, server ${c.serverUsPerMsg} us per message${c.rttUs ? `, round trip p50 ${c.rttUs.p50} us` : ''}; opened in ${c.openMs} ms, ${c.kbPerConn} KB per connection`);
+  }
   return out;
 }

@@ -1,7 +1,8 @@
 /**
  * HAProxy side by side: find or install Debian's `haproxy`, write a config with one TCP
  * listener on loopback and N servers, each with `check` (layer-4 connect) plus `agent-check`
- * against a TCP agent, run it in the foreground (`-db`) as our child, and read its state
+ * against a TCP agent (or, with `httpCheck`, an HTTP listener whose servers are checked with
+ * `option httpchk`), run it in the foreground (`-db`) as our child, and read its state
  * changes from its log lines and its stats socket.
  */
 import { execFileSync, spawnSync, type ChildProcess } from 'node:child_process';
@@ -44,6 +45,8 @@ export interface HaproxyOptions {
   fall: number;
   rise: number;
   listenPort: number;
+  /** Check the servers with `option httpchk GET <path>` (2xx/3xx pass) instead of connect + agent-check. */
+  httpCheck?: string;
 }
 
 export class Haproxy {
@@ -74,7 +77,7 @@ export class Haproxy {
       '  nbthread 1',
       `  stats socket ${this.socket} mode 600 level admin`,
       'defaults',
-      '  mode tcp',
+      `  mode ${o.httpCheck ? 'http' : 'tcp'}`,
       `  timeout connect ${o.timeoutMs}ms`,
       `  timeout check ${o.timeoutMs}ms`,
       '  timeout client 30s',
@@ -82,9 +85,10 @@ export class Haproxy {
       'listen bench',
       `  bind 127.0.0.1:${o.listenPort}`,
       '  balance roundrobin',
+      ...(o.httpCheck ? [`  option httpchk GET ${o.httpCheck}`] : []),
       // weight 100: an agent's "75%" scales the weight; of weight 1 it would round to 0.
       `  default-server inter ${o.intervalMs}ms fall ${o.fall} rise ${o.rise} weight 100`,
-      ...o.ports.map((p, i) => `  server s${i} 127.0.0.1:${p} check agent-check agent-port ${p} agent-inter ${o.intervalMs}ms`),
+      ...o.ports.map((p, i) => (o.httpCheck ? `  server s${i} 127.0.0.1:${p} check` : `  server s${i} 127.0.0.1:${p} check agent-check agent-port ${p} agent-inter ${o.intervalMs}ms`)),
     ];
     return lines.join('\n') + '\n';
   }

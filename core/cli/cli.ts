@@ -11,8 +11,9 @@ import { buildConfig, findConfigFile, optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBAL
 import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
-import { render, resolveFormat, statusFrame } from './status.ts';
+import { render, resolveFormat, StatusPrinter } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import { addControlCommands } from '../control/commands.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -216,7 +217,10 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   const lb = new LoadBalancer(config, logger, file);
   await lb.loadPlugins();
   const format = resolveFormat(config.status, process.stdout.isTTY === true);
-  if (format !== 'none') lb.onStatus = (backends) => process.stdout.write(statusFrame(format, backends.map((b) => b.status())));
+  if (format !== 'none') {
+    const printer = new StatusPrinter(format, config.statusSummary * 1000, (text) => process.stdout.write(text));
+    lb.onStatus = (backends, change) => printer.update(backends.map((b) => b.status()), Date.now(), change);
+  }
   // The state file applies before the first check. The HTTP listener (fastify, prom-client:
   // loaded only when it is on) comes up after start, so start-up is not held up; the events
   // in between are kept for it.
@@ -303,11 +307,12 @@ Seed (Go prototype) form, single dash:
     .action(async (o) => runLoadBalancer(o));
 
   queryOptions(program.command('status').description("print a load balancer's view of its servers"))
-    .addHelpText('after', '\nExample:\n  qhcp status --address 127.0.0.1:4242 --json')
-    .action(async (o: QueryOpts) => {
+    .option('--service <name>', 'only the servers that name this service (host:4243/web)')
+    .addHelpText('after', '\nExample:\n  qhcp status --address 127.0.0.1:4242 --json\n  qhcp status --service web')
+    .action(async (o: QueryOpts & { service?: string }) => {
       const q = await openQuery(o);
       try {
-        const st = await q.status();
+        const st = await q.status(o.service);
         process.stdout.write((o.json ? JSON.stringify(st, null, 2) : render('table', st.servers, Date.now())) + '\n');
       } finally {
         await q.close();
@@ -317,14 +322,15 @@ Seed (Go prototype) form, single dash:
   queryOptions(program.command('pick').description('ask a load balancer which server to use'))
     .option('--key <key>', 'affinity key passed to the balancer')
     .option('--count <n>', 'ask n times over one connection (default: 1)', num('--count', 'int'))
+    .option('--service <name>', 'choose among the servers that name this service (host:4243/web)')
     .addHelpText('after', '\nExample:\n  qhcp pick --address 127.0.0.1:4242 --count 6 --json')
-    .action(async (o: QueryOpts & { key?: string; count?: number }) => {
+    .action(async (o: QueryOpts & { key?: string; count?: number; service?: string }) => {
       const q = await openQuery(o);
       let none = false;
       try {
         const n = Math.max(1, Math.min(o.count ?? 1, 100_000));
         for (let i = 0; i < n; i++) {
-          const r = await q.pick(o.key);
+          const r = await q.pick(o.key, o.service);
           if (!r.server) none = true;
           process.stdout.write((o.json ? JSON.stringify(r) : (r.server ?? `none: ${r.reason}`)) + '\n');
         }
@@ -333,6 +339,8 @@ Seed (Go prototype) form, single dash:
       }
       if (none) process.exitCode = 3;
     });
+
+  addControlCommands(program, num);
 
   const config = program.command('config').description('show the merged configuration and where each value came from');
   configFlags(commonOptions(config), ['server', 'loadbalancer'])
@@ -399,7 +407,7 @@ function fail(e: unknown): never {
     process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
     process.exit(EXIT_USAGE);
   }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && !(e instanceof PluginError)) {
+  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
     process.stderr.write(`qhcp: ${e.message}\n`);
     process.exit(EXIT_USAGE);
   }

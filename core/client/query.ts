@@ -43,14 +43,18 @@ export class QueryClient {
     return new QueryClient(session, timeoutMs);
   }
 
-  /** Every server, reading all pages of the answer (STATUS `offset`, STATUS_RESPONSE `next`). */
-  async status(): Promise<{ node: string; servers: ServerStatus[] }> {
+  /**
+   * Every backend's status, or only those of one service (`host:4243/web` backends), reading
+   * every page of the answer (STATUS `offset`, STATUS_RESPONSE `next`).
+   */
+  async status(service?: string): Promise<{ node: string; servers: ServerStatus[] }> {
     const servers: ServerStatus[] = [];
     let node = '';
     let offset: number | undefined = 0;
     // Bounded: each page holds at least one server and a load balancer lists at most maxServers.
     for (let page = 0; offset !== undefined && page <= FIELD_LIMITS.maxServers; page++) {
-      const res = (await this.session.request('STATUS', { seq: ++this.seq, ...(offset > 0 ? { offset } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
+      const body = { seq: ++this.seq, ...(service !== undefined ? { service } : {}), ...(offset > 0 ? { offset } : {}) };
+      const res = (await this.session.request('STATUS', body, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
       node = res.body.node;
       servers.push(...res.body.servers);
       const next: number | undefined = res.body.next;
@@ -60,9 +64,14 @@ export class QueryClient {
     return { node, servers };
   }
 
-  async pick(key?: string): Promise<{ server: string | null; reason?: string }> {
-    const res = (await this.session.request('PICK', { seq: ++this.seq, ...(key !== undefined ? { key } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'PICK_RESPONSE' }>;
-    return { server: res.body.server, ...(res.body.reason ? { reason: res.body.reason } : {}) };
+  /**
+   * One backend for `key` (affinity), among those of `service` when given; with the balancer
+   * that chose it and why, or the reason there is none.
+   */
+  async pick(key?: string, service?: string): Promise<{ server: string | null; reason?: string; balancer?: string; why?: string }> {
+    const res = (await this.session.request('PICK', { seq: ++this.seq, ...(key !== undefined ? { key } : {}), ...(service !== undefined ? { service } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'PICK_RESPONSE' }>;
+    const b = res.body;
+    return { server: b.server, ...(b.reason ? { reason: b.reason } : {}), ...(b.balancer ? { balancer: b.balancer } : {}), ...(b.why ? { why: b.why } : {}) };
   }
 
   async close(): Promise<void> {

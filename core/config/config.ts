@@ -43,6 +43,21 @@ const LB = { roles: ['loadbalancer'] } as const;
 const SERVER = { roles: ['server'] } as const;
 const BOTH = { roles: ['server', 'loadbalancer'] } as const;
 
+/** A check entry: the runner's options are checked here; the kind's own options against its schema when the agent starts. */
+const CHECK_ITEM = {
+  type: 'object',
+  required: ['type'],
+  properties: {
+    type: { type: 'string', pattern: '^[a-z][a-z0-9_-]{0,31}$' },
+    name: { type: 'string', pattern: '^[A-Za-z0-9_.:#-]{1,64}$' },
+    interval: { type: 'number', minimum: 0.05, maximum: 86400 },
+    timeout: { type: 'number', minimum: 0.005, maximum: 3600 },
+    rise: { type: 'integer', minimum: 1, maximum: 100 },
+    fall: { type: 'integer', minimum: 1, maximum: 100 },
+  },
+} as const;
+const CHECK_LIST = { type: 'array', maxItems: 64, items: CHECK_ITEM } as const;
+
 /**
  * The core's JSON schema: the one place a top-level option is declared. Its default, its
  * TypeScript type (QhcpConfig, via FromSchema), its command-line flag, its row in
@@ -132,11 +147,23 @@ export const CONFIG_SCHEMA = {
       kind: 'path',
       flag: { ...LB, help: 'file with the bearer token of the HTTP admin API (optional; without it the admin API is off)' },
     }),
-    stateFile: opt({ type: 'string', minLength: 1 }, 'Load balancer: where runtime admin changes (backends added or removed, DRAIN/MAINT, weights) are kept and applied again at start-up ([operations.md](operations.md#state-file)).', {
+    stateFile: opt({ type: 'string', minLength: 1 }, "Both: a file keeping runtime admin changes across restarts. Load balancer: backends added or removed, DRAIN/MAINT, weights, applied again at start-up ([operations.md](operations.md#state-file)). Server: the operator's admin state and weight (`qhcp drain`, `maint`, `ready`, `weight`); `adminState` / `weight` given at start win over it.", {
       kind: 'path',
-      flag: { ...LB, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
+      flag: { ...BOTH, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
     }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
+    checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
+    services: opt(
+      { type: 'object', maxProperties: 32, propertyNames: { pattern: '^[A-Za-z0-9_.-]{1,64}$' }, additionalProperties: CHECK_LIST },
+      'Server: named services (at most 32, names `^[A-Za-z0-9_.-]{1,64}$`), each with its list of checks; a load balancer backend `host:4243/web` follows service `web`.',
+    ),
+    controlSocket: opt(
+      { anyOf: [{ type: 'string', minLength: 1, maxLength: 1024 }, { const: false }] },
+      'Server: the Unix socket `qhcp drain`, `maint`, `ready`, `weight` and `health` talk to (mode 0600); by default `$XDG_RUNTIME_DIR/qhcp/<port>.sock`, else `/run/qhcp/<port>.sock` as root, else `<tmp>/qhcp-<uid>/<port>.sock`; `false`: none.',
+      { kind: 'path', flag: { ...SERVER, arg: 'path' }, defaultText: 'one per port, see the meaning' },
+    ),
+    adminState: opt({ enum: ['READY', 'DRAIN', 'MAINT', 'ready', 'drain', 'maint'] }, 'Server: the admin state at start (wins over the state file; READY when neither says).', { flag: SERVER }),
+    weight: opt({ type: 'integer', minimum: 0, maximum: 256 }, 'Server: the weight reported to load balancers at start, 0-256 (wins over the state file; 100 when neither says).', { flag: SERVER }),
     plugins: opt(
       {
         type: 'array',
@@ -373,6 +400,7 @@ export function buildConfig(fileData: unknown, file: string | undefined, flags: 
     for (const k of ['certFile', 'keyFile', 'caFile', 'httpTokenFile', 'stateFile'] as const) {
       if (sources[k]?.startsWith('file ') && config[k]) config[k] = resolve(dirname(file), config[k]!);
     }
+    if (sources.controlSocket?.startsWith('file ') && typeof config.controlSocket === 'string') config.controlSocket = resolve(dirname(file), config.controlSocket);
   }
   return { config: deepFreeze(config), sources, file };
 }

@@ -108,6 +108,12 @@ export class Backend implements BackendView, HealthFacts {
       reportedAt: this.reportedAt,
       lastError: this.lastError,
       checks: this.checks,
+      ...(this.service !== undefined ? { service: this.service } : {}),
+      verdict: this.verdict,
+      reason: this.reason,
+      agentAdmin: this.agentAdmin,
+      adminState: this.adminState,
+      weight: this.weight,
     };
   }
 }

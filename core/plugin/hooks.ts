@@ -15,6 +15,7 @@ import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
 import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
+import type { CheckKind } from '../check/types.ts';
 
 /** A metric a plugin reports: declared once so status, docs and CONFIG_UPDATE can name it. */
 export interface MetricDefinition {
@@ -157,6 +158,11 @@ export interface PickRequest {
   /** Optional key from the PICK (for affinity strategies). */
   readonly key: string | undefined;
   readonly now: number;
+  /**
+   * Says why the balancer chose the server it returns (PICK_RESPONSE `why`, e.g. "lowest
+   * loadScore 0.12"); the load balancer appends what it was chosen from ("of 3 UP").
+   */
+  readonly explain?: (why: string) => void;
 }
 
 export interface CheckResult {
@@ -226,6 +232,8 @@ export function createHooks() {
     metricDefinitions: new SyncWaterfallHook<[MetricDefinition[]]>(['definitions']),
     /** Server: fill a report (runs in the background sampler, never on a check's path). */
     collect: new AsyncParallelHook<[MetricsReport]>(['report']),
+    /** Server: each `check` plugin appends the check kinds it provides (once at start, before checks are built). */
+    checkKinds: new SyncWaterfallHook<[CheckKind[]]>(['kinds']),
     /** Server: transform the metrics sent to one session (derive, rename, filter). */
     report: new SyncWaterfallHook<[Metrics, SessionInfo | undefined]>(['metrics', 'session']),
 
@@ -268,6 +276,7 @@ export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   stop: 'skip',
   metricDefinitions: 'skip',
   collect: 'skip',
+  checkKinds: 'skip',
   report: 'skip',
   credentials: 'throw',
   verify: 'deny',
@@ -284,7 +293,7 @@ function fallback(hook: HookName, err: PluginError, args: unknown[]): unknown {
   if (mode === 'throw') throw err;
   if (mode === 'deny') return { ok: false, kind: 'INTERNAL_ERROR', reason: `auth plugin ${err.plugin} failed` } satisfies AuthVerdict;
   // Waterfalls pass their first argument on unchanged.
-  return hook === 'report' || hook === 'metricDefinitions' ? args[0] : undefined;
+  return hook === 'report' || hook === 'metricDefinitions' || hook === 'checkKinds' ? args[0] : undefined;
 }
 
 /**

@@ -11,7 +11,7 @@ import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig 
 import type { CoreLike } from './hooks.ts';
 import { withTimeout } from '../util/timeout.ts';
 
-export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'sync' | 'proxy' | 'other';
+export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'check' | 'sync' | 'proxy' | 'other';
 export type RoleName = 'server' | 'loadbalancer';
 
 /** A plugin instance: a name and an `apply` that taps hooks. */
@@ -50,6 +50,7 @@ export const BUILTIN_PLUGINS: Record<string, string> = {
   'haproxy-agent': '../../plugins/sync/haproxy-agent',
   nginx: '../../plugins/sync/nginx',
   'envoy-eds': '../../plugins/sync/envoy-eds',
+  caddy: '../../plugins/sync/caddy',
   'tcp-proxy': '../../plugins/proxy/tcp',
   'least-connections': '../../plugins/balancer/least-connections',
 };

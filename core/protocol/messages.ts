@@ -102,6 +102,18 @@ export interface ServerStatus {
   reportedAt: number | null;
   lastError: string | null;
   checks: number;
+  /** The agent's service the backend follows (`host:4243/web`), if any. */
+  service?: string;
+  /** The agent's verdict for the backend (its service's, when it names one). */
+  verdict?: WireVerdict;
+  /** Why the backend is in its state (sanitised). */
+  reason?: string | null;
+  /** The agent's admin state. */
+  agentAdmin?: WireAdmin;
+  /** The load balancer's own admin state for the backend (operators). */
+  adminState?: WireAdmin;
+  /** Effective weight: the configured weight scaled by the agent's (percent). */
+  weight?: number;
 }
 
 export interface Bodies {
@@ -115,9 +127,9 @@ export interface Bodies {
   TERMINATE: { reason?: string };
   TERMINATE_ACK: Record<string, never>;
   DRAIN: { reason?: string; graceMs: number };
-  PICK: { seq: number; key?: string };
-  PICK_RESPONSE: { seq: number; server: string | null; reason?: string };
-  STATUS: { seq: number; offset?: number; limit?: number };
+  PICK: { seq: number; key?: string; service?: string };
+  PICK_RESPONSE: { seq: number; server: string | null; reason?: string; balancer?: string; why?: string };
+  STATUS: { seq: number; service?: string; offset?: number; limit?: number };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
@@ -233,17 +245,25 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   TERMINATE: obj({ reason }, []),
   TERMINATE_ACK: obj({}, []),
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
-  PICK: obj({ seq, key: { type: 'string', maxLength: 256 } }, ['seq']),
-  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason }, ['seq', 'server']),
-  STATUS: obj({ seq, offset: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers }, limit: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers } }, ['seq']),
-  STATUS_RESPONSE: obj(
+  PICK: obj({ seq, key: { type: 'string', maxLength: 256 }, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
+  PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason, balancer: name, why: reason }, ['seq', 'server']),
+  STATUS: obj(
     {
       seq,
-      node: name,
-      servers: {
-        type: 'array',
-        maxItems: FIELD_LIMITS.maxServers,
-        items: obj({
+      service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+      offset: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+      limit: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    },
+    ['seq'],
+  ),
+  STATUS_RESPONSE: obj({
+    seq,
+    node: name,
+    servers: {
+      type: 'array',
+      maxItems: FIELD_LIMITS.maxServers,
+      items: obj(
+        {
           address: { type: 'string', maxLength: 300 },
           state: { enum: [...HEALTH_STATES] },
           since: { type: 'number' },
@@ -255,13 +275,19 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
           reportedAt: nullable({ type: 'number' }),
           lastError: nullable(reason),
           checks: { type: 'integer', minimum: 0 },
-        }),
-      },
-      next: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
-      total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+          service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+          verdict,
+          reason: nullable(reason),
+          agentAdmin: { enum: [...ADMIN_STATES] },
+          adminState: { enum: [...ADMIN_STATES] },
+          weight: { type: 'number', minimum: 0, maximum: 2560 },
+        },
+        ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
+      ),
     },
-    ['seq', 'node', 'servers'],
-  ),
+    next: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+  }, ['seq', 'node', 'servers']),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 

@@ -6,12 +6,16 @@
 import { Core } from './core.ts';
 import { ProtocolError, errorText } from '../errors.ts';
 import { MetricsReport, cleanDefinitions, cleanMetrics, toVerdict, type MetricDefinition } from '../plugin/hooks.ts';
-import { DEFAULT_WEIGHT, type AgentHealth, type Message, type Metrics } from '../protocol/messages.ts';
+import { type AgentHealth, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
 import { loadServerTls } from '../transport/tls.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Logger } from '../util/log.ts';
+import { CheckRunner } from '../check/runner.ts';
+import { buildChecks, type CheckEntry } from '../check/kinds.ts';
+import { initialState, writeStateFile } from '../control/state.ts';
+import { ControlServer, defaultControlSocket, type ControlAnswer, type ControlRequest } from '../control/socket.ts';
 import { withTimeout } from '../util/timeout.ts';
 
 interface SessionPrefs {
@@ -56,9 +60,20 @@ export class AgentServer extends Core {
   private sampling = false;
   private stopping = false;
   private authOpen = true;
+  /** Checks, verdicts, admin state and weight; replaced at start by one with the configured checks. */
+  runner: CheckRunner;
+  private control: ControlServer | undefined;
+  /** Health pushes sent because the verdict, admin state or weight changed. */
+  healthPushes = 0;
 
   constructor(config: Readonly<QhcpConfig>, logger?: Logger, configFile?: string) {
     super('server', config, logger, configFile);
+    this.runner = new CheckRunner([], [], { logger: this.logger });
+  }
+
+  /** The control socket's path, once listening. */
+  get controlSocket(): string | undefined {
+    return this.control?.path;
   }
 
   get port(): number {
@@ -73,6 +88,23 @@ export class AgentServer extends Core {
     const c = this.config;
     const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.serverIp });
     await this.hooks.start.promise(this);
+    const operator = initialState(c);
+    const { specs, services } = await buildChecks({
+      checks: c.checks,
+      services: c.services,
+      userKinds: this.hooks.checkKinds.call([]),
+      logger: this.logger,
+      configFile: this.configFile,
+    });
+    this.runner = new CheckRunner(specs, services, {
+      logger: this.logger,
+      admin: operator.admin,
+      ...(operator.reason ? { adminReason: operator.reason } : {}),
+      weight: operator.weight,
+    });
+    // The first round runs before the listener opens: the first answer carries real verdicts.
+    await this.runner.start();
+    this.runner.onChange = () => this.pushHealth();
     this.definitions = cleanDefinitions(this.hooks.metricDefinitions.call([]), this.logger);
     this.restCollectTaps();
     // Not isUsed(): the guard's interceptor makes every hook "used".
@@ -91,6 +123,9 @@ export class AgentServer extends Core {
         onExtraStream: (ch) => this.extraStream(ch),
       }),
     );
+    if (c.controlSocket !== false) {
+      this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
+    }
     // A session pushed reports at least as often as the idle limit is served, not idle.
     this.idleSweep = this.sweepIdle(this.sessions, (s) => {
       const ms = s.data.prefs?.reportIntervalMs ?? 0;
@@ -98,7 +133,17 @@ export class AgentServer extends Core {
     });
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
-    this.logger.info('server listening', { address: `${this.host}:${this.port}`, alpn: 'qhcp/1', metrics: this.definitions.length });
+    const h = this.runner.health();
+    this.logger.info('server listening', {
+      address: `${this.host}:${this.port}`,
+      alpn: 'qhcp/1',
+      metrics: this.definitions.length,
+      checks: specs.length,
+      verdict: h.verdict,
+      admin: h.admin,
+      weight: h.weight,
+      ...(this.control ? { control: this.control.path } : {}),
+    });
     await this.hooks.ready.promise(this);
   }
 
@@ -166,9 +211,66 @@ export class AgentServer extends Core {
     return { metrics: values, ageMs: Math.max(0, Math.min(86_400_000, Date.now() - this.sample.sampledAt)), ...this.health() };
   }
 
-  /** The verdict, admin state and weight every HEALTH_RESPONSE and HEALTH_REPORT carries. */
+  /** The verdict, admin state and weight every HEALTH_RESPONSE and HEALTH_REPORT carries (the last results; no check runs here). */
   health(): AgentHealth {
-    return { verdict: 'SERVING', admin: 'READY', weight: DEFAULT_WEIGHT };
+    return this.runner.health();
+  }
+
+  /**
+   * The verdict, admin state, weight or a service's verdict changed: a HEALTH_REPORT to every
+   * session past ACK at once, whatever its report interval (poll mode too). Returns how many were sent.
+   */
+  pushHealth(): number {
+    const h = this.runner.health();
+    let sent = 0;
+    for (const s of this.sessions) {
+      if (!s.peer || s.isClosed) continue;
+      if (s.trySend('HEALTH_REPORT', this.metricsFor(s))) sent++;
+    }
+    this.healthPushes += sent;
+    this.logger.info('health changed', { verdict: h.verdict, admin: h.admin, weight: h.weight, ...(h.reason ? { reason: h.reason } : {}), pushedTo: sent });
+    return sent;
+  }
+
+  /** One control-channel command (core/control/socket.ts). */
+  command(req: ControlRequest): ControlAnswer {
+    let pushed = 0;
+    const before = this.healthPushes;
+    switch (req.cmd) {
+      case 'drain':
+        this.runner.setAdmin('DRAIN', req.reason);
+        break;
+      case 'maint':
+        this.runner.setAdmin('MAINT', req.reason);
+        break;
+      case 'ready':
+        this.runner.setAdmin('READY');
+        break;
+      case 'weight':
+        this.runner.setWeight(req.weight);
+        break;
+      case 'health':
+        break;
+    }
+    pushed = this.healthPushes - before;
+    if (req.cmd !== 'health') {
+      this.logger.info('operator command', { cmd: req.cmd, ...this.runner.operatorState });
+      if (this.config.stateFile) {
+        try {
+          writeStateFile(this.config.stateFile, this.runner.operatorState);
+        } catch (e) {
+          this.logger.error('cannot write the state file', { file: this.config.stateFile, error: errorText(e) });
+          return { ok: false, error: `state applied but not saved to ${this.config.stateFile}: ${errorText(e)}` };
+        }
+      }
+    }
+    return {
+      ok: true,
+      health: this.runner.health(),
+      operator: this.runner.operatorState,
+      checks: this.runner.status().map((c) => ({ service: c.service, name: c.name, type: c.type, status: c.status ?? null, output: c.output, runs: c.runs })),
+      pushed,
+    };
   }
 
   private accept(ch: Channel): void {
@@ -296,6 +398,8 @@ export class AgentServer extends Core {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.sampler);
+    await this.control?.close();
+    await this.runner.stop();
     clearInterval(this.idleSweep);
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;

@@ -14,7 +14,8 @@ import { ClientSocket } from '../transport/quic.ts';
 import { parseAddress, formatAddress } from '../util/address.ts';
 import { readPem, selfSigned } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
-import type { BackendView, Transition } from '../plugin/hooks.ts';
+import type { BackendView, PickRequest, Transition } from '../plugin/hooks.ts';
+import { sanitize } from '../util/sanitize.ts';
 import type { Logger } from '../util/log.ts';
 import { Backend } from '../health/backend.ts';
 import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
@@ -60,8 +61,8 @@ export class LoadBalancer extends Core {
   private statusTimer: NodeJS.Timeout | undefined;
   /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
   private syncer: SyncDispatcher | undefined;
-  /** Called every check interval with the backends (the CLI prints the status view). */
-  onStatus: ((backends: readonly Backend[]) => void) | undefined;
+  /** Called every check interval, and with `change` on every transition, addition or removal (the CLI prints the status view). */
+  onStatus: ((backends: readonly Backend[], change: boolean) => void) | undefined;
 
   /** @throws LocalError for a bad server address or CA file */
   constructor(config: Readonly<QhcpConfig>, logger?: Logger, configFile?: string) {
@@ -73,7 +74,7 @@ export class LoadBalancer extends Core {
     }
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
-    this.query = new QueryPort(this, { status: () => this.status(), pickAnswer: (key) => this.pickAnswer(key) }, this.stats);
+    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service) }, this.stats);
   }
 
   get port(): number {
@@ -95,9 +96,11 @@ export class LoadBalancer extends Core {
     return [...this.pool.values()];
   }
 
-  /** STATUS: every backend's status. */
-  status(): ServerStatus[] {
-    return this.records().map((b) => b.status());
+  /** STATUS: every backend's status, or those naming `service`. */
+  status(service?: string): ServerStatus[] {
+    return this.records()
+      .filter((b) => service === undefined || b.service === service)
+      .map((b) => b.status());
   }
 
   async start(): Promise<void> {
@@ -124,7 +127,7 @@ export class LoadBalancer extends Core {
     const spread = Math.min(t.intervalMs, 1000);
     for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
     this.started = true;
-    this.statusTimer = setInterval(() => this.onStatus?.(this.records()), t.intervalMs);
+    this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
     if (this.hooks.sync.taps.length > 0) {
       this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
@@ -144,6 +147,7 @@ export class LoadBalancer extends Core {
     const b = new Backend(p.address, p.host, p.port, p.weight, p.service);
     this.pool.set(p.address, b);
     if (this.started && !this.stopping) this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
+    this.onStatus?.(this.records(), true);
     return b;
   }
 
@@ -152,16 +156,21 @@ export class LoadBalancer extends Core {
     const b = this.find(address);
     if (!b) return false;
     this.pool.delete(b.address);
+    this.onStatus?.(this.records(), true);
     await this.checker.end(b, 'removed from the load balancer');
     return true;
   }
 
-  /** The load balancer's own admin state for a backend (separate from the agent's). @throws LocalError when unknown */
-  setAdmin(address: string, admin: AdminState): void {
+  /**
+   * The load balancer's own admin state for a backend, separate from the agent's (the stricter
+   * of the two is in force). `reason` goes into the transition's reason.
+   * @throws LocalError when the backend is unknown
+   */
+  setAdmin(address: string, admin: AdminState, reason?: string): void {
     const b = this.require(address);
     if (b.adminState === admin) return;
     b.adminState = admin;
-    this.health(b, `operator:${admin}`, 'set by the operator');
+    this.health(b, `operator:${admin}`, admin === 'READY' ? reason : (reason ?? 'set by the operator'));
   }
 
   /** The configured weight of a backend (the agent's weight scales it). @throws LocalError when unknown or out of range */
@@ -198,6 +207,7 @@ export class LoadBalancer extends Core {
     if (from === to) return;
     b.state = to;
     b.since = Date.now();
+    reason = sanitize(reason, 1000);
     b.reason = reason;
     this.stats.transitions++;
     const t: Transition = {
@@ -212,35 +222,53 @@ export class LoadBalancer extends Core {
       metrics: b.metrics,
     };
     this.hooks.transition.call(t);
+    this.onStatus?.(this.records(), true);
     void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
   }
 
-  /** Chooses one UP backend through the `pick` hook. */
-  pick(key?: string): Backend | undefined {
-    return this.choose(key).backend;
+  /** Chooses one backend through the `pick` hook (UP ones; DEGRADED ones as `degraded` says). */
+  pick(key?: string, service?: string): Backend | undefined {
+    return this.choose(key, service).backend;
   }
 
   /**
-   * Like `pick`, with the reason when no backend is chosen (PICK_RESPONSE `reason`). A balancer
-   * tap that throws is skipped (the next one may answer); if none answers, the reason names it.
+   * Like `pick`, with the balancer that chose and why, or the reason when no backend is chosen
+   * (PICK_RESPONSE). Balancer taps are asked in order; one that throws is skipped (the next one
+   * may answer); if none answers, the reason names it. With `service`, only the backends that
+   * name that service are offered.
    */
-  choose(key?: string): { backend: Backend; reason?: undefined } | { backend: undefined; reason: string } {
+  choose(key?: string, service?: string): { backend: Backend; balancer: string; why: string; reason?: undefined } | { backend: undefined; reason: string } {
     this.stats.picks++;
-    const up = candidates(this.records(), this.config.degraded ?? 'fallback');
-    if (up.length === 0) return { backend: undefined, reason: 'no server is UP' };
-    if (this.hooks.pick.taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
+    const pool = service === undefined ? this.records() : this.records().filter((b) => b.service === service);
+    if (service !== undefined && pool.length === 0) return { backend: undefined, reason: `no server names service "${service}"` };
+    const offered = candidates(pool, this.config.degraded);
+    if (offered.length === 0) return { backend: undefined, reason: service === undefined ? 'no server is UP' : `no server of service "${service}" is UP` };
+    const taps = this.hooks.pick.taps;
+    if (taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
     const before = this.lastPluginError;
-    const chosen = this.hooks.pick.call({ servers: up, key, now: Date.now() });
-    if (chosen && up.includes(chosen as Backend)) return { backend: chosen as Backend };
+    let why: string | undefined;
+    const request: PickRequest = { servers: offered, key, now: Date.now(), explain: (text) => (why = String(text)) };
+    for (const tap of taps) {
+      why = undefined;
+      // The taps as registered: each already guarded (guardHooks), so a throw yields undefined.
+      const chosen = (tap.fn as (r: PickRequest) => BackendView | null | undefined)(request);
+      if (chosen === undefined) continue;
+      if (chosen && offered.includes(chosen as Backend)) {
+        const up = offered.filter((b) => b.state === 'UP').length;
+        const from = up === offered.length ? `${up} UP` : up === 0 ? `${offered.length} DEGRADED (none UP)` : `${offered.length} UP or DEGRADED`;
+        return { backend: chosen as Backend, balancer: tap.name, why: sanitize(`${why ?? 'chosen'} of ${from}`, 512) };
+      }
+      return { backend: undefined, reason: chosen ? `the balancer ${tap.name} chose a server it was not offered` : 'the balancer chose no server' };
+    }
     const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
-    const reason = failed ? `balancer failed: ${failed.message}` : chosen ? 'the balancer chose a server it was not offered' : 'the balancer chose no server';
+    const reason = failed ? `balancer failed: ${failed.message}` : 'the balancer chose no server';
     return { backend: undefined, reason: reason.slice(0, 1000) };
   }
 
   /** PICK's answer. */
-  pickAnswer(key?: string): PickAnswer {
-    const c = this.choose(key);
-    return c.backend ? { server: c.backend.address } : { server: null, reason: c.reason };
+  pickAnswer(key?: string, service?: string): PickAnswer {
+    const c = this.choose(key, service);
+    return c.backend ? { server: c.backend.address, balancer: c.balancer, why: c.why } : { server: null, reason: c.reason };
   }
 
   /** TERMINATE to every backend (bounded wait), close the query port, alert, stop hooks. */

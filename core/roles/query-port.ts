@@ -50,7 +50,7 @@ export interface QueryStats {
 }
 
 /** A pick's outcome: a server, or why there is none; with the balancer that chose and why. */
-export type PickAnswer = { server: string; balancer?: string; why?: string } | { server: null; reason: string };
+export type PickAnswer = { server: string; balancer: string; why: string } | { server: null; reason: string };
 
 /** What the query port asks the load balancer. */
 export interface QueryHost {
@@ -123,7 +123,7 @@ export class QueryPort {
       case 'STATUS': {
         this.stats.queries++;
         // Paged to fit the frame size the client accepts (HELLO maxFrameBytes, else the default).
-        const all = this.host.status();
+        const all = this.host.status(msg.body.service);
         const offset = Math.min(msg.body.offset ?? 0, all.length);
         const budget = Math.min(s.data.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
         const page = statusPage(all, offset, Math.min(msg.body.limit ?? FIELD_LIMITS.maxServers, FIELD_LIMITS.maxServers), budget);
@@ -133,8 +133,8 @@ export class QueryPort {
       }
       case 'PICK': {
         this.stats.queries++;
-        const a = this.host.pickAnswer(msg.body.key);
-        s.send('PICK_RESPONSE', a.server !== null ? { seq: msg.body.seq, server: a.server } : { seq: msg.body.seq, server: null, reason: a.reason });
+        const a = this.host.pickAnswer(msg.body.key, msg.body.service);
+        s.send('PICK_RESPONSE', a.server !== null ? { seq: msg.body.seq, server: a.server, balancer: a.balancer, why: a.why } : { seq: msg.body.seq, server: null, reason: a.reason });
         return;
       }
       case 'TERMINATE':

@@ -1,11 +1,14 @@
 /**
  * TLS material: PEM files, or an in-memory self-signed certificate when none are given, and the
- * client-side check of a server certificate against a CA/cert file (chain, validity, host/IP).
+ * client-side check of a server certificate against a CA/cert file (chain, validity, host/IP,
+ * CA constraints of every issuer). @peculiar/x509 reads the extensions node:crypto does not
+ * expose (basicConstraints' pathLenConstraint, keyUsage).
  */
 import { readFileSync } from 'node:fs';
 import { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
 import { generate } from 'selfsigned';
+import { X509Certificate as PeculiarCertificate, BasicConstraintsExtension, KeyUsagesExtension, KeyUsageFlags } from '@peculiar/x509';
 import { LocalError, errorText } from '../errors.ts';
 
 export interface ServerTls {
@@ -77,9 +80,44 @@ function pemBlocks(pem: string): X509Certificate[] {
 }
 
 /**
+ * `cert` names `issuer` as its issuer and carries its signature. (Not X509Certificate.checkIssued,
+ * which also folds in keyUsage: what an issuer may do is judged apart, with a reason, below.)
+ */
+function signedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
+  return cert.issuer === issuer.subject && cert.verify(issuer.publicKey);
+}
+
+/**
+ * Why `cert` may not issue certificates, or undefined when it may: as `openssl verify` checks an
+ * issuer, basicConstraints must say CA:TRUE (a self-signed version 1 certificate with no
+ * extensions counts as a CA, the legacy rule), keyUsage, when present, must allow keyCertSign,
+ * and a pathLenConstraint must allow the `below` CA certificates between it and the leaf.
+ */
+export function issuerProblem(cert: X509Certificate, below: number): string | undefined {
+  const name = cert.subject.replace(/\n/g, ',');
+  let parsed: PeculiarCertificate;
+  try {
+    parsed = new PeculiarCertificate(cert.raw);
+  } catch (e) {
+    return `certificate ${name} does not parse: ${errorText(e)}`;
+  }
+  const bc = parsed.getExtension(BasicConstraintsExtension);
+  if (!bc) {
+    if (parsed.extensions.length === 0 && cert.checkIssued(cert) && cert.verify(cert.publicKey)) return undefined;
+    return `certificate ${name} is not a CA (no basicConstraints) but issued another certificate in the chain`;
+  }
+  if (!bc.ca) return `certificate ${name} is not a CA (basicConstraints CA:FALSE) but issued another certificate in the chain`;
+  if (bc.pathLength !== undefined && below > bc.pathLength) return `certificate ${name} allows ${bc.pathLength} CA certificates below it (pathLenConstraint), the chain has ${below}`;
+  const ku = parsed.getExtension(KeyUsagesExtension);
+  if (ku && (ku.usages & KeyUsageFlags.keyCertSign) === 0) return `certificate ${name} may not sign certificates (keyUsage lacks keyCertSign)`;
+  return undefined;
+}
+
+/**
  * Why the peer's chain is not trusted for `serverName`, or undefined when it is. Trusted means:
- * leaf valid now, matching the host name or IP, and either itself one of the CA certificates
- * (a pinned self-signed certificate) or chained through the given intermediates to one of them.
+ * every certificate valid now, the leaf matching the host name or IP, and either the leaf
+ * itself one of the CA certificates (a pinned certificate) or chained through the given
+ * intermediates to one of them, each issuer on the way allowed to issue (issuerProblem).
  */
 export function checkServerChain(chainDer: Uint8Array[], caPem: string, serverName: string, now = new Date()): string | undefined {
   if (chainDer.length === 0) return 'server sent no certificate';
@@ -97,13 +135,18 @@ export function checkServerChain(chainDer: Uint8Array[], caPem: string, serverNa
   }
   const hostOk = isIP(serverName) ? leaf.checkIP(serverName) !== undefined : leaf.checkHost(serverName) !== undefined;
   if (!hostOk) return `certificate does not name ${serverName}`;
+  // A pinned certificate: the leaf itself is what the operator trusts.
+  if (cas.some((ca) => ca.raw.equals(leaf.raw))) return undefined;
   for (let i = 0; i < chain.length; i++) {
     const c = chain[i]!;
-    if (cas.some((ca) => ca.raw.equals(c.raw))) return undefined;
-    const issuer = cas.find((ca) => c.checkIssued(ca) && c.verify(ca.publicKey));
-    if (issuer) return undefined;
+    // i CA certificates sit between the next issuer and the leaf (the leaf is not one).
+    if (i > 0 && cas.some((ca) => ca.raw.equals(c.raw))) return undefined;
+    const anchor = cas.find((ca) => signedBy(c, ca));
+    if (anchor) return issuerProblem(anchor, i);
     const next = chain[i + 1];
-    if (!next || !c.checkIssued(next) || !c.verify(next.publicKey)) break;
+    if (!next || !signedBy(c, next)) break;
+    const problem = issuerProblem(next, i);
+    if (problem) return problem;
   }
   return 'certificate is not signed by the given CA';
 }

@@ -40,6 +40,9 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     this.share = new ShareCap(this.opts.maxShare);
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
@@ -60,10 +63,15 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
     this.last = chosen.address;
     this.picks.add(chosen);
     this.share.add(chosen);
+    this.why = `lowest load ${Math.round(eff[best]! * 1000) / 1000}`;
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

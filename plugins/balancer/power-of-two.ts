@@ -41,10 +41,16 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     this.share = new ShareCap(this.opts.maxShare);
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     const n = servers.length;
     if (n === 0) return undefined;
-    if (n === 1) return servers[0];
+    if (n === 1) {
+      this.why = 'the only one';
+      return servers[0];
+    }
     this.picks.prune(servers);
     const a = Math.floor(this.random() * n) % n;
     // A second index drawn from the other n-1, so the two are always distinct.
@@ -63,12 +69,24 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
       });
       if (best !== undefined) chosen = servers[best]!;
     }
+    const r = (x: number) => Math.round(x * 1000) / 1000;
+    const won = chosen === servers[a] ? la : chosen === servers[b] ? lb : undefined;
+    this.why =
+      won === undefined
+        ? 'the pair at its share cap: least loaded below the cap'
+        : la === lb
+          ? `two sampled, equal load ${r(la)}, coin toss`
+          : `lower load of two sampled: ${r(Math.min(la, lb))} vs ${r(Math.max(la, lb))}`;
     if (this.opts.pickCost > 0) this.picks.add(chosen);
     this.share.add(chosen);
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

@@ -39,6 +39,10 @@ export default class RoundRobinPlugin implements QhcpPlugin {
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers);
+      if (chosen) req.explain?.('next in rotation');
+      return chosen;
+    });
   }
 }

@@ -65,6 +65,9 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
     return w.some((x) => x > 0) ? w : w.map(() => 1);
   }
 
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
     if (servers.length === 0) return undefined;
     if (this.credit.size > servers.length) {
@@ -88,10 +91,15 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
     const chosen = servers[best]!;
     this.credit.set(chosen.address, bestCredit - total);
     this.share.add(chosen);
+    this.why = `smooth weighted rotation, weight ${Math.round(w[best]! * 1000) / 1000} of total ${Math.round(total * 1000) / 1000}`;
     return chosen;
   }
 
   apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, req.now));
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers, req.now);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

@@ -165,7 +165,9 @@ function create(options: HttpCheckOptions, ctx: CheckContext): Check {
         res = await dispatcher.request({ origin: url.origin, path: url.pathname + url.search, method, headers, signal, reset: true });
       } catch (e) {
         if (signal.aborted) return abortedOutcome(signal, started);
-        return { status: 'critical', output: networkErrorText(e) };
+        const text = networkErrorText(e);
+        const errCode = String((e as { code?: unknown } | null)?.code ?? '');
+        return { status: 'critical', output: /CERT|SIGNATURE|TLS|SSL|ISSUER/.test(errCode) ? `TLS: ${text}` : text };
       }
       const code = res.statusCode;
       // Dropping the rest of a body makes undici emit an abort error on it: expected, not a failure.

@@ -76,8 +76,8 @@ export class QhcpProcess {
     return this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** Waits for `re` in stdout+stderr (text after `from` only, when given). */
-  async waitFor(re: RegExp, timeoutMs = 15_000, from = 0): Promise<RegExpMatchArray> {
+  /** Waits for `re` in stdout+stderr (text after `from` only, when given); 45 s by default (start-up on a loaded 2-core machine). */
+  async waitFor(re: RegExp, timeoutMs = 45_000, from = 0): Promise<RegExpMatchArray> {
     return waitUntil(
       () => {
         // Fatal: waiting longer cannot help once the process is gone.

@@ -14,6 +14,8 @@ export class ScriptedAgent {
   health: AgentHealth = { verdict: 'SERVING', admin: 'READY', weight: 100 };
   /** HEALTH_REQUESTs answered so far. */
   answered = 0;
+  /** TERMINATEs received so far. */
+  terminated = 0;
 
   private constructor(private readonly listener: Listener) {}
 
@@ -65,6 +67,7 @@ export class ScriptedAgent {
         s.send('CONFIG_ACK', { seq: msg.body.seq, metrics: [], reportIntervalMs: 0 });
         return;
       case 'TERMINATE':
+        this.terminated++;
         s.send('TERMINATE_ACK', {});
         return;
       default:

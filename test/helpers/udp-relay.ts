@@ -103,6 +103,22 @@ export class UdpRelay {
     return this.set({ loss: 0, delayMs: 0, jitterMs: 0, duplicate: 0, reorder: 0, cut: false, directions: ['up', 'down'] });
   }
 
+  /** Client keys (host:port) of the flows open now. */
+  get clients(): string[] {
+    return [...this.flows.keys()];
+  }
+
+  /**
+   * Sends `data` to the target from `client`'s flow (its upstream socket, so the target sees
+   * that flow's address and port), past every fault and filter: a replay by someone on the path.
+   */
+  inject(client: string, data: Buffer): boolean {
+    const flow = this.flows.get(client);
+    if (!flow || this.closed) return false;
+    flow.upstream.send(data, this.targetPort, this.targetHost);
+    return true;
+  }
+
   /** Forgets every flow (closes the upstream sockets): the next datagrams start new ones. */
   resetFlows(): void {
     for (const f of this.flows.values()) this.closeFlow(f);

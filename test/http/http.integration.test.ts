@@ -13,12 +13,8 @@ import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { startServer, startLoadBalancer, stopAll, waitUntil, runQhcp, ROOT, type QhcpProcess } from '../helpers/procs.ts';
 import { promtool } from './fake-lb.ts';
+import { httpUrl } from './helpers.ts';
 
-/** The URL a process logged for its HTTP listener. */
-export async function httpUrl(proc: QhcpProcess): Promise<string> {
-  const m = await proc.waitFor(/HTTP listener started.*?url"?[=:]"?(http:\/\/[^\s"]+\/)/, 30_000);
-  return m[1]!;
-}
 
 async function get(url: string): Promise<string> {
   const res = await fetch(url, { signal: AbortSignal.timeout(5000) });

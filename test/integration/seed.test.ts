@@ -87,7 +87,7 @@ describe('the seed commands, with certificates', function () {
     }
     // stdout is a pipe here: `status: auto` gives key=value lines, not the redrawn table.
     for (const s of servers) {
-      await lb.waitFor(new RegExp(`^\\S+ server=${esc(s.address)} state=UP cpu=\\d+\\.\\d% mem=\\d+\\.\\d% load1=\\d+\\.\\d\\d .*latency=\\d+\\.\\dms failures=0 in_state=\\d+s$`, 'm'), 20_000);
+      await lb.waitFor(new RegExp(`^\\S+ server=${esc(s.address)} state=UP cpu=\\d+\\.\\d% mem=\\d+\\.\\d% load1=\\d+\\.\\d\\d .*latency=\\d+\\.\\dms failures=0 in_state=\\d+s( |$)`, 'm'), 20_000);
     }
     expect(lb.stdout).not.to.match(/\x1b\[/);
     const lines = lb.stdout.split('\n').filter((l) => / server=\S+ state=/.test(l));

@@ -17,6 +17,7 @@ const MINIMAL: Record<string, Record<string, unknown>> = {
   haproxy: { socket: '/run/haproxy/admin.sock' },
   nginx: { file: '/etc/nginx/qhcp-upstream.conf', upstream: 'app' },
   'envoy-eds': { file: '/etc/envoy/eds.json', cluster: 'app' },
+  caddy: { id: 'qhcp_app' },
 };
 
 /** The least options each built-in check kind needs to be created. */

@@ -35,7 +35,7 @@ function routes(seen: Seen[]) {
         res.end('slow down');
         return;
       case '/slow': {
-        const t = setTimeout(() => res.end('late'), 3000);
+        const t = setTimeout(() => res.end('late'), 60_000);
         res.on('close', () => clearTimeout(t));
         return;
       }
@@ -130,7 +130,7 @@ describe('check kind: http', () => {
     const out = await runFor(c, 300);
     expect(out.status).to.equal('critical');
     expect(out.output).to.match(/^timed out after \d+ ms$/);
-    expect(Date.now() - t0).to.be.below(2500);
+    expect(Date.now() - t0).to.be.below(20_000); // returned at the abort, not at the server's answer (60 s)
     // A runner that aborts with its own "timed out ..." reason gets that text back.
     const ac = new AbortController();
     setTimeout(() => ac.abort(new Error('timed out after 300 ms')), 300);
@@ -216,7 +216,7 @@ describe('check kind: http', () => {
     it('refuses an unknown CA, with the TLS error as the reason', async () => {
       const out = await runFor(check({ url: `${tlsBase}/ok` }), 3000);
       expect(out.status).to.equal('critical');
-      expect(out.output).to.match(/certificate/i);
+      expect(out.output).to.match(/^TLS: .*certificate/i);
     });
 
     it('trusts the CA file given (resolved against the config directory)', async () => {

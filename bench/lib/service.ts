@@ -1,0 +1,233 @@
+/**
+ * Service failure -> out of rotation, qhcp next to HAProxy's `option httpchk`, against the same
+ * real HTTP server (in this process), with the same interval, timeout, fall and rise, on the same
+ * failure events: both watch the one server at once, so every run measures both.
+ *
+ *   qhcp:    a real `qhcp server` whose config has one http check on the service; a load balancer
+ *            (bench/lb-host.ts, poll mode) checks the agent. The agent applies fall locally and
+ *            pushes NOT_SERVING at once; the load balancer moves the backend DOWN on it.
+ *   HAProxy: `option httpchk GET /health` on the service, `inter`/`fall`/`rise`/`timeout check`.
+ *
+ * Failures: the service answers 503 (alive but failing), and the service stops (connect refused).
+ * Latency: from the failure to the load balancer's DOWN (qhcp: the transition's own timestamp;
+ * HAProxy: when its "is DOWN" log line was read), then from the repair to UP, on one clock.
+ */
+import { createServer, type Server } from 'node:http';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
+import { Haproxy, type HaproxyInfo } from './haproxy.ts';
+import { summary, sleep, machine, loadAverage } from './proc.ts';
+import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
+import { CHECK } from './cost.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
+
+export type Failure = '503' | 'stopped';
+export type Impl = 'qhcp' | 'haproxy';
+
+export interface ServiceCell {
+  failure: Failure;
+  impl: Impl;
+  /** ms from the failure to DOWN, one per run. */
+  down: number[];
+  /** ms from the repair to UP, one per run. */
+  up: number[];
+  summary: { down: ReturnType<typeof summary>; up: ReturnType<typeof summary> };
+  /** One reason the load balancer gave for DOWN (qhcp: the transition's; HAProxy: its log line). */
+  reason: string | undefined;
+}
+
+export interface ServiceResult {
+  version: 1;
+  startedAt: string;
+  finishedAt: string;
+  durationS: number;
+  machine: Record<string, unknown>;
+  loadavgStart: number[];
+  loadavgEnd: number[];
+  haproxy: { version: string } | { skipped: string };
+  settings: { intervalS: number; timeoutS: number; fall: number; rise: number; runs: number; lbCheckIntervalS: number };
+  /** What the settings imply for a failure: fall x interval (+ timeout for a check that hangs). */
+  boundDownMs: number;
+  cells: ServiceCell[];
+  misses: string[];
+}
+
+/** The HTTP service both watch: /health answers 200, or 503 while failing; it can stop and start on its port. */
+class Service {
+  failing = false;
+  private server: Server | undefined;
+  port = 0;
+
+  async start(): Promise<void> {
+    const server = createServer((req, res) => {
+      res.statusCode = this.failing ? 503 : 200;
+      res.end(this.failing ? 'failing\n' : 'ok\n');
+    });
+    server.keepAliveTimeout = 1000;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.port, '127.0.0.1', () => resolve());
+    });
+    this.port = (server.address() as { port: number }).port;
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    const s = this.server;
+    this.server = undefined;
+    if (!s) return;
+    await new Promise<void>((resolve) => {
+      s.close(() => resolve());
+      s.closeAllConnections();
+    });
+  }
+}
+
+type Ev = { impl: Impl; to: 'UP' | 'DOWN'; at: number; reason: string };
+
+export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, intervalS = 1): Promise<ServiceResult> {
+  const t0 = Date.now();
+  const timeoutS = intervalS * CHECK.timeoutFraction;
+  // The phase of each check cycle against the failure is random (0..interval): a median needs runs.
+  const runs = ctx.full ? 20 : ctx.runs;
+  const res: ServiceResult = {
+    version: 1,
+    startedAt: new Date().toISOString(),
+    finishedAt: '',
+    durationS: 0,
+    machine: machine(),
+    loadavgStart: loadAverage(),
+    loadavgEnd: [],
+    haproxy: typeof hap === 'string' ? { skipped: hap } : { version: hap.version },
+    settings: { intervalS, timeoutS, fall: CHECK.fall, rise: CHECK.rise, runs, lbCheckIntervalS: intervalS },
+    boundDownMs: Math.round(CHECK.fall * intervalS * 1000),
+    cells: [],
+    misses: [],
+  };
+  const cells = new Map<string, ServiceCell>();
+  const cellOf = (failure: Failure, impl: Impl): ServiceCell => {
+    const k = `${failure}|${impl}`;
+    let c = cells.get(k);
+    if (!c) {
+      c = { failure, impl, down: [], up: [], summary: {} as ServiceCell['summary'], reason: undefined };
+      cells.set(k, c);
+      res.cells.push(c);
+    }
+    return c;
+  };
+  const impls: Impl[] = typeof hap === 'string' ? ['qhcp'] : ['qhcp', 'haproxy'];
+
+  const listeners = new Set<(e: Ev) => void>();
+  const emit = (e: Ev) => {
+    for (const f of [...listeners]) f(e);
+  };
+  /** Resolves with the first event of `impl` reaching `to` (bounded), or undefined. */
+  const next = (impl: Impl, to: Ev['to'], timeoutMs: number) =>
+    new Promise<Ev | undefined>((resolve) => {
+      const f = (e: Ev) => {
+        if (e.impl !== impl || e.to !== to) return;
+        clearTimeout(t);
+        listeners.delete(f);
+        resolve(e);
+      };
+      const t = setTimeout(() => {
+        listeners.delete(f);
+        resolve(undefined);
+      }, timeoutMs);
+      listeners.add(f);
+    });
+
+  const service = new Service();
+  await service.start();
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-service-'));
+  const agentPort = await freeUdpPort();
+  const agentAddress = `127.0.0.1:${agentPort}`;
+  const configFile = join(dir, 'qhcp.config.json');
+  writeFileSync(
+    configFile,
+    JSON.stringify({ checks: [{ type: 'http', url: `http://127.0.0.1:${service.port}/health`, interval: intervalS, timeout: timeoutS, fall: CHECK.fall, rise: CHECK.rise }] }, null, 2),
+  );
+  let agent: ChildProcess | undefined;
+  let agentLog = '';
+  const lb: LbHost = new Helper('lb-host.ts');
+  let h: Haproxy | undefined;
+  try {
+    let listening = false;
+    agent = spawnTracked(process.execPath, [BIN, 'server', '--config', configFile, '--server-ip', '127.0.0.1', '--server-port', String(agentPort)], {
+      onLine: (line) => {
+        agentLog = (agentLog + line + '\n').slice(-5000);
+        if (/server listening/.test(line)) listening = true;
+      },
+    });
+    if (!(await until(() => listening || agent!.exitCode !== null, 30_000, 20)) || !listening) throw new Error(`qhcp server did not start: ${agentLog.slice(-1500)}`);
+    lb.onEvent = (raw) => {
+      const e = raw as LbEvent;
+      if (e.server !== agentAddress) return;
+      if (e.to === 'DOWN' || e.to === 'UP') emit({ impl: 'qhcp', to: e.to, at: e.at, reason: e.reason });
+    };
+    const qUp = next('qhcp', 'UP', 30_000);
+    await lb.request({
+      cmd: 'start',
+      flags: { servers: [agentAddress], checkInterval: intervalS, reconnectInterval: intervalS, reportInterval: 0, maxFailAttempts: CHECK.fall, riseAttempts: CHECK.rise },
+    });
+    let hUp: Promise<Ev | undefined> = Promise.resolve({ impl: 'haproxy', to: 'UP', at: 0, reason: '' });
+    if (typeof hap !== 'string') {
+      h = new Haproxy(hap, { ports: [service.port], intervalMs: intervalS * 1000, timeoutMs: Math.round(timeoutS * 1000), fall: CHECK.fall, rise: CHECK.rise, listenPort: await freeTcpPort(), httpCheck: '/health' });
+      h.onState = (index, state, at, line) => {
+        if (index === 0 && (state === 'UP' || state === 'DOWN')) emit({ impl: 'haproxy', to: state, at, reason: line });
+      };
+      await h.start();
+      // HAProxy starts a server UP (it logs no transition then): wait for its stats to say so.
+      hUp = until(async () => ((await h!.state(0)) === 'UP' ? ({ impl: 'haproxy', to: 'UP', at: Date.now(), reason: '' } as Ev) : undefined), 30_000, 100);
+    }
+    if (!(await qUp)) throw new Error('the qhcp backend never came UP');
+    if (!(await hUp)) throw new Error('the HAProxy server never came UP');
+
+    const settle = 20_000;
+    for (let r = 0; r < runs; r++) {
+      for (const failure of ['503', 'stopped'] as const) {
+        // Let a few checks pass so the failure falls anywhere in both check cycles.
+        await sleep((1 + Math.random()) * intervalS * 1000);
+        const downs = impls.map((i) => next(i, 'DOWN', settle));
+        const tFail = Date.now();
+        if (failure === '503') service.failing = true;
+        else await service.stop();
+        const got = await Promise.all(downs);
+        got.forEach((e, k) => {
+          const c = cellOf(failure, impls[k]!);
+          if (e) {
+            c.down.push(e.at - tFail);
+            c.reason ??= e.reason;
+          } else res.misses.push(`run ${r} ${failure}: ${impls[k]} never went DOWN`);
+        });
+        await sleep(intervalS * 1000);
+        const ups = impls.map((i) => next(i, 'UP', settle));
+        const tFix = Date.now();
+        if (failure === '503') service.failing = false;
+        else await service.start();
+        const back = await Promise.all(ups);
+        back.forEach((e, k) => {
+          if (e) cellOf(failure, impls[k]!).up.push(e.at - tFix);
+          else res.misses.push(`run ${r} ${failure}: ${impls[k]} never came back UP`);
+        });
+        ctx.log(`  run ${r + 1}/${runs} ${failure.padEnd(7)} down ${got.map((e, k) => `${impls[k]} ${e ? e.at - tFail : '–'} ms`).join(', ')}; up ${back.map((e, k) => `${impls[k]} ${e ? e.at - tFix : '–'} ms`).join(', ')}`);
+      }
+    }
+  } finally {
+    await lb.stop(10_000).catch(() => {});
+    await h?.stop().catch(() => {});
+    if (agent) await endChild(agent, 3000);
+    await service.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+  for (const c of res.cells) c.summary = { down: summary(c.down), up: summary(c.up) };
+  res.loadavgEnd = loadAverage();
+  res.finishedAt = new Date().toISOString();
+  res.durationS = Math.round((Date.now() - t0) / 1000);
+  return res;
+}

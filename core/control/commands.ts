@@ -1,0 +1,80 @@
+/**
+ * `qhcp drain [--reason ...]`, `qhcp maint [--reason ...]`, `qhcp ready`, `qhcp weight N` and
+ * `qhcp health`: run on a backend's host, they talk to the local agent over its control socket
+ * (core/control/socket.ts); the agent pushes the change to every connected load balancer at once.
+ * The socket is found as the agent finds it: `--socket`, else `controlSocket` in the config
+ * file, else the default path for `--server-port` (or the config's `serverPort`, else 4243).
+ */
+import type { Command } from 'commander';
+import { LocalError } from '../errors.ts';
+import { findConfigFile, buildConfig } from '../config/config.ts';
+import { controlRequest, defaultControlSocket, type ControlAnswer, type ControlRequest } from './socket.ts';
+import { sanitize } from '../util/sanitize.ts';
+
+interface ControlOpts {
+  socket?: string;
+  config?: string;
+  serverPort?: number;
+  json?: boolean;
+  timeout?: number;
+}
+
+/** The control socket path a command talks to. @throws ConfigError / LocalError */
+export async function resolveSocket(o: ControlOpts): Promise<string> {
+  if (o.socket) return o.socket;
+  const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}) });
+  const { config } = buildConfig(data, file, o.serverPort !== undefined ? { serverPort: o.serverPort } : {});
+  if (config.controlSocket === false) throw new LocalError('QHCP_ERR_CONTROL', 'the configuration turns the control socket off (controlSocket: false)');
+  return config.controlSocket ?? defaultControlSocket(config.serverPort);
+}
+
+/** One line for people: `admin DRAIN (deploy 1.4), weight 100, verdict SERVING; pushed to 2 load balancers`. */
+export function describeAnswer(a: Extract<ControlAnswer, { ok: true }>, withChecks: boolean): string {
+  const h = a.health;
+  const lines = [
+    `verdict ${h.verdict}${h.reason ? ` (${sanitize(h.reason)})` : ''}, admin ${h.admin}${a.operator.reason ? ` (${sanitize(a.operator.reason)})` : ''}, weight ${h.weight}; pushed to ${a.pushed} load balancer${a.pushed === 1 ? '' : 's'}`,
+  ];
+  if (h.services) for (const [name, s] of Object.entries(h.services)) lines.push(`  service ${name}: ${s.verdict}${s.reason ? ` (${sanitize(s.reason)})` : ''}`);
+  if (withChecks) {
+    for (const c of a.checks) lines.push(`  check ${c.service ? `${c.service}/` : ''}${c.name} (${c.type}): ${c.status ?? 'not run yet'}${c.output ? ` - ${sanitize(c.output)}` : ''}`);
+  }
+  return lines.join('\n');
+}
+
+async function run(o: ControlOpts, req: ControlRequest): Promise<void> {
+  const path = await resolveSocket(o);
+  const a = await controlRequest(path, req, (o.timeout ?? 5) * 1000);
+  if (!a.ok) {
+    process.stderr.write(`qhcp: the agent refused: ${sanitize(a.error)}\n`);
+    process.exitCode = 1;
+    return;
+  }
+  process.stdout.write((o.json ? JSON.stringify(a) : describeAnswer(a, req.cmd === 'health')) + '\n');
+}
+
+/** Adds the control subcommands to the program. `num` parses numeric flags as the rest of the CLI does. */
+export function addControlCommands(program: Command, num: (flag: string, kind: 'int' | 'number') => (v: string) => number): void {
+  const common = (c: Command) =>
+    c
+      .option('--socket <path>', "the agent's control socket (default: controlSocket from the config, else the default path for the port)")
+      .option('--server-port <port>', 'the agent\'s UDP port, to find its default control socket (default: serverPort from the config, else 4243)', num('--server-port', 'int'))
+      .option('--config <file>', 'configuration file the agent runs with')
+      .option('--json', 'print the agent\'s answer as JSON')
+      .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'));
+  common(program.command('drain').description('tell the local agent to drain: load balancers stop sending new work, connections stay'))
+    .option('--reason <text>', 'why (shown at the load balancers)')
+    .addHelpText('after', '\nExample (a deploy script):\n  qhcp drain --reason "deploy 1.4" && sleep 30 && ./deploy.sh && qhcp ready')
+    .action(async (o: ControlOpts & { reason?: string }) => run(o, { cmd: 'drain', ...(o.reason ? { reason: o.reason } : {}) }));
+  common(program.command('maint').description('put the local agent in maintenance: out of rotation until `qhcp ready`'))
+    .option('--reason <text>', 'why (shown at the load balancers)')
+    .action(async (o: ControlOpts & { reason?: string }) => run(o, { cmd: 'maint', ...(o.reason ? { reason: o.reason } : {}) }));
+  common(program.command('ready').description('return the local agent to service (after drain or maint)')).action(async (o: ControlOpts) => run(o, { cmd: 'ready' }));
+  common(program.command('weight').description('set the weight the local agent reports, 0-256 (100 = normal)'))
+    .argument('<n>', 'the weight, an integer from 0 to 256', (v: string) => {
+      const n = num('weight', 'int')(v);
+      if (n < 0 || n > 256) throw new LocalError('QHCP_ERR_CLI_USAGE', `weight: must be 0-256, got ${v}`);
+      return n;
+    })
+    .action(async (n: number, o: ControlOpts) => run(o, { cmd: 'weight', weight: n }));
+  common(program.command('health').description("show the local agent's verdicts, admin state, weight and checks")).action(async (o: ControlOpts) => run(o, { cmd: 'health' }));
+}

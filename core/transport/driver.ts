@@ -1,0 +1,684 @@
+/**
+ * A lean QUIC driver on quiche's native binding (shipped by @matrixai/quic as
+ * `@matrixai/quic/native`). quiche does QUIC (TLS 1.3, loss recovery, congestion control); this
+ * file only moves bytes and time:
+ *
+ * - one UDP socket per endpoint (large kernel buffers), many connections on it, each routed by
+ *   the destination connection id of the packets that arrive (all our ids are 20 bytes, so short
+ *   headers parse without state);
+ * - one timer for all connections' deadlines (timers.ts);
+ * - datagrams are drained from quiche after every receive, timeout and application write, once
+ *   per event-loop turn (setImmediate), so acknowledgements ride along with data written in the
+ *   same turn;
+ * - a server answers unknown versions with Version Negotiation, first Initials with a stateless
+ *   Retry (retry.ts), and caps the handshakes in progress;
+ * - connection migration is refused: a packet for a known connection from another address is
+ *   dropped (quiche is also told `disable_active_migration`).
+ *
+ * Nothing here allocates per packet beyond the datagram's own Buffer view, the routing key string
+ * and what the binding itself returns.
+ */
+import { createSocket, type Socket, type RemoteInfo } from 'node:dgram';
+import { createHmac, randomBytes, randomFillSync } from 'node:crypto';
+import { isIPv4 } from 'node:net';
+import quiche from '@matrixai/quic/native/quiche.js';
+import type { Connection as NativeConnection, Config as NativeConfig, Host as HostPort } from '@matrixai/quic/native/types.js';
+import { DeadlineHeap, type Timed } from './timers.ts';
+import { RetryTokens, TokenLedger, tokenExpiry } from './retry.ts';
+
+export type { NativeConnection, NativeConfig, HostPort };
+export { quiche };
+
+/** Length of every connection id we issue (quiche's maximum). */
+export const CID_LEN = 20;
+/** QUIC version 1. */
+const QUIC_V1 = 0x00000001;
+/** Largest datagram we send and accept (what quiche assumes for a path it has not probed). */
+export const MAX_DATAGRAM = quiche.MAX_DATAGRAM_SIZE;
+/** Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max). */
+const SOCKET_BUFFER = 4 * 1024 * 1024;
+/** Datagrams queued in libuv before the driver stops draining quiche (a full socket buffer). */
+const MAX_SEND_QUEUE = 2048;
+/** Extra connection ids each side issues after the handshake (besides the first). */
+const EXTRA_CIDS = 2;
+/** Stateless resets sent per second at most (each answers a packet for an unknown id). */
+const RESETS_PER_SECOND = 100;
+
+/** How a connection ended, as the driver saw it. */
+export interface ConnEnd {
+  by: 'local' | 'peer' | 'idle' | 'error';
+  code: number;
+  isApp: boolean;
+  reason: string;
+}
+
+/** What the layer above a connection hears. */
+export interface ConnEvents {
+  /** Handshake done (and, on a client, the peer's certificate checked by `verify`). */
+  established(): void;
+  /** quiche took packets or a timeout fired: read streams, flush queued writes. */
+  progress(): void;
+  /** The connection is over (reported once, as soon as it is known; quiche may still drain). */
+  ended(end: ConnEnd): void;
+}
+
+export interface DriverStats {
+  datagramsIn: number;
+  datagramsOut: number;
+  dropped: number;
+  retries: number;
+  versionNegotiations: number;
+  tokensRefused: number;
+  handshakesRefused: number;
+  migrationsRefused: number;
+  statelessResets: number;
+  sendStalls: number;
+  sendErrors: number;
+}
+
+const CLOSED_REASON = new Uint8Array(0);
+
+/** One QUIC connection on an endpoint. */
+export class Conn implements Timed {
+  deadline = Infinity;
+  heapIndex = -1;
+  /** Routing keys (connection ids as latin1 strings) this connection answers to. */
+  readonly cids: string[] = [];
+  events: ConnEvents | undefined;
+  established = false;
+  /** quiche reports the connection closed; it is gone from the endpoint. */
+  finished = false;
+  end: ConnEnd | undefined;
+  /** Counted among the endpoint's handshakes in progress. */
+  pending = false;
+  handshakeAt = Infinity;
+  keepAliveMs = 0;
+  private keepAliveAt = Infinity;
+  private quicheAt = Infinity;
+  dirty = false;
+  /** Client side: checks the peer's certificate chain once the handshake is done; a reason refuses it. */
+  verify: ((chain: Uint8Array[]) => string | undefined) | undefined;
+  verifyProblem: string | undefined;
+  /** A Node-side failure to report (e.g. ICMP port unreachable on a connected socket). */
+  failure: string | undefined;
+
+  constructor(
+    readonly ep: Endpoint,
+    readonly q: NativeConnection,
+    /** The peer as the socket sees it (IPv4 peers of a dual-stack socket in ::ffff: form). */
+    readonly remote: HostPort,
+    readonly isServer: boolean,
+  ) {}
+
+  /** host:port for logs ([v6]:port; IPv4-mapped addresses shown as IPv4). */
+  get remoteText(): string {
+    const h = this.remote.host.startsWith('::ffff:') && isIPv4(this.remote.host.slice(7)) ? this.remote.host.slice(7) : this.remote.host;
+    return `${h.includes(':') ? `[${h}]` : h}:${this.remote.port}`;
+  }
+
+  /** Closes with an application (or transport) code; the CONNECTION_CLOSE leaves this turn. */
+  close(isApp: boolean, code: number, reason: string | Uint8Array = CLOSED_REASON): void {
+    if (this.finished) return;
+    // What was written before the close (an ERROR frame) leaves first: quiche sends nothing
+    // but CONNECTION_CLOSE once closed.
+    if (this.established) this.ep.drainNow(this);
+    try {
+      this.q.close(isApp, code, typeof reason === 'string' ? Buffer.from(reason.slice(0, 200), 'utf8') : reason);
+    } catch {
+      /* already closing */
+    }
+    this.ep.touch(this);
+  }
+
+  /** Recomputes this connection's next deadline from quiche's and our own. */
+  schedule(now: number): void {
+    const t = this.q.timeout();
+    this.quicheAt = t === null ? Infinity : now + t;
+    let at = this.quicheAt;
+    if (!this.established && this.handshakeAt < at) at = this.handshakeAt;
+    if (this.keepAliveMs > 0 && this.established) {
+      if (this.keepAliveAt === Infinity) this.keepAliveAt = now + this.keepAliveMs;
+      if (this.keepAliveAt < at) at = this.keepAliveAt;
+    }
+    this.ep.timers.set(this, this.finished ? Infinity : at);
+  }
+
+  /** Deadline reached: runs whichever of quiche's timeout, the handshake limit, keep-alive is due. */
+  onDeadline(now: number): void {
+    if (now >= this.quicheAt) {
+      this.quicheAt = Infinity;
+      this.q.onTimeout();
+    }
+    if (!this.established && now >= this.handshakeAt && !this.q.isClosed()) {
+      this.handshakeAt = Infinity;
+      this.failure ??= 'handshake timed out';
+      try {
+        this.q.close(false, 0x0, Buffer.from('handshake timeout'));
+      } catch {
+        /* closing already */
+      }
+    }
+    if (this.established && now >= this.keepAliveAt) {
+      this.keepAliveAt = now + this.keepAliveMs;
+      this.q.sendAckEliciting();
+    }
+  }
+}
+
+export interface ServerSide {
+  config: NativeConfig;
+  /** Handshakes in progress at once; Initials beyond it are dropped and `refused` told. */
+  maxPendingHandshakes: number;
+  handshakeTimeoutMs: number;
+  /** A connection finished its handshake. */
+  accepted(conn: Conn): void;
+  refused?(remote: string): void;
+  keylog?: string;
+}
+
+/** One UDP socket and the connections on it. */
+export class Endpoint {
+  readonly conns = new Map<string, Conn>();
+  readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, sendErrors: 0 };
+  /** Connections (not ids) open on this endpoint. */
+  count = 0;
+  pendingHandshakes = 0;
+  server: ServerSide | undefined;
+  private readonly tokens = new RetryTokens();
+  private readonly ledger = new TokenLedger();
+  private readonly resetKey = randomBytes(32);
+  private resetBudget = RESETS_PER_SECOND;
+  private resetWindow = 0;
+  private dirty: Conn[] = [];
+  private flushing = false;
+  private flushScheduled = false;
+  private arena = Buffer.allocUnsafe(64 * 1024);
+  private arenaOff = 0;
+  private readonly recvInfo: { from: HostPort; to: HostPort };
+  private inFlight = 0;
+  private drainWaiters: Array<() => void> = [];
+  private stopped = false;
+  /** Closes the socket once its last connection is gone (a connection's private endpoint). */
+  closeWhenIdle = false;
+  /** Connected to one peer (a private client endpoint): ICMP errors are reported. */
+  private connectedTo: HostPort | undefined;
+
+  private constructor(
+    readonly socket: Socket,
+    readonly local: HostPort,
+  ) {
+    this.recvInfo = { from: { host: '', port: 0 }, to: { host: local.host, port: local.port } };
+    socket.on('message', this.onMessage);
+    socket.on('error', this.onSocketError);
+  }
+
+  /**
+   * Binds a UDP socket. `host` '::' takes IPv4 and IPv6; an IPv4 address makes an IPv4 socket.
+   * @throws the bind error (EADDRINUSE, EADDRNOTAVAIL, EACCES)
+   */
+  static async open(host: string, port: number): Promise<Endpoint> {
+    const v4 = isIPv4(host);
+    const socket = createSocket({ type: v4 ? 'udp4' : 'udp6', ipv6Only: false, recvBufferSize: SOCKET_BUFFER, sendBufferSize: SOCKET_BUFFER });
+    await new Promise<void>((resolve, reject) => {
+      const fail = (e: Error): void => reject(e);
+      socket.once('error', fail);
+      socket.bind({ address: host, port, exclusive: true }, () => {
+        socket.off('error', fail);
+        resolve();
+      });
+    }).catch((e: unknown) => {
+      try {
+        socket.close();
+      } catch {
+        /* not bound */
+      }
+      throw e;
+    });
+    const a = socket.address();
+    return new Endpoint(socket, { host: a.address, port: a.port });
+  }
+
+  /** Connects the socket to its only peer, so the kernel reports ICMP errors for it. */
+  async connectTo(remote: HostPort): Promise<void> {
+    await new Promise<void>((resolve, reject) => this.socket.connect(remote.port, remote.host, (e?: Error) => (e ? reject(e) : resolve())));
+    this.connectedTo = remote;
+  }
+
+  /** The address form this socket uses for `host` (IPv4 as ::ffff: on an IPv6 socket). */
+  peerAddress(host: string): string {
+    if (this.local.host.includes(':') && isIPv4(host)) return `::ffff:${host}`;
+    return host;
+  }
+
+  /** Starts a client connection to `remote` (already in the socket's address form). */
+  connect(serverName: string | undefined, remote: HostPort, config: NativeConfig, handshakeTimeoutMs: number, keylog?: string): Conn {
+    const scid = this.freshCid();
+    const q = quiche.Connection.connect(serverName ?? null, scid, this.local, remote, config);
+    if (keylog) q.setKeylog(keylog);
+    const conn = new Conn(this, q, remote, false);
+    conn.handshakeAt = performance.now() + handshakeTimeoutMs;
+    this.route(conn, scid);
+    this.count++;
+    this.touch(conn);
+    return conn;
+  }
+
+  /** A connection id no connection on this endpoint uses. */
+  private freshCid(): Buffer {
+    for (;;) {
+      const cid = randomBytes(CID_LEN);
+      if (!this.conns.has(cid.toString('latin1'))) return cid;
+    }
+  }
+
+  private route(conn: Conn, cid: Uint8Array): void {
+    const key = Buffer.from(cid.buffer, cid.byteOffset, cid.byteLength).toString('latin1');
+    this.conns.set(key, conn);
+    conn.cids.push(key);
+  }
+
+  /** The stateless reset token for a connection id we issued (RFC 9000 section 10.3). */
+  private resetToken(cid: Uint8Array): Buffer {
+    return createHmac('sha256', this.resetKey).update(cid).digest().subarray(0, 16);
+  }
+
+  /** Marks `conn` for a drain at the end of this event-loop turn. */
+  touch(conn: Conn): void {
+    if (conn.dirty || conn.finished) return;
+    conn.dirty = true;
+    this.dirty.push(conn);
+    if (!this.flushScheduled && !this.flushing) {
+      this.flushScheduled = true;
+      setImmediate(this.flush);
+    }
+  }
+
+  private readonly onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
+    this.stats.datagramsIn++;
+    if (msg.length < 1 + CID_LEN) {
+      this.stats.dropped++;
+      return;
+    }
+    const long = (msg[0]! & 0x80) !== 0;
+    let key: string;
+    if (long) {
+      const n = msg[5]!;
+      if (n > CID_LEN || msg.length < 6 + n) {
+        this.stats.dropped++;
+        return;
+      }
+      key = msg.toString('latin1', 6, 6 + n);
+    } else key = msg.toString('latin1', 1, 1 + CID_LEN);
+    const conn = this.conns.get(key);
+    if (conn) {
+      this.recvOn(conn, msg, rinfo);
+      return;
+    }
+    if (long) this.unknownLong(msg, rinfo);
+    else this.unknownShort(msg, rinfo);
+  };
+
+  private recvOn(conn: Conn, msg: Buffer, rinfo: RemoteInfo): void {
+    if (conn.finished) return;
+    if (rinfo.port !== conn.remote.port || rinfo.address !== conn.remote.host) {
+      // Migration (or a NAT rebinding, or a spoofed source) is refused: we answer only the
+      // address the handshake was done with.
+      this.stats.migrationsRefused++;
+      return;
+    }
+    const ri = this.recvInfo;
+    ri.from.host = rinfo.address;
+    ri.from.port = rinfo.port;
+    try {
+      conn.q.recv(msg, ri);
+    } catch {
+      // A packet quiche would not take (undecryptable, duplicate, or a fatal error, in which
+      // case the connection is now closing and that is reported below).
+    }
+    this.progress(conn);
+  }
+
+  /** After quiche took packets or a timeout: establishment, streams, ids, the end. */
+  private progress(conn: Conn): void {
+    const q = conn.q;
+    if (!conn.established && q.isEstablished() && !q.isClosed() && !q.isDraining()) this.onEstablished(conn);
+    if (conn.established && !conn.end) {
+      for (let id = q.retiredScidNext(); id !== null; id = q.retiredScidNext()) this.unroute(conn, id);
+      conn.events?.progress();
+    }
+    this.checkEnd(conn);
+    this.touch(conn);
+  }
+
+  private onEstablished(conn: Conn): void {
+    if (conn.verify) {
+      const problem = conn.verify(conn.q.peerCertChain() ?? []);
+      if (problem !== undefined) {
+        conn.verifyProblem = problem;
+        conn.failure = problem;
+        // TLS alert bad_certificate (42), as QUIC carries it.
+        conn.close(false, 0x100 + 42);
+        this.checkEnd(conn);
+        return;
+      }
+    }
+    conn.established = true;
+    this.leavePending(conn);
+    this.issueCids(conn);
+    if (conn.isServer) this.server?.accepted(conn);
+    conn.events?.established();
+  }
+
+  /** Gives the peer spare connection ids (each with its stateless reset token). */
+  private issueCids(conn: Conn): void {
+    const q = conn.q;
+    let n = Math.min(EXTRA_CIDS, q.sourceCidsLeft());
+    while (n-- > 0) {
+      const cid = this.freshCid();
+      try {
+        q.newSourceCid(cid, BigInt(`0x${this.resetToken(cid).toString('hex')}`), false);
+      } catch {
+        return;
+      }
+      this.route(conn, cid);
+    }
+  }
+
+  private unroute(conn: Conn, cid: Uint8Array): void {
+    const key = Buffer.from(cid.buffer, cid.byteOffset, cid.byteLength).toString('latin1');
+    if (this.conns.get(key) === conn) this.conns.delete(key);
+    const i = conn.cids.indexOf(key);
+    if (i >= 0) conn.cids.splice(i, 1);
+  }
+
+  private leavePending(conn: Conn): void {
+    if (conn.pending) {
+      conn.pending = false;
+      this.pendingHandshakes--;
+    }
+  }
+
+  /** Reports the end once it is known; forgets the connection once quiche says it is closed. */
+  private checkEnd(conn: Conn): void {
+    const q = conn.q;
+    if (!conn.end) {
+      let end: ConnEnd | undefined;
+      const peer = q.peerError();
+      if (peer) end = { by: 'peer', code: peer.errorCode, isApp: peer.isApp, reason: Buffer.from(peer.reason).toString('utf8') };
+      else if (q.isClosed() || q.isDraining()) {
+        const local = q.localError();
+        if (conn.failure) end = { by: 'error', code: 0, isApp: false, reason: conn.failure };
+        else if (q.isTimedOut()) end = { by: 'idle', code: 0, isApp: false, reason: 'idle timeout' };
+        else if (local) end = { by: 'error', code: local.errorCode, isApp: local.isApp, reason: Buffer.from(local.reason).toString('utf8') || `transport error ${local.errorCode}` };
+        else end = { by: 'error', code: 0, isApp: false, reason: 'connection closed' };
+      } else if (conn.failure && q.localError()) {
+        end = { by: 'error', code: 0, isApp: false, reason: conn.failure };
+      }
+      if (end) {
+        conn.end = end;
+        this.leavePending(conn);
+        conn.events?.ended(end);
+      }
+    }
+    if (!conn.finished && q.isClosed()) this.forget(conn);
+  }
+
+  private forget(conn: Conn): void {
+    conn.finished = true;
+    this.leavePending(conn);
+    for (const key of conn.cids) if (this.conns.get(key) === conn) this.conns.delete(key);
+    conn.cids.length = 0;
+    this.timers.remove(conn);
+    this.count--;
+    if (this.count === 0 && this.closeWhenIdle) void this.close();
+  }
+
+  /** We closed `conn`: its end is reported now; quiche keeps draining it underneath. */
+  endLocal(conn: Conn, code: number, reason: string): void {
+    if (conn.end) return;
+    const end: ConnEnd = { by: 'local', code, isApp: true, reason };
+    conn.end = end;
+    this.leavePending(conn);
+    conn.events?.ended(end);
+  }
+
+  private unknownLong(msg: Buffer, rinfo: RemoteInfo): void {
+    const server = this.server;
+    if (!server || this.stopped) {
+      this.stats.dropped++;
+      return;
+    }
+    const version = msg.readUInt32BE(1);
+    if (version === 0) {
+      this.stats.dropped++;
+      return;
+    }
+    // Clients pad Initials to 1200 bytes; answering anything shorter would amplify.
+    if (msg.length < quiche.MIN_CLIENT_INITIAL_LEN) {
+      this.stats.dropped++;
+      return;
+    }
+    let header;
+    try {
+      header = quiche.Header.fromSlice(msg, CID_LEN);
+    } catch {
+      this.stats.dropped++;
+      return;
+    }
+    if (version !== QUIC_V1 && !quiche.versionIsSupported(version)) {
+      const out = this.take();
+      const n = quiche.negotiateVersion(header.scid, header.dcid, out);
+      this.stats.versionNegotiations++;
+      this.sendDatagram(out.subarray(0, n), rinfo.port, rinfo.address);
+      return;
+    }
+    if (header.ty !== quiche.Type.Initial) {
+      this.stats.dropped++;
+      return;
+    }
+    const token = header.token;
+    if (!token || token.length === 0) {
+      const scid = this.freshCid();
+      const t = this.tokens.mint(header.dcid, scid, rinfo.address, rinfo.port);
+      const out = this.take();
+      const n = quiche.retry(header.scid, header.dcid, scid, t, version, out);
+      this.stats.retries++;
+      this.sendDatagram(out.subarray(0, n), rinfo.port, rinfo.address);
+      return;
+    }
+    const checked = this.tokens.check(token, header.dcid, rinfo.address, rinfo.port);
+    if ('refused' in checked || header.dcid.length !== CID_LEN) {
+      this.stats.tokensRefused++;
+      return;
+    }
+    const remote = `${rinfo.address}:${rinfo.port}`;
+    if (this.pendingHandshakes >= server.maxPendingHandshakes) {
+      this.stats.handshakesRefused++;
+      server.refused?.(remote);
+      return;
+    }
+    if (!this.ledger.spend(Buffer.from(header.dcid).toString('latin1'), tokenExpiry(token))) {
+      this.stats.tokensRefused++;
+      return;
+    }
+    let q: NativeConnection;
+    const peer = { host: rinfo.address, port: rinfo.port };
+    try {
+      q = quiche.Connection.accept(header.dcid, checked.odcid, this.local, peer, server.config);
+    } catch {
+      this.stats.dropped++;
+      return;
+    }
+    if (server.keylog) q.setKeylog(server.keylog);
+    const conn = new Conn(this, q, peer, true);
+    conn.pending = true;
+    this.pendingHandshakes++;
+    conn.handshakeAt = performance.now() + server.handshakeTimeoutMs;
+    this.route(conn, header.dcid);
+    this.count++;
+    this.recvOn(conn, msg, rinfo);
+  }
+
+  /**
+   * A short-header packet for no connection we know (ours that ended, or noise): a stateless
+   * reset (RFC 9000 section 10.3), shorter than what triggered it so two endpoints cannot loop,
+   * and rate-limited.
+   */
+  private unknownShort(msg: Buffer, rinfo: RemoteInfo): void {
+    this.stats.dropped++;
+    if (this.stopped || msg.length < 43) return;
+    const sec = Math.floor(performance.now() / 1000);
+    if (sec !== this.resetWindow) {
+      this.resetWindow = sec;
+      this.resetBudget = RESETS_PER_SECOND;
+    }
+    if (this.resetBudget <= 0) return;
+    this.resetBudget--;
+    const len = Math.min(msg.length - 1, 42);
+    const out = this.take().subarray(0, len);
+    randomFillSync(out, 0, len - 16);
+    out[0] = (out[0]! & 0x3f) | 0x40;
+    this.resetToken(msg.subarray(1, 1 + CID_LEN)).copy(out, len - 16);
+    this.stats.statelessResets++;
+    this.sendDatagram(out, rinfo.port, rinfo.address);
+  }
+
+  /** A slice of the send arena big enough for one datagram. */
+  private take(): Buffer {
+    if (this.arenaOff + MAX_DATAGRAM > this.arena.length) {
+      // Views of the old arena may still sit in libuv's queue: start a fresh one.
+      this.arena = Buffer.allocUnsafe(this.arena.length);
+      this.arenaOff = 0;
+    }
+    return this.arena.subarray(this.arenaOff, this.arenaOff + MAX_DATAGRAM);
+  }
+
+  private sendDatagram(view: Buffer, port: number, host: string): void {
+    this.arenaOff += view.length;
+    this.stats.datagramsOut++;
+    this.inFlight++;
+    if (this.connectedTo) this.socket.send(view, this.onSent);
+    else this.socket.send(view, port, host, this.onSent);
+  }
+
+  private readonly onSent = (err: Error | null): void => {
+    this.inFlight--;
+    if (err) this.stats.sendErrors++;
+    if (this.inFlight === 0 && this.drainWaiters.length) for (const w of this.drainWaiters.splice(0)) w();
+  };
+
+  /** Drains every touched connection's datagrams into the socket. */
+  private readonly flush = (): void => {
+    this.flushScheduled = false;
+    if (this.stopped && this.socketClosed) return;
+    this.flushing = true;
+    const now = performance.now();
+    let i = 0;
+    try {
+      for (; i < this.dirty.length; i++) {
+        if (this.socketClosed) break;
+        // A full socket buffer: leave the rest in quiche (it paces and retransmits) and try
+        // again shortly, instead of queueing datagrams in memory without bound.
+        if (this.socket.getSendQueueCount() > MAX_SEND_QUEUE) {
+          this.stats.sendStalls++;
+          break;
+        }
+        const conn = this.dirty[i]!;
+        conn.dirty = false;
+        if (conn.finished) continue;
+        this.drain(conn);
+        conn.schedule(now);
+        this.checkEnd(conn);
+      }
+    } finally {
+      this.flushing = false;
+    }
+    const rest = this.dirty.length - i;
+    if (rest > 0) {
+      this.dirty = this.dirty.slice(i);
+      this.flushScheduled = true;
+      setTimeout(this.flush, 1);
+    } else this.dirty.length = 0;
+  };
+
+  /** Sends `conn`'s pending datagrams now (before a close). */
+  drainNow(conn: Conn): void {
+    if (!this.socketClosed) this.drain(conn);
+  }
+
+  private drain(conn: Conn): void {
+    const q = conn.q;
+    for (;;) {
+      const out = this.take();
+      let r;
+      try {
+        r = q.send(out);
+      } catch {
+        break;
+      }
+      if (r === null) break;
+      const to = r[1].to;
+      this.sendDatagram(out.subarray(0, r[0]), to.port, to.host);
+    }
+  }
+
+  private onTimers(now: number): void {
+    // Everything due within a millisecond runs now (Node timers have ms resolution).
+    for (let top = this.timers.peek(); top && top.deadline <= now + 1; top = this.timers.peek()) {
+      this.timers.remove(top);
+      top.onDeadline(now);
+      this.progress(top);
+    }
+  }
+
+  private readonly onSocketError = (e: NodeJS.ErrnoException): void => {
+    // On a connected socket the kernel reports ICMP port unreachable as ECONNREFUSED: the
+    // peer's host is up but nothing listens there. Fail its connections now rather than
+    // waiting out the handshake or idle timeout.
+    const why = e.code === 'ECONNREFUSED' ? 'connection refused (ICMP port unreachable)' : `socket error: ${e.message}`;
+    for (const conn of new Set(this.conns.values())) {
+      conn.failure ??= why;
+      conn.close(false, 0x1);
+      this.checkEnd(conn);
+    }
+  };
+
+  private socketClosed = false;
+
+  /**
+   * Closes every connection with `code`, sends the closes, then closes the socket (waiting at
+   * most `graceMs` for the kernel to take queued datagrams).
+   */
+  async close(code = 0, reason = 'shutting down', graceMs = 300): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const conn of new Set(this.conns.values())) {
+      conn.close(true, code, reason);
+      this.endLocal(conn, code, reason);
+    }
+    this.flush();
+    if (this.inFlight > 0) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, graceMs);
+        this.drainWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    this.timers.disarm();
+    this.socketClosed = true;
+    for (const conn of new Set(this.conns.values())) {
+      conn.finished = true;
+      this.timers.remove(conn);
+    }
+    this.conns.clear();
+    this.count = 0;
+    try {
+      this.socket.close();
+    } catch {
+      /* closed */
+    }
+  }
+}

@@ -1,0 +1,391 @@
+/**
+ * The QUIC driver (core/transport/driver.ts, retry.ts, timers.ts) on real sockets on loopback:
+ * ordering under bursts, closes, connection ids issued/routed/retired, stateless retry with
+ * tokens that expire and are spent once, version negotiation, stateless reset, idle timeout,
+ * migration refused, backpressure, IPv6, and ICMP port unreachable failing a connect at once.
+ */
+import { expect } from 'chai';
+import { createSocket, type Socket } from 'node:dgram';
+import { Listener, ClientSocket, connect, type Channel, type ChannelClose } from '../core/transport/quic.ts';
+import { selfSigned } from '../core/transport/tls.ts';
+import { RetryTokens, TokenLedger } from '../core/transport/retry.ts';
+import { DeadlineHeap } from '../core/transport/timers.ts';
+import { UdpRelay } from './helpers/udp-relay.ts';
+import type { Message } from '../core/protocol/messages.ts';
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(20);
+  }
+}
+const recorder = (ch: Channel) => {
+  const got: Message[] = [];
+  const closed = new Promise<ChannelClose>((resolve) => ch.setHandler({ message: (m) => got.push(m), protocolError: () => {}, ended: () => {}, closed: resolve }));
+  return { got, closed };
+};
+
+describe('Transport driver (quiche, our own)', function () {
+  this.timeout(60_000);
+  let tls: { cert: string; key: string };
+  const listeners: Listener[] = [];
+  const clients: Channel[] = [];
+  const relays: UdpRelay[] = [];
+  const sockets: Socket[] = [];
+  const serverSide: Channel[] = [];
+
+  before(async () => {
+    tls = await selfSigned();
+  });
+
+  /** A listener that answers each HEALTH_REQUEST with a HEALTH_RESPONSE of the same seq. */
+  async function echo(opts: { host?: string; idleTimeoutMs?: number; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
+    const l = await Listener.listen({
+      host: opts.host ?? '127.0.0.1',
+      port: 0,
+      cert: tls.cert,
+      key: tls.key,
+      ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      onChannel: (ch) => {
+        serverSide.push(ch);
+        if (opts.onChannel) return opts.onChannel(ch);
+        ch.setHandler({
+          message: (m) => {
+            if (m.type === 'HEALTH_REQUEST') void ch.send({ type: 'HEALTH_RESPONSE', body: { seq: m.body.seq, metrics: { n: m.body.seq }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 } });
+          },
+          protocolError: () => {},
+          ended: () => {},
+          closed: () => {},
+        });
+      },
+    });
+    listeners.push(l);
+    return l;
+  }
+
+  async function dial(port: number, extra: Partial<Parameters<typeof connect>[0]> = {}): Promise<Channel> {
+    const ch = await connect({ host: '127.0.0.1', port, timeoutMs: 10_000, ...extra });
+    clients.push(ch);
+    return ch;
+  }
+
+  async function udp(type: 'udp4' | 'udp6' = 'udp4'): Promise<Socket> {
+    const s = createSocket(type);
+    await new Promise<void>((r) => s.bind(0, type === 'udp4' ? '127.0.0.1' : '::1', () => r()));
+    sockets.push(s);
+    return s;
+  }
+
+  afterEach(async () => {
+    for (const c of clients.splice(0)) await c.close(0, 'test done');
+    for (const r of relays.splice(0)) await r.close();
+    for (const s of sockets.splice(0)) s.close();
+    serverSide.length = 0;
+    for (const l of listeners.splice(0)) await l.stop();
+  });
+
+  it('a burst of 3000 requests on one connection: every answer arrives, in order, intact', async () => {
+    const l = await echo();
+    const ch = await dial(l.port);
+    const seqs: number[] = [];
+    let bad = 0;
+    ch.setHandler({
+      message: (m) => {
+        if (m.type !== 'HEALTH_RESPONSE' || m.body.metrics.n !== m.body.seq) bad++;
+        else seqs.push(m.body.seq);
+      },
+      protocolError: () => bad++,
+      ended: () => {},
+      closed: () => {},
+    });
+    const N = 3000;
+    await Promise.all(Array.from({ length: N }, (_, i) => ch.send({ type: 'HEALTH_REQUEST', body: { seq: i } })));
+    await until(() => seqs.length >= N || bad > 0, 20_000, `${N} answers`);
+    expect(bad).to.equal(0);
+    expect(seqs.every((s, i) => s === i), 'answers in request order').to.equal(true);
+  });
+
+  it('a close with an application code and reason reaches the peer; the ERROR written before it arrives first', async () => {
+    const l = await echo();
+    const ch = await dial(l.port);
+    const { got, closed } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => serverSide.length > 0 && got.length > 0, 10_000, 'the server side');
+    void serverSide[0]!.send({ type: 'ERROR', body: { code: 301, reason: 'going away' } });
+    await serverSide[0]!.close(301, 'shutting down');
+    const info = await closed;
+    expect(info).to.deep.equal({ by: 'peer', code: 301, reason: 'shutting down' });
+    expect(got.map((m) => m.type)).to.deep.equal(['HEALTH_RESPONSE', 'ERROR']);
+  });
+
+  it('connection ids: spare ids are issued and routed; a retired id is forgotten and traffic goes on', async () => {
+    const l = await echo();
+    const ch = await dial(l.port);
+    const { got } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'first answer');
+    const server = serverSide[0]!.connection;
+    const idsBefore = [...server.cids];
+    expect(idsBefore.length, 'the first id and the spare ones').to.equal(3);
+    expect(idsBefore.every((k) => l.endpoint.conns.get(k) === server)).to.equal(true);
+    // The client moves to a spare id by retiring the one it used (sequence 0).
+    const q = ch.connection.q;
+    await until(() => q.availableDcids() > 0, 5_000, 'spare ids at the client');
+    q.retireDestinationCid(0);
+    ch.connection.ep.touch(ch.connection);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    await until(() => got.length === 2, 10_000, 'answer over the new id');
+    await until(() => server.cids.length === 2, 5_000, 'the retired id forgotten');
+    expect(server.cids).to.not.include(idsBefore[0]);
+    expect(l.endpoint.conns.has(idsBefore[0]!)).to.equal(false);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 3 } });
+    await until(() => got.length === 3, 10_000, 'third answer');
+  });
+
+  it('stateless retry: every new connection is retried; a replayed token-bearing Initial starts nothing, from its own address or another', async () => {
+    const l = await echo();
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const captured = new Map<string, Buffer>();
+    // Up datagram 2 of a flow is the client's Initial repeated with the Retry token.
+    relay.filter = (dir, data, flow) => {
+      if (dir === 'up' && flow.index === 2) captured.set(flow.client, Buffer.from(data));
+      return true;
+    };
+    const ch = await dial(relay.port);
+    const { got } = recorder(ch);
+    expect(l.stats.retries).to.equal(1);
+    expect(captured.size).to.equal(1);
+    const [client, initial] = [...captured][0]!;
+    expect(initial.length).to.be.at.least(1200);
+    const conns = l.endpoint.count;
+    const migrations = l.stats.migrationsRefused;
+    // Replayed on the path (same address and port): routed to the live connection, no new one.
+    for (let i = 0; i < 20; i++) relay.inject(client, initial);
+    // Replayed from elsewhere while it lives: its id routes it to the connection, which takes
+    // packets from its own address only.
+    const other = await udp();
+    for (let i = 0; i < 20; i++) other.send(initial, l.port, '127.0.0.1');
+    await until(() => l.stats.migrationsRefused >= migrations + 20, 5_000, 'replays from another port dropped');
+    expect(l.endpoint.count).to.equal(conns);
+    // The connection is unharmed.
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 5 } });
+    await until(() => got.length === 1, 10_000, 'answer after the replays');
+    // Once it is gone, the same Initial is refused from its own address (tokens are spent once)
+    // and from another (tokens are bound to address and port).
+    await ch.close(0, 'bye');
+    await until(() => l.endpoint.count === conns - 1, 10_000, 'the connection forgotten (draining over)');
+    const before = l.stats.tokensRefused;
+    for (let i = 0; i < 5; i++) relay.inject(client, initial);
+    await until(() => l.stats.tokensRefused >= before + 5, 5_000, 'spent token refused');
+    for (let i = 0; i < 5; i++) other.send(initial, l.port, '127.0.0.1');
+    await until(() => l.stats.tokensRefused >= before + 10, 5_000, 'token from another port refused');
+    expect(l.endpoint.count).to.equal(conns - 1);
+  });
+
+  it('retry tokens: bound to address, port and connection id, expire, and a ledger spends each once (bounded)', () => {
+    const t = new RetryTokens(10_000);
+    const odcid = Buffer.alloc(20, 1);
+    const scid = Buffer.alloc(20, 2);
+    const now = 1_700_000_000_000;
+    const tok = t.mint(odcid, scid, '127.0.0.1', 4000, now);
+    expect(t.check(tok, scid, '127.0.0.1', 4000, now + 1000)).to.deep.equal({ odcid });
+    expect(t.check(tok, scid, '127.0.0.1', 4001, now)).to.have.property('refused');
+    expect(t.check(tok, scid, '127.0.0.2', 4000, now)).to.have.property('refused');
+    expect(t.check(tok, Buffer.alloc(20, 3), '127.0.0.1', 4000, now)).to.have.property('refused');
+    expect(t.check(tok, scid, '127.0.0.1', 4000, now + 10_000)).to.deep.equal({ refused: 'token expired' });
+    const forged = Buffer.from(tok);
+    forged.writeUIntBE(now + 60_000, 1, 6);
+    expect(t.check(forged, scid, '127.0.0.1', 4000, now)).to.have.property('refused');
+    expect(new RetryTokens(10_000).check(tok, scid, '127.0.0.1', 4000, now), 'another process key').to.have.property('refused');
+    expect(t.check(Buffer.from('short'), scid, '127.0.0.1', 4000, now)).to.have.property('refused');
+    const ledger = new TokenLedger(3);
+    expect(ledger.spend('a', now + 10, now)).to.equal(true);
+    expect(ledger.spend('a', now + 10, now)).to.equal(false);
+    expect(ledger.spend('b', now + 10, now)).to.equal(true);
+    expect(ledger.spend('c', now + 10, now)).to.equal(true);
+    expect(ledger.spend('d', now + 10, now), 'full').to.equal(false);
+    expect(ledger.spend('d', now + 20, now + 11), 'expired entries leave').to.equal(true);
+    expect(ledger.size).to.equal(1);
+  });
+
+  it('version negotiation: an Initial of an unknown version gets a Version Negotiation listing version 1; short ones get nothing', async () => {
+    const l = await echo();
+    const s = await udp();
+    const replies: Buffer[] = [];
+    s.on('message', (m) => replies.push(m));
+    const pkt = Buffer.alloc(1200);
+    pkt[0] = 0xc0;
+    pkt.writeUInt32BE(0x1a2a3a4a, 1);
+    pkt[5] = 8;
+    Buffer.alloc(8, 0xaa).copy(pkt, 6);
+    pkt[14] = 8;
+    Buffer.alloc(8, 0xbb).copy(pkt, 15);
+    s.send(pkt.subarray(0, 600), l.port, '127.0.0.1');
+    s.send(pkt, l.port, '127.0.0.1');
+    await until(() => replies.length > 0, 5_000, 'a Version Negotiation packet');
+    await sleep(100);
+    expect(replies).to.have.length(1);
+    const vn = replies[0]!;
+    expect(vn[0]! & 0x80).to.equal(0x80);
+    expect(vn.readUInt32BE(1), 'version 0 = Version Negotiation').to.equal(0);
+    // Its ids are ours swapped: destination = the client's source id.
+    expect(vn[5]).to.equal(8);
+    expect(vn.subarray(6, 14).equals(Buffer.alloc(8, 0xbb))).to.equal(true);
+    const versions: number[] = [];
+    for (let o = 6 + 8 + 1 + vn[14]!; o + 4 <= vn.length; o += 4) versions.push(vn.readUInt32BE(o));
+    expect(versions).to.include(1);
+    expect(l.stats.versionNegotiations).to.equal(1);
+  });
+
+  it('stateless reset: a short-header packet for an id nobody holds gets a reset, shorter than it, at a bounded rate', async () => {
+    const l = await echo();
+    const s = await udp();
+    const replies: Buffer[] = [];
+    s.on('message', (m) => replies.push(m));
+    const pkt = Buffer.alloc(100, 0x5a);
+    pkt[0] = 0x41;
+    for (let i = 0; i < 300; i++) s.send(pkt, l.port, '127.0.0.1');
+    await until(() => replies.length >= 1, 5_000, 'a stateless reset');
+    await sleep(300);
+    // 100 per second: a burst that straddles a second boundary gets at most two windows' worth.
+    expect(replies.length, 'rate-limited').to.be.within(1, 200);
+    for (const r of replies) {
+      expect(r.length).to.be.lessThan(pkt.length);
+      expect(r[0]! & 0xc0, 'short header form').to.equal(0x40);
+    }
+    // Tiny packets are not answered (no amplification, no reset loops).
+    const before = replies.length;
+    s.send(pkt.subarray(0, 30), l.port, '127.0.0.1');
+    await sleep(200);
+    expect(replies.length).to.equal(before);
+  });
+
+  it('idle timeout is reported as a failure on both ends when the path goes silent', async () => {
+    const l = await echo({ idleTimeoutMs: 800 });
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port, { idleTimeoutMs: 800 });
+    const { closed } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => serverSide.length === 1, 10_000, 'server side');
+    const serverClosed = new Promise<ChannelClose>((resolve) => serverSide[0]!.setHandler({ message: () => {}, protocolError: () => {}, ended: () => {}, closed: resolve }));
+    relay.set({ cut: true });
+    const [c, s] = await Promise.all([closed, serverClosed]);
+    expect(c.by).to.equal('idle');
+    expect(s.by).to.equal('idle');
+    await until(() => l.endpoint.count === 0, 5_000, 'the server forgets it');
+  });
+
+  it('migration is refused: after the client moves to another port its packets are dropped and the connection dies', async () => {
+    const l = await echo({ idleTimeoutMs: 1500 });
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port, { idleTimeoutMs: 1500 });
+    const { got, closed } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'first answer');
+    // The relay forgets its flows: the next datagrams reach the server from a new port.
+    relay.resetFlows();
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    const end = await closed;
+    expect(l.stats.migrationsRefused).to.be.greaterThan(0);
+    expect(got).to.have.length(1);
+    expect(end.by).to.equal('idle');
+  });
+
+  it('backpressure: a large message is written in parts as the peer reads; a peer that stops reading holds the writer, bounded', async () => {
+    const l = await echo({ onChannel: () => {} });
+    const ch = await dial(l.port, { maxFrameBytes: 4 * 1024 * 1024 });
+    recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => serverSide.length === 1, 10_000, 'server side');
+    const srv = serverSide[0]!;
+    srv.setHandler({ message: () => {}, protocolError: () => {}, ended: () => {}, closed: () => {} });
+    // ~900 KB in one frame: more than the peer's window, so it leaves in parts.
+    const big = { type: 'HEALTH_RESPONSE' as const, body: { seq: 1, metrics: Object.fromEntries(Array.from({ length: 30_000 }, (_, i) => [`m${String(i).padStart(20, '0')}`, i])), ageMs: 0, verdict: 'SERVING' as const, admin: 'READY' as const, weight: 100 } };
+    const wrote = srv.send(big);
+    expect(srv.pendingBytes, 'the part flow control did not take yet').to.be.greaterThan(0);
+    await wrote;
+    // (More metrics than a HEALTH_RESPONSE may carry: the client refuses the message once it has
+    // it whole, so count the bytes that arrived.)
+    const frameBytes = srv.counters.bytesOut;
+    await until(() => ch.counters.bytesIn >= frameBytes, 20_000, 'the big message');
+    expect(ch.counters.bytesIn).to.equal(frameBytes);
+    expect(srv.pendingBytes).to.equal(0);
+    // Now the client stops reading: the server's writes are held, not taken without bound.
+    ch.pauseReading();
+    let done = false;
+    void srv.send(big).then(() => (done = true));
+    void srv.send(big).then(() => (done = true));
+    await sleep(1500);
+    expect(done, 'writes to a peer that does not read stay pending').to.equal(false);
+    expect(srv.pendingBytes).to.be.greaterThan(900_000);
+    expect(srv.pendingBytes).to.be.lessThan(2 * 1024 * 1024);
+  });
+
+  it('IPv6: a listener on ::1, reached from its own socket and from a dual-stack shared socket, next to IPv4', async () => {
+    const l6 = await echo({ host: '::1' });
+    const l4 = await echo();
+    const a = await dial(l6.port, { host: '::1' });
+    const ra = recorder(a);
+    await a.send({ type: 'HEALTH_REQUEST', body: { seq: 6 } });
+    await until(() => ra.got.length === 1, 10_000, 'answer over ::1');
+    expect(a.remote).to.equal(`[::1]:${l6.port}`);
+    const shared = await ClientSocket.open('::');
+    try {
+      const b = await connect({ host: '::1', port: l6.port, socket: shared, timeoutMs: 10_000 });
+      const c = await connect({ host: '127.0.0.1', port: l4.port, socket: shared, timeoutMs: 10_000 });
+      clients.push(b, c);
+      const rb = recorder(b);
+      const rc = recorder(c);
+      await b.send({ type: 'HEALTH_REQUEST', body: { seq: 7 } });
+      await c.send({ type: 'HEALTH_REQUEST', body: { seq: 8 } });
+      await until(() => rb.got.length === 1 && rc.got.length === 1, 10_000, 'answers on both families');
+      expect(c.remote).to.equal(`127.0.0.1:${l4.port}`);
+      expect(serverSide.map((s) => s.remote).find((r) => r.startsWith('[::1]:'))).to.not.equal(undefined);
+    } finally {
+      for (const ch of clients.splice(0)) await ch.close(0, 'done');
+      await shared.close();
+    }
+  });
+
+  it('ICMP port unreachable fails a connect to a dead port at once, with that reason', async () => {
+    const s = await udp();
+    const port = s.address().port;
+    s.close();
+    sockets.splice(sockets.indexOf(s), 1);
+    const err = await connect({ host: '127.0.0.1', port, timeoutMs: 20_000 }).then(
+      () => undefined,
+      (e: unknown) => e as Error,
+    );
+    expect(err).to.have.property('code', 'QHCP_ERR_CONNECT');
+    expect(err!.message).to.match(/ICMP port unreachable/);
+  });
+
+  it('one timer structure: deadlines are kept in order as they move, and removed ones never fire', async () => {
+    const fired: number[] = [];
+    type Item = { id: number; deadline: number; heapIndex: number };
+    const items: Item[] = Array.from({ length: 200 }, (_, id) => ({ id, deadline: Infinity, heapIndex: -1 }));
+    const heap: DeadlineHeap<Item> = new DeadlineHeap<Item>((now) => {
+      for (let top = heap.peek(); top && top.deadline <= now + 1; top = heap.peek()) {
+        fired.push(top.id);
+        heap.remove(top);
+      }
+    });
+    const t0 = performance.now();
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    for (const it of items) heap.set(it, t0 + 50 + rand() * 200);
+    for (const it of items.slice(0, 100)) heap.set(it, t0 + 50 + rand() * 200); // moved
+    for (const it of items.slice(150)) heap.remove(it); // cancelled
+    expect(heap.size).to.equal(150);
+    const expected = items.slice(0, 150).sort((a, b) => a.deadline - b.deadline).map((i) => i.id);
+    await until(() => fired.length === 150, 5_000, 'all deadlines');
+    await sleep(50);
+    expect(fired).to.deep.equal(expected);
+    expect(heap.size).to.equal(0);
+  });
+});
