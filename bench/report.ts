@@ -313,6 +313,7 @@ export function render(res: Results): string {
   const s100 = cell(res, 'qhcp-push', 100, 1);
   if (floorEcho && p100) L.push(`Read against the floor: at N = 100, 1 s, a poll check costs the load balancer ${p100.usPerBackendInterval} µs where a bare round trip costs the client ${floorEcho.clientUsPerMsg} µs (${ratio(p100.usPerBackendInterval, floorEcho.clientUsPerMsg)}).`);
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}). Most of a check is the library, not qhcp.`);
+  L.push(...tcpProxySection());
   L.push(
     '',
     '## What we tried, and what each change bought',
@@ -334,6 +335,39 @@ export function render(res: Results): string {
     '',
   );
   return L.join('\n');
+}
+
+/**
+ * The tcp-proxy section, from bench/results/tcp-proxy-latest.json (`node --import tsx
+ * bench/tcp-proxy.ts`), a separate run with its own date, machine line and load.
+ */
+function tcpProxySection(): string[] {
+  const file = `${ROOT}bench/results/tcp-proxy-latest.json`;
+  if (!existsSync(file)) return [];
+  const t = JSON.parse(readFileSync(file, 'utf8')) as import('./tcp-proxy.ts').TcpResults;
+  const m = t.machine as { cpu?: string; cores?: number; os?: string; node?: string };
+  const by = (k: string) => t.rows.find((r) => r.target === k);
+  const q = by('qhcp');
+  const h = by('haproxy');
+  const d = by('direct');
+  const n = by('node-pipe');
+  const x = (a: number | null | undefined, b: number | null | undefined) => (a && b ? `${(a / b).toFixed(2)}×` : '—');
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const L = [
+    '',
+    '## TCP proxy next to HAProxy',
+    '',
+    `\`node --import tsx bench/tcp-proxy.ts\` (${t.mode} mode, ${t.startedAt}, ${t.durationS} s): the \`tcp-proxy\` plugin (one Node process, round-robin) and HAProxy ${t.haproxy} in TCP mode (\`nbthread 1\`, \`balance roundrobin\`) in front of the same three backends, on loopback; backends, each proxy and the load generator are separate processes. Machine: ${m.cpu ?? '?'}, ${m.cores ?? '?'} cores, ${m.os ?? '?'}, Node ${m.node ?? process.version}; **shared with other agents' work during the run**: load average ${la(t.loadavgStart)} at the start, ${la(t.loadavgEnd)} at the end (1/5/15 min), so absolute figures are low and noisy; the ratios, measured alternately in the same run, are what to read.`,
+    '',
+    `A connection = connect, read the backend's \`ok\\n\`, close; ${t.settings.concurrency} at once for ${t.settings.windowMs / 1000} s. Throughput: ${t.settings.streams} streams of ${t.settings.sourceMb} MiB from the backends. Medians of ${t.settings.rounds} rounds.`,
+    '',
+    '| Path | connections/s | proxy CPU (% of a core) | proxy CPU per 1000 connections | throughput (MB/s) | failed connections |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...t.rows.map((r) => `| ${({ direct: 'direct (no proxy)', 'node-pipe': 'bare Node proxy (socket.pipe)', qhcp: 'qhcp tcp-proxy', haproxy: 'HAProxy (tcp)' } as Record<string, string>)[r.target] ?? r.target} | ${r.connsPerS} | ${r.cpuPct ?? '—'} | ${r.cpuMsPer1000 === null ? '—' : `${r.cpuMsPer1000} ms`} | ${r.throughputMBs} | ${r.errors} |`),
+    '',
+    `**Ratios, qhcp / HAProxy:** connections/s ${x(q?.connsPerS, h?.connsPerS)} (target: at least 0.33×, within 3× of HAProxy), CPU per connection ${x(q?.cpuMsPer1000, h?.cpuMsPer1000)}, throughput ${x(q?.throughputMBs, h?.throughputMBs)}. **qhcp / bare Node proxy:** connections/s ${x(q?.connsPerS, n?.connsPerS)}, throughput ${x(q?.throughputMBs, n?.throughputMBs)} (what qhcp's checks, limits, counting and pipeline add to Node's sockets). Direct connections/s ${d?.connsPerS ?? '—'} is the ceiling of the generator and backends on this machine: where a proxy is close to it, the generator, not the proxy, is the limit.`,
+  ];
+  return L;
 }
 
 export function writeReport(res: Results): void {

@@ -96,6 +96,11 @@ export class LoadBalancer extends Core {
     return [...this.pool.values()];
   }
 
+  /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
+  queryConnections(): { open: number; accepted: number; limited: number } {
+    return this.query.connections();
+  }
+
   /** STATUS: every backend's status, or those naming `service`. */
   status(service?: string): ServerStatus[] {
     return this.records()

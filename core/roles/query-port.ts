@@ -12,6 +12,7 @@ import { Listener, type Channel } from '../transport/quic.ts';
 import { toVerdict } from '../plugin/hooks.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
+import { QueryLimiter } from './query-limit.ts';
 
 /** Whether `host` is a loopback address (the query port's default, 127.0.0.1). */
 export function isLoopback(host: string): boolean {
@@ -65,12 +66,22 @@ export class QueryPort {
   private idleSweep: NodeJS.Timeout | undefined;
   /** Whether an auth plugin verifies query clients (the `verify` hook has a tap). */
   private authOpen = true;
+  /** STATUS/PICK rate limits (query-limit.ts): a query flood must not starve the health checks. */
+  readonly limiter: QueryLimiter;
+  private accepted = 0;
 
   constructor(
     private readonly core: Core,
     private readonly host: QueryHost,
     readonly stats: QueryStats,
-  ) {}
+  ) {
+    this.limiter = new QueryLimiter({ perConnection: core.config.queryRate, total: core.config.queryRateTotal });
+  }
+
+  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics). */
+  connections(): { open: number; accepted: number; limited: number } {
+    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed };
+  }
 
   get port(): number {
     return this.listener?.port ?? 0;
@@ -102,6 +113,7 @@ export class QueryPort {
   private accept(ch: Channel): void {
     const core = this.core;
     if (core.refuse(ch, this.sessions, this.stopping, 'query-refused')) return;
+    this.accepted++;
     const session = new Session(ch, {
       role: 'server',
       helloTimeoutMs: core.config.helloTimeout * 1000,
@@ -109,13 +121,27 @@ export class QueryPort {
       unread: { perConnection: core.config.maxUnreadBytes, total: core.config.maxUnreadBytesTotal },
       onMessage: (m, s) => this.onQuery(m, s),
       onViolation: (err, s) => core.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
-      onClose: (_why, s) => this.sessions.delete(s),
+      onClose: (_why, s) => {
+        this.sessions.delete(s);
+        this.limiter.forget(s);
+      },
     });
     this.sessions.add(session);
   }
 
-  private onQuery(msg: Message, s: Session<{ maxFrameBytes?: number }>): void {
+  private onQuery(msg: Message, s: Session<{ maxFrameBytes?: number }>, admitted = false): void {
     if (s.state === 'DRAINING') return;
+    if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK')) {
+      const later = () => {
+        if (!s.isClosed) this.onQuery(msg, s, true);
+      };
+      if (!this.limiter.submit(s, later)) {
+        const l = this.limiter.limits;
+        this.core.logger.limited('query-rate', 'query connection closed: too many queries waiting', { remote: s.remote, perConnection: l.perConnection, total: l.total });
+        s.fail(new ProtocolError('TOO_MANY_CONNECTIONS', `query rate limit: more than ${this.limiter.maxWaiting} queries waiting (${l.perConnection}/s per connection, ${l.total}/s in all)`));
+      }
+      return;
+    }
     switch (msg.type) {
       case 'HELLO':
         void this.hello(msg.body, s);
@@ -175,6 +201,7 @@ export class QueryPort {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.idleSweep);
+    this.limiter.stop();
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');
   }
