@@ -4,6 +4,7 @@
  * schema (plugins.ts). Every problem is reported by path, then the result is deep-frozen.
  */
 import { pathToFileURL } from 'node:url';
+import { statSync } from 'node:fs';
 import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -334,8 +335,23 @@ export async function importUserModule(url: string): Promise<{ default?: unknown
   }
 }
 
+/** Config files imported so far (a second import is a reload). */
+const importedConfigs = new Set<string>();
+
 const importLoader: Loader = async (filepath) => {
-  const mod = await importUserModule(pathToFileURL(filepath).href);
+  // A reload (SIGHUP) must see the file as it is now, not the module cached when it was first
+  // imported: the modification time in the URL makes a changed file a new module. tsx caches a
+  // TypeScript file by path whatever the query says, so a reloaded .ts goes into a fresh tsx
+  // namespace (each tsImport call has its own) instead.
+  const mtime = statSync(filepath).mtimeMs;
+  const url = `${pathToFileURL(filepath).href}?mtime=${mtime}`;
+  let mod: { default?: unknown };
+  if (importedConfigs.has(filepath) && /\.[mc]?ts$/.test(filepath)) {
+    const { tsImport } = await import('tsx/esm/api');
+    const ns = (await tsImport(url, { parentURL: import.meta.url })) as { default?: { __esModule?: boolean; default?: unknown } };
+    mod = ns.default?.__esModule ? { default: ns.default.default } : (ns as { default?: unknown });
+  } else mod = await importUserModule(url);
+  importedConfigs.add(filepath);
   return mod.default ?? mod;
 };
 
