@@ -3,10 +3,10 @@
  * query port (role "query"), requests, then TERMINATE.
  */
 import { connect } from '../transport/quic.ts';
+import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
 import { FIELD_LIMITS, SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
-import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { hostname } from 'node:os';
 
 export interface QueryOptions {
@@ -36,6 +36,12 @@ export class QueryClient {
     const session = new Session(channel, { role: 'client', onMessage: () => {} });
     const hello = { versions: [...SUPPORTED_VERSIONS], role: 'query' as const, node: `${hostname()}:query`, maxFrameBytes, ...(opts.token ? { token: opts.token } : {}) };
     const ack = (await session.request('HELLO', hello, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+    if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
+      // An ACK naming a version we did not offer: 102, as the spec says.
+      session.fail(new ProtocolError('UNSUPPORTED_VERSION', `ACK chose version ${ack.body.version}, which was not offered`));
+      throw new ProtocolError('UNSUPPORTED_VERSION', `${opts.host}:${opts.port} chose version ${ack.body.version}, which was not offered`);
+    }
+    if (ack.body.maxFrameBytes !== undefined) session.peerMaxFrameBytes = ack.body.maxFrameBytes;
     if (ack.body.role !== 'loadbalancer') {
       session.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'not a load balancer'));
       throw new ProtocolError('UNSUPPORTED_REQUEST', `${opts.host}:${opts.port} is an ${ack.body.role}, not a load balancer`);

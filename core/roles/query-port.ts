@@ -151,7 +151,7 @@ export class QueryPort {
         // Paged to fit the frame size the client accepts (HELLO maxFrameBytes, else the default).
         const all = this.host.status(msg.body.service);
         const offset = Math.min(msg.body.offset ?? 0, all.length);
-        const budget = Math.min(s.data.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
+        const budget = Math.min(s.peerMaxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
         const page = statusPage(all, offset, Math.min(msg.body.limit ?? FIELD_LIMITS.maxServers, FIELD_LIMITS.maxServers), budget);
         const paged = page.next !== undefined || offset > 0;
         s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: page.servers, ...(page.next !== undefined ? { next: page.next } : {}), ...(paged ? { total: all.length } : {}) });
@@ -188,7 +188,7 @@ export class QueryPort {
     }
     s.peer = { node: body.node, role: 'query', ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
     if (verdict?.ok) core.expireWith(s, verdict.expiresAt);
-    if (body.maxFrameBytes !== undefined) s.data.maxFrameBytes = body.maxFrameBytes;
+    if (body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = body.maxFrameBytes;
     s.send('ACK', { version, node: core.node, role: 'loadbalancer', metrics: [], maxFrameBytes: core.config.maxFrameBytes });
   }
 
