@@ -28,7 +28,8 @@ process.on('message', (m: LbRequest) => {
   void (async () => {
     try {
       if (m.cmd === 'start') {
-        const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, ...m.flags } as Partial<QhcpConfig>);
+        // Query rate limits off: the benchmark measures the query port's own throughput.
+        const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, queryRate: 0, queryRateTotal: 0, ...m.flags } as Partial<QhcpConfig>);
         for (let i = 0; i < (m.instances ?? 1); i++) {
           const lb = new LoadBalancer(config, logger);
           await lb.loadPlugins([new RoundRobinPlugin()]);

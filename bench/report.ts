@@ -168,6 +168,21 @@ function serviceTargets(sv: ServiceResult | undefined): string[][] {
   return rows;
 }
 
+/** Where the DOWN time goes: the phase (luck) against the path after the first failed check (the implementation's part). */
+function afterFirstText(sv: ServiceResult): string[] {
+  const parts: string[] = [];
+  for (const failure of ['503', 'stopped'] as const) {
+    const q = sv.cells.find((c) => c.impl === 'qhcp' && c.failure === failure)?.summary.afterFirst;
+    const h = sv.cells.find((c) => c.impl === 'haproxy' && c.failure === failure)?.summary.afterFirst;
+    if (q?.p50 == null || h?.p50 == null) continue;
+    parts.push(`${failure === '503' ? 'a 503' : 'a stopped service'}: ${q.p50} ms for qhcp against ${h.p50} ms for HAProxy (means ${r1(q.mean, 0)} and ${r1(h.mean, 0)} ms)`);
+  }
+  if (parts.length === 0) return [];
+  return [
+    `Where the time goes: each DOWN time splits at that side's first check of the failed service. Before it is the phase, luck: uniform over one interval, independently for the two sides, and it moves the medians of a ${sv.settings.runs}-run sample by a few hundred ms from one run to the next (on 2026-11-29 four runs gave qhcp / HAProxy 0.89×, 1.09×, 0.90×, 0.98× for a 503 and 1.17×, 1.21×, 1.13×, 0.97× for a stopped service, before this split was measured). After it is what the implementation does: (fall − 1) more intervals, the decision and, for qhcp, the push to the load balancer. In this run that part took, median, ${parts.join('; ')}. qhcp's extra tens of ms are its ±10% interval jitter and, under this load, the agent deciding and pushing (one run traced with the agent's log: the load balancer had the NOT_SERVING 1 to 25 ms after the agent decided). Over many runs qhcp should therefore be that much slower than HAProxy (1 to 2% of the DOWN time); a run whose median ratio is below 1× owes it to the phase.`,
+  ];
+}
+
 function serviceSection(sv: ServiceResult | undefined): string[] {
   if (!sv) return ['Not measured yet: `npm run bench -- --only service`.'];
   const m = sv.machine;
@@ -178,7 +193,9 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
     for (const c of sv.cells.filter((x) => x.failure === failure)) {
       const d = c.summary.down;
       const u = c.summary.up;
-      rows.push([failure === '503' ? 'answers 503' : 'stopped', c.impl === 'qhcp' ? 'qhcp' : 'HAProxy httpchk', d.n, d.min ?? '–', d.p50 ?? '–', d.max ?? '–', c.impl === 'haproxy' ? '' : ratio(d.p50, h?.summary.down.p50), u.p50 ?? '–', u.max ?? '–']);
+      const f = c.summary.firstCheck?.p50;
+      const a = c.summary.afterFirst?.p50;
+      rows.push([failure === '503' ? 'answers 503' : 'stopped', c.impl === 'qhcp' ? 'qhcp' : 'HAProxy httpchk', d.n, d.min ?? '–', d.p50 ?? '–', d.max ?? '–', c.impl === 'haproxy' ? '' : ratio(d.p50, h?.summary.down.p50), f ?? '–', a ?? '–', u.p50 ?? '–', u.max ?? '–']);
     }
   }
   const reasons = sv.cells.filter((c) => c.reason).map((c) => `- ${c.impl}, ${c.failure}: \`${c.reason!.replace(/^.*?(Server \S+ is DOWN)/, '$1').slice(0, 160)}\``);
@@ -188,10 +205,12 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
     ...(busy ? ['> **The machine was busy during this run** (load average above half the core count, shared with other jobs): latencies are noisy; both implementations saw the same failures at the same time, so the ratio is the robust reading.', ''] : []),
     `One real HTTP server (in the benchmark process) watched at once by qhcp and by HAProxy 2.6: an \`http\` check every ${sv.settings.intervalS} s, timeout ${sv.settings.timeoutS} s, fall ${sv.settings.fall}, rise ${sv.settings.rise} on both. qhcp: a real \`qhcp server\` runs the check and applies fall itself, then pushes NOT_SERVING; the load balancer (poll mode, checking the agent every ${sv.settings.lbCheckIntervalS} s) moves the backend DOWN on it. HAProxy: \`option httpchk GET /health\` with \`inter\`, \`fall\`, \`rise\`, \`timeout check\`. Failures: the service answers 503; the service stops (connect refused). Down: from the failure to DOWN (qhcp: the transition's timestamp; HAProxy: when its log line was read). Up: from the repair to UP. Expected down: about (fall − 1) × interval plus the wait for the next check, at most fall × interval = ${sv.boundDownMs} ms.`,
     '',
-    ...table(['failure', 'implementation', 'runs', 'down min ms', 'down median ms', 'down max ms', 'median qhcp / HAProxy', 'up median ms', 'up max ms'], rows),
+    ...table(['failure', 'implementation', 'runs', 'down min ms', 'down median ms', 'down max ms', 'median qhcp / HAProxy', 'first check after the failure, median ms', 'down − first check, median ms', 'up median ms', 'up max ms'], rows),
+    '',
+    '"First check after the failure": when that side\'s next check reached the failed service (for a 503, seen by the service; for a stopped service, its last check before the stop + the interval). It is the luck of the phase, uniform over one interval. "Down − first check" is the rest: (fall − 1) more intervals, the decision, and for qhcp the push to the load balancer; it is the part an implementation controls.',
     '',
     ...(sv.misses.length ? ['Misses:', '', ...sv.misses.map((x) => `- ${x}`), ''] : []),
-    `Where qhcp's time goes (one run traced with the agent's log and the service's request times): the agent's checks reach the service every interval ± 10% (its jitter); the agent decides on the third failed check a few ms to a few tens of ms after the service answered it (under this load); the load balancer has the pushed NOT_SERVING 1 to 25 ms later. Both sides' times are dominated by where their check cycle stood when the service failed (uniform over one interval for each), so medians move by a few hundred ms between runs. On 2026-11-29, three runs (5, 10 and 20 failures of each kind) gave qhcp / HAProxy medians of 0.89×, 1.09×, 0.90× for a 503 (within that noise) and 1.17×, 1.21×, 1.13× for a stopped service: consistently slower, and not explained yet. qhcp's times for a stopped service spread evenly over 2.1-3.1 s as the phase predicts; HAProxy's bunch near 2.0-2.2 s (9 of 20 in the last run, where an even spread gives about 4), as if its first failed check came right after the stop more often than chance.`,
+    ...afterFirstText(sv),
     '',
     `Recovery takes longer for qhcp by design: the agent's own rise (rise passing checks) comes first, then the load balancer moves the backend UP only after its own rise on its checks of the agent (the pushed SERVING counts as one), so up to one more load-balancer check interval; HAProxy applies one rise.`,
     '',
@@ -313,6 +332,7 @@ export function render(res: Results): string {
   const s100 = cell(res, 'qhcp-push', 100, 1);
   if (floorEcho && p100) L.push(`Read against the floor: at N = 100, 1 s, a poll check costs the load balancer ${p100.usPerBackendInterval} µs where a bare round trip costs the client ${floorEcho.clientUsPerMsg} µs (${ratio(p100.usPerBackendInterval, floorEcho.clientUsPerMsg)}).`);
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}). Most of a check is the library, not qhcp.`);
+  L.push(...tcpProxySection());
   L.push(
     '',
     '## What we tried, and what each change bought',
@@ -334,6 +354,39 @@ export function render(res: Results): string {
     '',
   );
   return L.join('\n');
+}
+
+/**
+ * The tcp-proxy section, from bench/results/tcp-proxy-latest.json (`node --import tsx
+ * bench/tcp-proxy.ts`), a separate run with its own date, machine line and load.
+ */
+function tcpProxySection(): string[] {
+  const file = `${ROOT}bench/results/tcp-proxy-latest.json`;
+  if (!existsSync(file)) return [];
+  const t = JSON.parse(readFileSync(file, 'utf8')) as import('./tcp-proxy.ts').TcpResults;
+  const m = t.machine as { cpu?: string; cores?: number; os?: string; node?: string };
+  const by = (k: string) => t.rows.find((r) => r.target === k);
+  const q = by('qhcp');
+  const h = by('haproxy');
+  const d = by('direct');
+  const n = by('node-pipe');
+  const x = (a: number | null | undefined, b: number | null | undefined) => (a && b ? `${(a / b).toFixed(2)}×` : '—');
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const L = [
+    '',
+    '## TCP proxy next to HAProxy',
+    '',
+    `\`node --import tsx bench/tcp-proxy.ts\` (${t.mode} mode, ${t.startedAt}, ${t.durationS} s): the \`tcp-proxy\` plugin (one Node process, round-robin) and HAProxy ${t.haproxy} in TCP mode (\`nbthread 1\`, \`balance roundrobin\`) in front of the same three backends, on loopback; backends, each proxy and the load generator are separate processes. Machine: ${m.cpu ?? '?'}, ${m.cores ?? '?'} cores, ${m.os ?? '?'}, Node ${m.node ?? process.version}; **shared with other agents' work during the run**: load average ${la(t.loadavgStart)} at the start, ${la(t.loadavgEnd)} at the end (1/5/15 min), so absolute figures are low and noisy; the ratios, measured alternately in the same run, are what to read.`,
+    '',
+    `A connection = connect, read the backend's \`ok\\n\`, close; ${t.settings.concurrency} at once for ${t.settings.windowMs / 1000} s. Throughput: ${t.settings.streams} streams of ${t.settings.sourceMb} MiB from the backends. Medians of ${t.settings.rounds} rounds.`,
+    '',
+    '| Path | connections/s | proxy CPU (% of a core) | proxy CPU per 1000 connections | throughput (MB/s) | failed connections |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...t.rows.map((r) => `| ${({ direct: 'direct (no proxy)', 'node-pipe': 'bare Node proxy (socket.pipe)', qhcp: 'qhcp tcp-proxy', haproxy: 'HAProxy (tcp)' } as Record<string, string>)[r.target] ?? r.target} | ${r.connsPerS} | ${r.cpuPct ?? '—'} | ${r.cpuMsPer1000 === null ? '—' : `${r.cpuMsPer1000} ms`} | ${r.throughputMBs} | ${r.errors} |`),
+    '',
+    `**Ratios, qhcp / HAProxy:** connections/s ${x(q?.connsPerS, h?.connsPerS)} (target: at least 0.33×, within 3× of HAProxy), CPU per connection ${x(q?.cpuMsPer1000, h?.cpuMsPer1000)}, throughput ${x(q?.throughputMBs, h?.throughputMBs)}. **qhcp / bare Node proxy:** connections/s ${x(q?.connsPerS, n?.connsPerS)}, throughput ${x(q?.throughputMBs, n?.throughputMBs)} (what qhcp's checks, limits, counting and pipeline add to Node's sockets). Direct connections/s ${d?.connsPerS ?? '—'} is the ceiling of the generator and backends on this machine: where a proxy is close to it, the generator, not the proxy, is the limit.`,
+  ];
+  return L;
 }
 
 export function writeReport(res: Results): void {

@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import { expect } from 'chai';
 import fc from 'fast-check';
-import { encodeFrame, decodeFrame, FrameDecoder, HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES } from '../core/protocol/codec.ts';
+import { encodeFrame, decodeFrame, FrameDecoder, HEADER_BYTES, DEFAULT_MAX_FRAME_BYTES, hasDuplicateKey } from '../core/protocol/codec.ts';
+import { HEALTH_STATES } from '../core/health/states.ts';
 import { MESSAGE_NAMES, MESSAGE_TYPES, FIELD_LIMITS, VERDICTS, ADMIN_STATES, type Bodies, type Message, type MessageName, type MessageOf } from '../core/protocol/messages.ts';
 import { ProtocolError, WIRE_ERRORS, type WireErrorName } from '../core/errors.ts';
 
@@ -111,6 +112,29 @@ const SAMPLES: { [K in MessageName]: MessageOf<K> } = {
 const SAMPLE_LIST = Object.values(SAMPLES) as Message[];
 
 describe('codec', () => {
+  describe('JSON details (docs/protocol.md, "Encoding")', () => {
+    const frame = (type: number, json: string | Buffer) => {
+      const b = Buffer.isBuffer(json) ? json : Buffer.from(json);
+      const h = Buffer.from([1, type, 0, 0, 0, 0]);
+      h.writeUInt32BE(b.length, 2);
+      return Buffer.concat([h, b]);
+    };
+    it('an integer field takes any JSON number with an integer value: 1.0 and 1e0 are 1', () => {
+      expect(decodeFrame(frame(3, '{"seq":1.0}'))).to.deep.equal({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+      expect(decodeFrame(frame(3, '{"seq":1e0}'))).to.deep.equal({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+      expect(protocolErrorOf(() => decodeFrame(frame(3, '{"seq":1.5}'))).kind).to.equal('INVALID_MESSAGE');
+    });
+    it('refuses a byte order mark and duplicate keys (at any depth, escaped or not) with MALFORMED_FRAME', () => {
+      expect(protocolErrorOf(() => decodeFrame(frame(3, Buffer.concat([Buffer.from([0xef, 0xbb, 0xbf]), Buffer.from('{"seq":1}')])))).kind).to.equal('MALFORMED_FRAME');
+      expect(protocolErrorOf(() => decodeFrame(frame(4, '{"seq":1,"metrics":{"a":1,"a":2},"ageMs":0,"verdict":"SERVING","admin":"READY","weight":1}'))).kind).to.equal('MALFORMED_FRAME');
+      expect(hasDuplicateKey('{"a":{"b":1},"c":{"b":2}}'), 'same key in sibling objects').to.equal(false);
+      expect(hasDuplicateKey('{"a":["x","x"],"b":"a"}'), 'repeated values, a value equal to a key').to.equal(false);
+      expect(hasDuplicateKey('{"k\\"":1,"k\\"":2}')).to.equal(true);
+      expect(hasDuplicateKey('{"a" : 1, "\\u0061" : 2}')).to.equal(true);
+      expect(hasDuplicateKey('{"x":{"y":{"z":1,"z":1}}}')).to.equal(true);
+    });
+  });
+
   describe('spec test vectors (docs/protocol.md)', () => {
     it('has a valid vector for every message type, a split one and a packed one', () => {
       const types = new Set(VECTORS.valid.flatMap((v) => (v.message ? [v.message.type] : [])));
@@ -385,18 +409,20 @@ describe('codec', () => {
       services,
     };
     const HEALTH_REQUIRED = ['verdict', 'admin', 'weight'] as const;
+    const epoch = fc.integer({ min: 0, max: 253_402_300_799_999 });
+    const counter = fc.maxSafeNat();
     const server = fc.record({
-      address: text(300),
-      state: fc.constantFrom('UNKNOWN', 'UP', 'DOWN', 'DRAINING'),
-      since: finite(),
-      failures: fc.nat(),
-      successes: fc.nat(),
-      latencyMs: nullable(finite(0)),
+      address: text(300, 1),
+      state: fc.constantFrom(...HEALTH_STATES),
+      since: epoch,
+      failures: counter,
+      successes: counter,
+      latencyMs: nullable(fc.double({ noNaN: true, min: 0, max: 86_400_000 }).map((x) => (Object.is(x, -0) ? 0 : x))),
       metrics,
-      ageMs: nullable(finite(0)),
-      reportedAt: nullable(finite()),
+      ageMs: nullable(ms),
+      reportedAt: nullable(epoch),
       lastError: nullable(reason),
-      checks: fc.nat(),
+      checks: counter,
     });
 
     /** Schema-valid bodies of every message type. */

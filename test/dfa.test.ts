@@ -134,6 +134,31 @@ describe('Dfa', () => {
     });
   }
 
+  describe('graceful end while a request is pending (docs/protocol.md, TERMINATE)', () => {
+    const walk = (role: Role, events: DfaEvent[]) => {
+      const d = new Dfa(role);
+      return events.map((e) => d.apply(e));
+    };
+    for (const [req, res] of [
+      ['HEALTH_REQUEST', 'HEALTH_RESPONSE'],
+      ['CONFIG_UPDATE', 'CONFIG_ACK'],
+      ['PICK', 'PICK_RESPONSE'],
+      ['STATUS', 'STATUS_RESPONSE'],
+    ] as const) {
+      it(`${req} pending: the client may TERMINATE; the crossing ${res} is accepted, then TERMINATE_ACK ends it`, () => {
+        expect(walk('client', ['send:HELLO', 'recv:ACK', `send:${req}`, 'send:TERMINATE', `recv:${res}`, 'recv:TERMINATE_ACK']).at(-1)).to.equal('CLOSED');
+        expect(walk('client', ['send:HELLO', 'recv:ACK', `send:${req}`, 'send:TERMINATE', 'recv:TERMINATE_ACK']).at(-1)).to.equal('CLOSED');
+        expect(walk('server', ['recv:HELLO', 'send:ACK', `recv:${req}`, 'recv:TERMINATE', `send:${res}`, 'send:TERMINATE_ACK']).at(-1)).to.equal('CLOSED');
+        expect(walk('server', ['recv:HELLO', 'send:ACK', `recv:${req}`, 'recv:TERMINATE', 'send:TERMINATE_ACK']).at(-1)).to.equal('CLOSED');
+      });
+    }
+    it('a second request after TERMINATE is still a violation', () => {
+      const d = new Dfa('server');
+      for (const e of ['recv:HELLO', 'send:ACK', 'recv:HEALTH_REQUEST', 'recv:TERMINATE'] as DfaEvent[]) d.apply(e);
+      expect(() => d.apply('recv:HEALTH_REQUEST')).to.throw(ProtocolError);
+    });
+  });
+
   describe('tables as graphs', () => {
     for (const role of ROLES) {
       const table = tableOf(role);

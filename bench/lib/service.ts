@@ -36,7 +36,14 @@ export interface ServiceCell {
   down: number[];
   /** ms from the repair to UP, one per run. */
   up: number[];
-  summary: { down: ReturnType<typeof summary>; up: ReturnType<typeof summary> };
+  /**
+   * ms from the failure to this side's first check of the failed service, one per run: seen by
+   * the service for a 503 (the first request after the failure), estimated for a stopped service
+   * (its last check before the failure + the interval). `down - firstCheck` is what the rest of
+   * the path took: (fall - 1) more intervals, the decision, and for qhcp the push.
+   */
+  firstCheck: number[];
+  summary: { down: ReturnType<typeof summary>; up: ReturnType<typeof summary>; firstCheck: ReturnType<typeof summary>; afterFirst: ReturnType<typeof summary> };
   /** One reason the load balancer gave for DOWN (qhcp: the transition's; HAProxy: its log line). */
   reason: string | undefined;
 }
@@ -60,11 +67,16 @@ export interface ServiceResult {
 /** The HTTP service both watch: /health answers 200, or 503 while failing; it can stop and start on its port. */
 class Service {
   failing = false;
+  /** When each side's checks reached the service (newest last, bounded): qhcp's carry User-Agent qhcp-check. */
+  readonly hits: Record<Impl, number[]> = { qhcp: [], haproxy: [] };
   private server: Server | undefined;
   port = 0;
 
   async start(): Promise<void> {
     const server = createServer((req, res) => {
+      const hits = this.hits[req.headers['user-agent'] === 'qhcp-check' ? 'qhcp' : 'haproxy'];
+      hits.push(Date.now());
+      if (hits.length > 64) hits.splice(0, hits.length - 64);
       res.statusCode = this.failing ? 503 : 200;
       res.end(this.failing ? 'failing\n' : 'ok\n');
     });
@@ -114,7 +126,7 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     const k = `${failure}|${impl}`;
     let c = cells.get(k);
     if (!c) {
-      c = { failure, impl, down: [], up: [], summary: {} as ServiceCell['summary'], reason: undefined };
+      c = { failure, impl, down: [], up: [], firstCheck: [], summary: {} as ServiceCell['summary'], reason: undefined };
       cells.set(k, c);
       res.cells.push(c);
     }
@@ -195,15 +207,21 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
         await sleep((1 + Math.random()) * intervalS * 1000);
         const downs = impls.map((i) => next(i, 'DOWN', settle));
         const tFail = Date.now();
+        const lastBefore = impls.map((i) => service.hits[i].at(-1));
         if (failure === '503') service.failing = true;
         else await service.stop();
         const got = await Promise.all(downs);
         got.forEach((e, k) => {
-          const c = cellOf(failure, impls[k]!);
+          const impl = impls[k]!;
+          const c = cellOf(failure, impl);
           if (e) {
             c.down.push(e.at - tFail);
             c.reason ??= e.reason;
-          } else res.misses.push(`run ${r} ${failure}: ${impls[k]} never went DOWN`);
+            const seen = failure === '503' ? service.hits[impl].find((t) => t >= tFail) : undefined;
+            const last = lastBefore[k];
+            const first = seen ?? (last !== undefined ? last + intervalS * 1000 : undefined);
+            if (first !== undefined) c.firstCheck.push(first - tFail);
+          } else res.misses.push(`run ${r} ${failure}: ${impl} never went DOWN`);
         });
         await sleep(intervalS * 1000);
         const ups = impls.map((i) => next(i, 'UP', settle));
@@ -225,7 +243,10 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     await service.stop();
     rmSync(dir, { recursive: true, force: true });
   }
-  for (const c of res.cells) c.summary = { down: summary(c.down), up: summary(c.up) };
+  for (const c of res.cells) {
+    const afterFirst = c.down.length === c.firstCheck.length ? c.down.map((d, i) => d - c.firstCheck[i]!) : [];
+    c.summary = { down: summary(c.down), up: summary(c.up), firstCheck: summary(c.firstCheck), afterFirst: summary(afterFirst) };
+  }
   res.loadavgEnd = loadAverage();
   res.finishedAt = new Date().toISOString();
   res.durationS = Math.round((Date.now() - t0) / 1000);

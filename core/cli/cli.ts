@@ -13,6 +13,7 @@ import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, StatusPrinter } from './status.ts';
 import { readPem } from '../transport/tls.ts';
+import type { ServerStatus } from '../protocol/messages.ts';
 import { addControlCommands } from '../control/commands.ts';
 
 const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -170,8 +171,8 @@ async function loadConfig(o: CommonOpts & Record<string, unknown>, role: FlagRol
   }
 }
 
-/** Runs until SIGINT/SIGTERM, then calls `stop` once and exits 0. */
-function untilSignal(stop: () => Promise<void>, logger: { info(m: string, f?: Record<string, unknown>): void }): void {
+/** Runs until SIGINT/SIGTERM, then calls `stop` once and exits 0; SIGHUP calls `hup` (one at a time) when given. */
+function untilSignal(stop: () => Promise<void>, logger: { info(m: string, f?: Record<string, unknown>): void }, hup?: () => Promise<void>): void {
   let stopping = false;
   const onSignal = (sig: NodeJS.Signals) => {
     if (stopping) {
@@ -188,6 +189,25 @@ function untilSignal(stop: () => Promise<void>, logger: { info(m: string, f?: Re
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  if (hup) {
+    let running: Promise<void> | undefined;
+    let again = false;
+    const onHup = () => {
+      if (stopping) return;
+      if (running) {
+        again = true;
+        return;
+      }
+      running = hup().finally(() => {
+        running = undefined;
+        if (again) {
+          again = false;
+          onHup();
+        }
+      });
+    };
+    process.on('SIGHUP', onHup);
+  }
 }
 
 async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void> {
@@ -213,14 +233,16 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   const { config, file } = await loadConfig(o, 'loadbalancer');
   if (config.servers.length === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', 'no servers: give -servers "host:port,..." or `servers` in the config file');
   const logger = createLogger({ level: config.logLevel, name: 'lb' });
-  const { LoadBalancer } = await import('../roles/loadbalancer.ts');
+  const { LoadBalancer, reloadSummary } = await import('../roles/loadbalancer.ts');
   const lb = new LoadBalancer(config, logger, file);
   await lb.loadPlugins();
-  const format = resolveFormat(config.status, process.stdout.isTTY === true);
-  if (format !== 'none') {
-    const printer = new StatusPrinter(format, config.statusSummary * 1000, (text) => process.stdout.write(text));
-    lb.onStatus = (backends, change) => printer.update(backends.map((b) => b.status()), Date.now(), change);
-  }
+  const printFor = (c: typeof config) => {
+    const format = resolveFormat(c.status, process.stdout.isTTY === true);
+    if (format === 'none') return undefined;
+    const printer = new StatusPrinter(format, c.statusSummary * 1000, (text) => process.stdout.write(text));
+    return (backends: readonly { status(): ServerStatus }[], change: boolean) => printer.update(backends.map((b) => b.status()), Date.now(), change);
+  };
+  lb.onStatus = printFor(config);
   // The state file applies before the first check. The HTTP listener (fastify, prom-client:
   // loaded only when it is on) comes up after start, so start-up is not held up; the events
   // in between are kept for it.
@@ -236,7 +258,20 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
     await lb.stop();
     throw e;
   });
-  untilSignal(() => lb.stop(), logger);
+  // SIGHUP: read the config file again (flags still win) and apply it; a config that does not
+  // load or validate leaves the running one in place.
+  const reload = async () => {
+    try {
+      const next = await loadConfig(o, 'loadbalancer');
+      const r = await lb.reload(next.config);
+      if (r.applied.includes('status') || r.applied.includes('statusSummary')) lb.onStatus = printFor(lb.config);
+      logger.info(`config reloaded: ${reloadSummary(r)}`, { file: next.file ?? 'none' });
+    } catch (e) {
+      const why = e instanceof ConfigError ? e.problems.join('; ') : errorText(e);
+      logger.error(`config reload failed, the running configuration stays: ${why}`);
+    }
+  };
+  untilSignal(() => lb.stop(), logger, reload);
 }
 
 interface QueryOpts {

@@ -3,6 +3,7 @@
  * query port (role "query"), requests, then TERMINATE.
  */
 import { connect } from '../transport/quic.ts';
+import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
 import { SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
@@ -28,7 +29,13 @@ export class QueryClient {
     const timeoutMs = opts.timeoutMs ?? 5000;
     const channel = await connect({ host: opts.host, port: opts.port, timeoutMs, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.serverName ? { serverName: opts.serverName } : {}) });
     const session = new Session(channel, { role: 'client', onMessage: () => {} });
-    const ack = (await session.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'query', node: `${hostname()}:query` }, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+    const ack = (await session.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'query', node: `${hostname()}:query`, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES }, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+    if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
+      // An ACK naming a version we did not offer: 102, as the spec says.
+      session.fail(new ProtocolError('UNSUPPORTED_VERSION', `ACK chose version ${ack.body.version}, which was not offered`));
+      throw new ProtocolError('UNSUPPORTED_VERSION', `${opts.host}:${opts.port} chose version ${ack.body.version}, which was not offered`);
+    }
+    if (ack.body.maxFrameBytes !== undefined) session.peerMaxFrameBytes = ack.body.maxFrameBytes;
     if (ack.body.role !== 'loadbalancer') {
       session.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'not a load balancer'));
       throw new ProtocolError('UNSUPPORTED_REQUEST', `${opts.host}:${opts.port} is an ${ack.body.role}, not a load balancer`);

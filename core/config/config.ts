@@ -4,6 +4,7 @@
  * schema (plugins.ts). Every problem is reported by path, then the result is deep-frozen.
  */
 import { pathToFileURL } from 'node:url';
+import { statSync } from 'node:fs';
 import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -151,6 +152,8 @@ export const CONFIG_SCHEMA = {
       kind: 'path',
       flag: { ...BOTH, help: 'file keeping runtime admin changes across restarts (optional; default: none)' },
     }),
+    queryRate: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 100 }, 'Load balancer: STATUS/PICK queries a second per query-port connection (0: unlimited); more wait their turn, and a connection with more than 32 waiting is closed ([operations.md](operations.md#query-rate-limits)).', { flag: LB }),
+    queryRateTotal: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 500 }, "Load balancer: STATUS/PICK queries a second over all query-port connections together (0: unlimited), so a flood cannot take the health checks' CPU.", { flag: LB }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(
@@ -332,8 +335,23 @@ export async function importUserModule(url: string): Promise<{ default?: unknown
   }
 }
 
+/** Config files imported so far (a second import is a reload). */
+const importedConfigs = new Set<string>();
+
 const importLoader: Loader = async (filepath) => {
-  const mod = await importUserModule(pathToFileURL(filepath).href);
+  // A reload (SIGHUP) must see the file as it is now, not the module cached when it was first
+  // imported: the modification time in the URL makes a changed file a new module. tsx caches a
+  // TypeScript file by path whatever the query says, so a reloaded .ts goes into a fresh tsx
+  // namespace (each tsImport call has its own) instead.
+  const mtime = statSync(filepath).mtimeMs;
+  const url = `${pathToFileURL(filepath).href}?mtime=${mtime}`;
+  let mod: { default?: unknown };
+  if (importedConfigs.has(filepath) && /\.[mc]?ts$/.test(filepath)) {
+    const { tsImport } = await import('tsx/esm/api');
+    const ns = (await tsImport(url, { parentURL: import.meta.url })) as { default?: { __esModule?: boolean; default?: unknown } };
+    mod = ns.default?.__esModule ? { default: ns.default.default } : (ns as { default?: unknown });
+  } else mod = await importUserModule(url);
+  importedConfigs.add(filepath);
   return mod.default ?? mod;
 };
 

@@ -45,10 +45,25 @@ function samplerSources(agent: AgentLike): Array<SourceStatus & { plugin: string
   return out;
 }
 
-/** The agent's checks, when the role runs any (verdict per service). */
-function checksOf(agent: AgentLike): { verdict?: string; admin?: string; weight?: number; services?: Record<string, { verdict: string; reason?: string; since?: number }> } | undefined {
-  const a = agent as unknown as { health?: () => unknown; verdictView?: () => unknown };
-  const v = typeof a.health === 'function' ? a.health() : typeof a.verdictView === 'function' ? a.verdictView() : undefined;
+interface CheckView {
+  service: string;
+  name: string;
+  type: string;
+  status: string | undefined;
+  output: string;
+  runs: number;
+  lastRunAt: number | undefined;
+}
+
+/** The agent's runner (core/check/runner.ts), when it has one. */
+function runnerOf(agent: AgentLike): { health(): unknown; status(): CheckView[] } | undefined {
+  const r = (agent as unknown as { runner?: { health?: unknown; status?: unknown } }).runner;
+  return r && typeof r.health === 'function' && typeof r.status === 'function' ? (r as ReturnType<typeof runnerOf>) : undefined;
+}
+
+/** The agent's health: verdict, admin state, weight, verdict per service. */
+function checksOf(agent: AgentLike): { verdict?: string; admin?: string; weight?: number; reason?: string; services?: Record<string, { verdict: string; reason?: string; since?: number }> } | undefined {
+  const v = runnerOf(agent)?.health();
   return v && typeof v === 'object' ? (v as ReturnType<typeof checksOf>) : undefined;
 }
 
@@ -132,6 +147,39 @@ export function agentRegistry(agent: AgentLike): Registry {
       for (const [name, s] of Object.entries(c.services ?? {})) put(name, s.verdict);
     },
   });
+  const perCheck = ['service', 'check', 'type'] as const;
+  new Gauge({
+    name: 'qhcp_agent_check_status',
+    help: "A check's status after rise/fall (passing, warning, critical, maint): 1 for the current one; absent before its first run.",
+    labelNames: [...perCheck, 'status'],
+    registers: [r],
+    collect() {
+      this.reset();
+      for (const c of runnerOf(agent)?.status() ?? []) {
+        if (!c.status) continue;
+        for (const status of ['passing', 'warning', 'critical', 'maint']) this.set({ service: c.service, check: c.name, type: c.type, status }, c.status === status ? 1 : 0);
+      }
+    },
+  });
+  new Counter({
+    name: 'qhcp_agent_check_runs_total',
+    help: 'Runs of a check.',
+    labelNames: perCheck,
+    registers: [r],
+    collect() {
+      this.reset();
+      for (const c of runnerOf(agent)?.status() ?? []) this.inc({ service: c.service, check: c.name, type: c.type }, c.runs);
+    },
+  });
+  new Gauge({
+    name: 'qhcp_agent_weight',
+    help: "The agent's weight (percent of the configured one, what `qhcp weight` sets).",
+    registers: [r],
+    collect() {
+      const w = checksOf(agent)?.weight;
+      if (typeof w === 'number') this.set(w);
+    },
+  });
   new Counter({
     name: 'qhcp_plugin_errors_total',
     help: 'Plugin taps that threw, rejected or timed out (contained by the core), by plugin.',
@@ -171,7 +219,8 @@ export class AgentHttp {
         ageMs: sample.ageMs,
         definitions: agent.definitions.map((d) => ({ name: d.name, unit: d.unit, help: d.help, plugin: d.plugin })),
         sampler: samplerSources(agent),
-        checks: checksOf(agent) ?? null,
+        health: checksOf(agent) ?? null,
+        checks: runnerOf(agent)?.status() ?? [],
       };
     });
   }

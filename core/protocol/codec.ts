@@ -13,7 +13,45 @@ export const HEADER_BYTES = 6;
 /** Default maximum payload length in bytes; configurable per endpoint (`maxFrameBytes`). */
 export const DEFAULT_MAX_FRAME_BYTES = 64 * 1024;
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+// ignoreBOM: a byte order mark is kept, so JSON.parse refuses it (MALFORMED_FRAME, as the spec says).
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * Whether a valid JSON text has an object with the same key twice (after unescaping: "a" and
+ * "\u0061" are the same key). JSON.parse would silently keep the last one; QHCP refuses them.
+ */
+export function hasDuplicateKey(text: string): boolean {
+  const stack: Array<Set<string> | null> = [];
+  const n = text.length;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      let j = i + 1;
+      let escaped = false;
+      let hasEscape = false;
+      for (; j < n; j++) {
+        const d = text.charCodeAt(j);
+        if (escaped) escaped = false;
+        else if (d === 0x5c) escaped = hasEscape = true;
+        else if (d === 0x22) break;
+      }
+      const top = stack[stack.length - 1];
+      if (top) {
+        let k = j + 1;
+        while (k < n && (text[k] === ' ' || text[k] === '\t' || text[k] === '\n' || text[k] === '\r')) k++;
+        if (text[k] === ':') {
+          const key = hasEscape ? (JSON.parse(text.slice(i, j + 1)) as string) : text.slice(i + 1, j);
+          if (top.has(key)) return true;
+          top.add(key);
+        }
+      }
+      i = j;
+    } else if (c === 0x7b) stack.push(new Set());
+    else if (c === 0x5b) stack.push(null);
+    else if (c === 0x7d || c === 0x5d) stack.pop();
+  }
+  return false;
+}
 
 /** Encodes one message as one frame. */
 export function encodeFrame(msg: Message, version: number = PROTOCOL_VERSION): Buffer {
@@ -46,11 +84,14 @@ function readHeader(header: Uint8Array, maxFrameBytes: number): { type: number; 
 function readPayload(type: number, payload: Uint8Array): Message {
   const name = messageName(type)!;
   let body: unknown;
+  let text: string;
   try {
-    body = JSON.parse(utf8.decode(payload));
+    text = utf8.decode(payload);
+    body = JSON.parse(text);
   } catch {
-    throw new ProtocolError('MALFORMED_FRAME', `${name} payload is not valid UTF-8 JSON`);
+    throw new ProtocolError('MALFORMED_FRAME', `${name} payload is not valid UTF-8 JSON (without a byte order mark)`);
   }
+  if (hasDuplicateKey(text)) throw new ProtocolError('MALFORMED_FRAME', `${name} payload has an object with a duplicate key`);
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw new ProtocolError('MALFORMED_FRAME', `${name} payload is not a JSON object`);
   }

@@ -63,10 +63,12 @@ export const SERVER_TABLE: Table<ServerSessionState> = {
     'send:DRAIN': 'DRAINING',
     ...ERRORS,
   },
-  HEALTH_PENDING: { 'send:HEALTH_RESPONSE': 'READY', 'send:HEALTH_REPORT': 'HEALTH_PENDING', 'send:DRAIN': 'DRAINING', ...ERRORS },
-  CONFIG_PENDING: { 'send:CONFIG_ACK': 'READY', 'send:HEALTH_REPORT': 'CONFIG_PENDING', 'send:DRAIN': 'DRAINING', ...ERRORS },
-  PICK_PENDING: { 'send:PICK_RESPONSE': 'READY', 'send:DRAIN': 'DRAINING', ...ERRORS },
-  STATUS_PENDING: { 'send:STATUS_RESPONSE': 'READY', 'send:DRAIN': 'DRAINING', ...ERRORS },
+  // TERMINATE may arrive while a request is pending (the client ended the session gracefully
+  // without waiting): the server may still send that request's answer, then TERMINATE_ACK.
+  HEALTH_PENDING: { 'send:HEALTH_RESPONSE': 'READY', 'send:HEALTH_REPORT': 'HEALTH_PENDING', 'send:DRAIN': 'DRAINING', 'recv:TERMINATE': 'TERMINATING', ...ERRORS },
+  CONFIG_PENDING: { 'send:CONFIG_ACK': 'READY', 'send:HEALTH_REPORT': 'CONFIG_PENDING', 'send:DRAIN': 'DRAINING', 'recv:TERMINATE': 'TERMINATING', ...ERRORS },
+  PICK_PENDING: { 'send:PICK_RESPONSE': 'READY', 'send:DRAIN': 'DRAINING', 'recv:TERMINATE': 'TERMINATING', ...ERRORS },
+  STATUS_PENDING: { 'send:STATUS_RESPONSE': 'READY', 'send:DRAIN': 'DRAINING', 'recv:TERMINATE': 'TERMINATING', ...ERRORS },
   DRAINING: {
     // Requests that crossed our DRAIN on the wire are dropped, not answered and not errors.
     'recv:HEALTH_REQUEST': 'DRAINING',
@@ -76,7 +78,14 @@ export const SERVER_TABLE: Table<ServerSessionState> = {
     'recv:TERMINATE': 'TERMINATING',
     ...ERRORS,
   },
-  TERMINATING: { 'send:TERMINATE_ACK': 'CLOSED', ...ERRORS },
+  TERMINATING: {
+    'send:HEALTH_RESPONSE': 'TERMINATING',
+    'send:CONFIG_ACK': 'TERMINATING',
+    'send:PICK_RESPONSE': 'TERMINATING',
+    'send:STATUS_RESPONSE': 'TERMINATING',
+    'send:TERMINATE_ACK': 'CLOSED',
+    ...ERRORS,
+  },
   CLOSED: {},
 };
 
@@ -97,6 +106,7 @@ export const CLIENT_TABLE: Table<ClientSessionState> = {
     'recv:HEALTH_RESPONSE': 'READY',
     'recv:HEALTH_REPORT': 'AWAIT_HEALTH',
     'recv:DRAIN': 'DRAINING',
+    'send:TERMINATE': 'AWAIT_TERMINATE_ACK',
     'timeout:response': 'CLOSED',
     ...ERRORS,
   },
@@ -104,16 +114,22 @@ export const CLIENT_TABLE: Table<ClientSessionState> = {
     'recv:CONFIG_ACK': 'READY',
     'recv:HEALTH_REPORT': 'AWAIT_CONFIG',
     'recv:DRAIN': 'DRAINING',
+    'send:TERMINATE': 'AWAIT_TERMINATE_ACK',
     'timeout:response': 'CLOSED',
     ...ERRORS,
   },
-  AWAIT_PICK: { 'recv:PICK_RESPONSE': 'READY', 'recv:DRAIN': 'DRAINING', 'timeout:response': 'CLOSED', ...ERRORS },
-  AWAIT_STATUS: { 'recv:STATUS_RESPONSE': 'READY', 'recv:DRAIN': 'DRAINING', 'timeout:response': 'CLOSED', ...ERRORS },
+  AWAIT_PICK: { 'recv:PICK_RESPONSE': 'READY', 'recv:DRAIN': 'DRAINING', 'send:TERMINATE': 'AWAIT_TERMINATE_ACK', 'timeout:response': 'CLOSED', ...ERRORS },
+  AWAIT_STATUS: { 'recv:STATUS_RESPONSE': 'READY', 'recv:DRAIN': 'DRAINING', 'send:TERMINATE': 'AWAIT_TERMINATE_ACK', 'timeout:response': 'CLOSED', ...ERRORS },
   DRAINING: { 'send:TERMINATE': 'AWAIT_TERMINATE_ACK', ...ERRORS },
   AWAIT_TERMINATE_ACK: {
     'recv:TERMINATE_ACK': 'CLOSED',
     'recv:HEALTH_REPORT': 'AWAIT_TERMINATE_ACK',
     'recv:DRAIN': 'AWAIT_TERMINATE_ACK',
+    // The answer to a request pending when TERMINATE was sent, crossing it: read and dropped.
+    'recv:HEALTH_RESPONSE': 'AWAIT_TERMINATE_ACK',
+    'recv:CONFIG_ACK': 'AWAIT_TERMINATE_ACK',
+    'recv:PICK_RESPONSE': 'AWAIT_TERMINATE_ACK',
+    'recv:STATUS_RESPONSE': 'AWAIT_TERMINATE_ACK',
     'timeout:response': 'CLOSED',
     ...ERRORS,
   },

@@ -117,8 +117,8 @@ export interface ServerStatus {
 }
 
 export interface Bodies {
-  HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string };
-  ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[] };
+  HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string; maxFrameBytes?: number };
+  ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[]; maxFrameBytes?: number };
   HEALTH_REQUEST: { seq: number };
   HEALTH_RESPONSE: { seq: number; metrics: Metrics; ageMs: number } & AgentHealth;
   CONFIG_UPDATE: { seq: number; metrics?: string[]; reportIntervalMs?: number };
@@ -210,6 +210,10 @@ const health = {
   },
 } as const;
 const HEALTH_REQUIRED = ['verdict', 'admin', 'weight'];
+/** The largest frame payload a peer accepts (HELLO / ACK `maxFrameBytes`). */
+const frameLimit = { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024 } as const;
+/** A counter: an integer JSON carries exactly. */
+const count = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
 
 function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
   return { type: 'object', additionalProperties: false, properties, required };
@@ -223,10 +227,11 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       role: { enum: ['checker', 'query'] },
       node: name,
       token: { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxTokenLength },
+      maxFrameBytes: frameLimit,
     },
     ['versions', 'role', 'node'],
   ),
-  ACK: obj({ version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList }),
+  ACK: obj({ version: { type: 'integer', minimum: 1, maximum: 255 }, node: name, role: { enum: ['agent', 'loadbalancer'] }, metrics: metricList, maxFrameBytes: frameLimit }, ['version', 'node', 'role', 'metrics']),
   HEALTH_REQUEST: obj({ seq }),
   HEALTH_RESPONSE: obj({ seq, metrics, ageMs: ms, ...health }, ['seq', 'metrics', 'ageMs', ...HEALTH_REQUIRED]),
   CONFIG_UPDATE: obj(
@@ -249,17 +254,17 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
       maxItems: FIELD_LIMITS.maxServers,
       items: obj(
         {
-          address: { type: 'string', maxLength: 300 },
+          address: { type: 'string', minLength: 1, maxLength: 300 },
           state: { enum: [...HEALTH_STATES] },
-          since: { type: 'number' },
-          failures: { type: 'integer', minimum: 0 },
-          successes: { type: 'integer', minimum: 0 },
-          latencyMs: nullable({ type: 'number', minimum: 0 }),
+          since: epochMs,
+          failures: count,
+          successes: count,
+          latencyMs: nullable({ type: 'number', minimum: 0, maximum: 86_400_000 }),
           metrics,
-          ageMs: nullable({ type: 'number', minimum: 0 }),
-          reportedAt: nullable({ type: 'number' }),
+          ageMs: nullable(ms),
+          reportedAt: nullable(epochMs),
           lastError: nullable(reason),
-          checks: { type: 'integer', minimum: 0 },
+          checks: count,
           service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
           verdict,
           reason: nullable(reason),

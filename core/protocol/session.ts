@@ -98,6 +98,9 @@ export class Session<D extends object = object> {
     });
   }
 
+  /** The largest frame payload the peer accepts, when it said so in HELLO or ACK (`maxFrameBytes`). */
+  peerMaxFrameBytes: number | undefined;
+
   get state(): State {
     return this.dfa.state;
   }
@@ -120,6 +123,13 @@ export class Session<D extends object = object> {
    */
   send<K extends MessageName>(type: K, body: Bodies[K]): void {
     if (this.ended) throw new LocalError('QHCP_ERR_CLOSED', `session closed; cannot send ${type}`);
+    if (this.peerMaxFrameBytes !== undefined && type !== 'ERROR') {
+      // The peer said how large a frame it accepts (HELLO / ACK maxFrameBytes): never send more.
+      const size = Buffer.byteLength(JSON.stringify(body));
+      if (size > this.peerMaxFrameBytes) {
+        return this.fail(new ProtocolError('FRAME_TOO_LARGE', `${type} of ${size} bytes exceeds the peer's maxFrameBytes ${this.peerMaxFrameBytes}`));
+      }
+    }
     const u = this.opts.unread;
     if (u && type !== 'ERROR') {
       const mine = this.channel.pendingBytes;

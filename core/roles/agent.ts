@@ -385,7 +385,8 @@ export class AgentServer extends Core {
     }
     s.peer = { node: body.node, role: body.role, ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
     s.data.prefs = { reportIntervalMs: 0 } satisfies SessionPrefs;
-    s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name) });
+    if (body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = body.maxFrameBytes;
+    s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name), maxFrameBytes: this.config.maxFrameBytes });
     this.logger.debug('load balancer connected', { remote: s.remote, node: body.node });
   }
 

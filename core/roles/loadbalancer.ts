@@ -30,6 +30,38 @@ export interface LoadBalancerStats extends CheckStats, QueryStats {
   transitions: number;
 }
 
+/**
+ * Options a running load balancer takes from a reloaded config (SIGHUP); any other option that
+ * changed needs a restart. Timings apply from each backend's next check; connection options
+ * (idleTimeout, keepAlive, serverName, reportInterval) from its next connection.
+ */
+export const RELOADABLE = ['servers', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'maxFailAttempts', 'riseAttempts', 'degraded', 'status', 'statusSummary', 'idleTimeout', 'keepAlive', 'serverName'] as const;
+
+/** What a reload changed. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  /** Backends whose configured weight changed. */
+  reweighted: string[];
+  /** Changed options now in force (besides `servers`). */
+  applied: string[];
+  /** Changed options that need a restart (the running values stay). */
+  restart: string[];
+}
+
+/** "+1 server (a:1), -1 server (b:1), 1 weight changed; applied: checkInterval; needs a restart: loadbalancerPort", or "no change". */
+export function reloadSummary(r: ReloadResult): string {
+  const n = (k: number, what: string) => `${k} ${what}${k === 1 ? '' : 's'}`;
+  const parts: string[] = [];
+  if (r.added.length) parts.push(`+${n(r.added.length, 'server')} (${r.added.join(', ')})`);
+  if (r.removed.length) parts.push(`-${n(r.removed.length, 'server')} (${r.removed.join(', ')})`);
+  if (r.reweighted.length) parts.push(`${n(r.reweighted.length, 'weight')} changed (${r.reweighted.join(', ')})`);
+  const head = parts.join(', ');
+  const tail = [r.applied.length ? `applied: ${r.applied.join(', ')}` : '', r.restart.length ? `needs a restart (not applied): ${r.restart.join(', ')}` : ''].filter(Boolean);
+  const text = [head, ...tail].filter(Boolean).join('; ');
+  return text || 'no change';
+}
+
 /** A service name as backends may name one (`host:4243/web`); the same rule as the wire's `services` keys. */
 export const SERVICE_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 
@@ -81,6 +113,54 @@ export class LoadBalancer extends Core {
     return this.query.port;
   }
 
+  /**
+   * Takes a new configuration (SIGHUP): backends added and removed without touching the
+   * others' state, weights changed, reloadable options applied (RELOADABLE), the rest listed as
+   * needing a restart. All or nothing: a config whose servers do not parse changes nothing.
+   * @throws LocalError for a bad or repeated server, or an empty list
+   */
+  async reload(next: Readonly<QhcpConfig>): Promise<ReloadResult> {
+    const wanted = new Map<string, ReturnType<typeof parseBackend>>();
+    for (const entry of next.servers) {
+      const p = parseBackend(entry);
+      if (wanted.has(p.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${p.address} is listed twice`);
+      wanted.set(p.address, p);
+    }
+    if (wanted.size === 0) throw new LocalError('QHCP_ERR_CLI_USAGE', 'no servers: the reloaded configuration lists none');
+    const prev = this.config;
+    const changed = (Object.keys({ ...prev, ...next }) as Array<keyof QhcpConfig>).filter((k) => k !== 'servers' && JSON.stringify(prev[k]) !== JSON.stringify(next[k]));
+    const live = new Set<string>(RELOADABLE);
+    const result: ReloadResult = { added: [], removed: [], reweighted: [], applied: changed.filter((k) => live.has(k)), restart: changed.filter((k) => !live.has(k)) };
+    // The running config keeps what needs a restart; the rest comes from the new one.
+    const merged = { ...prev } as Record<string, unknown>;
+    for (const k of [...result.applied, 'servers']) merged[k] = (next as unknown as Record<string, unknown>)[k];
+    (this as { config: Readonly<QhcpConfig> }).config = Object.freeze(merged) as unknown as QhcpConfig;
+    const before = this.checker.timings.intervalMs;
+    this.checker.timings = timingsOf(this.config, checkTimeoutOf(this.config));
+    if (this.started && this.checker.timings.intervalMs !== before) {
+      clearInterval(this.statusTimer);
+      this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), this.checker.timings.intervalMs);
+      this.statusTimer.unref();
+    }
+    result.removed = [...this.pool.keys()].filter((a) => !wanted.has(a));
+    await Promise.all(result.removed.map((a) => this.removeBackend(a)));
+    for (const [address, p] of wanted) {
+      const b = this.pool.get(address);
+      if (!b) {
+        this.addBackend({ address, weight: p.weight });
+        result.added.push(address);
+      } else if (b.configWeight !== p.weight) {
+        b.configWeight = p.weight;
+        result.reweighted.push(address);
+      }
+    }
+    // Configuration order is pick order: follow the new list.
+    const order = [...wanted.keys()].map((a) => this.pool.get(a)!);
+    this.pool.clear();
+    for (const b of order) this.pool.set(b.address, b);
+    return result;
+  }
+
   /** Push mode (docs/operations.md): agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
   get reportMs(): number {
     return this.checker.timings.reportMs;
@@ -94,6 +174,11 @@ export class LoadBalancer extends Core {
   /** The internal records (the status view, benchmarks). */
   records(): readonly Backend[] {
     return [...this.pool.values()];
+  }
+
+  /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
+  queryConnections(): { open: number; accepted: number; limited: number } {
+    return this.query.connections();
   }
 
   /** STATUS: every backend's status, or those naming `service`. */

@@ -9,6 +9,7 @@ import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
+import { QueryLimiter } from './query-limit.ts';
 
 export interface QueryStats {
   picks: number;
@@ -28,12 +29,22 @@ export class QueryPort {
   private listener: Listener | undefined;
   private readonly sessions = new Set<Session>();
   private stopping = false;
+  /** STATUS/PICK rate limits (query-limit.ts): a query flood must not starve the health checks. */
+  readonly limiter: QueryLimiter;
+  private accepted = 0;
 
   constructor(
     private readonly core: Core,
     private readonly host: QueryHost,
     readonly stats: QueryStats,
-  ) {}
+  ) {
+    this.limiter = new QueryLimiter({ perConnection: core.config.queryRate, total: core.config.queryRateTotal });
+  }
+
+  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics). */
+  connections(): { open: number; accepted: number; limited: number } {
+    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed };
+  }
 
   get port(): number {
     return this.listener?.port ?? 0;
@@ -58,25 +69,41 @@ export class QueryPort {
   private accept(ch: Channel): void {
     const core = this.core;
     if (core.refuse(ch, this.sessions, this.stopping, 'query-refused')) return;
+    this.accepted++;
     const session = new Session(ch, {
       role: 'server',
       helloTimeoutMs: core.config.helloTimeout * 1000,
       observe: core.frameObserver(),
       onMessage: (m, s) => this.onQuery(m, s),
       onViolation: (err, s) => core.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
-      onClose: (_why, s) => this.sessions.delete(s),
+      onClose: (_why, s) => {
+        this.sessions.delete(s);
+        this.limiter.forget(s);
+      },
     });
     this.sessions.add(session);
   }
 
-  private onQuery(msg: Message, s: Session): void {
+  private onQuery(msg: Message, s: Session, admitted = false): void {
     if (s.state === 'DRAINING') return;
+    if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK')) {
+      const later = () => {
+        if (!s.isClosed) this.onQuery(msg, s, true);
+      };
+      if (!this.limiter.submit(s, later)) {
+        const l = this.limiter.limits;
+        this.core.logger.limited('query-rate', 'query connection closed: too many queries waiting', { remote: s.remote, perConnection: l.perConnection, total: l.total });
+        s.fail(new ProtocolError('TOO_MANY_CONNECTIONS', `query rate limit: more than ${this.limiter.maxWaiting} queries waiting (${l.perConnection}/s per connection, ${l.total}/s in all)`));
+      }
+      return;
+    }
     switch (msg.type) {
       case 'HELLO': {
         const version = this.core.helloVersion(s, msg.body, 'query');
         if (version === undefined) return;
         s.peer = { node: msg.body.node, role: 'query' };
-        s.send('ACK', { version, node: this.core.node, role: 'loadbalancer', metrics: [] });
+        if (msg.body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = msg.body.maxFrameBytes;
+        s.send('ACK', { version, node: this.core.node, role: 'loadbalancer', metrics: [], maxFrameBytes: Math.max(this.core.config.maxFrameBytes, 4 * 1024 * 1024) });
         return;
       }
       case 'STATUS':
@@ -109,6 +136,7 @@ export class QueryPort {
   /** Closes every query session and the listener. */
   async stop(): Promise<void> {
     this.stopping = true;
+    this.limiter.stop();
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');
   }

@@ -165,12 +165,12 @@ export class Channel implements ConnEvents {
   private refuseStream(id: number): void {
     const q = this.conn.q;
     try {
-      q.streamShutdown(id, quiche.Shutdown.Read, 0);
+      q.streamShutdown(id, quiche.Shutdown.Read, 109); // STOP_SENDING with EXTRA_STREAM (docs/protocol.md, Transport)
     } catch {
       /* gone */
     }
     try {
-      q.streamShutdown(id, quiche.Shutdown.Write, 0);
+      q.streamShutdown(id, quiche.Shutdown.Write, 109); // RESET_STREAM with EXTRA_STREAM
     } catch {
       /* unidirectional or gone */
     }

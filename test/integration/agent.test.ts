@@ -60,6 +60,21 @@ describe('agent: HEALTH_REQUEST, CONFIG_UPDATE per connection, TERMINATE', funct
     expect(res.body).to.not.have.property('services');
   });
 
+  it('ACK says the agent\'s maximum frame size; CONFIG_UPDATE with only unknown names selects none, [] selects all', async () => {
+    const channel = await connect({ host: '127.0.0.1', port: server.port, timeoutMs: 10_000 });
+    const s = new Session(channel, { role: 'client', onMessage: () => {} });
+    sessions.push(s);
+    const ack = (await s.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'checker', node: 'limits', maxFrameBytes: 2048 }, 10_000)) as Of<'ACK'>;
+    expect(ack.body.maxFrameBytes).to.equal(65536);
+    const none = (await s.request('CONFIG_UPDATE', { seq: 1, metrics: ['no.such.metric'] }, 10_000)) as Of<'CONFIG_ACK'>;
+    expect(none.body.metrics).to.deep.equal([]);
+    const empty = (await s.request('HEALTH_REQUEST', { seq: 2 }, 10_000)) as Of<'HEALTH_RESPONSE'>;
+    expect(empty.body.metrics).to.deep.equal({});
+    expect(empty.body.verdict, 'verdicts still come').to.equal('SERVING');
+    const all = (await s.request('CONFIG_UPDATE', { seq: 3, metrics: [] }, 10_000)) as Of<'CONFIG_ACK'>;
+    expect(all.body.metrics).to.include.members(['cpu', 'memory', 'load1']);
+  });
+
   it("CONFIG_UPDATE (only ['cpu'], report every 200 ms) changes that connection only", async () => {
     const a = await open(server.port, 'test-config');
     const b = await open(server.port, 'test-other');
