@@ -5,6 +5,7 @@
  * line `qhcp: <problem>` and exit 2; no stack traces.
  */
 import { packageInfo } from '../util/package-info.ts';
+import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
 import { optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig } from '../config/schema.ts';
@@ -282,6 +283,20 @@ interface QueryOpts {
   certFile?: string;
   serverName?: string;
   timeout?: number;
+  tokenFile?: string;
+}
+
+/** The token in a file (a JWT, one line); never from a flag, which other users can see. */
+function readToken(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? errorText(e)})`);
+  }
+  const token = text.trim();
+  if (!token || /\s/.test(token)) throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: expected one token on one line`);
+  return token;
 }
 
 /**
@@ -327,6 +342,7 @@ async function openQuery(o: QueryOpts) {
     timeoutMs: (o.timeout ?? 5) * 1000,
     ...(target.caFile ? { ca: readPem(target.caFile, 'certificate') } : {}),
     ...(target.serverName ? { serverName: target.serverName } : {}),
+    ...(o.tokenFile ? { token: readToken(o.tokenFile) } : {}),
   });
 }
 
@@ -337,7 +353,8 @@ function queryOptions(cmd: Command): Command {
     .option('--json', 'machine-readable JSON output')
     .option('--cert-file <file>', 'CA/certificate to verify the load balancer with (default: caFile from the config file; none: not verified)')
     .option('--server-name <name>', 'name its certificate must carry')
-    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'));
+    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'))
+    .option('--token-file <file>', 'file holding a token (JWT) for a load balancer that verifies query clients (jwt verifyQueries)');
 }
 
 export function buildProgram(): Command {
