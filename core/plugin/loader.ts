@@ -120,6 +120,15 @@ export function validateOptions(ctor: { schema?: object; name?: string }, option
   return opts;
 }
 
+/**
+ * A plugin's options with its schema's defaults filled in: what a constructor uses so that each
+ * default is written once, in the schema (the loader has validated already; this also serves a
+ * plugin built directly, in tests or embedding). @throws ConfigError for options the schema refuses
+ */
+export function withDefaults<T>(schema: object, options: object | undefined, name: string): T {
+  return validateOptions({ schema }, (options ?? {}) as Record<string, unknown>, name, name) as T;
+}
+
 function copyPlain<T>(v: T): T {
   if (Array.isArray(v)) return v.map(copyPlain) as T;
   if (v && typeof v === 'object' && Object.getPrototypeOf(v) === Object.prototype) {

@@ -8,7 +8,7 @@
 import { safeJson } from '../../core/util/sanitize.ts';
 import { spawn } from 'node:child_process';
 import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
@@ -81,7 +81,7 @@ export default class ExecAlertPlugin implements QhcpPlugin {
   readonly results: ExecResult[] = [];
 
   constructor(options: ExecOptions) {
-    this.opts = { args: [], env: {}, timeoutMs: 10_000, killGraceMs: 2000, queueSize: 100, minIntervalMs: 30_000, drainTimeoutMs: 1500, ...options };
+    this.opts = withDefaults(ExecAlertPlugin.schema, options, 'exec');
     this.queue = new SerialQueue(this.opts.queueSize, async (item) => void (await this.runOne(item.event, item.suppressed)), (_, n) => {
       this.stats.dropped = n;
       this.logger?.limited(`${PLUGIN_NAME}:dropped`, `${PLUGIN_NAME}: queue full (${this.opts.queueSize}), dropped the oldest alert`, { command: this.opts.command, dropped: n });

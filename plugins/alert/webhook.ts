@@ -7,7 +7,7 @@
  */
 import { safeJson } from '../../core/util/sanitize.ts';
 import type { CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
@@ -61,7 +61,7 @@ export default class WebhookAlertPlugin implements QhcpPlugin {
   private logger: CoreLike['logger'] | undefined;
 
   constructor(options: WebhookOptions) {
-    this.opts = { headers: {}, timeoutMs: 5000, retries: 3, backoffMs: 500, maxBackoffMs: 30_000, queueSize: 100, minIntervalMs: 30_000, drainTimeoutMs: 1500, ...options };
+    this.opts = withDefaults(WebhookAlertPlugin.schema, options, 'webhook');
     // Refuse a bad URL at start-up, not at the first alert.
     const u = new URL(this.opts.url);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`webhook url must be http or https, got ${u.protocol}`);

@@ -18,7 +18,7 @@ import { dirname, resolve } from 'node:path';
 import { SignJWT, jwtVerify, decodeProtectedHeader, createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { ConfigError, errorText, type WireErrorName } from '../../core/errors.ts';
 import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 
 const PLUGIN_NAME = 'jwt';
 
@@ -96,7 +96,7 @@ export default class JwtAuthPlugin implements QhcpPlugin {
 
   /** Checks that the options name key material that fits the algorithm. @throws Error */
   constructor(options: JwtOptions = {}) {
-    this.opts = { alg: 'HS256', issuer: 'qhcp-loadbalancer', ttlSeconds: 60, clockToleranceSeconds: 30, maxTokenAgeSeconds: 600, maxTokenBytes: 4096, required: true, verifyQueries: false, queryAudience: 'qhcp-query', maxReplayCache: 100_000, ...options };
+    this.opts = withDefaults(JwtAuthPlugin.schema, options, 'jwt');
     const o = this.opts;
     if (o.secretFile && o.secretEnv) throw new Error('jwt: give secretFile or secretEnv, not both');
     if (o.alg === 'HS256') {

@@ -6,7 +6,7 @@
  * Stale reports (older than `maxReportAgeMs`) count as unknown load (load.ts).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, PicksSinceReport, ShareCap, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';
@@ -36,7 +36,7 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
   private last: string | undefined;
 
   constructor(options: LeastLoadedOptions = {}) {
-    this.opts = { ...LOAD_DEFAULTS, pickCost: 0.01, maxShare: maxShareSchema.default, ...options };
+    this.opts = withDefaults(LeastLoadedPlugin.schema, options, 'least-loaded');
     this.share = new ShareCap(this.opts.maxShare);
   }
 

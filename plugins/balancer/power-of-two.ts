@@ -5,7 +5,7 @@
  * Stale reports count as unknown load (load.ts).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, PicksSinceReport, ShareCap, loadsOf, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'power-of-two';
@@ -37,7 +37,7 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     options: PowerOfTwoOptions = {},
     private readonly random: () => number = Math.random,
   ) {
-    this.opts = { ...LOAD_DEFAULTS, pickCost: 0, maxShare: maxShareSchema.default, ...options };
+    this.opts = withDefaults(PowerOfTwoPlugin.schema, options, 'power-of-two');
     this.share = new ShareCap(this.opts.maxShare);
   }
 

@@ -6,7 +6,7 @@
  * stale or missing report falls back to the configured weight (load.ts).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 import { metricNameSchema } from '../../core/protocol/messages.ts';
 
@@ -41,7 +41,7 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
   private readonly credit = new Map<string, number>();
 
   constructor(options: WeightedRoundRobinOptions = {}) {
-    this.opts = { ...LOAD_DEFAULTS, weightFrom: 'config', weightMetric: 'weight', maxShare: maxShareSchema.default, ...options };
+    this.opts = withDefaults(WeightedRoundRobinPlugin.schema, options, 'weighted-round-robin');
     // Configured weights are the operator's choice; reported ones are capped (load.ts ShareCap).
     this.share = new ShareCap(this.opts.weightFrom === 'config' ? 1 : this.opts.maxShare);
   }

@@ -10,7 +10,7 @@
 import os from 'node:os';
 import si from 'systeminformation';
 import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { Sampler, type Source, type Values } from './sampler.ts';
 
 const PLUGIN_NAME = 'system-metrics';
@@ -164,7 +164,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
     options: SystemMetricsOptions = {},
     private readonly readers: SystemReaders = SYSTEM_READERS,
   ) {
-    this.opts = { intervalMs: 1000, slowIntervalMs: 30000, timeoutMs: 2000, perCore: true, maxCores: 64, maxMounts: 16, ...options };
+    this.opts = withDefaults(SystemMetricsPlugin.schema, options, 'system-metrics');
     this.cores = Math.max(1, readers.cores());
     const sources: Source[] = [];
     for (const name of SOURCE_NAMES) {
