@@ -1,6 +1,19 @@
 /**
- * The query client behind `qhcp status` and `qhcp pick`: one session to a load balancer's
- * query port (role "query"), requests, then TERMINATE.
+ * `qhcp/client`: the query client behind `qhcp status` and `qhcp pick`, for programs that ask a
+ * load balancer which backend to use. One QUIC session to its query port (HELLO as role
+ * "query"), any number of STATUS / PICK requests over it, then TERMINATE:
+ *
+ *   import { QueryClient } from 'qhcp/client';
+ *   const lb = await QueryClient.open({ host: '127.0.0.1', port: 4242, ca: readFileSync('ca.pem', 'utf8') });
+ *   try {
+ *     const { server, balancer, why } = await lb.pick('user-42');   // server: "10.0.0.2:4243" or null
+ *     const { servers } = await lb.status();                         // every backend's state and metrics
+ *   } finally {
+ *     await lb.close();
+ *   }
+ *
+ * Without `ca` the load balancer's certificate is not verified. Every request is bounded by
+ * `timeoutMs`; failures are thrown as LocalError (connect), ProtocolError or PeerError.
  */
 import { connect } from '../transport/quic.ts';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
@@ -10,10 +23,14 @@ import { FIELD_LIMITS, SUPPORTED_VERSIONS, type Message, type ServerStatus } fro
 import { hostname } from 'node:os';
 
 export interface QueryOptions {
+  /** The load balancer's query address (`loadbalancerHost`, `loadbalancerPort`). */
   host: string;
   port: number;
+  /** CA (or the certificate itself), PEM, to verify the load balancer with; absent: not verified. */
   ca?: string;
+  /** The name its certificate must carry (default: `host`). */
   serverName?: string;
+  /** Bound on the connection and on each request (default 5000 ms). */
   timeoutMs?: number;
   /** A token for HELLO (a load balancer whose auth plugin verifies query clients requires one). */
   token?: string;
