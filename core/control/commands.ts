@@ -7,7 +7,6 @@
  */
 import type { Command } from 'commander';
 import { LocalError } from '../errors.ts';
-import { findConfigFile, buildConfig } from '../config/config.ts';
 import { controlRequest, defaultControlSocket, type ControlAnswer, type ControlRequest } from './socket.ts';
 import { sanitize } from '../util/sanitize.ts';
 
@@ -22,6 +21,8 @@ interface ControlOpts {
 /** The control socket path a command talks to. @throws ConfigError / LocalError */
 export async function resolveSocket(o: ControlOpts): Promise<string> {
   if (o.socket) return o.socket;
+  // The config loader (cosmiconfig, ajv) only when a control command runs, not at every CLI start.
+  const { findConfigFile, buildConfig } = await import('../config/config.ts');
   const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}) });
   const { config } = buildConfig(data, file, o.serverPort !== undefined ? { serverPort: o.serverPort } : {});
   if (config.controlSocket === false) throw new LocalError('QHCP_ERR_CONTROL', 'the configuration turns the control socket off (controlSocket: false)');
