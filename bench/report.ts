@@ -384,7 +384,7 @@ function tcpProxySection(): string[] {
     '| --- | --- | --- | --- | --- | --- |',
     ...t.rows.map((r) => `| ${({ direct: 'direct (no proxy)', 'node-pipe': 'bare Node proxy (socket.pipe)', qhcp: 'qhcp tcp-proxy', haproxy: 'HAProxy (tcp)' } as Record<string, string>)[r.target] ?? r.target} | ${r.connsPerS} | ${r.cpuPct ?? '—'} | ${r.cpuMsPer1000 === null ? '—' : `${r.cpuMsPer1000} ms`} | ${r.throughputMBs} | ${r.errors} |`),
     '',
-    `**Ratios, qhcp / HAProxy:** connections/s ${x(q?.connsPerS, h?.connsPerS)} (target: at least 0.33×, within 3× of HAProxy), CPU per connection ${x(q?.cpuMsPer1000, h?.cpuMsPer1000)}, throughput ${x(q?.throughputMBs, h?.throughputMBs)}. **qhcp / bare Node proxy:** connections/s ${x(q?.connsPerS, n?.connsPerS)}, throughput ${x(q?.throughputMBs, n?.throughputMBs)} (what qhcp's checks, limits, counting and pipeline add to Node's sockets). Direct connections/s ${d?.connsPerS ?? '—'} is the ceiling of the generator and backends on this machine: where a proxy is close to it, the generator, not the proxy, is the limit.`,
+    `**Ratios, qhcp / HAProxy:** connections/s ${x(q?.connsPerS, h?.connsPerS)} (target: at least 0.33×, within 3× of HAProxy), CPU per connection ${x(q?.cpuMsPer1000, h?.cpuMsPer1000)}, throughput ${x(q?.throughputMBs, h?.throughputMBs)}. **qhcp / bare Node proxy:** connections/s ${x(q?.connsPerS, n?.connsPerS)}, throughput ${x(q?.throughputMBs, n?.throughputMBs)} (what qhcp's picks, limits, timeouts, counting and outlier tracking add to Node's sockets). Direct connections/s ${d?.connsPerS ?? '—'} is the ceiling of the generator and backends on this machine: where a proxy is close to it, the generator, not the proxy, is the limit.`,
   ];
   return L;
 }

@@ -280,6 +280,20 @@ interface QueryOpts {
   certFile?: string;
   serverName?: string;
   timeout?: number;
+  tokenFile?: string;
+}
+
+/** The token in a file (a JWT, one line); never from a flag, which other users can see. */
+function readToken(file: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? errorText(e)})`);
+  }
+  const token = text.trim();
+  if (!token || /\s/.test(token)) throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: expected one token on one line`);
+  return token;
 }
 
 async function openQuery(o: QueryOpts) {
@@ -291,6 +305,7 @@ async function openQuery(o: QueryOpts) {
     timeoutMs: (o.timeout ?? 5) * 1000,
     ...(o.certFile ? { ca: readPem(o.certFile, 'certificate') } : {}),
     ...(o.serverName ? { serverName: o.serverName } : {}),
+    ...(o.tokenFile ? { token: readToken(o.tokenFile) } : {}),
   });
 }
 
@@ -300,7 +315,8 @@ function queryOptions(cmd: Command): Command {
     .option('--json', 'machine-readable JSON output')
     .option('--cert-file <file>', 'CA/certificate to verify the load balancer with')
     .option('--server-name <name>', 'name its certificate must carry')
-    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'));
+    .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'))
+    .option('--token-file <file>', 'file holding a token (JWT) for a load balancer that verifies query clients (jwt verifyQueries)');
 }
 
 export function buildProgram(): Command {

@@ -91,7 +91,7 @@ export const CONFIG_SCHEMA = {
       'Load balancer: the servers to check. A bare host uses port 4243; `weight` (0-1000, default 1) is read by weighted balancers. Required to run a load balancer (here or as a flag).',
       { kind: 'list', flag: { ...LB, arg: 'list', help: 'comma-separated host:port list of servers (a bare host uses port 4243)' } },
     ),
-    loadbalancerHost: opt({ type: 'string', minLength: 1, default: '0.0.0.0' }, 'Load balancer: address of the query port (STATUS, PICK).', { kind: 'ip', flag: LB }),
+    loadbalancerHost: opt({ type: 'string', minLength: 1, default: '127.0.0.1' }, 'Load balancer: address of the query port (STATUS, PICK). Loopback by default: anyone who reaches the port reads every backend; bind it wider only with an auth plugin verifying query clients (jwt verifyQueries), else a warning is logged.', { kind: 'ip', flag: LB }),
     loadbalancerPort: opt(port(DEFAULT_LOADBALANCER_PORT), 'Load balancer: UDP port for queries (0: any free port).', { kind: 'port', flag: LB }),
     serverIp: opt({ type: 'string', minLength: 1, default: '0.0.0.0' }, 'Server: address to listen on.', { kind: 'ip', flag: SERVER }),
     serverPort: opt(port(DEFAULT_SERVER_PORT), 'Server: UDP port to listen on (0: any free port).', { kind: 'port', flag: SERVER }),

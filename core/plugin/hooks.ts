@@ -125,13 +125,17 @@ export interface AuthRequest {
   remote: string;
   role: 'checker' | 'query';
 }
-export type AuthVerdict = { ok: true; subject?: string } | { ok: false; kind: WireErrorName; reason: string };
+/** `expiresAt` (epoch ms): the credentials' end; the session is closed with AUTH_EXPIRED then. */
+export type AuthVerdict = { ok: true; subject?: string; expiresAt?: number } | { ok: false; kind: WireErrorName; reason: string };
 
 /** What the server acts on for a `verify` answer: undefined abstains; anything malformed denies (fail closed). */
 export function toVerdict(v: unknown): AuthVerdict | undefined {
   if (v === undefined) return undefined;
   const o = (v && typeof v === 'object' ? v : {}) as { ok?: unknown; kind?: unknown; reason?: unknown; subject?: unknown };
-  if (o.ok === true) return typeof o.subject === 'string' ? { ok: true, subject: o.subject } : { ok: true };
+  if (o.ok === true) {
+    const exp = (v as { expiresAt?: unknown }).expiresAt;
+    return { ok: true, ...(typeof o.subject === 'string' ? { subject: o.subject } : {}), ...(typeof exp === 'number' && Number.isFinite(exp) ? { expiresAt: exp } : {}) };
+  }
   if (o.ok === false && typeof o.kind === 'string' && Object.hasOwn(WIRE_ERRORS, o.kind)) {
     return { ok: false, kind: o.kind as WireErrorName, reason: typeof o.reason === 'string' ? o.reason : o.kind };
   }

@@ -129,8 +129,8 @@ export interface Bodies {
   DRAIN: { reason?: string; graceMs: number };
   PICK: { seq: number; key?: string; service?: string };
   PICK_RESPONSE: { seq: number; server: string | null; reason?: string; balancer?: string; why?: string };
-  STATUS: { seq: number; service?: string };
-  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
+  STATUS: { seq: number; service?: string; offset?: number; limit?: number };
+  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
 
@@ -245,7 +245,15 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
   PICK: obj({ seq, key: { type: 'string', maxLength: 256 }, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
   PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason, balancer: name, why: reason }, ['seq', 'server']),
-  STATUS: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
+  STATUS: obj(
+    {
+      seq,
+      service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+      offset: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+      limit: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    },
+    ['seq'],
+  ),
   STATUS_RESPONSE: obj({
     seq,
     node: name,
@@ -275,7 +283,9 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
         ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
       ),
     },
-  }),
+    next: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+  }, ['seq', 'node', 'servers']),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 

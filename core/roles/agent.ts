@@ -384,6 +384,7 @@ export class AgentServer extends Core {
       return s.fail(new ProtocolError(verdict.kind, verdict.reason));
     }
     s.peer = { node: body.node, role: body.role, ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
+    if (verdict?.ok) this.expireWith(s, verdict.expiresAt);
     s.data.prefs = { reportIntervalMs: 0 } satisfies SessionPrefs;
     if (body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = body.maxFrameBytes;
     s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name), maxFrameBytes: this.config.maxFrameBytes });

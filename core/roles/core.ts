@@ -102,6 +102,21 @@ export class Core implements CoreLike {
   }
 
   /**
+   * A session lives no longer than its credentials: at `expiresAt` (the verdict of the `verify`
+   * hook) it is closed with ERROR 202 AUTH_EXPIRED. A load balancer reconnects with a fresh
+   * token before then (core/health/checker.ts).
+   */
+  expireWith<D extends object>(s: Session<D>, expiresAt: number | undefined): void {
+    if (expiresAt === undefined) return;
+    const t = setTimeout(() => {
+      this.logger.limited('auth-expired', 'session credentials expired', { remote: s.remote });
+      s.fail(new ProtocolError('AUTH_EXPIRED', 'token expired: the session ends with its credentials (reconnect with a fresh token)'));
+    }, Math.max(0, Math.min(expiresAt - Date.now(), 2 ** 31 - 1)));
+    t.unref();
+    void s.closed().then(() => clearTimeout(t));
+  }
+
+  /**
    * The one listener-options builder: a role's listen address and certificate plus what every
    * listener takes from the config (frame limit, idle and handshake timeouts, stream and
    * handshake caps); refused handshakes are logged rate-limited under `logKey`.
