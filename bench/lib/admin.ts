@@ -136,6 +136,9 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
   /** The agent's pushes, from its "health changed" log lines: [time ms, admin]. */
   const pushes: Array<{ at: number; admin: string }> = [];
   type Ev = { to: string; at: number };
+  /** The backend's last transitions (bounded), to say what happened when a change was never seen. */
+  const trail: string[] = [];
+  const trailText = () => trail.slice(-4).join(' | ');
   const listeners = new Set<(e: Ev) => void>();
   const next = (to: string, timeoutMs: number) =>
     new Promise<Ev | undefined>((resolve) => {
@@ -182,6 +185,8 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
       lb.onEvent = (raw) => {
         const e = raw as LbEvent;
         if (e.server !== agentAddress) return;
+        trail.push(`${new Date(e.at).toISOString().slice(11, 23)} ${e.from}->${e.to} (${e.reason.slice(0, 100)})`);
+        if (trail.length > 20) trail.splice(0, trail.length - 20);
         for (const f of [...listeners]) f({ to: e.to, at: e.hr ?? e.at });
       };
       try {
@@ -197,7 +202,7 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
           const tAns = hrNow();
           const e = await seen;
           if (!ans.ok) return void res.misses.push(`${mode} run ${r} ${c}: the agent refused: ${ans.error}`);
-          if (!e) return void res.misses.push(`${mode} run ${r} ${c}: the load balancer never showed ${to}`);
+          if (!e) return void res.misses.push(`${mode} run ${r} ${c}: the load balancer never showed ${to} within 10 s (agent answered: admin ${ans.health.admin}, pushed to ${ans.pushed}; last transitions: ${trailText()})`);
           const cell = cellOf(impl, c);
           cell.seen.push(r3(e.at - tSend));
           cell.afterReturn.push(r3(e.at - tAns));
@@ -216,7 +221,7 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
           if (write) writeFileSync(flag, 'bench maintenance\n');
           else unlinkSync(flag);
           const e = await seen;
-          if (!e) return void res.misses.push(`${mode} run ${r} ${write ? 'maint-file' : 'file-gone'}: the load balancer never showed ${to}`);
+          if (!e) return void res.misses.push(`${mode} run ${r} ${write ? 'maint-file' : 'file-gone'}: the load balancer never showed ${to} (last transitions: ${trailText()})`);
           const cell = cellOf(impl, write ? 'maint-file' : 'file-gone');
           cell.seen.push(r3(e.at - tSend));
           const p = pushes.find((x) => x.admin === (write ? 'MAINT' : 'READY') && x.at >= Math.floor(tSend));
