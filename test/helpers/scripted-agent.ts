@@ -16,6 +16,12 @@ export class ScriptedAgent {
   answered = 0;
   /** TERMINATEs received so far. */
   terminated = 0;
+  /** Every message received, in order, by type (to check orderings). */
+  readonly log: string[] = [];
+  /** Delay before answering a HEALTH_REQUEST (ms). */
+  answerDelayMs = 0;
+  /** Called with the request count when a HEALTH_REQUEST arrives (before it is answered). */
+  onRequest: ((n: number) => void) | undefined;
 
   private constructor(private readonly listener: Listener) {}
 
@@ -55,14 +61,22 @@ export class ScriptedAgent {
   }
 
   private onMessage(msg: Message, s: Session): void {
+    this.log.push(msg.type);
     switch (msg.type) {
       case 'HELLO':
         s.send('ACK', { version: 1, node: 'scripted-agent', role: 'agent', metrics: [] });
         return;
-      case 'HEALTH_REQUEST':
-        this.answered++;
-        s.send('HEALTH_RESPONSE', { seq: msg.body.seq, metrics: {}, ageMs: 0, ...this.health });
+      case 'HEALTH_REQUEST': {
+        this.onRequest?.(this.answered + 1);
+        const answer = () => {
+          this.answered++;
+          this.log.push('sent HEALTH_RESPONSE');
+          s.trySend('HEALTH_RESPONSE', { seq: msg.body.seq, metrics: {}, ageMs: 0, ...this.health });
+        };
+        if (this.answerDelayMs > 0) setTimeout(answer, this.answerDelayMs);
+        else answer();
         return;
+      }
       case 'CONFIG_UPDATE':
         s.send('CONFIG_ACK', { seq: msg.body.seq, metrics: [], reportIntervalMs: 0 });
         return;

@@ -86,3 +86,38 @@ describe('load balancer SIGHUP: reload the config file (real process)', function
     expect((await lb.exited).code).to.equal(0);
   });
 });
+
+describe('load balancer SIGTERM with a check in flight (real process)', function () {
+  this.timeout(60_000);
+  after(async () => {
+    await stopAll();
+  });
+
+  it('waits for the answer, then sends TERMINATE (as docs/operations.md promises), and exits 0', async () => {
+    const agent = await ScriptedAgent.start();
+    try {
+      const port = await freePort();
+      const lb = new QhcpProcess(['loadbalancer', '--servers', agent.address, '--loadbalancer-host', '127.0.0.1', '--loadbalancer-port', String(port), '--check-interval', '1', '--status', 'none']);
+      await lb.waitFor(/load balancer started/);
+      await waitForState(port, agent.address, 'UP');
+      // The next HEALTH_REQUEST is answered 400 ms late; SIGTERM goes to the load balancer the
+      // moment that request arrives, so the check is in flight when it starts stopping.
+      const inFlight = new Promise<void>((resolve) => {
+        agent.onRequest = () => {
+          agent.onRequest = undefined;
+          agent.answerDelayMs = 400;
+          lb.signal('SIGTERM');
+          resolve();
+        };
+      });
+      await inFlight;
+      const { code } = await lb.exited;
+      expect(code).to.equal(0);
+      expect(agent.terminated, 'TERMINATE received').to.equal(1);
+      const tail = agent.log.slice(agent.log.lastIndexOf('HEALTH_REQUEST'));
+      expect(tail).to.deep.equal(['HEALTH_REQUEST', 'sent HEALTH_RESPONSE', 'TERMINATE']);
+    } finally {
+      await agent.stop();
+    }
+  });
+});
