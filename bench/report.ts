@@ -5,6 +5,7 @@
  * bench/results/optimizations.json (before/after figures of each change we tried).
  */
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { startupSection, type StartupResults } from './startup.ts';
 import { fileURLToPath } from 'node:url';
 import type { Results } from './run.ts';
 import type { CostCell } from './lib/cost.ts';
@@ -392,7 +393,10 @@ function tcpProxySection(): string[] {
 }
 
 export function writeReport(res: Results): void {
-  writeFileSync(`${ROOT}docs/benchmarks.md`, render(res));
+  // The start-up figures come from their own run (npm run bench:startup, bench/results/startup.json).
+  const startup = `${ROOT}bench/results/startup.json`;
+  const tail = existsSync(startup) ? `\n${startupSection(JSON.parse(readFileSync(startup, 'utf8')) as StartupResults).join('\n')}` : '';
+  writeFileSync(`${ROOT}docs/benchmarks.md`, render(res) + tail);
   writeFileSync(`${ROOT}docs/benchmarks-cpu.svg`, chart(res));
 }
 
