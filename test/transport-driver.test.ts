@@ -365,6 +365,33 @@ describe('Transport driver (quiche, our own)', function () {
     expect(err!.message).to.match(/ICMP port unreachable/);
   });
 
+  it('a peer that dies under a shared socket (no close sent): the port probe finds it unreachable, the connection fails with that reason', async () => {
+    const l = await echo({ idleTimeoutMs: 30_000 });
+    const shared = await ClientSocket.open('::');
+    try {
+      const ch = await connect({ host: '127.0.0.1', port: l.port, socket: shared, timeoutMs: 10_000, idleTimeoutMs: 30_000 });
+      const { got, closed } = recorder(ch);
+      await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+      await until(() => got.length === 1, 10_000, 'first answer');
+      // As kill -9 would: the socket goes away, no CONNECTION_CLOSE is sent.
+      l.endpoint.socket.close();
+      listeners.splice(listeners.indexOf(l), 1);
+      await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+      const end = await closed;
+      expect(end.by).to.equal('error');
+      expect(end.reason).to.match(/ICMP port unreachable/);
+      expect(shared.stats.portsUnreachable).to.equal(1);
+      // A new connection to the dead port on the shared socket fails the same way, long before its handshake timeout.
+      const err = await connect({ host: '127.0.0.1', port: l.port, socket: shared, timeoutMs: 30_000 }).then(
+        () => undefined,
+        (e: unknown) => e as Error,
+      );
+      expect(err?.message).to.match(/ICMP port unreachable/);
+    } finally {
+      await shared.close();
+    }
+  });
+
   it('one timer structure: deadlines are kept in order as they move, and removed ones never fire', async () => {
     const fired: number[] = [];
     type Item = { id: number; deadline: number; heapIndex: number };

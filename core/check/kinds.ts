@@ -90,7 +90,7 @@ export async function buildChecks(o: BuildChecksOptions): Promise<{ specs: Check
       let kind = kinds.get(entry.type);
       if (!kind) {
         if (!Object.hasOwn(BUILTIN_CHECK_KINDS, entry.type)) {
-          const known = [...Object.keys(BUILTIN_CHECK_KINDS), ...kinds.keys()].join(', ');
+          const known = [...new Set([...Object.keys(BUILTIN_CHECK_KINDS), ...kinds.keys()])].join(', ');
           problems.push(`${path}.type: unknown check type "${entry.type}" (known: ${known}; others come from a plugin of family "check")`);
           continue;
         }

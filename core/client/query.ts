@@ -6,7 +6,7 @@ import { connect } from '../transport/quic.ts';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
-import { SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
+import { FIELD_LIMITS, SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
 import { hostname } from 'node:os';
 
 export interface QueryOptions {
@@ -15,6 +15,10 @@ export interface QueryOptions {
   ca?: string;
   serverName?: string;
   timeoutMs?: number;
+  /** A token for HELLO (a load balancer whose auth plugin verifies query clients requires one). */
+  token?: string;
+  /** The largest frame payload we accept (sent in HELLO; STATUS answers come in pages that fit). */
+  maxFrameBytes?: number;
 }
 
 export class QueryClient {
@@ -27,9 +31,11 @@ export class QueryClient {
   /** @throws LocalError QHCP_ERR_CONNECT, ProtocolError, PeerError */
   static async open(opts: QueryOptions): Promise<QueryClient> {
     const timeoutMs = opts.timeoutMs ?? 5000;
-    const channel = await connect({ host: opts.host, port: opts.port, timeoutMs, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.serverName ? { serverName: opts.serverName } : {}) });
+    const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    const channel = await connect({ host: opts.host, port: opts.port, timeoutMs, maxFrameBytes, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.serverName ? { serverName: opts.serverName } : {}) });
     const session = new Session(channel, { role: 'client', onMessage: () => {} });
-    const ack = (await session.request('HELLO', { versions: [...SUPPORTED_VERSIONS], role: 'query', node: `${hostname()}:query`, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES }, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+    const hello = { versions: [...SUPPORTED_VERSIONS], role: 'query' as const, node: `${hostname()}:query`, maxFrameBytes, ...(opts.token ? { token: opts.token } : {}) };
+    const ack = (await session.request('HELLO', hello, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
     if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
       // An ACK naming a version we did not offer: 102, as the spec says.
       session.fail(new ProtocolError('UNSUPPORTED_VERSION', `ACK chose version ${ack.body.version}, which was not offered`));
@@ -43,10 +49,25 @@ export class QueryClient {
     return new QueryClient(session, timeoutMs);
   }
 
-  /** Every backend's status, or only those of one service (`host:4243/web` backends). */
+  /**
+   * Every backend's status, or only those of one service (`host:4243/web` backends), reading
+   * every page of the answer (STATUS `offset`, STATUS_RESPONSE `next`).
+   */
   async status(service?: string): Promise<{ node: string; servers: ServerStatus[] }> {
-    const res = (await this.session.request('STATUS', { seq: ++this.seq, ...(service !== undefined ? { service } : {}) }, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
-    return { node: res.body.node, servers: res.body.servers };
+    const servers: ServerStatus[] = [];
+    let node = '';
+    let offset: number | undefined = 0;
+    // Bounded: each page holds at least one server and a load balancer lists at most maxServers.
+    for (let page = 0; offset !== undefined && page <= FIELD_LIMITS.maxServers; page++) {
+      const body = { seq: ++this.seq, ...(service !== undefined ? { service } : {}), ...(offset > 0 ? { offset } : {}) };
+      const res = (await this.session.request('STATUS', body, this.timeoutMs)) as Extract<Message, { type: 'STATUS_RESPONSE' }>;
+      node = res.body.node;
+      servers.push(...res.body.servers);
+      const next: number | undefined = res.body.next;
+      if (next !== undefined && next <= offset) throw new ProtocolError('INVALID_MESSAGE', `STATUS_RESPONSE next ${next} does not move past offset ${offset}`);
+      offset = next;
+    }
+    return { node, servers };
   }
 
   /**

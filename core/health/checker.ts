@@ -243,8 +243,32 @@ export class Checker {
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
-    if (b.session && !b.session.isClosed && b.session.state === 'READY') return b.session;
-    b.session?.close('replaced');
+    const cur = b.session;
+    const renewAt = (cur?.data as { renewAt?: number } | undefined)?.renewAt;
+    if (cur && !cur.isClosed && cur.state === 'READY') {
+      if (renewAt === undefined || Date.now() < renewAt) return cur;
+      // Its token expires soon (the agent then ends it with AUTH_EXPIRED): a new connection
+      // with a fresh token replaces it, made before the old one is closed, within half of what
+      // is left of the check; if it fails, the old session (still valid) serves this check.
+      const until = performance.now() + left() / 2;
+      try {
+        const s = await this.openSession(b, () => Math.max(1, Math.round(until - performance.now())));
+        cur.close('credentials renewal');
+        return s;
+      } catch (e) {
+        if (cur.isClosed) throw e;
+        b.session = cur;
+        this.host.logger.limited(`renew:${b.address}`, 'credentials renewal failed; the current session serves until it expires', { server: b.address, error: describeFailure(e) });
+        return cur;
+      }
+    }
+    return this.openSession(b, left);
+  }
+
+  /** A new connection and session to `b` (HELLO with fresh credentials); it becomes `b.session`. */
+  private async openSession(b: Backend, left: () => number): Promise<Session> {
+    const prev = b.session;
+    if (prev && prev.state !== 'READY') prev.close('replaced');
     b.session = undefined;
     const { hooks, config } = this.host;
     const token = await hooks.credentials.promise({ server: b.address, node: this.host.node });
@@ -280,6 +304,12 @@ export class Checker {
       throw new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`);
     }
     s.peer = { node: ack.body.node, role: ack.body.role };
+    const exp = token ? tokenExpiry(token) : undefined;
+    if (exp !== undefined) {
+      const issued = Date.now();
+      const margin = Math.min((exp - issued) / 2, this.timings.intervalMs + this.timings.timeoutMs + 5000);
+      (s.data as { renewAt?: number }).renewAt = exp - margin;
+    }
     return s;
   }
 
@@ -387,4 +417,16 @@ export function describeFailure(e: unknown): string {
   if (e instanceof ProtocolError) return `${e.kind}: ${e.message}`;
   if (e instanceof LocalError) return e.message;
   return errorText(e);
+}
+
+/** The `exp` (epoch ms) of a JWT, read without verifying it (our own token); undefined for other credentials. */
+export function tokenExpiry(token: string): number | undefined {
+  const part = token.split('.')[1];
+  if (!part) return undefined;
+  try {
+    const exp = (JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as { exp?: unknown }).exp;
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -13,6 +13,7 @@ import { FIELD_LIMITS, METRIC_NAME, metricRange, type Message, type Metrics } fr
 import type { BackendView } from '../health/backend.ts';
 import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
+import type { QhcpConfig } from '../config/config.ts';
 import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
 import type { CheckKind } from '../check/types.ts';
@@ -125,13 +126,17 @@ export interface AuthRequest {
   remote: string;
   role: 'checker' | 'query';
 }
-export type AuthVerdict = { ok: true; subject?: string } | { ok: false; kind: WireErrorName; reason: string };
+/** `expiresAt` (epoch ms): the credentials' end; the session is closed with AUTH_EXPIRED then. */
+export type AuthVerdict = { ok: true; subject?: string; expiresAt?: number } | { ok: false; kind: WireErrorName; reason: string };
 
 /** What the server acts on for a `verify` answer: undefined abstains; anything malformed denies (fail closed). */
 export function toVerdict(v: unknown): AuthVerdict | undefined {
   if (v === undefined) return undefined;
   const o = (v && typeof v === 'object' ? v : {}) as { ok?: unknown; kind?: unknown; reason?: unknown; subject?: unknown };
-  if (o.ok === true) return typeof o.subject === 'string' ? { ok: true, subject: o.subject } : { ok: true };
+  if (o.ok === true) {
+    const exp = (v as { expiresAt?: unknown }).expiresAt;
+    return { ok: true, ...(typeof o.subject === 'string' ? { subject: o.subject } : {}), ...(typeof exp === 'number' && Number.isFinite(exp) ? { expiresAt: exp } : {}) };
+  }
   if (o.ok === false && typeof o.kind === 'string' && Object.hasOwn(WIRE_ERRORS, o.kind)) {
     return { ok: false, kind: o.kind as WireErrorName, reason: typeof o.reason === 'string' ? o.reason : o.kind };
   }
@@ -213,6 +218,14 @@ export interface CoreLike {
   readonly hooks: Hooks;
   readonly logger: Logger;
   readonly node: string;
+  /** The merged, validated configuration (defaults < file < flags), frozen. */
+  readonly config: Readonly<QhcpConfig>;
+  /** The config file, when one was found. */
+  readonly configFile?: string | undefined;
+  /** The directory of the config file (the working directory when there is none). */
+  readonly configDir: string;
+  /** A path from the config (a plugin option) made absolute against configDir; absolute paths are kept. */
+  resolvePath(path: string): string;
 }
 
 export function createHooks() {

@@ -129,8 +129,8 @@ export interface Bodies {
   DRAIN: { reason?: string; graceMs: number };
   PICK: { seq: number; key?: string; service?: string };
   PICK_RESPONSE: { seq: number; server: string | null; reason?: string; balancer?: string; why?: string };
-  STATUS: { seq: number; service?: string };
-  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[] };
+  STATUS: { seq: number; service?: string; offset?: number; limit?: number };
+  STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
 }
 
@@ -245,7 +245,15 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   DRAIN: obj({ reason, graceMs: ms }, ['graceMs']),
   PICK: obj({ seq, key: { type: 'string', maxLength: 256 }, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
   PICK_RESPONSE: obj({ seq, server: nullable({ type: 'string', maxLength: 300 }), reason, balancer: name, why: reason }, ['seq', 'server']),
-  STATUS: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN } }, ['seq']),
+  STATUS: obj(
+    {
+      seq,
+      service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+      offset: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+      limit: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    },
+    ['seq'],
+  ),
   STATUS_RESPONSE: obj({
     seq,
     node: name,
@@ -275,14 +283,20 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
         ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
       ),
     },
-  }),
+    next: { type: 'integer', minimum: 1, maximum: FIELD_LIMITS.maxServers },
+    total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
+  }, ['seq', 'node', 'servers']),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 
-const ajv = new Ajv({ allErrors: false, strict: true });
-const VALIDATORS = new Map<MessageName, ValidateFunction>(
-  MESSAGE_NAMES.map((n) => [n, ajv.compile(MESSAGE_SCHEMAS[n])]),
-);
+// Compiled on first use, per message type: a `qhcp status` compiles the four it meets, not all.
+let ajv: Ajv | undefined;
+const VALIDATORS = new Map<MessageName, ValidateFunction>();
+function validatorOf(type: MessageName): ValidateFunction {
+  let v = VALIDATORS.get(type);
+  if (!v) VALIDATORS.set(type, (v = (ajv ??= new Ajv({ allErrors: false, strict: true })).compile(MESSAGE_SCHEMAS[type])));
+  return v;
+}
 
 /** One line for the first ajv error, e.g. "/seq: must be integer". */
 export function ajvErrorText(errors: ErrorObject[] | null | undefined): string {
@@ -297,7 +311,7 @@ export function ajvErrorText(errors: ErrorObject[] | null | undefined): string {
  * @throws ProtocolError INVALID_MESSAGE naming the first bad field
  */
 export function validateBody<K extends MessageName>(type: K, body: unknown): MessageOf<K> {
-  const validate = VALIDATORS.get(type)!;
+  const validate = validatorOf(type);
   if (!validate(body)) {
     throw new ProtocolError('INVALID_MESSAGE', `${type} ${ajvErrorText(validate.errors)}`);
   }

@@ -123,6 +123,7 @@ export class AgentServer extends Core {
         onExtraStream: (ch) => this.extraStream(ch),
       }),
     );
+    for (const w of tls.warnings) this.logger.warn(w);
     if (c.controlSocket !== false) {
       this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
     }
@@ -136,6 +137,7 @@ export class AgentServer extends Core {
     const h = this.runner.health();
     this.logger.info('server listening', {
       address: `${this.host}:${this.port}`,
+      ...this.pluginFields(),
       alpn: 'qhcp/1',
       metrics: this.definitions.length,
       checks: specs.length,
@@ -384,6 +386,7 @@ export class AgentServer extends Core {
       return s.fail(new ProtocolError(verdict.kind, verdict.reason));
     }
     s.peer = { node: body.node, role: body.role, ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
+    if (verdict?.ok) this.expireWith(s, verdict.expiresAt);
     s.data.prefs = { reportIntervalMs: 0 } satisfies SessionPrefs;
     if (body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = body.maxFrameBytes;
     s.send('ACK', { version, node: this.node, role: 'agent', metrics: this.definitions.map((d) => d.name), maxFrameBytes: this.config.maxFrameBytes });

@@ -3,6 +3,7 @@
  * Plugins receive it in `apply(core)`.
  */
 import { hostname } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
 import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from '../plugin/loader.ts';
 import { createLogger, type Logger } from '../util/log.ts';
@@ -21,6 +22,7 @@ export class Core implements CoreLike {
   lastPluginError: PluginError | undefined;
   plugins: QhcpPlugin[] = [];
   readonly node: string;
+  readonly configDir: string;
 
   constructor(
     readonly role: RoleName,
@@ -29,6 +31,7 @@ export class Core implements CoreLike {
     readonly configFile?: string,
   ) {
     this.node = config.node ?? `${hostname()}:${role === 'server' ? config.serverPort : config.loadbalancerPort}`;
+    this.configDir = configFile ? dirname(configFile) : process.cwd();
     guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures, (err) => (this.lastPluginError = err));
   }
 
@@ -102,6 +105,21 @@ export class Core implements CoreLike {
   }
 
   /**
+   * A session lives no longer than its credentials: at `expiresAt` (the verdict of the `verify`
+   * hook) it is closed with ERROR 202 AUTH_EXPIRED. A load balancer reconnects with a fresh
+   * token before then (core/health/checker.ts).
+   */
+  expireWith<D extends object>(s: Session<D>, expiresAt: number | undefined): void {
+    if (expiresAt === undefined) return;
+    const t = setTimeout(() => {
+      this.logger.limited('auth-expired', 'session credentials expired', { remote: s.remote });
+      s.fail(new ProtocolError('AUTH_EXPIRED', 'token expired: the session ends with its credentials (reconnect with a fresh token)'));
+    }, Math.max(0, Math.min(expiresAt - Date.now(), 2 ** 31 - 1)));
+    t.unref();
+    void s.closed().then(() => clearTimeout(t));
+  }
+
+  /**
    * The one listener-options builder: a role's listen address and certificate plus what every
    * listener takes from the config (frame limit, idle and handshake timeouts, stream and
    * handshake caps); refused handshakes are logged rate-limited under `logKey`.
@@ -134,6 +152,17 @@ export class Core implements CoreLike {
       onChannel: o.onChannel,
       ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
     };
+  }
+
+  /** Every plugin in use, per family, as start-up line fields: `plugins.alert=webhook,log`. */
+  pluginFields(): Record<string, string> {
+    const byFamily: Record<string, string[]> = {};
+    for (const p of this.plugins) (byFamily[p.family ?? 'other'] ??= []).push(p.name);
+    return Object.fromEntries(Object.entries(byFamily).map(([f, names]) => [`plugins.${f}`, names.join(',')]));
+  }
+
+  resolvePath(path: string): string {
+    return resolve(this.configDir, path);
   }
 
   sessionInfo(s: Session): SessionInfo {

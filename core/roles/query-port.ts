@@ -3,13 +3,47 @@
  * backend's state) and PICK (one backend, through the `pick` hook). `qhcp status`, `qhcp pick` and
  * core/client/query.ts speak to it.
  */
+import { isIP } from 'node:net';
 import { ProtocolError } from '../errors.ts';
-import type { Message, ServerStatus } from '../protocol/messages.ts';
+import { FIELD_LIMITS, type Message, type ServerStatus } from '../protocol/messages.ts';
+import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
+import { toVerdict } from '../plugin/hooks.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
 import { QueryLimiter } from './query-limit.ts';
+
+/** Whether `host` is a loopback address (the query port's default, 127.0.0.1). */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+/** Bytes a STATUS_RESPONSE page leaves for its envelope (seq, node, next, total) below the frame limit. */
+const PAGE_ENVELOPE_BYTES = 512;
+
+/**
+ * The servers from `offset` that fit one STATUS_RESPONSE page of at most `budget` payload bytes
+ * (and `limit` entries). An entry too large to fit a page alone is sent with its metrics left
+ * out rather than never. Returns the page and the offset of the next one (undefined: last page).
+ */
+export function statusPage(all: readonly ServerStatus[], offset: number, limit: number, budget: number): { servers: ServerStatus[]; next?: number } {
+  const servers: ServerStatus[] = [];
+  let used = PAGE_ENVELOPE_BYTES;
+  let i = offset;
+  for (; i < all.length && servers.length < limit; i++) {
+    let entry = all[i]!;
+    let bytes = Buffer.byteLength(JSON.stringify(entry)) + 1;
+    if (servers.length === 0 && used + bytes > budget) {
+      entry = { ...entry, metrics: {} };
+      bytes = Buffer.byteLength(JSON.stringify(entry)) + 1;
+    }
+    if (used + bytes > budget && servers.length > 0) break;
+    servers.push(entry);
+    used += bytes;
+  }
+  return i < all.length ? { servers, next: i } : { servers };
+}
 
 export interface QueryStats {
   picks: number;
@@ -27,8 +61,11 @@ export interface QueryHost {
 
 export class QueryPort {
   private listener: Listener | undefined;
-  private readonly sessions = new Set<Session>();
+  private readonly sessions = new Set<Session<{ maxFrameBytes?: number }>>();
   private stopping = false;
+  private idleSweep: NodeJS.Timeout | undefined;
+  /** Whether an auth plugin verifies query clients (the `verify` hook has a tap). */
+  private authOpen = true;
   /** STATUS/PICK rate limits (query-limit.ts): a query flood must not starve the health checks. */
   readonly limiter: QueryLimiter;
   private accepted = 0;
@@ -57,13 +94,20 @@ export class QueryPort {
         port: c.loadbalancerPort,
         tls,
         logKey: 'query-refused',
-        maxFrameBytes: Math.max(c.maxFrameBytes, 4 * 1024 * 1024),
+        // Query clients send small frames only; STATUS answers of any size go out in pages.
+        maxFrameBytes: c.maxFrameBytes,
         onChannel: (ch) => this.accept(ch),
         onExtraStream: (ch) => {
           for (const s of this.sessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
         },
       }),
     );
+    this.idleSweep = this.core.sweepIdle(this.sessions);
+    // Not isUsed(): the guard's interceptor makes every hook "used".
+    this.authOpen = this.core.hooks.verify.taps.length === 0;
+    if (this.authOpen && !isLoopback(c.loadbalancerHost)) {
+      this.core.logger.warn('QUERY PORT IS OPEN: it listens beyond loopback and no auth plugin verifies query clients; anyone who reaches it reads every backend (set loadbalancerHost to 127.0.0.1, or jwt with verifyQueries: true)', { address: `${c.loadbalancerHost}:${this.port}` });
+    }
   }
 
   private accept(ch: Channel): void {
@@ -74,6 +118,7 @@ export class QueryPort {
       role: 'server',
       helloTimeoutMs: core.config.helloTimeout * 1000,
       observe: core.frameObserver(),
+      unread: { perConnection: core.config.maxUnreadBytes, total: core.config.maxUnreadBytesTotal },
       onMessage: (m, s) => this.onQuery(m, s),
       onViolation: (err, s) => core.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
       onClose: (_why, s) => {
@@ -84,7 +129,7 @@ export class QueryPort {
     this.sessions.add(session);
   }
 
-  private onQuery(msg: Message, s: Session, admitted = false): void {
+  private onQuery(msg: Message, s: Session<{ maxFrameBytes?: number }>, admitted = false): void {
     if (s.state === 'DRAINING') return;
     if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK')) {
       const later = () => {
@@ -98,18 +143,20 @@ export class QueryPort {
       return;
     }
     switch (msg.type) {
-      case 'HELLO': {
-        const version = this.core.helloVersion(s, msg.body, 'query');
-        if (version === undefined) return;
-        s.peer = { node: msg.body.node, role: 'query' };
-        if (msg.body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = msg.body.maxFrameBytes;
-        s.send('ACK', { version, node: this.core.node, role: 'loadbalancer', metrics: [], maxFrameBytes: Math.max(this.core.config.maxFrameBytes, 4 * 1024 * 1024) });
+      case 'HELLO':
+        void this.hello(msg.body, s);
+        return;
+      case 'STATUS': {
+        this.stats.queries++;
+        // Paged to fit the frame size the client accepts (HELLO maxFrameBytes, else the default).
+        const all = this.host.status(msg.body.service);
+        const offset = Math.min(msg.body.offset ?? 0, all.length);
+        const budget = Math.min(s.peerMaxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
+        const page = statusPage(all, offset, Math.min(msg.body.limit ?? FIELD_LIMITS.maxServers, FIELD_LIMITS.maxServers), budget);
+        const paged = page.next !== undefined || offset > 0;
+        s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: page.servers, ...(page.next !== undefined ? { next: page.next } : {}), ...(paged ? { total: all.length } : {}) });
         return;
       }
-      case 'STATUS':
-        this.stats.queries++;
-        s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: this.host.status(msg.body.service) });
-        return;
       case 'PICK': {
         this.stats.queries++;
         const a = this.host.pickAnswer(msg.body.key, msg.body.service);
@@ -128,6 +175,23 @@ export class QueryPort {
     }
   }
 
+  /** HELLO on the query port: version and role, then the `verify` hook when an auth plugin is configured. */
+  private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: Session<{ maxFrameBytes?: number }>): Promise<void> {
+    const core = this.core;
+    const version = core.helloVersion(s, body, 'query');
+    if (version === undefined) return;
+    const verdict = this.authOpen ? undefined : toVerdict(await core.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: 'query' }));
+    if (s.isClosed) return;
+    if (verdict && !verdict.ok) {
+      core.logger.limited('query-auth', 'query client authentication failed', { remote: s.remote, node: body.node, code: verdict.kind, reason: verdict.reason });
+      return s.fail(new ProtocolError(verdict.kind, verdict.reason));
+    }
+    s.peer = { node: body.node, role: 'query', ...(verdict?.ok && verdict.subject ? { subject: verdict.subject } : {}) };
+    if (verdict?.ok) core.expireWith(s, verdict.expiresAt);
+    if (body.maxFrameBytes !== undefined) s.peerMaxFrameBytes = body.maxFrameBytes;
+    s.send('ACK', { version, node: core.node, role: 'loadbalancer', metrics: [], maxFrameBytes: core.config.maxFrameBytes });
+  }
+
   /** Refuses new query connections from now on (shutdown begins). */
   halt(): void {
     this.stopping = true;
@@ -136,6 +200,7 @@ export class QueryPort {
   /** Closes every query session and the listener. */
   async stop(): Promise<void> {
     this.stopping = true;
+    clearInterval(this.idleSweep);
     this.limiter.stop();
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');

@@ -43,6 +43,11 @@ const MAX_SEND_QUEUE = 2048;
 const EXTRA_CIDS = 2;
 /** Stateless resets sent per second at most (each answers a packet for an unknown id). */
 const RESETS_PER_SECOND = 100;
+/** A connection silent this long when quiche's timer fires (a probe timeout) gets its port probed. */
+const PROBE_AFTER_MS = 100;
+/** Port probes in flight at once per endpoint, and how long each waits for an ICMP error. */
+const MAX_PROBES = 64;
+const PROBE_WAIT_MS = 1000;
 
 /** How a connection ended, as the driver saw it. */
 export interface ConnEnd {
@@ -74,9 +79,12 @@ export interface DriverStats {
   statelessResets: number;
   sendStalls: number;
   sendErrors: number;
+  /** Connections failed at once because a port probe came back ICMP port unreachable. */
+  portsUnreachable: number;
 }
 
 const CLOSED_REASON = new Uint8Array(0);
+const PROBE = Buffer.alloc(1);
 
 /** One QUIC connection on an endpoint. */
 export class Conn implements Timed {
@@ -92,6 +100,8 @@ export class Conn implements Timed {
   /** Counted among the endpoint's handshakes in progress. */
   pending = false;
   handshakeAt = Infinity;
+  /** The handshake limit this connection got (ms), named when it passes. */
+  handshakeLimitMs = 0;
   keepAliveMs = 0;
   private keepAliveAt = Infinity;
   private quicheAt = Infinity;
@@ -101,6 +111,9 @@ export class Conn implements Timed {
   verifyProblem: string | undefined;
   /** A Node-side failure to report (e.g. ICMP port unreachable on a connected socket). */
   failure: string | undefined;
+  /** When a packet last arrived from the peer, and when we last probed its port (performance.now()). */
+  lastRecvAt = performance.now();
+  probeAt = 0;
 
   constructor(
     readonly ep: Endpoint,
@@ -144,14 +157,17 @@ export class Conn implements Timed {
   }
 
   /** Deadline reached: runs whichever of quiche's timeout, the handshake limit, keep-alive is due. */
-  onDeadline(now: number): void {
+  /** Returns whether quiche's own timer was among what was due. */
+  onDeadline(now: number): boolean {
+    let quicheDue = false;
     if (now >= this.quicheAt) {
       this.quicheAt = Infinity;
       this.q.onTimeout();
+      quicheDue = true;
     }
     if (!this.established && now >= this.handshakeAt && !this.q.isClosed()) {
       this.handshakeAt = Infinity;
-      this.failure ??= 'handshake timed out';
+      this.failure ??= `no handshake within ${Math.round(this.handshakeLimitMs)} ms`;
       try {
         this.q.close(false, 0x0, Buffer.from('handshake timeout'));
       } catch {
@@ -162,6 +178,7 @@ export class Conn implements Timed {
       this.keepAliveAt = now + this.keepAliveMs;
       this.q.sendAckEliciting();
     }
+    return quicheDue;
   }
 }
 
@@ -180,7 +197,7 @@ export interface ServerSide {
 export class Endpoint {
   readonly conns = new Map<string, Conn>();
   readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
-  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, sendErrors: 0 };
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, sendErrors: 0, portsUnreachable: 0 };
   /** Connections (not ids) open on this endpoint. */
   count = 0;
   pendingHandshakes = 0;
@@ -258,6 +275,7 @@ export class Endpoint {
     if (keylog) q.setKeylog(keylog);
     const conn = new Conn(this, q, remote, false);
     conn.handshakeAt = performance.now() + handshakeTimeoutMs;
+    conn.handshakeLimitMs = handshakeTimeoutMs;
     this.route(conn, scid);
     this.count++;
     this.touch(conn);
@@ -327,6 +345,7 @@ export class Endpoint {
       this.stats.migrationsRefused++;
       return;
     }
+    conn.lastRecvAt = performance.now();
     const ri = this.recvInfo;
     ri.from.host = rinfo.address;
     ri.from.port = rinfo.port;
@@ -515,6 +534,7 @@ export class Endpoint {
     conn.pending = true;
     this.pendingHandshakes++;
     conn.handshakeAt = performance.now() + server.handshakeTimeoutMs;
+    conn.handshakeLimitMs = server.handshakeTimeoutMs;
     this.route(conn, header.dcid);
     this.count++;
     this.recvOn(conn, msg, rinfo);
@@ -627,9 +647,57 @@ export class Endpoint {
     // Everything due within a millisecond runs now (Node timers have ms resolution).
     for (let top = this.timers.peek(); top && top.deadline <= now + 1; top = this.timers.peek()) {
       this.timers.remove(top);
-      top.onDeadline(now);
+      const quicheDue = top.onDeadline(now);
+      // Only servers are probed: a client may sit on a connected socket, which the kernel answers
+      // with port unreachable for any other source, so probing it would kill a live connection.
+      if (quicheDue && !top.isServer && !this.connectedTo && !top.finished && !top.end && now - top.lastRecvAt > PROBE_AFTER_MS && now - top.probeAt > PROBE_WAIT_MS) this.probe(top, now);
       this.progress(top);
     }
+  }
+
+  private probes = 0;
+
+  /**
+   * The kernel tells an unconnected socket nothing of ICMP errors (Node cannot ask for
+   * IP_RECVERR), so a connection on a shared socket whose peer went silent gets its port probed
+   * from a throw-away connected socket: one byte (which a live QUIC endpoint drops as too short
+   * to be a packet); ECONNREFUSED back means nothing listens there any more, and the connection
+   * fails at once instead of at its timeout. Bounded: one probe per connection per second, at
+   * most MAX_PROBES at once.
+   */
+  private probe(conn: Conn, now: number): void {
+    if (this.probes >= MAX_PROBES || this.stopped) return;
+    conn.probeAt = now;
+    this.probes++;
+    const remote = conn.remote;
+    const s = createSocket(remote.host.includes(':') ? 'udp6' : 'udp4');
+    let done = false;
+    const end = (): void => {
+      if (done) return;
+      done = true;
+      this.probes--;
+      clearTimeout(timer);
+      try {
+        s.close();
+      } catch {
+        /* closed */
+      }
+    };
+    const timer = setTimeout(end, PROBE_WAIT_MS);
+    timer.unref();
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ECONNREFUSED' && !conn.finished && !conn.end) {
+        this.stats.portsUnreachable++;
+        conn.failure ??= 'connection refused (ICMP port unreachable)';
+        conn.close(false, 0x1);
+        this.checkEnd(conn);
+      }
+      end();
+    });
+    s.connect(remote.port, remote.host, () => {
+      if (!done) s.send(PROBE, (err) => err && end());
+    });
+    s.unref();
   }
 
   private readonly onSocketError = (e: NodeJS.ErrnoException): void => {

@@ -12,6 +12,7 @@
  * flags. Each role loads only what it needs (a server never needs the private key).
  */
 import { readFileSync, statSync } from 'node:fs';
+import { hostname, networkInterfaces } from 'node:os';
 import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
 import { SignJWT, jwtVerify, decodeProtectedHeader, createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
@@ -43,6 +44,9 @@ export interface JwtOptions {
   maxTokenAgeSeconds?: number;
   maxTokenBytes?: number;
   required?: boolean;
+  verifyQueries?: boolean;
+  queryAudience?: string;
+  maxReplayCache?: number;
 }
 
 type SignKey = Uint8Array | KeyObject;
@@ -63,25 +67,36 @@ export default class JwtAuthPlugin implements QhcpPlugin {
       jwksFile: file('server: JSON Web Key Set file of accepted keys (instead of a secret or public key)'),
       kid: { type: 'string', minLength: 1, maxLength: 256, description: 'key id put in the token header (selects the key in a JWKS)' },
       issuer: { type: 'string', minLength: 1, default: 'qhcp-loadbalancer', description: 'iss the load balancer signs and the server requires' },
-      audience: { type: 'string', minLength: 1, default: 'qhcp-server', description: 'aud the load balancer signs and the server requires' },
+      audience: {
+        type: 'string',
+        minLength: 1,
+        description: 'a fixed aud for every agent (not recommended: a token captured by one agent is then accepted by all). Default: per agent: the load balancer signs aud = the agent address it dials (host:port), an agent accepts only its own addresses and node name',
+      },
       subject: { type: 'string', minLength: 1, description: 'sub the load balancer signs (default: its node name)' },
       ttlSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 60, description: 'lifetime of a signed token' },
       clockToleranceSeconds: { type: 'integer', minimum: 0, maximum: 600, default: 30, description: 'clock skew allowed when checking exp, nbf and iat' },
       maxTokenAgeSeconds: { type: 'integer', minimum: 1, maximum: 31_536_000, default: 600, description: 'server: reject tokens issued (iat) longer ago than this' },
       maxTokenBytes: { type: 'integer', minimum: 64, maximum: 16_384, default: 4096, description: 'server: longer tokens are rejected unparsed' },
       required: { type: 'boolean', default: true, description: 'server: reject a HELLO without a token (false: accept it, still reject bad ones)' },
+      verifyQueries: { type: 'boolean', default: false, description: 'load balancer: query clients (qhcp status/pick) must present a token too, with aud queryAudience (qhcp status --token-file)' },
+      queryAudience: { type: 'string', minLength: 1, default: 'qhcp-query', description: 'the aud of query clients\' tokens' },
+      maxReplayCache: { type: 'integer', minimum: 100, maximum: 10_000_000, default: 100_000, description: 'token ids (jti) remembered until their expiry, so a replayed token is refused; when full, the oldest is forgotten' },
     },
   };
   readonly name = PLUGIN_NAME;
   readonly family = 'auth' as const;
   readonly roles = ['server' as const, 'loadbalancer' as const];
-  private readonly opts: Required<Pick<JwtOptions, 'alg' | 'issuer' | 'audience' | 'ttlSeconds' | 'clockToleranceSeconds' | 'maxTokenAgeSeconds' | 'maxTokenBytes' | 'required'>> & JwtOptions;
+  private readonly opts: Required<Pick<JwtOptions, 'alg' | 'issuer' | 'ttlSeconds' | 'clockToleranceSeconds' | 'maxTokenAgeSeconds' | 'maxTokenBytes' | 'required' | 'verifyQueries' | 'queryAudience' | 'maxReplayCache'>> & JwtOptions;
   private signKey: SignKey | undefined;
   private verifyKey: VerifyKey | undefined;
+  /** The audiences this process accepts (an agent: its own names; set at apply). */
+  private accepted: () => string[] = () => [this.opts.audience ?? 'qhcp-server'];
+  /** Token ids seen and when they expire (epoch ms), oldest first: replays are refused. */
+  private readonly seen = new Map<string, number>();
 
   /** Checks that the options name key material that fits the algorithm. @throws Error */
   constructor(options: JwtOptions = {}) {
-    this.opts = { alg: 'HS256', issuer: 'qhcp-loadbalancer', audience: 'qhcp-server', ttlSeconds: 60, clockToleranceSeconds: 30, maxTokenAgeSeconds: 600, maxTokenBytes: 4096, required: true, ...options };
+    this.opts = { alg: 'HS256', issuer: 'qhcp-loadbalancer', ttlSeconds: 60, clockToleranceSeconds: 30, maxTokenAgeSeconds: 600, maxTokenBytes: 4096, required: true, verifyQueries: false, queryAudience: 'qhcp-query', maxReplayCache: 100_000, ...options };
     const o = this.opts;
     if (o.secretFile && o.secretEnv) throw new Error('jwt: give secretFile or secretEnv, not both');
     if (o.alg === 'HS256') {
@@ -93,15 +108,18 @@ export default class JwtAuthPlugin implements QhcpPlugin {
     }
   }
 
-  /** Signs a token for a connection from `node` (load balancer). */
-  async sign(node: string, now = Date.now()): Promise<string> {
+  /**
+   * Signs a token for a connection from `node` (load balancer) to `audience`: the fixed
+   * `audience` option when set, else the agent's address (per-agent audience).
+   */
+  async sign(node: string, now = Date.now(), audience?: string): Promise<string> {
     if (!this.signKey) throw new Error('jwt: no signing key loaded (not applied on a load balancer)');
     const o = this.opts;
     const iat = Math.floor(now / 1000);
     return new SignJWT({})
       .setProtectedHeader({ alg: o.alg, typ: 'JWT', ...(o.kid ? { kid: o.kid } : {}) })
       .setIssuer(o.issuer)
-      .setAudience(o.audience)
+      .setAudience(o.audience ?? audience ?? 'qhcp-server')
       .setSubject(o.subject ?? node)
       .setIssuedAt(iat)
       .setExpirationTime(iat + o.ttlSeconds)
@@ -109,8 +127,12 @@ export default class JwtAuthPlugin implements QhcpPlugin {
       .sign(this.signKey);
   }
 
-  /** The verdict on a HELLO token (server). Never throws; reasons never contain the token. */
-  async verify(token: string | undefined, now = Date.now()): Promise<AuthVerdict> {
+  /**
+   * The verdict on a HELLO token (server; a load balancer's query port with `audience` the
+   * query audience). Never throws; reasons never contain the token. With `once`, a good token's
+   * `jti` is remembered until it expires: the same token again is refused (AUTH_BAD_CLAIM, replay).
+   */
+  async verify(token: string | undefined, now = Date.now(), audience: string | string[] = this.accepted(), once = true): Promise<AuthVerdict> {
     const o = this.opts;
     if (!this.verifyKey) return deny('INTERNAL_ERROR', 'jwt: no verification key loaded');
     if (token === undefined || token === '') {
@@ -131,30 +153,52 @@ export default class JwtAuthPlugin implements QhcpPlugin {
       const { payload } = await jwtVerify(token, this.verifyKey as Uint8Array, {
         algorithms: [o.alg],
         issuer: o.issuer,
-        audience: o.audience,
+        audience,
         clockTolerance: o.clockToleranceSeconds,
         maxTokenAge: o.maxTokenAgeSeconds,
-        requiredClaims: ['exp', 'iat'],
+        requiredClaims: ['exp', 'iat', 'jti'],
         currentDate: new Date(now),
       });
-      return { ok: true, ...(typeof payload.sub === 'string' ? { subject: payload.sub } : {}) };
+      const expiresAt = (payload.exp! + o.clockToleranceSeconds) * 1000;
+      if (once && !this.remember(String(payload.jti), expiresAt, now)) return deny('AUTH_BAD_CLAIM', 'token already used (jti replayed); every connection needs a fresh token');
+      return { ok: true, expiresAt, ...(typeof payload.sub === 'string' ? { subject: payload.sub } : {}) };
     } catch (e) {
       return verdictOf(e);
     }
   }
 
+  /** Records a jti until `expiresAt`; false when it is already there (a replay). Bounded. */
+  private remember(jti: string, expiresAt: number, now: number): boolean {
+    const prev = this.seen.get(jti);
+    if (prev !== undefined && prev > now) return false;
+    if (this.seen.size >= this.opts.maxReplayCache) {
+      for (const [k, exp] of this.seen) if (exp <= now) this.seen.delete(k);
+      while (this.seen.size >= this.opts.maxReplayCache) this.seen.delete(this.seen.keys().next().value!);
+    }
+    this.seen.delete(jti);
+    this.seen.set(jti, expiresAt);
+    return true;
+  }
+
   apply(core: CoreLike): void {
-    const base = (core as { configFile?: string }).configFile;
-    const at = (p: string) => resolve(base ? dirname(base) : process.cwd(), p);
+    const at = (p: string) => core.resolvePath(p);
     const o = this.opts;
+    const aud = o.audience ?? 'per agent (its address)';
     if (core.role === 'loadbalancer') {
       this.signKey = this.loadSignKey(at, core);
-      core.hooks.credentials.tapPromise(PLUGIN_NAME, (req) => this.sign(req.node));
-      core.logger.info('jwt: signing a token for each connection', { alg: o.alg, issuer: o.issuer, audience: o.audience, ttl: `${o.ttlSeconds}s` });
+      core.hooks.credentials.tapPromise(PLUGIN_NAME, (req) => this.sign(req.node, Date.now(), req.server));
+      core.logger.info('jwt: signing a token for each connection', { alg: o.alg, issuer: o.issuer, audience: aud, ttl: `${o.ttlSeconds}s` });
+      if (o.verifyQueries) {
+        this.verifyKey = this.loadVerifyKey(at, core);
+        // An operator's query token (qhcp status --token-file) is used many times until it expires.
+        core.hooks.verify.tapPromise(PLUGIN_NAME, (req) => this.verify(req.token, Date.now(), o.queryAudience, false));
+        core.logger.info('jwt: query clients must present a valid token', { audience: o.queryAudience });
+      }
     } else {
       this.verifyKey = this.loadVerifyKey(at, core);
+      if (!o.audience) this.accepted = () => agentNames(core);
       core.hooks.verify.tapPromise(PLUGIN_NAME, (req) => this.verify(req.token));
-      if (o.required) core.logger.info('jwt: load balancers must present a valid token', { alg: o.alg, issuer: o.issuer, audience: o.audience });
+      if (o.required) core.logger.info('jwt: load balancers must present a valid token', { alg: o.alg, issuer: o.issuer, audience: aud });
       else core.logger.warn('jwt: required is false: a HELLO without a token is ACCEPTED (bad tokens are still rejected)');
     }
   }
@@ -285,4 +329,21 @@ function loadJwks(path: string): JWTVerifyGetKey {
     if (e instanceof ConfigError) throw e;
     throw new ConfigError([`plugin jwt: jwksFile ${path}: not a JSON Web Key Set ({"keys": [...]}): ${errorText(e)}`]);
   }
+}
+
+/**
+ * The audiences an agent accepts when no fixed `audience` is configured: its node name, and
+ * host:port for the address it listens on (every local interface address, localhost and the
+ * host name when it listens on a wildcard address). A token signed for another agent names
+ * another address or port and is refused.
+ */
+export function agentNames(core: CoreLike): string[] {
+  const c = core as CoreLike & { port?: number; config?: { serverIp?: string } };
+  const port = c.port;
+  const names = [core.node];
+  if (!port) return names;
+  const ip = c.config?.serverIp ?? '0.0.0.0';
+  const hosts = ip === '0.0.0.0' || ip === '::' ? ['localhost', hostname(), ...Object.values(networkInterfaces()).flatMap((l) => (l ?? []).map((a) => a.address))] : [ip];
+  for (const h of hosts) names.push(`${h.includes(':') ? `[${h}]` : h}:${port}`);
+  return names;
 }

@@ -318,6 +318,22 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       expect(isLoopback('127.0.0.1') && isLoopback('::1') && !isLoopback('0.0.0.0') && !isLoopback('10.0.0.1')).to.equal(true);
     });
 
+    it('warns at start-up when bound beyond loopback without a token, not with one', async () => {
+      const dir = tmp();
+      writeFileSync(join(dir, 'token'), TOKEN);
+      for (const tokenFile of [undefined, join(dir, 'token')]) {
+        const lb = fakeLb([A]);
+        const lines: string[] = [];
+        (lb as { logger: unknown }).logger = createLogger({ level: 'info', write: (l) => lines.push(l) });
+        const web = new LbHttp(lb, { at: { host: '0.0.0.0', port: 0 }, explicit: true, ...(tokenFile ? { tokenFile } : {}) });
+        await web.listen();
+        await web.close();
+        const warned = lines.some((l) => /not on loopback and has no httpTokenFile/.test(l));
+        expect(warned, lines.join('\n')).to.equal(tokenFile === undefined);
+      }
+      rmSync(dir, { recursive: true });
+    });
+
     it('a default address in use is a warning and no listener; a configured one is an error', async () => {
       const busy = createServer();
       await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));

@@ -6,7 +6,7 @@
  * an honest checker session (with a good token) keeps getting answers.
  */
 import { expect } from 'chai';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -42,6 +42,7 @@ describe('Robustness: bad credentials', function () {
       .setAudience((claims.aud as string) ?? AUD)
       .setIssuedAt((claims.iat as number) ?? now())
       .setExpirationTime((claims.exp as number) ?? now() + 60)
+      .setJti(randomUUID())
       .sign(key);
   }
   const b64url = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
