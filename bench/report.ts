@@ -5,6 +5,7 @@
  * bench/results/optimizations.json (before/after figures of each change we tried).
  */
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { startupSection, type StartupResults } from './startup.ts';
 import { fileURLToPath } from 'node:url';
 import type { Results } from './run.ts';
 import type { CostCell } from './lib/cost.ts';
@@ -235,8 +236,10 @@ function optimizationSection(): string[] {
 
 export function render(res: Results): string {
   const m = res.machine;
-  const floorPush = res.floor.find((f) => f.shape === 'push');
-  const floorEcho = res.floor.find((f) => f.shape === 'paced-echo');
+  // Read checks against the floor of the implementation the run's qhcp used.
+  const impl = res.floor.some((f) => f.impl === 'driver') ? 'driver' : 'lib';
+  const floorPush = res.floor.find((f) => f.shape === 'push' && (f.impl ?? 'lib') === impl);
+  const floorEcho = res.floor.find((f) => f.shape === 'paced-echo' && (f.impl ?? 'lib') === impl);
   const L: string[] = [
     '# Benchmarks',
     '',
@@ -254,7 +257,7 @@ export function render(res: Results): string {
       [
         ['date', `${res.startedAt} (${res.durationS} s, ${res.mode} mode)`],
         ['machine', `${m.cpu}, ${m.cores} cores, ${m.memoryGb} GB, ${m.os}, Linux ${m.kernel}`],
-        ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (patched, see below), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
+        ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (${res.floor.some((f) => f.impl === 'driver') ? 'its quiche binding under qhcp\'s own driver' : 'patched JavaScript layer, before issue 12'}), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
         ['load average (1/5/15 min)', `start ${res.loadavgStart.join(' / ')}, end ${res.loadavgEnd.join(' / ')}`],
         ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
       ],
@@ -318,20 +321,20 @@ export function render(res: Results): string {
       res.quicPicks.map((q) => [q.clients, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct)]),
     ),
     '',
-    '## The floor: @matrixai/quic alone',
+    '## The floor: QUIC alone',
     '',
-    'The same library with no qhcp code: ~100-byte messages on one bidirectional stream per connection (bench/floor.ts).',
+    'No qhcp code: ~100-byte messages on one bidirectional stream per connection (bench/floor.ts), over @matrixai/quic\'s JavaScript layer (`lib`, what qhcp used before issue 12) and over qhcp\'s own driver on the same quiche (`driver`, core/transport/driver.ts). Connections are opened one after another; KB per connection is the client\'s RSS growth while opening them.',
     '',
     ...table(
-      ['shape', 'connections', 'interval', 'client µs/message', 'server µs/message', 'round trip p50 / p99 µs'],
-      res.floor.map((f) => [f.shape, f.conns, f.intervalS ? `${f.intervalS} s` : 'back to back', f.clientUsPerMsg, f.serverUsPerMsg, f.rttUs ? `${f.rttUs.p50} / ${f.rttUs.p99}` : '–']),
+      ['implementation', 'shape', 'connections', 'interval', 'client µs/message', 'server µs/message', 'round trip p50 / p99 µs', 'open ms', 'KB/connection'],
+      res.floor.map((f) => [f.impl ?? 'lib', f.shape, f.conns, f.intervalS ? `${f.intervalS} s` : 'back to back', f.clientUsPerMsg, f.serverUsPerMsg, f.rttUs ? `${f.rttUs.p50} / ${f.rttUs.p99}` : '–', f.openMs ?? '–', f.kbPerConn ?? '–']),
     ),
     '',
   ];
   const p100 = cell(res, 'qhcp-poll', 100, 1);
   const s100 = cell(res, 'qhcp-push', 100, 1);
   if (floorEcho && p100) L.push(`Read against the floor: at N = 100, 1 s, a poll check costs the load balancer ${p100.usPerBackendInterval} µs where a bare round trip costs the client ${floorEcho.clientUsPerMsg} µs (${ratio(p100.usPerBackendInterval, floorEcho.clientUsPerMsg)}).`);
-  if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}). Most of a check is the library, not qhcp.`);
+  if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}).`);
   L.push(...tcpProxySection());
   L.push(
     '',
@@ -390,7 +393,10 @@ function tcpProxySection(): string[] {
 }
 
 export function writeReport(res: Results): void {
-  writeFileSync(`${ROOT}docs/benchmarks.md`, render(res));
+  // The start-up figures come from their own run (npm run bench:startup, bench/results/startup.json).
+  const startup = `${ROOT}bench/results/startup.json`;
+  const tail = existsSync(startup) ? `\n${startupSection(JSON.parse(readFileSync(startup, 'utf8')) as StartupResults).join('\n')}` : '';
+  writeFileSync(`${ROOT}docs/benchmarks.md`, render(res) + tail);
   writeFileSync(`${ROOT}docs/benchmarks-cpu.svg`, chart(res));
 }
 

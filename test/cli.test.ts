@@ -218,7 +218,8 @@ describe('qhcp command line', function () {
       for (const cmd of ['status', 'pick']) {
         const r = await runQhcp([cmd, '--help'], { cwd });
         expect(r.code).to.equal(0);
-        expect(r.stdout).to.include('--address <host:port>').and.include('--json').and.include('(default: "127.0.0.1:4242")');
+        expect(r.stdout).to.include('--address <host:port>').and.include('--json').and.include('--config <file>');
+        expect(r.stdout.replace(/\s+/g, ' ')).to.include('(default: loadbalancerHost:loadbalancerPort from the config file when one is found, else "127.0.0.1:4242")');
         expect(r.stdout).to.match(new RegExp(`Example:\\n\\s+qhcp ${cmd} --address`));
       }
     });

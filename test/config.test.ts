@@ -124,7 +124,7 @@ describe('configuration', function () {
       writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'cjs-app' }));
       const configTs = join(ROOT, 'core/config/config.ts');
       writeFileSync(join(dir, 'qhcp.config.ts'), `import { defineConfig } from ${JSON.stringify(configTs)};\nexport default defineConfig({ checkInterval: 3, plugins: ['./mine.ts'] });\n`);
-      writeFileSync(join(dir, 'mine.ts'), "export default class Mine { readonly name = 'mine'; apply(): void {} }\n");
+      writeFileSync(join(dir, 'mine.ts'), "export default class Mine { static schema = { type: 'object', properties: {} }; readonly name = 'mine'; apply(): void {} }\n");
       writeFileSync(join(dir, 'other.js'), 'export default { checkInterval: 4 };\n');
       const found = await findConfigFile({ cwd: dir });
       expect(found.data).to.deep.include({ checkInterval: 3 });
@@ -211,7 +211,7 @@ describe('configuration', function () {
       ['options that are not an object', [{ module: './interval-plugin.ts', options: 5 }], 'plugins[0].options: must be object (got 5)'],
       ['an unknown built-in name', ['round-robin', 'round-robbin'], /^plugins\[1\]: cannot load plugin "round-robbin": unknown plugin \(built-ins: .*round-robin.*; modules start with \.\/ or \/\)$/],
       ['a module that does not exist', ['./missing-plugin.ts'], /^plugins\[0\]: cannot load plugin "\.\/missing-plugin\.ts": /],
-      ['a module without a default export', ['./no-default.ts'], 'plugins[0]: module "./no-default.ts" has no default export class'],
+      ['a module without a default export', ['./no-default.ts'], 'plugins[0]: module "./no-default.ts" has no default export (export default definePlugin({ ... }))'],
       ['a default export that is not a plugin', ['./not-a-plugin.ts'], 'plugins[0]: "./not-a-plugin.ts" does not construct a plugin (name + apply)'],
       ['an object with neither name, module nor apply', [{ options: {} }], 'plugins[0]: needs a name (built-in), a module path, or an object with name and apply()'],
       ['a constructor that rejects its options', [[QUEUE_LENGTH, { read: 5 }]], 'plugins[0]: options.read: must be a function (got number)'],
@@ -225,6 +225,38 @@ describe('configuration', function () {
         else expect(got[0]).to.match(line);
       });
     }
+
+    it('refuses a plugin class without an options schema, saying how to give one', async () => {
+      const dir = tempDir();
+      writeFileSync(join(dir, 'bare.mjs'), "export default class Bare { name = 'bare'; apply() {} }\n");
+      const problems = await resolvePlugins({ plugins: ['./bare.mjs'], defaults: false }, 'server', join(dir, 'qhcp.config.json')).then(
+        () => [],
+        (e: unknown) => (e as ConfigError).problems,
+      );
+      expect(problems).to.deep.equal([`plugins[0]: plugin "./bare.mjs" has no options schema; define it with definePlugin({ name, schema, apply }) from 'qhcp' (or give its class a static \`schema\`)`]);
+    });
+
+    it('a definePlugin() definition called with options is a plugin entry; its options are checked at start-up too', async () => {
+      const { default: queueLength } = (await import(QUEUE_LENGTH)) as typeof import('../docs/examples/queue-length.ts');
+      const ok = await resolvePlugins({ plugins: [queueLength({ file: 'q.txt', interval: 2 })], defaults: false }, 'server');
+      expect(ok.map((p) => p.name)).to.deep.equal(['queue-length']);
+      // A wrong type is a type error in qhcp.config.ts (below) and a start-up error (here).
+      // @ts-expect-error interval must be a number
+      const bad = queueLength({ file: 'q.txt', interval: 'often' });
+      const problems = await resolvePlugins({ plugins: [bad], defaults: false }, 'server').then(
+        () => [],
+        (e: unknown) => (e as ConfigError).problems,
+      );
+      expect(problems).to.deep.equal(['plugins[0].options.interval: must be number (got "often")']);
+    });
+
+    it('an alert plugin joins the default transition log instead of replacing it; defaults: false turns the log off', async () => {
+      const names = async (plugins: unknown[], defaults = true) => (await resolvePlugins({ plugins: plugins as QhcpConfig['plugins'], defaults }, 'loadbalancer')).map((p) => p.name);
+      const webhook = ['webhook', { url: 'http://127.0.0.1:9/hook' }];
+      expect(await names([webhook])).to.deep.equal(['webhook', 'round-robin', 'log']);
+      expect(await names([webhook, ['log', { json: true }]])).to.deep.equal(['webhook', 'log', 'round-robin']);
+      expect(await names([webhook], false)).to.deep.equal(['webhook']);
+    });
 
     it('lists every plugin problem at once', async () => {
       expect(await pluginProblems(['nope', ['./interval-plugin.ts', { interval: -1, label: 3 }]])).to.have.length(3);

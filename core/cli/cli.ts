@@ -4,19 +4,19 @@
  * Node form (`qhcp loadbalancer --servers ...`). Usage and configuration problems print one
  * line `qhcp: <problem>` and exit 2; no stack traces.
  */
+import { packageInfo } from '../util/package-info.ts';
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
-import { buildConfig, findConfigFile, optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig, type LoadedConfig } from '../config/config.ts';
+import { optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig } from '../config/schema.ts';
+import type { LoadedConfig } from '../config/config.ts';
 import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, StatusPrinter } from './status.ts';
-import { readPem } from '../transport/tls.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { addControlCommands } from '../control/commands.ts';
 
-const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
 export const EXIT_USAGE = 2;
@@ -151,6 +151,8 @@ export function parseConfigFlags(role: FlagRole, args: string[]): QhcpUserConfig
 }
 
 async function loadConfig(o: CommonOpts & Record<string, unknown>, role: FlagRole, flagRoles: FlagRole[] = [role]): Promise<LoadedConfig> {
+  // Loaded only for the commands that need a config (not --version, --help or usage errors).
+  const { buildConfig, findConfigFile } = await import('../config/config.ts');
   const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}) });
   try {
     return buildConfig(data, file, flagsToConfig(o, role, flagRoles));
@@ -275,7 +277,8 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
 }
 
 interface QueryOpts {
-  address: string;
+  address?: string;
+  config?: string;
   json?: boolean;
   certFile?: string;
   serverName?: string;
@@ -296,24 +299,59 @@ function readToken(file: string): string {
   return token;
 }
 
+/**
+ * Where `qhcp status` / `qhcp pick` ask: the flags, else the load balancer's query address and
+ * CA from the config file when one is found (a wildcard listen address means this host), else
+ * 127.0.0.1:4242. Only the four keys are read from the file; they are checked by type.
+ */
+export async function queryTarget(o: QueryOpts, cwd = process.cwd()): Promise<{ address: string; caFile?: string; serverName?: string; from: string }> {
+  let address = o.address;
+  let caFile = o.certFile;
+  let serverName = o.serverName;
+  let from = 'flags';
+  if (!address || !caFile) {
+    const { findConfigFile } = await import('../config/config.ts');
+    const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}), cwd });
+    const c = (data && typeof data === 'object' ? data : {}) as Record<string, unknown>;
+    if (file) {
+      const str = (k: string) => (typeof c[k] === 'string' && c[k] !== '' ? (c[k] as string) : undefined);
+      if (!address && (str('loadbalancerHost') !== undefined || Number.isInteger(c.loadbalancerPort))) {
+        const host = str('loadbalancerHost') ?? '127.0.0.1';
+        const local = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
+        const port = Number.isInteger(c.loadbalancerPort) ? (c.loadbalancerPort as number) : DEFAULT_LOADBALANCER_PORT;
+        address = isIP(local) === 6 ? `[${local}]:${port}` : `${local}:${port}`;
+        from = `config file ${file}`;
+      }
+      if (!caFile && str('caFile')) {
+        const { resolve, dirname } = await import('node:path');
+        caFile = resolve(dirname(file), str('caFile')!);
+      }
+      serverName ??= str('serverName');
+    }
+  }
+  return { address: address ?? `127.0.0.1:${DEFAULT_LOADBALANCER_PORT}`, ...(caFile ? { caFile } : {}), ...(serverName ? { serverName } : {}), from };
+}
+
 async function openQuery(o: QueryOpts) {
-  const a = parseAddress(o.address, DEFAULT_LOADBALANCER_PORT);
-  const { QueryClient } = await import('../client/query.ts');
+  const target = await queryTarget(o);
+  const a = parseAddress(target.address, DEFAULT_LOADBALANCER_PORT);
+  const [{ QueryClient }, { readPem }] = await Promise.all([import('../client/query.ts'), import('../transport/tls.ts')]);
   return QueryClient.open({
     host: a.host,
     port: a.port,
     timeoutMs: (o.timeout ?? 5) * 1000,
-    ...(o.certFile ? { ca: readPem(o.certFile, 'certificate') } : {}),
-    ...(o.serverName ? { serverName: o.serverName } : {}),
+    ...(target.caFile ? { ca: readPem(target.caFile, 'certificate') } : {}),
+    ...(target.serverName ? { serverName: target.serverName } : {}),
     ...(o.tokenFile ? { token: readToken(o.tokenFile) } : {}),
   });
 }
 
 function queryOptions(cmd: Command): Command {
   return cmd
-    .option('--address <host:port>', 'load balancer query address', '127.0.0.1:4242')
+    .option('--address <host:port>', 'load balancer query address (default: loadbalancerHost:loadbalancerPort from the config file when one is found, else "127.0.0.1:4242")')
+    .option('--config <file>', 'configuration file to read the address and caFile from (default: qhcp.config.{ts,js,json}, .qhcprc, package.json#qhcp in the working directory)')
     .option('--json', 'machine-readable JSON output')
-    .option('--cert-file <file>', 'CA/certificate to verify the load balancer with')
+    .option('--cert-file <file>', 'CA/certificate to verify the load balancer with (default: caFile from the config file; none: not verified)')
     .option('--server-name <name>', 'name its certificate must carry')
     .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'))
     .option('--token-file <file>', 'file holding a token (JWT) for a load balancer that verifies query clients (jwt verifyQueries)');
@@ -322,7 +360,7 @@ function queryOptions(cmd: Command): Command {
 export function buildProgram(): Command {
   const program = new Command('qhcp')
     .description('Quick Health Check Protocol: health checks and load balancing over QUIC')
-    .version(pkg.version, '-v, --version')
+    .version(packageInfo().version, '-v, --version')
     .showSuggestionAfterError(true)
     .addHelpText(
       'after',

@@ -5,12 +5,14 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { packageInfo } from '../util/package-info.ts';
 import { createServer, type Server } from 'node:http';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
+/** The same binary that runs this demo (sources in the checkout, dist/ in the package). */
+const BIN = fileURLToPath(new URL('bin/qhcp.js', packageInfo().root));
 
 /**
  * `--tcp-proxy [port]`: three small HTTP services in this process (free loopback ports), each

@@ -1,4 +1,4 @@
-/** Entry point: `node dist/core/main.js` after `npm run build`, or via bin/qhcp.js (tsx). */
+/** Entry point: `node dist/core/cli/main.js` (what bin/qhcp.js runs in the installed package), or the sources through tsx. */
 import { main } from './cli.ts';
 
 await main();

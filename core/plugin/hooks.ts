@@ -13,6 +13,7 @@ import { FIELD_LIMITS, METRIC_NAME, metricRange, type Message, type Metrics } fr
 import type { BackendView } from '../health/backend.ts';
 import type { HealthState } from '../health/states.ts';
 import type { Logger } from '../util/log.ts';
+import type { QhcpConfig } from '../config/config.ts';
 import { withTimeout } from '../util/timeout.ts';
 import type { Direction } from '../protocol/session.ts';
 import type { CheckKind } from '../check/types.ts';
@@ -217,6 +218,14 @@ export interface CoreLike {
   readonly hooks: Hooks;
   readonly logger: Logger;
   readonly node: string;
+  /** The merged, validated configuration (defaults < file < flags), frozen. */
+  readonly config: Readonly<QhcpConfig>;
+  /** The config file, when one was found. */
+  readonly configFile?: string | undefined;
+  /** The directory of the config file (the working directory when there is none). */
+  readonly configDir: string;
+  /** A path from the config (a plugin option) made absolute against configDir; absolute paths are kept. */
+  resolvePath(path: string): string;
 }
 
 export function createHooks() {

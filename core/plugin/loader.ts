@@ -7,8 +7,11 @@ import { pathToFileURL } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { Ajv } from 'ajv';
 import { ConfigError, PluginError, errorText } from '../errors.ts';
-import { describeAjvErrors, importUserModule, type PluginEntry, type QhcpConfig } from '../config/config.ts';
+import { describeAjvErrors, type PluginEntry, type QhcpConfig } from '../config/config.ts';
+import { importUserModule } from '../config/user-modules.ts';
 import type { CoreLike } from './hooks.ts';
+import { isPluginDefinition, isPluginUse, type PluginDefinition } from './define.ts';
+import type { ObjectSchema } from '../config/schema-types.ts';
 import { withTimeout } from '../util/timeout.ts';
 
 export type Family = 'metrics' | 'auth' | 'balancer' | 'alert' | 'check' | 'sync' | 'proxy' | 'other';
@@ -61,9 +64,18 @@ export const DEFAULT_PLUGINS: Record<RoleName, Partial<Record<Family, string>>> 
   loadbalancer: { balancer: 'round-robin', alert: 'log' },
 };
 
+/**
+ * Families whose default stays when other plugins of the family are listed: alerts add up (a
+ * webhook does not silence the log). `defaults: false` turns every default off.
+ */
+export const ADDITIVE_FAMILIES: ReadonlySet<Family> = new Set(['alert']);
+
 const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: false, verbose: true });
 
-async function importPlugin(spec: string, baseDir: string, where: string): Promise<PluginConstructor> {
+/** What a plugin module exports by default: a definePlugin() definition, or a class with a static schema. */
+type PluginFactory = PluginConstructor | PluginDefinition<ObjectSchema>;
+
+async function importPlugin(spec: string, baseDir: string, where: string): Promise<PluginFactory> {
   const builtin = BUILTIN_PLUGINS[spec];
   const url = builtin ? new URL(builtin + EXT, import.meta.url).href : pathToFileURL(resolve(baseDir, spec)).href;
   let mod: { default?: unknown };
@@ -75,25 +87,36 @@ async function importPlugin(spec: string, baseDir: string, where: string): Promi
     throw new ConfigError([`${where}: cannot load plugin "${spec}": ${hint}`]);
   }
   const ctor = mod.default;
-  if (typeof ctor !== 'function') throw new ConfigError([`${where}: module "${spec}" has no default export class`]);
-  return ctor as PluginConstructor;
+  if (typeof ctor !== 'function') throw new ConfigError([`${where}: module "${spec}" has no default export (export default definePlugin({ ... }))`]);
+  return ctor as PluginFactory;
+}
+
+/** Validates the options against the factory's schema (defaults filled in) and builds the plugin. @throws ConfigError */
+function instantiate(factory: PluginFactory, options: Record<string, unknown>, where: string, spec: string): QhcpPlugin {
+  const opts = validateOptions(factory, options, where, spec);
+  return isPluginDefinition(factory) ? factory.create(opts) : new factory(opts);
 }
 
 function isPlugin(x: unknown): x is QhcpPlugin {
   return !!x && typeof x === 'object' && typeof (x as QhcpPlugin).apply === 'function' && typeof (x as QhcpPlugin).name === 'string';
 }
 
-/** Validates options against a plugin's schema, filling defaults. @throws ConfigError */
-export function validateOptions(ctor: PluginConstructor, options: Record<string, unknown>, where: string): Record<string, unknown> {
+/**
+ * Validates options against a plugin's schema, filling defaults. A plugin without a schema is
+ * refused: its options would go unchecked.
+ * @throws ConfigError
+ */
+export function validateOptions(ctor: { schema?: object; name?: string }, options: Record<string, unknown>, where: string, spec = ctor.name ?? 'plugin'): Record<string, unknown> {
+  if (!ctor.schema || typeof ctor.schema !== 'object') {
+    throw new ConfigError([`${where}: plugin "${spec}" has no options schema; define it with definePlugin({ name, schema, apply }) from 'qhcp' (or give its class a static \`schema\`)`]);
+  }
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new ConfigError([`${where}.options: must be object${typeof options !== 'object' ? ` (got ${JSON.stringify(options)})` : ''}`]);
   }
   // The config is deep-frozen; ajv fills defaults into a copy (functions and instances are kept).
   const opts = copyPlain(options);
-  if (ctor.schema) {
-    const validate = ajv.compile(ctor.schema);
-    if (!validate(opts)) throw new ConfigError(describeAjvErrors(validate.errors, opts, `${where}.options`));
-  }
+  const validate = ajv.compile(ctor.schema);
+  if (!validate(opts)) throw new ConfigError(describeAjvErrors(validate.errors, opts, `${where}.options`));
   return opts;
 }
 
@@ -120,7 +143,11 @@ export async function resolvePlugins(config: Pick<QhcpConfig, 'plugins' | 'defau
     const where = `plugins[${i}]`;
     try {
       let plugin: QhcpPlugin;
-      if (isPlugin(entry)) {
+      if (isPluginUse(entry)) {
+        plugin = instantiate(entry.definition, entry.options, where, entry.definition.pluginName);
+      } else if (isPluginDefinition(entry)) {
+        plugin = instantiate(entry, {}, where, entry.pluginName);
+      } else if (isPlugin(entry)) {
         plugin = entry;
       } else {
         let spec: string | undefined;
@@ -133,8 +160,8 @@ export async function resolvePlugins(config: Pick<QhcpConfig, 'plugins' | 'defau
           options = e.options ?? {};
         }
         if (!spec) throw new ConfigError([`${where}: needs a name (built-in), a module path, or an object with name and apply()`]);
-        const ctor = await importPlugin(spec, baseDir, where);
-        plugin = new ctor(validateOptions(ctor, options, where));
+        const factory = await importPlugin(spec, baseDir, where);
+        plugin = instantiate(factory, options, where, spec);
         if (!isPlugin(plugin)) throw new ConfigError([`${where}: "${spec}" does not construct a plugin (name + apply)`]);
       }
       if (!plugin.roles || plugin.roles.includes(role)) out.push(plugin);
@@ -146,9 +173,11 @@ export async function resolvePlugins(config: Pick<QhcpConfig, 'plugins' | 'defau
   if (problems.length) throw new ConfigError(problems);
   if (config.defaults) {
     for (const [family, name] of Object.entries(DEFAULT_PLUGINS[role])) {
-      if (out.some((p) => p.family === family)) continue;
-      const ctor = await importPlugin(name!, baseDir, `default ${family} plugin`);
-      out.push(new ctor(validateOptions(ctor, {}, name!)));
+      // A listed plugin of the family replaces its default, except for additive families (the
+      // transition log stays beside a webhook) where only the default itself being listed does.
+      if (ADDITIVE_FAMILIES.has(family as Family) ? out.some((p) => p.name === name) : out.some((p) => p.family === family)) continue;
+      const factory = await importPlugin(name!, baseDir, `default ${family} plugin`);
+      out.push(instantiate(factory, {}, name!, name!));
     }
   }
   const names = new Set(out.map((p) => p.name));

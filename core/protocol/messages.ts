@@ -289,10 +289,14 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
 };
 
-const ajv = new Ajv({ allErrors: false, strict: true });
-const VALIDATORS = new Map<MessageName, ValidateFunction>(
-  MESSAGE_NAMES.map((n) => [n, ajv.compile(MESSAGE_SCHEMAS[n])]),
-);
+// Compiled on first use, per message type: a `qhcp status` compiles the four it meets, not all.
+let ajv: Ajv | undefined;
+const VALIDATORS = new Map<MessageName, ValidateFunction>();
+function validatorOf(type: MessageName): ValidateFunction {
+  let v = VALIDATORS.get(type);
+  if (!v) VALIDATORS.set(type, (v = (ajv ??= new Ajv({ allErrors: false, strict: true })).compile(MESSAGE_SCHEMAS[type])));
+  return v;
+}
 
 /** One line for the first ajv error, e.g. "/seq: must be integer". */
 export function ajvErrorText(errors: ErrorObject[] | null | undefined): string {
@@ -307,7 +311,7 @@ export function ajvErrorText(errors: ErrorObject[] | null | undefined): string {
  * @throws ProtocolError INVALID_MESSAGE naming the first bad field
  */
 export function validateBody<K extends MessageName>(type: K, body: unknown): MessageOf<K> {
-  const validate = VALIDATORS.get(type)!;
+  const validate = validatorOf(type);
   if (!validate(body)) {
     throw new ProtocolError('INVALID_MESSAGE', `${type} ${ajvErrorText(validate.errors)}`);
   }

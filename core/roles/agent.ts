@@ -123,6 +123,7 @@ export class AgentServer extends Core {
         onExtraStream: (ch) => this.extraStream(ch),
       }),
     );
+    for (const w of tls.warnings) this.logger.warn(w);
     if (c.controlSocket !== false) {
       this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
     }
@@ -136,6 +137,7 @@ export class AgentServer extends Core {
     const h = this.runner.health();
     this.logger.info('server listening', {
       address: `${this.host}:${this.port}`,
+      ...this.pluginFields(),
       alpn: 'qhcp/1',
       metrics: this.definitions.length,
       checks: specs.length,

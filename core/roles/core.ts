@@ -3,6 +3,7 @@
  * Plugins receive it in `apply(core)`.
  */
 import { hostname } from 'node:os';
+import { dirname, resolve } from 'node:path';
 import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
 import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from '../plugin/loader.ts';
 import { createLogger, type Logger } from '../util/log.ts';
@@ -21,6 +22,7 @@ export class Core implements CoreLike {
   lastPluginError: PluginError | undefined;
   plugins: QhcpPlugin[] = [];
   readonly node: string;
+  readonly configDir: string;
 
   constructor(
     readonly role: RoleName,
@@ -29,6 +31,7 @@ export class Core implements CoreLike {
     readonly configFile?: string,
   ) {
     this.node = config.node ?? `${hostname()}:${role === 'server' ? config.serverPort : config.loadbalancerPort}`;
+    this.configDir = configFile ? dirname(configFile) : process.cwd();
     guardHooks(this.hooks, this.logger, config.pluginTimeout * 1000, this.pluginFailures, (err) => (this.lastPluginError = err));
   }
 
@@ -149,6 +152,17 @@ export class Core implements CoreLike {
       onChannel: o.onChannel,
       ...(o.onExtraStream ? { onExtraStream: o.onExtraStream } : {}),
     };
+  }
+
+  /** Every plugin in use, per family, as start-up line fields: `plugins.alert=webhook,log`. */
+  pluginFields(): Record<string, string> {
+    const byFamily: Record<string, string[]> = {};
+    for (const p of this.plugins) (byFamily[p.family ?? 'other'] ??= []).push(p.name);
+    return Object.fromEntries(Object.entries(byFamily).map(([f, names]) => [`plugins.${f}`, names.join(',')]));
+  }
+
+  resolvePath(path: string): string {
+    return resolve(this.configDir, path);
   }
 
   sessionInfo(s: Session): SessionInfo {

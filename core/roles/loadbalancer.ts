@@ -198,6 +198,7 @@ export class LoadBalancer extends Core {
     const t = this.checker.timings;
     if (!c.caFile) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');
     this.logger.info('load balancer started', {
+      ...this.pluginFields(),
       servers: this.pool.size,
       query: `${c.loadbalancerHost}:${this.port}`,
       interval: `${c.checkInterval}s`,

@@ -100,6 +100,8 @@ export class Conn implements Timed {
   /** Counted among the endpoint's handshakes in progress. */
   pending = false;
   handshakeAt = Infinity;
+  /** The handshake limit this connection got (ms), named when it passes. */
+  handshakeLimitMs = 0;
   keepAliveMs = 0;
   private keepAliveAt = Infinity;
   private quicheAt = Infinity;
@@ -165,7 +167,7 @@ export class Conn implements Timed {
     }
     if (!this.established && now >= this.handshakeAt && !this.q.isClosed()) {
       this.handshakeAt = Infinity;
-      this.failure ??= 'handshake timed out';
+      this.failure ??= `no handshake within ${Math.round(this.handshakeLimitMs)} ms`;
       try {
         this.q.close(false, 0x0, Buffer.from('handshake timeout'));
       } catch {
@@ -273,6 +275,7 @@ export class Endpoint {
     if (keylog) q.setKeylog(keylog);
     const conn = new Conn(this, q, remote, false);
     conn.handshakeAt = performance.now() + handshakeTimeoutMs;
+    conn.handshakeLimitMs = handshakeTimeoutMs;
     this.route(conn, scid);
     this.count++;
     this.touch(conn);
@@ -531,6 +534,7 @@ export class Endpoint {
     conn.pending = true;
     this.pendingHandshakes++;
     conn.handshakeAt = performance.now() + server.handshakeTimeoutMs;
+    conn.handshakeLimitMs = server.handshakeTimeoutMs;
     this.route(conn, header.dcid);
     this.count++;
     this.recvOn(conn, msg, rinfo);

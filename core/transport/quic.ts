@@ -611,18 +611,18 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   });
   if (end) {
     if (!opts.socket) void ep.close();
-    throw fail(describeEnd(end, conn));
+    throw fail(describeEnd(end, conn, opts.timeoutMs ?? 5_000));
   }
   return new Channel(conn, { maxFrameBytes });
 }
 
-function describeEnd(end: ConnEnd, conn: Conn): string {
+function describeEnd(end: ConnEnd, conn: Conn, timeoutMs: number): string {
   if (conn.verifyProblem) return conn.verifyProblem;
   if (end.by === 'peer') {
     if (!end.isApp && end.code >= quiche.CRYPTO_ERROR_START && end.code <= quiche.CRYPTO_ERROR_STOP) return 'the server rejected the TLS handshake';
     return `refused by peer (code ${end.code}${end.reason ? `: ${end.reason}` : ''})`;
   }
-  if (end.by === 'idle') return 'handshake timed out';
+  if (end.by === 'idle') return `no handshake within ${Math.round(timeoutMs)} ms`;
   if (end.by === 'error' && end.code >= quiche.CRYPTO_ERROR_START && end.code <= quiche.CRYPTO_ERROR_STOP) return 'TLS verification failed';
   return end.reason;
 }

@@ -4,10 +4,9 @@
  * CA constraints of every issuer). @peculiar/x509 reads the extensions node:crypto does not
  * expose (basicConstraints' pathLenConstraint, keyUsage).
  */
-import { readFileSync } from 'node:fs';
-import { X509Certificate } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
-import { generate } from 'selfsigned';
 import { X509Certificate as PeculiarCertificate, BasicConstraintsExtension, KeyUsagesExtension, KeyUsageFlags } from '@peculiar/x509';
 import { LocalError, errorText } from '../errors.ts';
 
@@ -16,6 +15,8 @@ export interface ServerTls {
   key: string;
   /** True when the certificate was made at start-up (no files given). */
   generated: boolean;
+  /** Problems worth a warning at start-up (a private key others can read). */
+  warnings: string[];
 }
 
 /** Reads a PEM file, checking it holds the kind of block expected. @throws LocalError QHCP_ERR_TLS_FILE */
@@ -46,6 +47,8 @@ export function readPem(file: string, what: 'certificate' | 'key'): string {
 export async function selfSigned(extraNames: string[] = []): Promise<{ cert: string; key: string }> {
   const names = new Set(['localhost', '127.0.0.1', '::1', ...extraNames.filter((n) => n && n !== '0.0.0.0' && n !== '::')]);
   const altNames = [...names].map((n) => (isIP(n) ? { type: 7 as const, ip: n } : { type: 2 as const, value: n }));
+  // Loaded only when a certificate is made (no files given): `qhcp status` never pays for it.
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: 'qhcp' }], {
     keyType: 'ec',
     algorithm: 'sha256',
@@ -66,12 +69,37 @@ export async function selfSigned(extraNames: string[] = []): Promise<{ cert: str
  */
 export async function loadServerTls(opts: { certFile?: string; keyFile?: string; host?: string }): Promise<ServerTls> {
   if (opts.certFile && opts.keyFile) {
-    return { cert: readPem(opts.certFile, 'certificate'), key: readPem(opts.keyFile, 'key'), generated: false };
+    const cert = readPem(opts.certFile, 'certificate');
+    const key = readPem(opts.keyFile, 'key');
+    checkPair(cert, key, opts.certFile, opts.keyFile);
+    const warnings: string[] = [];
+    const mode = statSync(opts.keyFile).mode & 0o777;
+    if (mode & 0o077) warnings.push(`private key file ${opts.keyFile} is readable by others (mode ${mode.toString(8).padStart(3, '0')}); chmod 600 it`);
+    return { cert, key, generated: false, warnings };
   }
   if (opts.certFile || opts.keyFile) {
     throw new LocalError('QHCP_ERR_TLS_FILE', `-cert-file and -key-file go together: ${opts.certFile ? '-key-file' : '-cert-file'} is missing`);
   }
-  return { ...(await selfSigned(opts.host ? [opts.host] : [])), generated: true };
+  return { ...(await selfSigned(opts.host ? [opts.host] : [])), generated: true, warnings: [] };
+}
+
+/**
+ * A certificate an agent may serve: its key is the one given, and it is valid now. An expired
+ * (or not yet valid) certificate is an error rather than a warning: every load balancer that
+ * verifies it would fail every check, which is worse than not starting.
+ * @throws LocalError QHCP_ERR_TLS_FILE
+ */
+export function checkPair(certPem: string, keyPem: string, certFile: string, keyFile: string, now = new Date()): void {
+  const cert = new X509Certificate(certPem);
+  let key;
+  try {
+    key = createPrivateKey(keyPem);
+  } catch (e) {
+    throw new LocalError('QHCP_ERR_TLS_FILE', `key file ${keyFile} does not parse: ${errorText(e)}`);
+  }
+  if (!cert.checkPrivateKey(key)) throw new LocalError('QHCP_ERR_TLS_FILE', `key file ${keyFile} does not match certificate ${certFile} (a different key pair)`);
+  if (now > new Date(cert.validTo)) throw new LocalError('QHCP_ERR_TLS_FILE', `certificate ${certFile} expired ${cert.validTo}`);
+  if (now < new Date(cert.validFrom)) throw new LocalError('QHCP_ERR_TLS_FILE', `certificate ${certFile} is not valid before ${cert.validFrom}`);
 }
 
 function pemBlocks(pem: string): X509Certificate[] {

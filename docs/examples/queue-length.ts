@@ -4,76 +4,62 @@
  * Reports how many jobs wait in a work queue as one metric (default `queueLength`, unit
  * `jobs`). The length comes from a file, one job per non-empty line (a spool file another
  * program appends to and trims), or from a function you pass in a TypeScript config. Enable it
- * on the servers in qhcp.config.ts:
+ * on the servers in qhcp.config.ts, by path (options checked at start-up):
  *
- *   plugins: [['./docs/examples/queue-length.ts', { file: '/var/spool/app/jobs.txt', interval: 2 }]]
- *   plugins: [['./docs/examples/queue-length.ts', { read: () => jobs.length }]]
+ *   plugins: [['./queue-length.ts', { file: 'jobs.txt', interval: 2 }]]
  *
- * A balancer can then read `metrics.queueLength` of each server (see sticky-balancer.ts).
+ * or imported (options checked by the TypeScript compiler too):
+ *
+ *   import queueLength from './queue-length.ts';
+ *   plugins: [queueLength({ read: () => jobs.length })]
+ *
+ * A relative `file` is taken from the directory of the config file. A balancer can then read
+ * `metrics.queueLength` of each server (see sticky-balancer.ts).
  */
 import { readFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import type { CoreLike, MetricDefinition } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import { definePlugin, METRIC_NAME_SCHEMA } from 'qhcp';
 
-const PLUGIN_NAME = 'queue-length';
-
-export interface QueueLengthOptions {
-  /** A file with one queued job per non-empty line; relative to the working directory. */
-  file?: string;
-  /** Or: a function returning the queue length (TypeScript/JS configs only). */
-  read?: () => number | Promise<number>;
-  /** The metric's name (default `queueLength`). */
-  metric?: string;
-  /** Seconds between two reads at most once (default 1); the core never asks more often. */
-  interval?: number;
-}
-
-export default class QueueLengthPlugin implements QhcpPlugin {
-  /** Options schema: the loader validates against it and fills the defaults. */
-  static schema = {
+export default definePlugin({
+  name: 'queue-length',
+  family: 'metrics',
+  roles: ['server'],
+  // The options schema: it types `options` below, the loader validates against it and fills
+  // the defaults, and a wrong option is a start-up error naming it.
+  schema: {
     type: 'object',
     additionalProperties: false,
     properties: {
+      /** A file with one queued job per non-empty line; relative to the config file's directory. */
       file: { type: 'string', minLength: 1 },
-      // JSON schema has no "function" type: `read` is checked in the constructor.
+      /** Or: a function returning the queue length (TypeScript/JS configs only). JSON schema has no function type. */
       read: {},
-      metric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: 'queueLength' },
+      metric: { ...METRIC_NAME_SCHEMA, default: 'queueLength' },
+      /** Seconds between two reads at most (the core never asks more often). */
       interval: { type: 'number', minimum: 0.1, maximum: 3600, default: 1 },
     },
-  };
-
-  readonly name = PLUGIN_NAME;
-  readonly family = 'metrics' as const;
-  readonly roles = ['server' as const];
-  private readonly metric: string;
-  private readonly intervalMs: number;
-  private readonly read: () => Promise<number>;
-
-  constructor(options: QueueLengthOptions = {}) {
-    const { file, read } = options;
+  },
+  // What the schema cannot say; a throw here is a start-up error for this plugin entry.
+  validate({ file, read }) {
     if (read !== undefined && typeof read !== 'function') throw new Error(`options.read: must be a function (got ${typeof read})`);
     if ((file === undefined) === (read === undefined)) throw new Error('options: give exactly one of `file` or `read`');
-    this.metric = options.metric ?? 'queueLength';
-    this.intervalMs = (options.interval ?? 1) * 1000;
-    this.read = read ? async () => read() : countLines(resolve(file!));
-  }
-
-  apply(core: CoreLike): void {
+  },
+  apply(core, options) {
+    const { file, read, metric, interval } = options;
+    const sample = typeof read === 'function' ? async () => Number(await (read as () => number | Promise<number>)()) : countLines(core.resolvePath(file!));
     // Declare the metric once: its unit, meaning and how often it may be sampled.
-    core.hooks.metricDefinitions.tap(PLUGIN_NAME, (defs): MetricDefinition[] => [
+    core.hooks.metricDefinitions.tap('queue-length', (defs) => [
       ...defs,
-      { name: this.metric, unit: 'jobs', help: 'jobs waiting in the work queue', plugin: PLUGIN_NAME, sampleIntervalMs: this.intervalMs },
+      { name: metric, unit: 'jobs', help: 'jobs waiting in the work queue', plugin: 'queue-length', sampleIntervalMs: interval * 1000 },
     ]);
     // Contribute to each background sample. The core skips this tap while the metric is not
     // due, bounds it by the plugin timeout, and logs (and leaves out the metric) if it throws.
-    core.hooks.collect.tapPromise(PLUGIN_NAME, async (report) => {
-      const n = await this.read();
+    core.hooks.collect.tapPromise('queue-length', async (report) => {
+      const n = await sample();
       if (!Number.isInteger(n) || n < 0) throw new Error(`queue length must be a whole number >= 0, got ${n}`);
-      report.set(this.metric, n);
+      report.set(metric, n);
     });
-  }
-}
+  },
+});
 
 /** Counts non-empty lines; a missing file is an empty queue. */
 function countLines(path: string): () => Promise<number> {

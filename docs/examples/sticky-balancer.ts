@@ -8,18 +8,9 @@
  * next choice). PICKs without a key are left to the next balancer in the list (answer
  * `undefined`), e.g. round-robin:
  *
- *   plugins: [['./docs/examples/sticky-balancer.ts', { metric: 'queueLength', maxLoad: 100 }], 'round-robin']
+ *   plugins: [['./sticky-balancer.ts', { metric: 'queueLength', maxLoad: 100 }], 'round-robin']
  */
-import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-
-const PLUGIN_NAME = 'sticky';
-
-export interface StickyOptions {
-  /** A metric the servers report; with `maxLoad`, servers above it are passed over. */
-  metric?: string;
-  maxLoad?: number;
-}
+import { definePlugin, type BackendView } from 'qhcp';
 
 /** FNV-1a, 32 bits: a fast, well-spread hash of short strings. */
 function fnv1a(s: string): number {
@@ -37,50 +28,46 @@ export function score(key: string, server: BackendView): number {
   return server.weight / -Math.log(u);
 }
 
-export default class StickyBalancerPlugin implements QhcpPlugin {
-  static schema = {
+/** The UP server with the highest score for `key` that is not over the load limit. */
+export function choose(servers: readonly BackendView[], key: string, metric?: string, maxLoad?: number): BackendView | undefined {
+  let best: BackendView | undefined;
+  let bestScore = -Infinity;
+  for (const s of servers) {
+    const load = metric !== undefined ? s.metrics[metric] : undefined;
+    if (maxLoad !== undefined && load !== undefined && load > maxLoad) continue;
+    const sc = score(key, s);
+    if (sc > bestScore) [best, bestScore] = [s, sc];
+  }
+  return best;
+}
+
+export default definePlugin({
+  name: 'sticky',
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema: {
     type: 'object',
     additionalProperties: false,
     properties: {
+      /** A metric the servers report; with `maxLoad`, servers above it are passed over. */
       metric: { type: 'string', minLength: 1 },
       maxLoad: { type: 'number' },
     },
     // A limit needs a metric to compare with, and the other way round.
     dependencies: { maxLoad: ['metric'], metric: ['maxLoad'] },
-  };
-
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
-  /** Servers that left (DOWN/DRAINING) since they were last UP: their keys have moved. */
-  readonly away = new Set<string>();
-
-  constructor(private readonly options: StickyOptions = {}) {}
-
-  /** The UP server with the highest score for `key` that is not over the load limit. */
-  choose(servers: readonly BackendView[], key: string): BackendView | undefined {
-    const { metric, maxLoad } = this.options;
-    let best: BackendView | undefined;
-    let bestScore = -Infinity;
-    for (const s of servers) {
-      const load = metric !== undefined ? s.metrics[metric] : undefined;
-      if (maxLoad !== undefined && load !== undefined && load > maxLoad) continue;
-      const sc = score(key, s);
-      if (sc > bestScore) [best, bestScore] = [s, sc];
-    }
-    return best;
-  }
-
-  apply(core: CoreLike): void {
+  },
+  apply(core, { metric, maxLoad }) {
+    /** Servers that left (DOWN/DRAINING) since they were last UP: their keys have moved. */
+    const away = new Set<string>();
     // First answer wins: return undefined to let the next balancer answer.
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => (req.key === undefined ? undefined : this.choose(req.servers, req.key)));
+    core.hooks.pick.tap('sticky', (req) => (req.key === undefined ? undefined : choose(req.servers, req.key, metric, maxLoad)));
     // Learn of state changes: say once when a server's keys move away and when they come back.
-    core.hooks.transition.tap(PLUGIN_NAME, (t) => {
-      if (t.to === 'UP' && this.away.delete(t.server)) core.logger.info('sticky: keys return to server', { server: t.server });
+    core.hooks.transition.tap('sticky', (t) => {
+      if (t.to === 'UP' && away.delete(t.server)) core.logger.info('sticky: keys return to server', { server: t.server });
       else if (t.from === 'UP' && t.to !== 'UP') {
-        this.away.add(t.server);
+        away.add(t.server);
         core.logger.info('sticky: keys of server move to their next choice', { server: t.server, reason: t.reason });
       }
     });
-  }
-}
+  },
+});

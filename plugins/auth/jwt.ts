@@ -181,8 +181,7 @@ export default class JwtAuthPlugin implements QhcpPlugin {
   }
 
   apply(core: CoreLike): void {
-    const base = (core as { configFile?: string }).configFile;
-    const at = (p: string) => resolve(base ? dirname(base) : process.cwd(), p);
+    const at = (p: string) => core.resolvePath(p);
     const o = this.opts;
     const aud = o.audience ?? 'per agent (its address)';
     if (core.role === 'loadbalancer') {

@@ -310,8 +310,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
     core.hooks.start.tapPromise(PLUGIN_NAME, async () => {
       // Wait for the first readings so the first report is full, but well inside the plugin
       // timeout: a source that hangs from the start must not abort start-up.
-      const pluginTimeoutS = (core as { config?: { pluginTimeout?: number } }).config?.pluginTimeout ?? 2;
-      await this.sampler.start(Math.min(1000, (pluginTimeoutS * 1000) / 2));
+      await this.sampler.start(Math.min(1000, (core.config.pluginTimeout * 1000) / 2));
     });
     core.hooks.stop.tap(PLUGIN_NAME, () => this.sampler.stop());
     core.hooks.metricDefinitions.tap(PLUGIN_NAME, (defs) => [...defs, ...this.definitions()]);

@@ -52,8 +52,9 @@ export class QhcpProcess {
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
   /** `detached`: its own process group (pgid = pid), to signal it and its children as a terminal does. */
-  constructor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; detached?: boolean } = {}) {
-    this.child = spawn(process.execPath, [BIN, ...args], {
+  /** `bin`: an installed `qhcp` executable to run instead of this checkout's bin/qhcp.js. */
+  constructor(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv; detached?: boolean; bin?: string } = {}) {
+    this.child = spawn(opts.bin ?? process.execPath, opts.bin ? args : [BIN, ...args], {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, QHCP_LOG_FORMAT: 'text', ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -15,6 +15,7 @@ import { codeName } from '../../core/protocol/session.ts';
 import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil } from '../helpers/procs.ts';
 import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
 import { HonestChecker, HonestQuery } from './honest.ts';
+import { startLoadBalancer as startLb } from '../helpers/procs.ts';
 
 export const WIDE = fileURLToPath(new URL('../fixtures/plugins/wide-metrics.ts', import.meta.url));
 
@@ -93,5 +94,49 @@ describe('Robustness: peers that do not read (bounded memory)', function () {
     // Unbounded queueing grows by ~30 MB per second here; the bound is the sessions' own state.
     expect(growthMiB, 'agent RSS growth (MiB)').to.be.below(160);
     expect(proc.running).to.equal(true);
+  });
+
+  it('load balancer: 50 query clients pipelining STATUS that never read: closed with a coded ERROR at the unread-bytes limit, RSS bounded', async () => {
+    // 200 backends (nobody answers on the discard port): each STATUS page is close to 64 KiB.
+    const more = Array.from({ length: 200 }, (_, i) => `127.0.${1 + Math.floor(i / 250)}.${(i % 250) + 2}:9`);
+    const lb = await startLb(more, { interval: 5, reconnect: 60, args: ['--check-timeout', '1'] });
+    await sleep(2000);
+    const rss0 = rssKiB(lb.proc.pid);
+    let peak = rss0;
+    const sampler = setInterval(() => {
+      if (lb.proc.running) peak = Math.max(peak, rssKiB(lb.proc.pid));
+    }, 200);
+    const status = (seq: number) => encodeFrame({ type: 'STATUS', body: { seq } });
+    try {
+      const opened = await inBatches(50, 10, async () => {
+        const p = await RawPeer.open({ port: lb.port, receiveWindowBytes: 16 * 1024 });
+        peers.push(p);
+        await p.send(HELLO_QUERY());
+        await p.waitFor('ACK', 20_000);
+        p.channel.pauseReading();
+        // 30 requests in one write: within any per-connection query queue, far past what it reads.
+        await p.send(Buffer.concat(Array.from({ length: 30 }, (_, i) => status(i + 1))));
+        return p;
+      });
+      await waitUntil(() => opened.every((p) => p.isClosed), 60_000, 'every non-reading query client closed');
+      const codes = new Map<string, number>();
+      for (const p of opened) {
+        const name = codeName((await p.closedWith()).code);
+        codes.set(name, (codes.get(name) ?? 0) + 1);
+      }
+      console.log(`      close codes: ${JSON.stringify(Object.fromEntries(codes))}`);
+      expect([...codes.keys()].every((c) => c !== 'NO_ERROR' && c !== '0'), JSON.stringify(Object.fromEntries(codes))).to.equal(true);
+      expect(codes.get('SLOW_CONSUMER') ?? 0, 'closed at the unread-bytes limit').to.be.greaterThan(0);
+      // Honest queries still answered.
+      honest = await HonestQuery.start(lb.port, []);
+      await honest.expectServing(3);
+    } finally {
+      clearInterval(sampler);
+    }
+    const growthMiB = (peak - rss0) / 1024;
+    console.log(`      load balancer RSS ${rss0} KiB before, peak ${peak} KiB during 50 pipelining non-readers (+${growthMiB.toFixed(1)} MiB)`);
+    // Each client is cut at 256 KiB unread (+ one page): ~16 MiB for 50; unbounded is ~2 MiB each.
+    expect(growthMiB, 'load balancer RSS growth (MiB)').to.be.below(60);
+    expect(lb.proc.running).to.equal(true);
   });
 });
