@@ -34,7 +34,7 @@ process.on('message', (m: LbRequest) => {
           const lb = new LoadBalancer(config, logger);
           await lb.loadPlugins([new RoundRobinPlugin()]);
           lb.hooks.transition.tap('bench', (t) => {
-            process.send?.({ event: 'transition', lb: i, server: t.server, from: t.from, to: t.to, at: t.at, reason: t.reason } satisfies LbEvent);
+            process.send?.({ event: 'transition', lb: i, server: t.server, from: t.from, to: t.to, at: t.at, hr: performance.timeOrigin + performance.now(), reason: t.reason } satisfies LbEvent);
           });
           await lb.start();
           lbs.push(lb);

@@ -11,6 +11,7 @@ import type { Results } from './run.ts';
 import type { CostCell } from './lib/cost.ts';
 import type { DetectResult } from './lib/detect.ts';
 import type { ServiceResult } from './lib/service.ts';
+import type { AdminResult, AdminCell } from './lib/admin.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -68,6 +69,7 @@ function targets(res: Results): string[] {
     rows.push([`graceful stop seen in < 50 ms (max), ${d.impl}`, `${d.summary.graceful.max ?? '–'} ms`, d.summary.graceful.max !== null ? yes(d.summary.graceful.max < TARGETS.gracefulMs) : '–']);
   }
   rows.push(...serviceTargets(serviceResults()));
+  rows.push(...adminTargets(adminResults()));
   for (const a of res.agent.filter((x) => x.loadBalancers === 1)) {
     rows.push([`agent < 1% CPU and < 80 MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB`, yes(a.cpuPct < TARGETS.agentCpuPct && a.rssMb < TARGETS.agentRssMb)]);
   }
@@ -221,6 +223,63 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
   ];
 }
 
+/** The admin section's results (bench/results/admin-latest.json, its own run), if any. */
+function adminResults(): AdminResult | undefined {
+  const file = `${ROOT}bench/results/admin-latest.json`;
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as AdminResult) : undefined;
+}
+
+/** The drain target is judged on the in-process control request (the path qhcp owns), by its max; the median and p90 are shown. */
+function adminTargets(ad: AdminResult | undefined): string[][] {
+  if (!ad) return [];
+  const rows: string[][] = [];
+  for (const impl of ['qhcp-poll', 'qhcp-push'] as const) {
+    const s = ad.cells.find((c) => c.impl === impl && c.case === 'drain')?.summary.seen;
+    if (!s || s.n === 0) continue;
+    rows.push([`admin drain seen at the load balancer in < ${ad.targetMs} ms (control request → DRAINING), ${impl}`, `median ${r1(s.p50)} ms, p90 ${r1(s.p90)} ms, max ${r1(s.max)} ms (${s.n} runs)`, s.max === null || s.p50 === null ? '–' : s.max < ad.targetMs ? 'yes' : s.p90 !== null && s.p90 < ad.targetMs ? 'median and p90 yes, **max no**' : s.p50 < ad.targetMs ? 'median yes, **p90 and max no**' : '**no**']);
+  }
+  return rows;
+}
+
+const ADMIN_CASES: Record<AdminCell['case'], string> = {
+  drain: 'drain (control request → DRAINING)',
+  ready: 'ready (control request → UP)',
+  'maint-file': 'maintenance file written → MAINT',
+  'file-gone': 'maintenance file removed → UP',
+  'cli-drain': '`qhcp drain` process started → DRAINING',
+};
+
+function adminSection(ad: AdminResult | undefined): string[] {
+  if (!ad) return ['Not measured yet: `npm run bench -- --only admin`.'];
+  const m = ad.machine;
+  const busy = ad.loadavgStart[0]! > Number(m.cores) * 0.5 || ad.loadavgEnd[0]! > Number(m.cores) * 0.5;
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : r1(v));
+  const rows = ad.cells.map((c) => {
+    const s = c.summary.seen;
+    const impl = c.impl === 'haproxy' ? 'HAProxy runtime socket' : c.impl;
+    const what = c.impl === 'haproxy' ? (c.case === 'drain' ? '`set server … state drain` → answered (DRAIN applied)' : '`set server … state ready` → answered (UP)') : ADMIN_CASES[c.case];
+    return [what, impl, s.n, f(s.p50), f(s.p90), f(s.max), f(c.summary.afterReturn.p50), f(c.summary.toPush.p50), f(c.summary.pushToLb.p50), f(c.summary.pushToLb.max)];
+  });
+  const cli = ad.cells.filter((c) => c.case === 'cli-drain');
+  return [
+    `Measured ${ad.startedAt} (${ad.durationS} s) on ${m.cpu}, ${m.cores} cores, Node ${m.node}, ${m.os}; HAProxy ${'version' in ad.haproxy ? ad.haproxy.version : `skipped: ${ad.haproxy.skipped}`}. \`uptime\` at the start: \`${ad.uptime[0] ?? ''}\`; at the end: \`${ad.uptime[1] ?? ''}\`.`,
+    '',
+    ...(busy ? ['> **The machine was busy during this run** (load average far above the core count: it is shared with other agents\' work). Every figure below includes waiting for a CPU; the tails (p90, max) most of all.', ''] : []),
+    `A real \`qhcp server\` (one \`file\` check, the maintenance file, every ${ad.settings.fileIntervalS} s; its control socket in a temporary directory) and a real load balancer (the LoadBalancer of \`qhcp loadbalancer\`, in its own process) checking it every ${ad.settings.lbCheckIntervalS} s, in poll mode and in push mode (a report every ${ad.settings.pushReportIntervalS} s), on loopback; ${ad.settings.runs} repetitions of each change, ${ad.settings.cliRuns} of the CLI. The start is when the benchmark sends the control request with the CLI's own client code (\`controlRequest\`, core/control/socket.ts), writes or removes the file, or starts \`qhcp drain\`; the end is the load balancer's own transition timestamp (its \`transition\` hook, in the load balancer process, sub-millisecond clock): no polling delay. The agent's "health changed" log line (millisecond timestamp, written right after the push) splits the time in two.`,
+    '',
+    ...table(['change', 'implementation', 'runs', 'median ms', 'p90 ms', 'max ms', 'after the command returned, median ms', 'start → agent pushed, median ms', 'pushed → load balancer state, median ms', 'pushed → load balancer state, max ms'], rows),
+    '',
+    `Target: an admin drain seen in < ${ad.targetMs} ms (judged on the max; median and p90 shown). "After the command returned": from the control request's answer to the load balancer's new state, negative when the load balancer had it first. The agent sends the HEALTH_REPORT to every connected load balancer before it answers on the control socket, but the answer over a Unix socket to the same host usually arrives a few ms before the load balancer in another process has read and applied the QUIC message; the real CLI returns (its process exits) hundreds of ms after the load balancer has the new state. The maintenance file is seen at the file check's next run: uniform over one interval (${ad.settings.fileIntervalS} s, ±10% jitter), then the same push; a shorter \`interval\` on the file check shortens it in proportion.`,
+    ...(cli.length
+      ? ['', `\`qhcp drain\` as a deploy script runs it: most of the time from its start is the CLI's own start-up (Node, TypeScript loading, config lookup), not the drain; once it has sent the request the path is the one above. From its return, the load balancer already had DRAINING (median ${cli.map((c) => `${c.impl} ${f(c.summary.afterReturn.p50)} ms`).join(', ')}).`]
+      : []),
+    ...(ad.cells.some((c) => c.impl === 'haproxy')
+      ? ['', "HAProxy's figure is the round trip of one runtime-socket command (connect, command, answer): it changes the server's state before it answers, and its log line (\"enters drain state\", \"is UP\") is checked for each run. It is the same kind of path as qhcp's control socket alone; qhcp adds the push to a load balancer in another process over QUIC."]
+      : []),
+    ...(ad.misses.length ? ['', 'Misses:', '', ...ad.misses.map((x) => `- ${x}`)] : []),
+  ];
+}
+
 function optimizationSection(): string[] {
   const file = `${ROOT}bench/results/optimizations.json`;
   if (!existsSync(file)) return ['(bench/results/optimizations.json is missing.)'];
@@ -295,6 +354,10 @@ export function render(res: Results): string {
     '## Service failure: out of rotation, next to HAProxy httpchk',
     '',
     ...serviceSection(serviceResults()),
+    '',
+    '## Admin changes: drain, ready, the maintenance file',
+    '',
+    ...adminSection(adminResults()),
     '',
     '## Agent cost',
     '',

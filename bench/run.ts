@@ -4,12 +4,14 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
  *
  * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
  * its results in bench/results/service-<time>.json and service-latest.json, which the report
  * reads on its own: `--only service` refreshes that section without touching latest.json.
+ * The `admin` section (`qhcp drain` / `ready` / the maintenance file -> the load balancer's state)
+ * does the same with bench/results/admin-<time>.json and admin-latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -24,6 +26,7 @@ import { qhcpDetect, haproxyDetect, type DetectResult } from './lib/detect.ts';
 import { agentCost, type AgentCell } from './lib/agent.ts';
 import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
 import { serviceFailure, type ServiceResult } from './lib/service.ts';
+import { adminLatency, type AdminResult } from './lib/admin.ts';
 import { writeReport } from './report.ts';
 
 export interface Results {
@@ -49,7 +52,9 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin'] as const;
+/** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
+const OWN_FILE = new Set(['service', 'admin']);
 
 function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[] } {
   const full = argv.includes('--full');
@@ -112,13 +117,14 @@ async function main(): Promise<void> {
   const needFarm = ['cost', 'detect', 'balance'].some((s) => args.only.has(s));
   let hap: HaproxyInfo | undefined;
   let service: ServiceResult | undefined;
+  let admin: AdminResult | undefined;
 
   try {
     if (needFarm) {
       ({ farm, ports } = await startFarm(Math.max(...cells.map((c) => c.n)), { sampleInterval: 5 }));
       log(`agent farm: ${ports.length} agents in one process (pid ${farm.pid})`);
     }
-    if (args.only.has('haproxy') || args.only.has('detect') || args.only.has('service')) {
+    if (args.only.has('haproxy') || args.only.has('detect') || args.only.has('service') || args.only.has('admin')) {
       const h = ensureHaproxy(log);
       if (typeof h === 'string') {
         res.haproxy = { skipped: h };
@@ -195,6 +201,12 @@ async function main(): Promise<void> {
       for (const c of service.cells) log(`  ${c.impl.padEnd(7)} ${c.failure.padEnd(7)}: down ${fmt(c.summary.down)}, up ${fmt(c.summary.up)}`);
       if (service.misses.length) log(`  misses: ${service.misses.join('; ')}`);
     });
+
+    await section('admin', async () => {
+      admin = await adminLatency(ctx, hap ?? ('skipped' in res.haproxy ? res.haproxy.skipped : 'not run'));
+      for (const c of admin.cells) log(`  ${c.impl.padEnd(9)} ${c.case.padEnd(10)}: median ${c.summary.seen.p50} ms, p90 ${c.summary.seen.p90} ms, max ${c.summary.seen.max} ms (${c.summary.seen.n} runs)`);
+      if (admin.misses.length) log(`  misses: ${admin.misses.join('; ')}`);
+    });
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
@@ -212,8 +224,14 @@ async function main(): Promise<void> {
     writeFileSync(`${dir}/service-latest.json`, sjson);
     log(`service results: bench/results/service-${stamp}.json (and service-latest.json)`);
   }
-  // Only the service section: the other sections keep the figures of their last run.
-  const onlyService = [...args.only].every((s) => s === 'service');
+  if (admin) {
+    const ajson = JSON.stringify(admin, null, 2) + '\n';
+    writeFileSync(`${dir}/admin-${stamp}.json`, ajson);
+    writeFileSync(`${dir}/admin-latest.json`, ajson);
+    log(`admin results: bench/results/admin-${stamp}.json (and admin-latest.json)`);
+  }
+  // Only sections with their own files: the other sections keep the figures of their last run.
+  const onlyService = [...args.only].every((s) => OWN_FILE.has(s));
   if (!onlyService) {
     const name = `${stamp}-${res.mode}.json`;
     const json = JSON.stringify(res, null, 2) + '\n';

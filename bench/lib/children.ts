@@ -20,7 +20,8 @@ export type LbRequest =
   | { id: number; cmd: 'reset' }
   | { id: number; cmd: 'stop' };
 export type LbReply = { id: number; ok: boolean; error?: string; stats?: Record<string, number>; port?: number; states?: Record<string, number> };
-export type LbEvent = { event: 'transition'; lb: number; server: string; from: string; to: string; at: number; reason: string };
+/** `at`: the transition's timestamp (Date.now(), ms); `hr`: the same moment with sub-ms precision (performance.timeOrigin + performance.now()). */
+export type LbEvent = { event: 'transition'; lb: number; server: string; from: string; to: string; at: number; hr?: number; reason: string };
 
 /** A request without its id (distributes over the union of requests). */
 export type Body<R> = R extends unknown ? Omit<R, 'id'> : never;
