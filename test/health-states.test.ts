@@ -46,7 +46,7 @@ class Model {
     this.facts.everChecked = true;
     if (admin !== this.facts.agentAdmin) {
       this.facts.agentAdmin = admin;
-      this.fire(`agent:${admin}`, reason);
+      this.fire(`agent:${admin}`);
     }
     if (verdict !== this.facts.verdict) {
       this.facts.verdict = verdict;
@@ -119,9 +119,9 @@ describe('health states (core/health/states.ts)', () => {
 
     it("the agent's DRAIN and MAINT take the backend out while the connection stays; READY brings it back", () => {
       const m = new Model().answer();
-      m.answer('SERVING', 'DRAIN', 'deploy 42');
+      m.answer('SERVING', 'DRAIN');
       expect(m.state).to.equal('DRAINING');
-      expect(m.seen.at(-1)).to.equal('UP->DRAINING: draining: deploy 42');
+      expect(m.seen.at(-1)).to.equal('UP->DRAINING: draining');
       m.fire('closed');
       expect(m.state, 'an admin drain survives a closed connection (checks decide)').to.equal('DRAINING');
       m.answer('SERVING', 'READY');

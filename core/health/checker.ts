@@ -368,7 +368,8 @@ export class Checker {
     const detail = read.reason;
     if (read.admin !== b.agentAdmin) {
       b.agentAdmin = read.admin;
-      this.host.health(b, `agent:${read.admin}`, detail);
+      // The wire's `reason` is the verdict's; an admin change carries none.
+      this.host.health(b, `agent:${read.admin}`);
     }
     if (read.verdict !== b.verdict) {
       b.verdict = read.verdict;
