@@ -179,7 +179,8 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
     });
     if (!(await until(() => listening || agent!.exitCode !== null, 30_000, 20)) || !listening) throw new Error(`qhcp server did not start: ${agentLog.slice(-1500)}`);
 
-    for (const mode of ['poll', 'push'] as const) {
+    // Push first, then poll: the first run (2026-11-29 10:11) went poll first and saw poll slower; the order tells load drift from the mode.
+    for (const mode of ['push', 'poll'] as const) {
       const impl: AdminImpl = mode === 'poll' ? 'qhcp-poll' : 'qhcp-push';
       const lb: LbHost = new Helper('lb-host.ts');
       lb.onEvent = (raw) => {

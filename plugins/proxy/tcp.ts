@@ -91,8 +91,13 @@ export default class TcpProxyPlugin implements QhcpPlugin {
   private core: CoreLike | undefined;
   private counts: ConnectionCounts | undefined;
   private readonly outliers = new Map<string, Outlier>();
-  private readonly sockets = new Set<Socket>();
+  /** @internal Every open socket, both sides, for close(). */
+  readonly sockets = new Set<Socket>();
   private stopping = false;
+  /** candidates() with nothing excluded, valid until `cachedUntil` or the next view. */
+  private cached: BackendView[] | undefined;
+  private cachedUntil = 0;
+  private readonly targets = new Map<string, { host: string; port: number } | Error>();
 
   constructor(readonly options: TcpProxyOptions) {
     const problems = checkTargets(options);
@@ -109,6 +114,8 @@ export default class TcpProxyPlugin implements QhcpPlugin {
     this.counts = connectionCounts(core);
     core.hooks.sync.tap(PLUGIN_NAME, (u) => {
       this.view = u.view;
+      this.cached = undefined;
+      this.targets.clear();
     });
     core.hooks.start.tapPromise(PLUGIN_NAME, () => this.listen());
     core.hooks.stop.tapPromise(PLUGIN_NAME, () => this.close());
@@ -125,11 +132,11 @@ export default class TcpProxyPlugin implements QhcpPlugin {
   }
 
   async listen(): Promise<void> {
-    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (s) => this.accept(s));
+    const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.accept(s));
     server.maxConnections = this.options.maxConnections;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(this.options.port, this.options.host, () => {
+      server.listen({ port: this.options.port, host: this.options.host, backlog: 4096 }, () => {
         server.off('error', reject);
         resolve();
       });
@@ -160,17 +167,35 @@ export default class TcpProxyPlugin implements QhcpPlugin {
     return policy === 'never' || up.length > 0 ? up : ready;
   }
 
-  private choose(exclude: ReadonlySet<string>): BackendView | undefined {
-    const now = Date.now();
-    const servers = this.candidates(now, exclude);
+  private choose(now: number, exclude: ReadonlySet<string> | undefined): BackendView | undefined {
+    let servers: BackendView[];
+    if (exclude === undefined) {
+      // The candidates change only with the view or an ejection: kept until either changes.
+      if (this.cached === undefined || now >= this.cachedUntil) {
+        this.cached = this.candidates(now);
+        let until = Infinity;
+        for (const o of this.outliers.values()) if (o.ejectedUntil > now && o.ejectedUntil < until) until = o.ejectedUntil;
+        this.cachedUntil = until;
+      }
+      servers = this.cached;
+    } else servers = this.candidates(now, exclude);
     if (servers.length === 0) return undefined;
     const chosen = this.core!.hooks.pick.call({ servers, key: undefined, now });
     return chosen && servers.includes(chosen) ? chosen : undefined;
   }
 
-  private track(s: Socket): void {
-    this.sockets.add(s);
-    s.once('close', () => this.sockets.delete(s));
+  /** Where `address` forwards to (cached until the next view; an Error when it has none). */
+  private target(address: string): { host: string; port: number } | Error {
+    let t = this.targets.get(address);
+    if (t === undefined) {
+      try {
+        t = targetOf(address, this.options);
+      } catch (e) {
+        t = e as Error;
+      }
+      this.targets.set(address, t);
+    }
+    return t;
   }
 
   private accept(client: Socket): void {
@@ -180,93 +205,75 @@ export default class TcpProxyPlugin implements QhcpPlugin {
     }
     this.stats.accepted++;
     this.stats.active++;
-    this.track(client);
-    client.on('error', () => {});
-    client.once('close', () => this.stats.active--);
-    client.setTimeout(this.options.idleTimeoutMs, () => {
-      this.stats.idleClosed++;
-      client.destroy();
-    });
-    const tried = new Set<string>();
-    const attempt = (): void => {
-      if (client.destroyed) return;
-      const b = tried.size <= this.options.retries ? this.choose(tried) : undefined;
-      if (!b) {
-        this.stats.noBackend++;
-        this.core?.logger.limited('tcp-proxy-no-backend', 'tcp-proxy: no backend can take a connection; client closed', { plugin: PLUGIN_NAME, tried: [...tried].join(',') || 'none' });
-        client.destroy();
-        return;
-      }
-      tried.add(b.address);
-      let target: { host: string; port: number };
-      try {
-        target = targetOf(b.address, this.options);
-      } catch (e) {
-        this.core?.logger.limited(`tcp-proxy-target:${b.address}`, 'tcp-proxy: backend has no usable target', { plugin: PLUGIN_NAME, backend: b.address, error: (e as Error).message });
-        return attempt();
-      }
-      this.counts!.add(b.address);
-      let counted = true;
-      const uncount = () => {
-        if (counted) this.counts!.remove(b.address);
-        counted = false;
-      };
-      const upstream = netConnect({ host: target.host, port: target.port, allowHalfOpen: true });
-      this.track(upstream);
-      let connected = false;
-      const timer = setTimeout(() => upstream.destroy(new Error(`connect timeout after ${this.options.connectTimeoutMs} ms`)), this.options.connectTimeoutMs);
-      upstream.once('connect', () => {
-        connected = true;
-        clearTimeout(timer);
-        this.connectOk(b.address);
-        upstream.setNoDelay(true);
-        client.setNoDelay(true);
-        // Both ways with backpressure (Readable.pipe pauses the source while the destination's
-        // buffer is full) and half-close (the end of one side ends the other's writing). pipe()
-        // rather than stream.pipeline: pipeline costs an AbortController and its DOMException
-        // per direction, a quarter of the proxy's CPU per connection (bench/tcp-proxy.ts).
-        client.pipe(upstream);
-        upstream.pipe(client);
-        // A backend left open after its client went away is closed once idle too.
-        upstream.setTimeout(this.options.idleTimeoutMs, () => upstream.destroy());
-      });
-      // A side that fails, or closes before its data ended, takes the other one down (this
-      // client only); a side that ended normally leaves the other to finish its own writes.
-      upstream.once('close', () => {
-        if (connected && !upstream.readableEnded && !client.destroyed) {
-          this.stats.backendErrors++;
-          client.destroy();
-        }
-      });
-      client.once('close', () => {
-        if (connected && !client.readableEnded && !upstream.destroyed) upstream.destroy();
-      });
-      upstream.once('close', () => {
-        clearTimeout(timer);
-        uncount();
-        // Closed from the client side, or after a normal end: nothing more to do.
-      });
-      upstream.on('error', (e) => {
-        if (connected) return; // after the connect, 'close' handles it
-        clearTimeout(timer);
-        uncount();
-        this.connectFailed(b.address, e.message);
-        if (!upstream.destroyed) upstream.destroy();
-        attempt();
-      });
-      client.once('close', () => {
-        if (!connected) upstream.destroy();
-      });
-    };
-    attempt();
+    this.sockets.add(client);
+    // One object per connection and no closures: the listeners are shared functions that find
+    // their connection on the socket (bench/tcp-proxy.ts: a quarter of the per-connection CPU
+    // was closures, timers and lookups beyond what a bare pipe does).
+    const c = new Conn(this, client);
+    (client as ConnSocket)[CONN] = c;
+    client.on('error', noop);
+    client.on('close', onClientClose);
+    // The socket's own idle timer (re-armed by Node on every read and write), not a setTimeout.
+    client.setTimeout(this.options.idleTimeoutMs, onClientIdle);
+    this.attempt(c);
   }
 
-  private connectOk(address: string): void {
+  /** Connects `c` to the next backend, or closes its client when none can take it. */
+  private attempt(c: Conn): void {
+    const client = c.client;
+    if (client.destroyed) return;
+    const b = c.attempts <= this.options.retries ? this.choose(Date.now(), c.tried) : undefined;
+    if (!b) {
+      this.stats.noBackend++;
+      this.core?.logger.limited('tcp-proxy-no-backend', 'tcp-proxy: no backend can take a connection; client closed', { plugin: PLUGIN_NAME, tried: c.tried ? [...c.tried].join(',') : 'none' });
+      client.destroy();
+      return;
+    }
+    c.attempts++;
+    c.address = b.address;
+    const target = this.target(b.address);
+    if (target instanceof Error) {
+      this.core?.logger.limited(`tcp-proxy-target:${b.address}`, 'tcp-proxy: backend has no usable target', { plugin: PLUGIN_NAME, backend: b.address, error: target.message });
+      (c.tried ??= new Set()).add(b.address);
+      return this.attempt(c);
+    }
+    this.counts!.add(b.address);
+    c.counted = true;
+    const upstream = netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    (upstream as ConnSocket)[CONN] = c;
+    c.upstream = upstream;
+    this.sockets.add(upstream);
+    // The connect timeout is the socket's own timer; once connected it becomes the idle timeout.
+    upstream.setTimeout(this.options.connectTimeoutMs, onUpstreamTimeout);
+    upstream.on('connect', onUpstreamConnect);
+    upstream.on('error', onUpstreamError);
+    upstream.on('close', onUpstreamClose);
+  }
+
+  /** @internal */
+  uncount(c: Conn): void {
+    if (c.counted) this.counts!.remove(c.address);
+    c.counted = false;
+  }
+
+  /** @internal A connect to `c.address` failed (error or timeout): count it, try another backend. */
+  connectError(c: Conn, upstream: Socket, error: Error): void {
+    this.uncount(c);
+    this.connectFailed(c.address, error.message);
+    if (!upstream.destroyed) upstream.destroy();
+    (c.tried ??= new Set()).add(c.address);
+    c.upstream = undefined;
+    this.attempt(c);
+  }
+
+  /** @internal */
+  connectOk(address: string): void {
     const o = this.outliers.get(address);
     if (o) o.failures = 0;
   }
 
-  private connectFailed(address: string, error: string): void {
+  /** @internal */
+  connectFailed(address: string, error: string): void {
     this.stats.connectFailures++;
     const now = Date.now();
     const o = this.outliers.get(address) ?? { failures: 0, ejectedUntil: 0, times: 0 };
@@ -283,7 +290,83 @@ export default class TcpProxyPlugin implements QhcpPlugin {
     const ms = Math.min(c.maxEjectionMs, c.baseEjectionMs * o.times);
     o.ejectedUntil = now + ms;
     o.failures = 0;
+    this.cached = undefined;
     this.stats.ejections++;
     this.core?.logger.warn('tcp-proxy: backend ejected (failed connects)', { plugin: PLUGIN_NAME, backend: address, forMs: ms, times: o.times });
+  }
+}
+
+const CONN = Symbol('tcp-proxy connection');
+type ConnSocket = Socket & { [CONN]: Conn };
+
+/** One proxied connection: its client, its current upstream and its bookkeeping. */
+class Conn {
+  upstream: Socket | undefined;
+  /** The backend of the current attempt. */
+  address = '';
+  connected = false;
+  counted = false;
+  attempts = 0;
+  /** Backends already tried (only after a failed connect). */
+  tried: Set<string> | undefined;
+  constructor(
+    readonly proxy: TcpProxyPlugin,
+    readonly client: Socket,
+  ) {}
+}
+
+function noop(): void {}
+
+function onClientIdle(this: Socket): void {
+  (this as ConnSocket)[CONN].proxy.stats.idleClosed++;
+  this.destroy();
+}
+
+function onClientClose(this: Socket): void {
+  const c = (this as ConnSocket)[CONN];
+  c.proxy.stats.active--;
+  c.proxy.sockets.delete(this);
+  const u = c.upstream;
+  // Not connected yet: give up the connect. Closed before its data ended: take the backend
+  // side down too. Ended normally: the backend side finishes its own writes.
+  if (u && !u.destroyed && (!c.connected || !this.readableEnded)) u.destroy();
+}
+
+function onUpstreamConnect(this: Socket): void {
+  const c = (this as ConnSocket)[CONN];
+  c.connected = true;
+  c.proxy.connectOk(c.address);
+  // Both ways with backpressure (Readable.pipe pauses the source while the destination's
+  // buffer is full) and half-close (the end of one side ends the other's writing). pipe()
+  // rather than stream.pipeline: pipeline costs an AbortController and its DOMException
+  // per direction, a quarter of the proxy's CPU per connection (bench/tcp-proxy.ts).
+  c.client.pipe(this);
+  this.pipe(c.client);
+  // A backend left open after its client went away is closed once idle too.
+  this.setTimeout(c.proxy.options.idleTimeoutMs);
+}
+
+function onUpstreamTimeout(this: Socket): void {
+  const c = (this as ConnSocket)[CONN];
+  if (c.upstream === this && !c.connected) this.destroy(new Error(`connect timeout after ${c.proxy.options.connectTimeoutMs} ms`));
+  else this.destroy();
+}
+
+function onUpstreamError(this: Socket, e: Error): void {
+  const c = (this as ConnSocket)[CONN];
+  // After the connect, 'close' handles it; an upstream already given up on is done.
+  if (c.upstream !== this || c.connected) return;
+  c.proxy.connectError(c, this, e);
+}
+
+function onUpstreamClose(this: Socket): void {
+  const c = (this as ConnSocket)[CONN];
+  c.proxy.sockets.delete(this);
+  if (c.upstream !== this) return; // a failed attempt, already accounted for
+  c.proxy.uncount(c);
+  // A backend that fails, or closes before its data ended, takes its client down (this one only).
+  if (c.connected && !this.readableEnded && !c.client.destroyed) {
+    c.proxy.stats.backendErrors++;
+    c.client.destroy();
   }
 }

@@ -98,7 +98,7 @@ describe('load balancer health semantics (3 servers, real processes)', function 
     expect(st.node).to.be.a('string').and.not.equal('');
     expect(st.servers.map((s) => s.address)).to.deep.equal(servers.map((s) => s.address));
     for (const s of st.servers) {
-      expect(s).to.have.all.keys('address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks');
+      expect(s).to.have.all.keys('address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks', 'verdict', 'reason', 'agentAdmin', 'adminState', 'weight');
       expect(s.state).to.equal('UP');
       expect(s.metrics).to.include.keys('cpu', 'memory', 'load1');
       expect(s.latencyMs).to.be.a('number');
@@ -106,7 +106,7 @@ describe('load balancer health semantics (3 servers, real processes)', function 
     const t = await runQhcp(['status', '--address', `127.0.0.1:${lb.port}`]);
     expect(t.code, t.stderr).to.equal(0);
     expect(t.stdout).to.match(/3\/3 UP/);
-    for (const s of servers) expect(t.stdout).to.match(new RegExp(`^${s.address.replace(/\./g, '\\.')}\\s+UP\\s+\\d+\\.\\d%`, 'm'));
+    for (const s of servers) expect(t.stdout).to.match(new RegExp(`^${s.address.replace(/\./g, '\\.')}\\s+UP\\s+SERVING\\s+READY\\s+1\\s+\\d+\\.\\d%`, 'm'));
   });
 
   it('kill -9: DOWN after exactly max-fail-attempts failed checks, the others stay UP; restarted: UP again', async () => {
