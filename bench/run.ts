@@ -4,7 +4,7 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
  *
  * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
@@ -12,10 +12,14 @@
  * reads on its own: `--only service` refreshes that section without touching latest.json.
  * The `admin` section (`qhcp drain` / `ready` / the maintenance file -> the load balancer's state)
  * does the same with bench/results/admin-<time>.json and admin-latest.json.
+ * The `tcp-proxy` section (bench/tcp-proxy.ts: the tcp-proxy plugin next to HAProxy in TCP mode
+ * and a bare Node pipe) and the `drain` section (bench/drain-haproxy.ts: `qhcp drain` -> HAProxy
+ * shows the server in drain, through the haproxy sync plugin) run their scripts as child
+ * processes, which write tcp-proxy-latest.json and drain-latest.json for the report.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startFarm, Helper, stopChildren, type Farm } from './lib/children.ts';
+import { startFarm, Helper, stopChildren, spawnTracked, type Farm } from './lib/children.ts';
 import type { TcpRequest, TcpReply } from './tcp-agents.ts';
 import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
 import { machine, loadAverage } from './lib/proc.ts';
@@ -52,9 +56,26 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain'] as const;
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain']);
+
+/** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
+async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
+  const child = spawnTracked(process.execPath, ['--import', 'tsx', `bench/${script}`, ...args], { onLine: (l) => l.trim() && log(`  ${l}`) });
+  const code = await new Promise<number | string | null>((resolve) => {
+    const t = setTimeout(() => {
+      // SIGINT: the script ends its own children (by PID) before it exits.
+      child.kill('SIGINT');
+      setTimeout(() => child.kill('SIGKILL'), 10_000).unref();
+    }, timeoutMs);
+    child.once('exit', (c, sig) => {
+      clearTimeout(t);
+      resolve(c ?? sig);
+    });
+  });
+  if (code !== 0) throw new Error(`bench/${script} ended with ${code}`);
+}
 
 function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[] } {
   const full = argv.includes('--full');
@@ -207,6 +228,9 @@ async function main(): Promise<void> {
       for (const c of admin.cells) log(`  ${c.impl.padEnd(9)} ${c.case.padEnd(10)}: median ${c.summary.seen.p50} ms, p90 ${c.summary.seen.p90} ms, max ${c.summary.seen.max} ms (${c.summary.seen.n} runs)`);
       if (admin.misses.length) log(`  misses: ${admin.misses.join('; ')}`);
     });
+
+    await section('tcp-proxy', () => benchScript('tcp-proxy.ts', args.full ? ['--full'] : [], args.full ? 900_000 : 300_000, log));
+    await section('drain', () => benchScript('drain-haproxy.ts', args.full ? ['--full'] : [], 120_000, log));
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
