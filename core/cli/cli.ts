@@ -14,6 +14,7 @@ import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolErr
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
 import { render, resolveFormat, StatusPrinter } from './status.ts';
+import { sanitize, safeJson } from '../util/sanitize.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { addControlCommands } from '../control/commands.ts';
 
@@ -386,7 +387,8 @@ Seed (Go prototype) form, single dash:
       const q = await openQuery(o);
       try {
         const st = await q.status(o.service);
-        process.stdout.write((o.json ? JSON.stringify(st, null, 2) : render('table', st.servers, Date.now())) + '\n');
+        // Peer text (addresses, errors) is escaped: JSON as \uNNNN (lossless), the table as \xNN.
+        process.stdout.write((o.json ? safeJson(st, 2) : render('table', st.servers, Date.now())) + '\n');
       } finally {
         await q.close();
       }
@@ -405,7 +407,7 @@ Seed (Go prototype) form, single dash:
         for (let i = 0; i < n; i++) {
           const r = await q.pick(o.key, o.service);
           if (!r.server) none = true;
-          process.stdout.write((o.json ? JSON.stringify(r) : (r.server ?? `none: ${r.reason}`)) + '\n');
+          process.stdout.write((o.json ? safeJson(r) : r.server === null ? `none: ${sanitize(r.reason ?? '', 1024)}` : sanitize(r.server, 300)) + '\n');
         }
       } finally {
         await q.close();
@@ -485,7 +487,7 @@ function fail(e: unknown): never {
     process.exit(EXIT_USAGE);
   }
   if (e instanceof QhcpError || e instanceof PeerError || e instanceof ProtocolError) {
-    process.stderr.write(`qhcp: ${e instanceof PeerError ? e.toString() : e.message}\n`);
+    process.stderr.write(`qhcp: ${sanitize(e instanceof PeerError ? e.toString() : e.message, 2000)}\n`);
     process.exit(1);
   }
   process.stderr.write(`qhcp: unexpected error: ${errorText(e)}\n`);

@@ -69,7 +69,7 @@ describe('Robustness: escape sequences from peers are neutralised', function () 
     await waitUntil(async () => {
       const r = await runQhcp(['status', '--address', `127.0.0.1:${lb.port}`, '--json']);
       return r.code === 0 && r.stdout.includes('INTERNAL_ERROR');
-    }, 15_000, 'lastError in STATUS');
+    }, 60_000, 'lastError in STATUS', 500);
     const table = await runQhcp(['status', '--address', `127.0.0.1:${lb.port}`]);
     expect(table.code).to.equal(0);
     expect(table.stdout).to.include('INTERNAL_ERROR: \\x1b[2J');
