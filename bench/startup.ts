@@ -20,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { createSocket } from 'node:dgram';
+import { tmpdir } from 'node:os';
 import { machine, loadAverage } from './lib/proc.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -54,7 +55,8 @@ function arg(name: string, dflt: number): number {
 /** Runs `argv` to completion once (bounded at 30 s); returns wall milliseconds. @throws on a non-zero exit */
 function once(argv: string[]): number {
   const t0 = performance.now();
-  const r = spawnSync(argv[0]!, argv.slice(1), { env: ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+  // From a directory without a config file (this checkout's own qhcp.config.ts imports the sources).
+  const r = spawnSync(argv[0]!, argv.slice(1), { cwd: tmpdir(), env: ENV, stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
   const ms = performance.now() - t0;
   if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status ?? r.signal}: ${String(r.stderr).slice(0, 500)}`);
   return ms;

@@ -7,7 +7,13 @@
 import { readFileSync, statSync } from 'node:fs';
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { isIP } from 'node:net';
-import { X509Certificate as PeculiarCertificate, BasicConstraintsExtension, KeyUsagesExtension, KeyUsageFlags } from '@peculiar/x509';
+import { createRequire } from 'node:module';
+import type * as Peculiar from '@peculiar/x509';
+
+// @peculiar/x509 takes hundreds of milliseconds to load: required on the first CA check of a
+// chain, not by every process that imports this file (`qhcp status` without a CA never needs it).
+let peculiar: typeof Peculiar | undefined;
+const x509 = (): typeof Peculiar => (peculiar ??= createRequire(import.meta.url)('@peculiar/x509') as typeof Peculiar);
 import { LocalError, errorText } from '../errors.ts';
 
 export interface ServerTls {
@@ -123,7 +129,8 @@ function signedBy(cert: X509Certificate, issuer: X509Certificate): boolean {
  */
 export function issuerProblem(cert: X509Certificate, below: number): string | undefined {
   const name = cert.subject.replace(/\n/g, ',');
-  let parsed: PeculiarCertificate;
+  const { X509Certificate: PeculiarCertificate, BasicConstraintsExtension, KeyUsagesExtension, KeyUsageFlags } = x509();
+  let parsed: Peculiar.X509Certificate;
   try {
     parsed = new PeculiarCertificate(cert.raw);
   } catch (e) {
