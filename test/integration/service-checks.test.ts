@@ -39,6 +39,7 @@ const kind = {
   },
 };
 export default class FlagChecks {
+  static schema = { type: 'object', additionalProperties: false, properties: {} };
   name = 'flag-checks';
   family = 'check';
   roles = ['server'];
