@@ -93,10 +93,13 @@ export class Checker {
     clearTimeout(b.timer);
     const s = b.session;
     if (!s || s.isClosed) return;
-    // A check in flight: the DFA allows TERMINATE only once its answer is in (or the session has
-    // ended), so wait for that first, within the same bound (docs/operations.md, "Signals").
+    // A check in flight: wait for its answer first (or the session's end), within the same bound
+    // (docs/operations.md, "Signals").
     const until = Date.now() + 1000;
-    while (!s.isClosed && !s.dfa.peek('send:TERMINATE') && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    // (TERMINATE is allowed with a request pending since the spec was tightened, but the answer is
+    // still worth having: wait while one is awaited.)
+    const awaiting = () => String(s.state).startsWith('AWAIT_') || !s.dfa.peek('send:TERMINATE');
+    while (!s.isClosed && awaiting() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
     if (!s.isClosed && s.dfa.peek('send:TERMINATE')) await s.request('TERMINATE', { reason }, Math.max(100, until - Date.now())).catch(() => {});
     s.close(reason);
   }

@@ -131,7 +131,7 @@ describe('the seed commands, with certificates', function () {
       const frames = out.split('\x1b[H\x1b[2J').slice(1);
       const last = frames[frames.length - 1]!.replace(/\r/g, '');
       expect(last).to.match(/^qhcp load balancer - \d\/1 UP - /);
-      expect(last).to.match(new RegExp(`^${esc(servers[0]!.address)}\\s+UP\\s+\\d+\\.\\d%\\s+\\d+\\.\\d%`, 'm'));
+      expect(last).to.match(new RegExp(`^${esc(servers[0]!.address)}\\s+UP\\s+SERVING\\s+READY\\s+\\S+\\s+\\d+\\.\\d%\\s+\\d+\\.\\d%`, 'm'));
       expect(out).not.to.match(/ server=\S+ state=/);
     } finally {
       if (child.exitCode === null) child.kill('SIGTERM');
