@@ -288,8 +288,6 @@ function adminSection(ad: AdminResult | undefined): string[] {
       ? ['', "HAProxy's figure is the round trip of one runtime-socket command (connect, command, answer): it changes the server's state before it answers, and its log line (\"enters drain state\", \"is UP\") is checked for each run. It is the same kind of path as qhcp's control socket alone; qhcp adds the push to a load balancer in another process over QUIC."]
       : []),
     ...(ad.misses.length ? ['', 'Misses:', '', ...ad.misses.map((x) => `- ${x}`)] : []),
-    '',
-    'An earlier standalone measurement of the same path, kept for comparison: `node --import tsx bench/drain.ts [runs]`: a real agent and `qhcp loadbalancer` on loopback, the load balancer checking every 10 s, so only the agent\'s push can tell it in time. Each run sends `drain` on the agent\'s control socket (what `qhcp drain` does, without the CLI\'s own start-up) and times until the load balancer\'s status output names the backend DRAINING; `ready` brings it back. Measured 2026-11-29 on the shared 2-core VM (load average 17), Node 20.20, 20 runs: p50 16 ms, p90 38 ms, max 43 ms (min 3 ms). A verdict change travels the same path: the agent pushes it the moment a check\'s rise/fall changes the verdict (test/integration/service-checks.test.ts logs about 130 ms from the flag file\'s change to the pushed report with a 200 ms check interval: mostly the wait for the next check run).',
   ];
 }
 
