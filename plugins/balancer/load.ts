@@ -57,24 +57,41 @@ export function loadsOf(servers: readonly BackendView[], now: number, o: LoadOpt
   return { loads: raw.map((v) => v ?? fill), known: raw.map((v) => v !== undefined) };
 }
 
-/** Picks sent to each server since its last report; a new report (reportedAt changes) resets it. */
-export class PicksSinceReport {
-  private readonly counts = new Map<string, { reportedAt: number | null; picks: number }>();
+/**
+ * A pool's loads as of the last `update` (unknown ones filled per `unknownLoad`), and the picks
+ * sent to each server since its last report (the herd guard; a new report, i.e. a new
+ * `reportedAt`, resets a server's count). Indexed by position in `servers`. `stale(now)` says
+ * when a report has aged past `maxReportAgeMs` since: the loads must be read again.
+ */
+export class LoadState {
+  servers: readonly BackendView[] = [];
+  loads: number[] = [];
+  picks: number[] = [];
+  private reportedAt: Array<number | null> = [];
+  private expiresAt = Infinity;
 
-  get(s: BackendView): number {
-    const c = this.counts.get(s.address);
-    return c && c.reportedAt === s.reportedAt ? c.picks : 0;
+  /** O(N). */
+  update(servers: readonly BackendView[], now: number, o: LoadOptions): void {
+    const before = new Map<string, number>();
+    this.servers.forEach((s, i) => before.set(s.address, i));
+    this.loads = loadsOf(servers, now, o).loads;
+    this.picks = servers.map((s) => {
+      const j = before.get(s.address);
+      return j !== undefined && this.reportedAt[j] === s.reportedAt ? this.picks[j]! : 0;
+    });
+    this.reportedAt = servers.map((s) => s.reportedAt);
+    this.servers = servers;
+    let until = Infinity;
+    for (const s of servers) {
+      if (reportedLoad(s, now, o) === undefined) continue;
+      until = Math.min(until, s.reportedAt! - (s.ageMs ?? 0) + o.maxReportAgeMs);
+    }
+    this.expiresAt = until;
   }
 
-  add(s: BackendView): void {
-    this.counts.set(s.address, { reportedAt: s.reportedAt, picks: this.get(s) + 1 });
-  }
-
-  /** Forgets servers no longer offered (DOWN ones), so the map stays as small as the pool. */
-  prune(servers: readonly BackendView[]): void {
-    if (this.counts.size <= servers.length) return;
-    const live = new Set(servers.map((s) => s.address));
-    for (const k of this.counts.keys()) if (!live.has(k)) this.counts.delete(k);
+  /** Whether a report known at the last update has gone stale since. */
+  stale(now: number): boolean {
+    return now > this.expiresAt;
   }
 }
 
@@ -97,7 +114,9 @@ export const maxShareSchema = {
  * another server is offered (docs/plugins-builtin.md, "Share cap").
  */
 export class ShareCap {
+  /** The last SHARE_WINDOW picks (a ring) and how many of them each server had. */
   private readonly recent: string[] = [];
+  private next = 0;
   private readonly counts = new Map<string, number>();
 
   constructor(readonly maxShare: number) {}
@@ -109,21 +128,17 @@ export class ShareCap {
     return (this.counts.get(s.address) ?? 0) >= limit;
   }
 
-  /** Records a pick. */
+  /** Records a pick. O(1). */
   add(s: BackendView): void {
-    this.recent.push(s.address);
-    this.counts.set(s.address, (this.counts.get(s.address) ?? 0) + 1);
-    if (this.recent.length > SHARE_WINDOW) {
-      const old = this.recent.shift()!;
+    if (this.maxShare >= 1) return;
+    if (this.recent.length >= SHARE_WINDOW) {
+      const old = this.recent[this.next]!;
       const c = (this.counts.get(old) ?? 1) - 1;
       if (c <= 0) this.counts.delete(old);
       else this.counts.set(old, c);
-    }
-  }
-
-  /** `servers` without those at their cap (all of them when every one is). */
-  open<T extends BackendView>(servers: readonly T[]): readonly T[] {
-    const ok = servers.filter((s) => !this.full(s, servers.length));
-    return ok.length > 0 ? ok : servers;
+      this.recent[this.next] = s.address;
+      this.next = (this.next + 1) % SHARE_WINDOW;
+    } else this.recent.push(s.address);
+    this.counts.set(s.address, (this.counts.get(s.address) ?? 0) + 1);
   }
 }
