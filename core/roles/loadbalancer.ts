@@ -12,7 +12,7 @@ import { LocalError } from '../errors.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { ClientSocket } from '../transport/quic.ts';
 import { parseAddress, formatAddress } from '../util/address.ts';
-import { readPem, selfSigned } from '../transport/tls.ts';
+import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
 import type { BackendView, PickRequest, Transition } from '../plugin/hooks.ts';
 import { sanitize } from '../util/sanitize.ts';
@@ -191,9 +191,13 @@ export class LoadBalancer extends Core {
   async start(): Promise<void> {
     const c = this.config;
     await this.hooks.start.promise(this);
+    // A client certificate an auth plugin (mtls) presents to servers that ask for one.
+    this.checker.clientCert = this.hooks.tls.call({ requestClientCert: false }).clientCert;
     // All checks leave through one UDP socket (transport.ts ClientSocket).
     this.checker.socket = await ClientSocket.open();
-    const tls = c.certFile && c.keyFile ? { cert: readPem(c.certFile, 'certificate'), key: readPem(c.keyFile, 'key') } : await selfSigned([c.loadbalancerHost]);
+    // The query port's certificate: checked as an agent's is (pair, validity, key file mode).
+    const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.loadbalancerHost, names: { cert: 'certFile', key: 'keyFile' } });
+    for (const w of tls.warnings) this.logger.warn(w);
     await this.query.listen(c, tls);
     const t = this.checker.timings;
     if (!c.caFile) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');

@@ -114,6 +114,19 @@ export class Channel implements ConnEvents {
     return this.conn.remoteText;
   }
 
+  /**
+   * The certificate chain the peer presented in the handshake (DER, its own certificate first;
+   * empty when it presented none). A server sees a client's only when it listens with
+   * `requestClientCert`. Not verified here: an auth plugin judges it (plugins/auth/mtls.ts).
+   */
+  get peerCertificates(): readonly Uint8Array[] {
+    try {
+      return this.conn.q.peerCertChain() ?? [];
+    } catch {
+      return [];
+    }
+  }
+
   /** The driver's connection under this channel (tests and diagnostics). */
   get connection(): Conn {
     return this.conn;
@@ -200,7 +213,7 @@ export class Channel implements ConnEvents {
     // A local close is reported after the caller's own bookkeeping (a session that closes on
     // a peer's ERROR records that first), as a library close would: on a later microtask.
     if (end.by === 'local') queueMicrotask(() => this.finish({ by: 'local', code, reason: end.reason }));
-    else if (end.by === 'peer') this.finish({ by: 'peer', code, reason: end.reason || 'peer closed' });
+    else if (end.by === 'peer') this.finish({ by: 'peer', code, reason: (!end.isApp && peerTlsAlert(end.code)) || end.reason || 'peer closed' });
     else if (end.by === 'idle') this.finish({ by: 'idle', code: 0, reason: 'idle timeout' });
     else this.finish({ by: end.by, code, reason: end.reason });
   }
@@ -496,6 +509,11 @@ export interface ListenOptions {
    */
   maxPendingHandshakes?: number;
   onHandshakeRefused?(remote: string): void;
+  /**
+   * Ask every client for a certificate (TLS CertificateRequest). The handshake completes with or
+   * without one; `Channel.peerCertificates` carries what was presented, for an auth plugin to judge.
+   */
+  requestClientCert?: boolean;
 }
 
 /** Signature algorithms offered (what BoringSSL supports of TLS 1.3's list). */
@@ -561,7 +579,10 @@ export class Listener {
     const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     let config: NativeConfig;
     try {
-      config = quiche.Config.withBoringSslCtx(false, false, null, [Buffer.from(opts.key)], [Buffer.from(opts.cert)], SIGALGS);
+      // verifyPeer on a server sends a CertificateRequest; failures allowed: BoringSSL only
+      // collects the chain, the `verify` hook decides at HELLO (with a reason on the wire).
+      const ask = opts.requestClientCert === true;
+      config = quiche.Config.withBoringSslCtx(ask, ask, null, [Buffer.from(opts.key)], [Buffer.from(opts.cert)], SIGALGS);
     } catch (e) {
       throw new LocalError('QHCP_ERR_LISTEN', `cannot listen on ${opts.host}:${opts.port}: the certificate or key is not usable: ${errorText(e)}`, { cause: e });
     }
@@ -640,18 +661,36 @@ export interface ConnectOptions {
   socket?: ClientSocket;
   /** Flow-control window we grant the server (bytes; default 256 KiB per stream). Tests: a slow reader. */
   receiveWindowBytes?: number;
+  /** A client certificate (PEM chain, own first) and its key, presented when the server asks (mutual TLS). */
+  clientCert?: { cert: string; key: string };
 }
 
 /** Client configurations (each holds a BoringSSL context), by their parameters. */
 const clientConfigs = new Map<string, NativeConfig>();
 
-function clientConfig(verify: boolean, p: TransportParams): NativeConfig {
-  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}`;
+/** A short id per distinct client certificate, for the configuration cache key. */
+const identityIds = new Map<string, number>();
+
+function clientConfig(verify: boolean, p: TransportParams, identity?: { cert: string; key: string }): NativeConfig {
+  let id = 0;
+  if (identity) {
+    const k = `${identity.cert}\0${identity.key}`;
+    id = identityIds.get(k) ?? identityIds.size + 1;
+    if (identityIds.size > 32) identityIds.clear();
+    identityIds.set(k, id);
+  }
+  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}|${id}`;
   let c = clientConfigs.get(key);
   if (!c) {
     // verifyPeer with failures allowed: BoringSSL hands us the chain and `checkServerChain`
     // decides (tls.ts), after the handshake and before the connection is used.
-    c = tune(quiche.Config.withBoringSslCtx(verify, true, null, null, null, SIGALGS), p);
+    const keys = identity ? [Buffer.from(identity.key)] : null;
+    const certs = identity ? [Buffer.from(identity.cert)] : null;
+    try {
+      c = tune(quiche.Config.withBoringSslCtx(verify, true, null, keys, certs, SIGALGS), p);
+    } catch (e) {
+      throw new LocalError('QHCP_ERR_CONNECT', `the client certificate or key is not usable: ${errorText(e)}`, { cause: e });
+    }
     if (clientConfigs.size > 32) clientConfigs.clear();
     clientConfigs.set(key, c);
   }
@@ -677,6 +716,15 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const address = await resolve(opts.host);
   const fail = (why: string, cause?: unknown): LocalError => new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${opts.host}:${opts.port}: ${why}`, cause ? { cause } : undefined);
+  // Before a socket is opened: an unusable client certificate fails here, with nothing to close.
+  const config = clientConfig(ca !== undefined, {
+    alpn: opts.alpn ?? ALPN,
+    idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
+    streamWindow: opts.receiveWindowBytes ?? STREAM_WINDOW,
+    connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
+    peerBidiStreams: 0,
+    logKeys: opts.logKeys !== undefined,
+  }, opts.clientCert);
   let ep: Endpoint;
   if (opts.socket) ep = opts.socket.endpoint;
   else {
@@ -689,14 +737,6 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
     }
     ep.closeWhenIdle = true;
   }
-  const config = clientConfig(ca !== undefined, {
-    alpn: opts.alpn ?? ALPN,
-    idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
-    streamWindow: opts.receiveWindowBytes ?? STREAM_WINDOW,
-    connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
-    peerBidiStreams: 0,
-    logKeys: opts.logKeys !== undefined,
-  });
   let conn: Conn;
   try {
     conn = ep.connect(serverName, { host: ep.peerAddress(address), port: opts.port }, config, opts.timeoutMs ?? 5_000, opts.logKeys);
@@ -716,9 +756,22 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   return new Channel(conn, { maxFrameBytes });
 }
 
+/**
+ * What a TLS alert from the peer means, for the alerts an operator can act on. In TLS 1.3 a
+ * client's handshake is done before the server has judged its certificate, so a refusal may
+ * arrive as the connection's end after it was established.
+ */
+function peerTlsAlert(code: number): string | undefined {
+  // 116 certificate_required: the server asks for a client certificate (mutual TLS).
+  if (code === quiche.CRYPTO_ERROR_START + 116) return "the server requires a client certificate (TLS alert certificate_required) and none was presented: configure the mtls auth plugin's certFile and keyFile";
+  return undefined;
+}
+
 function describeEnd(end: ConnEnd, conn: Conn, timeoutMs: number): string {
   if (conn.verifyProblem) return conn.verifyProblem;
   if (end.by === 'peer') {
+    const alert = !end.isApp && peerTlsAlert(end.code);
+    if (alert) return alert;
     if (!end.isApp && end.code >= quiche.CRYPTO_ERROR_START && end.code <= quiche.CRYPTO_ERROR_STOP) return 'the server rejected the TLS handshake';
     return `refused by peer (code ${end.code}${end.reason ? `: ${end.reason}` : ''})`;
   }
