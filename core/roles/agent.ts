@@ -288,6 +288,7 @@ export class AgentServer extends Core {
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
       unread: { perConnection: this.config.maxUnreadBytes, total: this.config.maxUnreadBytesTotal },
+      stallMs: this.config.slowConsumerTimeout * 1000,
       onMessage: (m, s) => this.onMessage(m, s),
       onViolation: (err, s) => {
         this.stats.violations++;
