@@ -13,12 +13,15 @@ import { SlotHeap } from './heap.ts';
 export class Edf {
   private w: number[] = [];
   private due: number[] = [];
+  /** Entries set aside (`park`): kept out of the rotation, their weight and place remembered. */
+  private parked: boolean[] = [];
   private vt = 0;
   private readonly heap = new SlotHeap((a, b) => this.due[a]! < this.due[b]! || (this.due[a] === this.due[b] && a < b));
 
   /** Starts over with `weights` (each > 0 to be picked; 0 = never). */
   reset(weights: readonly number[]): void {
     this.w = [...weights];
+    this.parked = this.w.map(() => false);
     this.vt = 0;
     this.due = this.w.map((x) => (x > 0 ? 1 / (2 * x) : Infinity));
     this.heap.reset(this.w.map((_, i) => i).filter((i) => this.w[i]! > 0), this.w.length);
@@ -32,6 +35,7 @@ export class Edf {
       if (x === this.w[i]) continue;
       this.w[i] = x;
       this.due[i] = x > 0 ? this.vt + 1 / (2 * x) : Infinity;
+      if (this.parked[i]) continue;
       if (x > 0) this.heap.push(i);
       else if (this.heap.has(i)) this.heap.fix(i);
     }
@@ -55,20 +59,18 @@ export class Edf {
     return i;
   }
 
-  /** The next entry for which `ok` holds, passing over (without charging) the others; -1 if none. */
-  nextWhere(ok: (i: number) => boolean, maxSkips: number): number {
-    const skipped: number[] = [];
-    let found = -1;
-    while (skipped.length <= maxSkips) {
-      const i = this.heap.peek();
-      if (i < 0 || !(this.w[i]! > 0)) break;
-      if (ok(i)) {
-        found = this.next();
-        break;
-      }
-      skipped.push(this.heap.pop());
-    }
-    for (const i of skipped) this.heap.push(i);
-    return found;
+  /** Takes entry `i` out of the rotation until `unpark` (a share cap). */
+  park(i: number): void {
+    this.parked[i] = true;
+    this.heap.remove(i);
+  }
+
+  /** Puts entry `i` back; it does not catch up on the turns it missed. */
+  unpark(i: number): void {
+    if (!this.parked[i]) return;
+    this.parked[i] = false;
+    if (!(this.w[i]! > 0)) return;
+    this.due[i] = Math.max(this.due[i]!, this.vt);
+    this.heap.push(i);
   }
 }

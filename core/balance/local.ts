@@ -220,7 +220,7 @@ export class LocalBalancer {
         this.lastMiss = `the balancer ${this.plugin.name} chose a server it was not offered`;
         return undefined;
       }
-      return { server: own, why: r.why };
+      return own === r.server ? r : { server: own, why: r.why };
     }
     return this.viaHook(key, now);
   }

@@ -10,11 +10,13 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 import { connectionCounts, ConnectionCounts } from '../proxy/connections.ts';
 
 const PLUGIN_NAME = 'least-connections';
+const WHY = (score: number) => `fewest connections ${score}`;
+const WHY_WEIGHTED = (score: number) => `fewest connections per weight ${r3(score)}`;
 
 export class LeastConnectionsPicker implements Picker {
   private servers: readonly BackendView[] = [];
@@ -62,10 +64,10 @@ export class LeastConnectionsPicker implements Picker {
     }
     const i = this.heap.peek();
     const s = this.servers[i]!;
-    const why = this.weighted ? `fewest connections per weight ${r3(this.score(i))}` : `fewest connections ${this.score(i)}`;
+    const score = this.score(i);
     this.lastPicked[i] = ++this.picked;
     this.heap.fix(i);
-    return { server: s, why };
+    return new Picked(s, this.weighted ? WHY_WEIGHTED : WHY, score);
   }
 }
 

@@ -11,9 +11,9 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
-import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, SHARE_WINDOW, type LoadOptions } from './load.ts';
+import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';
 
@@ -25,6 +25,7 @@ type Opts = LoadOptions & { pickCost: number; maxShare: number };
 
 /** Loads closer than this are a tie. */
 const TIE = 1e-12;
+const WHY = (load: number) => `lowest load ${r3(load)}`;
 
 export class LeastLoadedPicker implements Picker {
   private readonly state = new LoadState();
@@ -37,10 +38,19 @@ export class LeastLoadedPicker implements Picker {
     return ea < eb - TIE || (ea <= eb + TIE && this.lastPicked[a]! < this.lastPicked[b]!);
   });
 
+  /** Servers at their share cap are out of the heap until a pick of theirs leaves the window (load.ts). */
+  private readonly cap: ShareCap;
+
   constructor(
     private readonly o: Opts,
-    private readonly share: ShareCap,
-  ) {}
+    maxShare: number,
+  ) {
+    this.cap = new ShareCap(
+      maxShare,
+      (i) => this.heap.remove(i),
+      (i) => this.heap.push(i),
+    );
+  }
 
   private eff(i: number): number {
     return this.state.loads[i]! + this.o.pickCost * this.state.picks[i]!;
@@ -53,6 +63,7 @@ export class LeastLoadedPicker implements Picker {
     const n = servers.length;
     this.lastPicked = servers.map((s, i) => before.get(s.address) ?? i - n - this.picked - 1);
     this.heap.reset(servers.keys(), n);
+    this.cap.reset(servers);
   }
 
   pick(_key: string | undefined, now: number): PickResult | undefined {
@@ -60,21 +71,15 @@ export class LeastLoadedPicker implements Picker {
     const n = servers.length;
     if (n === 0) return undefined;
     if (this.state.stale(now)) this.update(servers, now);
-    // A server at its share cap is passed over while another is offered (load.ts ShareCap).
-    const aside: number[] = [];
     let i = this.heap.peek();
-    while (this.share.full(servers[i]!, n) && aside.length < Math.min(n - 1, SHARE_WINDOW)) {
-      aside.push(this.heap.pop());
-      i = this.heap.peek();
-    }
-    if (this.share.full(servers[i]!, n)) i = aside[0] ?? i;
-    const why = `lowest load ${r3(this.eff(i))}`;
+    // Every server at its cap cannot happen with two or more (load.ts ShareCap); then the least loaded.
+    if (i < 0) for (let j = 0; j < n; j++) if (i < 0 || this.eff(j) < this.eff(i)) i = j;
+    const load = this.eff(i);
     this.state.picks[i]!++;
     this.lastPicked[i] = ++this.picked;
     this.heap.fix(i);
-    for (const j of aside) this.heap.push(j);
-    this.share.add(servers[i]!);
-    return { server: servers[i]!, why };
+    this.cap.picked(i);
+    return new Picked(servers[i]!, WHY, load);
   }
 }
 
@@ -102,7 +107,7 @@ export default class LeastLoadedPlugin implements QhcpPlugin {
 
   /** State of its own for one pool (LocalBalancer). */
   picker(): LeastLoadedPicker {
-    return new LeastLoadedPicker(this.opts, new ShareCap(this.opts.maxShare));
+    return new LeastLoadedPicker(this.opts, this.opts.maxShare);
   }
 
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */

@@ -8,10 +8,13 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
 import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
+import { SlotHeap } from '../../core/balance/heap.ts';
 
 const PLUGIN_NAME = 'power-of-two';
+const WHY = (x: number, y: number) => (x === y ? `two sampled, equal load ${r3(x)}, coin toss` : `lower load of two sampled: ${r3(Math.min(x, y))} vs ${r3(Math.max(x, y))}`);
+const CAPPED = () => 'the pair at its share cap: least loaded below the cap';
 
 export interface PowerOfTwoOptions extends Partial<LoadOptions> {
   pickCost?: number;
@@ -21,19 +24,26 @@ type Opts = LoadOptions & { pickCost: number; maxShare: number };
 
 export class PowerOfTwoPicker implements Picker {
   private readonly state = new LoadState();
-  /** Positions by load, lowest first (where the share cap's fallback looks). */
-  private byLoad: number[] = [];
+  /** Servers below their share cap, least loaded first: where a capped pair's pick goes instead. */
+  private readonly open = new SlotHeap((a, b) => this.state.loads[a]! < this.state.loads[b]! || (this.state.loads[a] === this.state.loads[b] && a < b));
+  private readonly cap: ShareCap;
 
   constructor(
     private readonly o: Opts,
-    private readonly share: ShareCap,
+    maxShare: number,
     private readonly random: () => number,
-  ) {}
+  ) {
+    this.cap = new ShareCap(
+      maxShare,
+      (i) => this.open.remove(i),
+      (i) => this.open.push(i),
+    );
+  }
 
   update(servers: readonly BackendView[], now: number): void {
     this.state.update(servers, now, this.o);
-    const loads = this.state.loads;
-    this.byLoad = [...servers.keys()].sort((a, b) => loads[a]! - loads[b]! || a - b);
+    this.open.reset(servers.keys(), servers.length);
+    this.cap.reset(servers);
   }
 
   pick(_key: string | undefined, now: number): PickResult | undefined {
@@ -50,20 +60,19 @@ export class PowerOfTwoPicker implements Picker {
     const la = loads[a]! + this.o.pickCost * picks[a]!;
     const lb = loads[b]! + this.o.pickCost * picks[b]!;
     let i = la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b;
-    let why = la === lb ? `two sampled, equal load ${r3(la)}, coin toss` : `lower load of two sampled: ${r3(Math.min(la, lb))} vs ${r3(Math.max(la, lb))}`;
+    let why = WHY;
     // The pair's winner at its share cap gives way to the least loaded server not at its cap
     // (load.ts ShareCap), so the cap never sends a pick to the most loaded one needlessly.
-    // At most SHARE_WINDOW servers can be at their cap: the walk is bounded.
-    if (this.share.full(servers[i]!, n)) {
-      const open = this.byLoad.find((j) => !this.share.full(servers[j]!, n));
-      if (open !== undefined) {
-        if (open !== a && open !== b) why = 'the pair at its share cap: least loaded below the cap';
+    if (this.cap.full(i)) {
+      const open = this.open.peek();
+      if (open >= 0) {
+        if (open !== a && open !== b) why = CAPPED;
         i = open;
       }
     }
     if (this.o.pickCost > 0) picks[i]!++;
-    this.share.add(servers[i]!);
-    return { server: servers[i]!, why };
+    this.cap.picked(i);
+    return new Picked(servers[i]!, why, la, lb);
   }
 }
 
@@ -95,7 +104,7 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
 
   /** State of its own for one pool (LocalBalancer). O(1) per pick. */
   picker(): PowerOfTwoPicker {
-    return new PowerOfTwoPicker(this.opts, new ShareCap(this.opts.maxShare), this.random);
+    return new PowerOfTwoPicker(this.opts, this.opts.maxShare, this.random);
   }
 
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */

@@ -15,9 +15,9 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
 import { Edf } from '../../core/balance/edf.ts';
-import { LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, SHARE_WINDOW, type LoadOptions } from './load.ts';
+import { LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 import { metricNameSchema } from '../../core/protocol/messages.ts';
 
 const PLUGIN_NAME = 'weighted-round-robin';
@@ -26,6 +26,7 @@ const PLUGIN_NAME = 'weighted-round-robin';
 const MIN_LOAD_SHARE = 0.01;
 /** Largest total weight x servers for which the exact smooth cycle is precomputed. */
 const MAX_CYCLE_WORK = 1 << 20;
+const WHY = (w: number, total: number) => `smooth weighted rotation, weight ${r3(w)} of total ${r3(total)}`;
 
 export interface WeightedRoundRobinOptions extends Partial<LoadOptions> {
   weightFrom?: 'config' | 'metric' | 'load';
@@ -84,11 +85,19 @@ export class WeightedRotationPicker implements Picker {
   private cycle: number[] | undefined;
   private at = 0;
   private readonly edf = new Edf();
+  /** Reported weights: a server at its share cap sits out of the rotation until a pick of its leaves the window (load.ts). */
+  private readonly cap: ShareCap;
 
   constructor(
     private readonly o: Opts,
-    private readonly share: ShareCap,
-  ) {}
+    maxShare: number,
+  ) {
+    this.cap = new ShareCap(
+      maxShare,
+      (i) => this.edf.park(i),
+      (i) => this.edf.unpark(i),
+    );
+  }
 
   update(servers: readonly BackendView[], now: number): void {
     const { weights, expiresAt } = weightsOf(servers, now, this.o);
@@ -103,7 +112,10 @@ export class WeightedRotationPicker implements Picker {
     this.cycle = this.o.weightFrom === 'config' ? smoothCycle(weights) : undefined;
     if (this.cycle) this.at = 0;
     else if (same) this.edf.reweigh(weights);
-    else this.edf.reset(weights);
+    else {
+      this.edf.reset(weights);
+      this.cap.reset(servers);
+    }
   }
 
   pick(_key: string | undefined, now: number): PickResult | undefined {
@@ -115,14 +127,12 @@ export class WeightedRotationPicker implements Picker {
       i = this.cycle[this.at]!;
       this.at = (this.at + 1) % this.cycle.length;
     } else {
-      // Reported weights: a server at its share cap is passed over while another is due.
-      i = this.edf.nextWhere((j) => !this.share.full(this.servers[j]!, n), SHARE_WINDOW);
-      if (i < 0) i = this.edf.next();
+      i = this.edf.next();
       if (i < 0) return undefined;
     }
     const s = this.servers[i]!;
-    this.share.add(s);
-    return { server: s, why: `smooth weighted rotation, weight ${r3(this.weights[i]!)} of total ${r3(this.total)}` };
+    this.cap.picked(i);
+    return new Picked(s, WHY, this.weights[i]!, this.total);
   }
 }
 
@@ -152,7 +162,7 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
   /** A rotation of its own for one pool (LocalBalancer). */
   picker(): WeightedRotationPicker {
     // Configured weights are the operator's choice; reported ones are capped (load.ts ShareCap).
-    return new WeightedRotationPicker(this.opts, new ShareCap(this.opts.weightFrom === 'config' ? 1 : this.opts.maxShare));
+    return new WeightedRotationPicker(this.opts, this.opts.weightFrom === 'config' ? 1 : this.opts.maxShare);
   }
 
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */
