@@ -135,6 +135,26 @@ export const CONFIG_SCHEMA = {
       'Load balancer: how balancers use DEGRADED backends: `fallback` only when no UP backend is left (as Envoy), `always` like UP ones, `never`.',
       { flag: LB },
     ),
+    cluster: opt(
+      {
+        anyOf: [
+          { type: 'string', minLength: 1, maxLength: 1000 },
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['url'],
+            properties: {
+              url: { type: 'string', minLength: 1, maxLength: 1000 },
+              replicas: { type: 'integer', minimum: 1, maximum: 16 },
+              ttl: { type: 'number', minimum: 0.3, maximum: 600 },
+              group: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' },
+            },
+          },
+        ],
+      },
+      'Load balancer: join a group of load balancers sharing one Redis ([operations.md](operations.md#load-balancer-groups)): each backend is checked by `replicas` members (default 2) and every member shows them all. A Redis URL (`redis://[:password@]host:6379/0`, `rediss://` for TLS) with optional `?replicas=2&ttl=3&group=qhcp`, or `{ url, replicas, ttl, group }`; `ttl` (seconds, default 3) is the heartbeat TTL, `group` the key prefix. Every member needs its own `node` name and the same `servers`.',
+      { flag: { ...LB, arg: 'redis-url', help: 'join a load balancer group through Redis: redis://host:6379/0[?replicas=2&ttl=3&group=qhcp] (optional; default: none)' } },
+    ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
     http: opt({ type: 'string', minLength: 1, maxLength: 300 }, 'The HTTP listener: status page, `/metrics` and admin API on the load balancer; `/metrics` and `/api/status` on a server ([operations.md](operations.md#http-listener)). `"host:port"`, `":port"` (127.0.0.1) or `"off"`. A configured address that cannot be bound stops start-up; the load balancer\'s default address in use is a warning.', {
       flag: { ...BOTH, arg: 'host:port|off', help: 'HTTP listener: status page, /metrics, admin API (default: load balancer 127.0.0.1:4280, server off)' },
