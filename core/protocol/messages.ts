@@ -116,6 +116,10 @@ export interface ServerStatus {
   weight?: number;
   /** In a load balancer group: the members whose results decided the state (docs/operations.md). */
   checkedBy?: string[];
+  /** While slow start ramps the backend: the weight picks give it now (core/balance/slow-start.ts). */
+  effectiveWeight?: number;
+  /** Present (true) when the backend's pool is in panic mode (core/balance/local.ts). */
+  panic?: boolean;
 }
 
 export interface Bodies {
@@ -282,6 +286,8 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
           adminState: { enum: [...ADMIN_STATES] },
           weight: { type: 'number', minimum: 0, maximum: 2560 },
           checkedBy: { type: 'array', maxItems: 64, items: name },
+          effectiveWeight: { type: 'number', minimum: 0, maximum: 2560 },
+          panic: { type: 'boolean' },
         },
         ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
       ),
