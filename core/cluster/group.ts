@@ -20,7 +20,7 @@ import { checkTimeoutOf } from '../config/config.ts';
 import type { Hooks } from '../plugin/hooks.ts';
 import type { Message } from '../protocol/messages.ts';
 import type { Session } from '../protocol/session.ts';
-import { ClientSocket } from '../transport/quic.ts';
+import type { ClientSocket } from '../transport/quic.ts';
 import { readPem } from '../transport/tls.ts';
 import type { Logger } from '../util/log.ts';
 import { sanitize } from '../util/sanitize.ts';
@@ -185,8 +185,9 @@ export class ClusterNode {
     this.checker.timings = t;
   }
 
-  async start(): Promise<void> {
-    this.checker.socket = await ClientSocket.open();
+  /** Starts the group; its checks leave through `socket`, the load balancer's one client socket. */
+  async start(socket: ClientSocket | undefined): Promise<void> {
+    this.checker.socket = socket;
     const reachable = await this.store.connect();
     if (!reachable) this.fallBack(new Error(`cannot connect to ${this.store.where}`));
     await this.tick();
@@ -203,7 +204,6 @@ export class ClusterNode {
     this.checker.halt(all);
     if (this.mode === 'shared') await this.store.leave(this.id, this.epoch);
     await Promise.all(all.map((b) => this.checker.end(b, 'load balancer stopping')));
-    await this.checker.socket?.close();
     await this.store.close();
   }
 

@@ -155,7 +155,7 @@ export const CONFIG_SCHEMA = {
         ],
       },
       'Load balancer: join a group of load balancers sharing one Redis ([operations.md](operations.md#load-balancer-groups)): each backend is checked by `replicas` members (default 2) and every member shows them all. A Redis URL (`redis://[:password@]host:6379/0`, `rediss://` for TLS) with optional `?replicas=2&ttl=3&group=qhcp`, or `{ url, replicas, ttl, group }`; `ttl` (seconds, default 3) is the heartbeat TTL, `group` the key prefix. Every member needs its own `node` name and the same `servers`.',
-      { flag: { ...LB, arg: 'redis-url', help: 'join a load balancer group through Redis: redis://host:6379/0[?replicas=2&ttl=3&group=qhcp] (optional; default: none)' } },
+      { kind: 'name', flag: { ...LB, arg: 'redis-url', help: 'join a load balancer group through Redis: redis://host:6379/0[?replicas=2&ttl=3&group=qhcp] (optional; default: none)' } },
     ),
     panicThreshold: opt(
       { type: 'number', minimum: 0, maximum: 100, default: PANIC_THRESHOLD_DEFAULT },

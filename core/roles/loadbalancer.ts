@@ -231,7 +231,7 @@ export class LoadBalancer extends Core {
     this.cluster = c.cluster ? (await import('../cluster/group.ts')).clusterFor(this) : undefined;
     // Spread the first round over up to one interval (at most 1 s) so checks do not fire at once.
     const spread = Math.min(t.intervalMs, 1000);
-    if (this.cluster) await this.cluster.start();
+    if (this.cluster) await this.cluster.start(this.checker.socket);
     else for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
     this.started = true;
     this.balance.changed(true);

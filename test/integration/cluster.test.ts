@@ -73,14 +73,17 @@ describe('load balancer group through Redis (three members, ten agents)', functi
   const lbs = new Map<string, { proc: QhcpProcess; port: number }>();
   let httpPort = 0;
   const names = ['lb-a', 'lb-b', 'lb-c'];
-  /** Any DOWN a member showed (status queries while cases run). */
+  /** Any DOWN a member showed (status queries while the current case runs). */
   const seenDown: string[] = [];
+  /** Where each member's output stood when the current case began (start-up is not what the cases test). */
+  const marks = new Map<string, number>();
 
   const clusterUrl = () => `${redis.url}?ttl=${TTL}&replicas=${R}&group=t${process.pid}`;
   const startMember = async (name: string) => {
     // A generous check timeout: two cores shared with other test runs (a slow handshake is not what this tests).
     const args = ['--node', name, '--cluster', clusterUrl(), '--check-timeout', '0.45', '--http', name === 'lb-a' ? `127.0.0.1:${httpPort}` : 'off'];
     lbs.set(name, await startLoadBalancer(agents.map((a) => a.address), { cwd: dir, interval: INTERVAL, fail: 3, reconnect: 1, args }));
+    marks.set(name, 0);
   };
   const live = () => names.filter((n) => lbs.get(n)?.proc.running);
   /** Every agent is checked by exactly the members rendezvous hashing gives it over `members`. */
@@ -103,7 +106,15 @@ describe('load balancer group through Redis (three members, ten agents)', functi
     }
     return all;
   };
-  const downLines = () => live().flatMap((n) => lbs.get(n)!.proc.output.split('\n').filter((l) => /state=DOWN/.test(l)).map((l) => `${n}: ${l}`));
+  const downLines = () =>
+    live().flatMap((n) =>
+      lbs
+        .get(n)!
+        .proc.output.slice(marks.get(n) ?? 0)
+        .split('\n')
+        .filter((l) => /state=DOWN/.test(l))
+        .map((l) => `${n}: ${l}`),
+    );
   const metric = async (name: string) => {
     const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
     return Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1]);
@@ -121,6 +132,11 @@ describe('load balancer group through Redis (three members, ten agents)', functi
     for (let i = 0; i < AGENTS; i++) agents.push(await startAgent());
     // Two cores: the members start one after the other.
     for (const n of names) await startMember(n);
+  });
+
+  beforeEach(() => {
+    seenDown.length = 0;
+    for (const [n, l] of lbs) marks.set(n, l.proc.output.length);
   });
 
   afterEach(function () {
