@@ -338,7 +338,6 @@ export class LoadBalancer extends Core {
     reason = sanitize(reason, 1000);
     b.reason = reason;
     this.stats.transitions++;
-    this.balance.changed(true);
     const t: Transition = {
       server: b.address,
       from,
@@ -353,6 +352,8 @@ export class LoadBalancer extends Core {
     this.hooks.transition.call(t);
     this.onStatus?.(this.records(), true);
     void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
+    // After the transition's own alert, so a panic it causes is reported after it.
+    this.balance.changed(true);
   }
 
   /** Chooses one backend through the balancers (core/balance; UP ones, DEGRADED ones as `degraded` says, all known ones in panic mode). */
