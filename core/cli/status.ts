@@ -118,6 +118,7 @@ export function renderLine(s: ServerStatus, now = Date.now()): string {
   if (s.panic) parts.push('panic=true');
   if (s.state !== 'UP' && s.state !== 'UNKNOWN' && s.reason) parts.push(`reason=${safeJson(sanitize(s.reason, 300))}`);
   if (s.lastError) parts.push(`last_error=${safeJson(sanitize(s.lastError, 300))}`);
+  if (s.checkedBy !== undefined) parts.push(`checked_by=${s.checkedBy.map((m) => sanitize(m, 128)).join(',') || '-'}`);
   return parts.join(' ');
 }
 
