@@ -106,7 +106,7 @@ export class LoadBalancer extends Core {
     }
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
-    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service) }, this.stats);
+    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service), feed: () => this.feed() }, this.stats);
   }
 
   get port(): number {
@@ -177,7 +177,7 @@ export class LoadBalancer extends Core {
   }
 
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
-  queryConnections(): { open: number; accepted: number; limited: number } {
+  queryConnections(): { open: number; accepted: number; limited: number; watching: number } {
     return this.query.connections();
   }
 
@@ -215,12 +215,14 @@ export class LoadBalancer extends Core {
     this.started = true;
     this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
-    if (this.hooks.sync.taps.length > 0) {
-      this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
-      this.syncer.start();
-    }
+    if (this.hooks.sync.taps.length > 0) this.feed().start();
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: [...this.pool.keys()] }).catch(() => {});
     await this.hooks.ready.promise(this);
+  }
+
+  /** The view and its changes, per tick (SyncDispatcher): for `sync` plugins and WATCH sessions; made on first use. */
+  private feed(): SyncDispatcher {
+    return (this.syncer ??= new SyncDispatcher(this.hooks, () => this.backends()));
   }
 
   /**
@@ -234,6 +236,7 @@ export class LoadBalancer extends Core {
     this.pool.set(p.address, b);
     if (this.started && !this.stopping) this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     return b;
   }
 
@@ -243,6 +246,7 @@ export class LoadBalancer extends Core {
     if (!b) return false;
     this.pool.delete(b.address);
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     await this.checker.end(b, 'removed from the load balancer');
     return true;
   }
