@@ -25,6 +25,7 @@ export type {
   AuthRequest,
   AuthVerdict,
   CredentialsRequest,
+  TlsSettings,
   BackendView,
   PickRequest,
   CheckResult,

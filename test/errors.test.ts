@@ -57,7 +57,7 @@ describe('errors', () => {
       expect(WIRE_ERRORS.EXTRA_STREAM.wire).to.equal(109);
       expect(WIRE_ERRORS.TRUNCATED_FRAME.wire).to.equal(110);
       const auth = WIRE_NAMES.filter((n) => n.startsWith('AUTH_')).map((n) => WIRE_ERRORS[n].wire);
-      expect(auth.sort()).to.deep.equal([200, 201, 202, 203, 204, 205, 206]);
+      expect(auth.sort()).to.deep.equal([200, 201, 202, 203, 204, 205, 206, 207]);
     });
 
     it('wireErrorName round-trips every code, and knows no others', () => {

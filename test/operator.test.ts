@@ -64,6 +64,33 @@ describe('operator behaviour at start-up and for qhcp status', function () {
     expect(r.stderr).to.match(new RegExp(`^qhcp: certificate ${cert.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} expired .+ GMT\\n$`));
   });
 
+  it('a missing, unreadable or non-PEM certificate or key, or only one of the two: one clear line each, exit 2', async () => {
+    const notPem = join(dir, 'not-pem.txt');
+    writeFileSync(notPem, 'hello\n');
+    const agent = (cert: string, key?: string) => runQhcp(['server', '--server-ip', '127.0.0.1', '--server-port', '0', '--cert-file', cert, ...(key ? ['--key-file', key] : [])], { cwd: dir });
+    const missing = join(dir, 'nope.pem');
+    const runs = await Promise.all([agent(missing, a.key), agent(dir, a.key), agent(a.cert, notPem), agent(notPem, a.key), agent(a.cert)]);
+    const lines = [
+      `qhcp: cannot read certificate file ${missing}: no such file\n`,
+      `qhcp: cannot read certificate file ${dir}: is a directory\n`,
+      `qhcp: key file ${notPem} holds no PEM key\n`,
+      `qhcp: certificate file ${notPem} holds no PEM certificate\n`,
+      'qhcp: -cert-file and -key-file go together: -key-file is missing\n',
+    ];
+    runs.forEach((r, i) => {
+      expect(r.code, r.stderr).to.equal(2);
+      expect(r.stderr).to.equal(lines[i]);
+    });
+  });
+
+  it('a load balancer whose query-port key does not match its certificate: one clear line, exit 2', async () => {
+    const cfg = join(dir, 'lb-mismatch.json');
+    writeFileSync(cfg, JSON.stringify({ certFile: a.cert, keyFile: b.key }));
+    const r = await runQhcp(['loadbalancer', '--servers', '127.0.0.1:1', '--loadbalancer-host', '127.0.0.1', '--loadbalancer-port', '0', '--config', cfg], { cwd: dir });
+    expect(r.code, r.stderr).to.equal(2);
+    expect(r.stderr).to.equal(`qhcp: key file ${b.key} does not match certificate ${a.cert} (a different key pair)\n`);
+  });
+
   it('a private key readable by others: the agent starts and warns once, naming the file and mode', async () => {
     chmodSync(a.key, 0o644);
     const { proc } = await startServer({ args: ['-cert-file', a.cert, '-key-file', a.key], cwd: dir });

@@ -70,6 +70,8 @@ export class Checker {
   private readonly connectWaiters: Array<() => void> = [];
   private stopping = false;
   socket: ClientSocket | undefined;
+  /** Presented to servers that ask for a client certificate (the `tls` hook; mutual TLS). */
+  clientCert: { cert: string; key: string } | undefined;
 
   constructor(
     private readonly host: CheckerHost,
@@ -281,6 +283,7 @@ export class Checker {
       port: b.port,
       ...(config.serverName ? { serverName: config.serverName } : {}),
       ...(this.ca !== undefined ? { ca: this.ca } : {}),
+      ...(this.clientCert ? { clientCert: this.clientCert } : {}),
       timeoutMs: left(),
       ...(this.socket ? { socket: this.socket } : {}),
       idleTimeoutMs: config.idleTimeout * 1000,

@@ -125,6 +125,11 @@ export interface AuthRequest {
   node: string;
   remote: string;
   role: 'checker' | 'query';
+  /**
+   * The certificate chain the peer presented in the TLS handshake (DER, its own first); empty
+   * when it presented none or none was asked for (a `tls` tap sets `requestClientCert`).
+   */
+  certificates?: readonly Uint8Array[];
 }
 /** `expiresAt` (epoch ms): the credentials' end; the session is closed with AUTH_EXPIRED then. */
 export type AuthVerdict = { ok: true; subject?: string; expiresAt?: number } | { ok: false; kind: WireErrorName; reason: string };
@@ -141,6 +146,14 @@ export function toVerdict(v: unknown): AuthVerdict | undefined {
     return { ok: false, kind: o.kind as WireErrorName, reason: typeof o.reason === 'string' ? o.reason : o.kind };
   }
   return { ok: false, kind: 'INTERNAL_ERROR', reason: 'auth plugin returned an invalid verdict' };
+}
+
+/** TLS settings auth plugins add through the `tls` hook (mutual TLS: plugins/auth/mtls.ts). */
+export interface TlsSettings {
+  /** Server: ask every load balancer for a certificate; its chain reaches `verify` as `certificates`. */
+  requestClientCert: boolean;
+  /** Load balancer: the certificate (PEM, own first) and key presented when a server asks for one. */
+  clientCert?: { cert: string; key: string };
 }
 
 export interface CredentialsRequest {
@@ -204,7 +217,12 @@ export interface SyncUpdate {
 
 export type AlertEvent =
   | { kind: 'transition'; node: string; transition: Transition }
-  | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] };
+  | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] }
+  /**
+   * Panic mode engaged (`engaged`) or ended for a pool (core/balance/local.ts): `healthy` of
+   * `known` backends healthy against `thresholdPercent`; `servers` are those picks go to now.
+   */
+  | { kind: 'panic'; node: string; at: number; engaged: boolean; pool: string; service?: string; healthy: number; known: number; thresholdPercent: number; servers: string[] };
 
 export interface SessionInfo {
   id: number;
@@ -246,6 +264,8 @@ export function createHooks() {
     /** Server: transform the metrics sent to one session (derive, rename, filter). */
     report: new SyncWaterfallHook<[Metrics, SessionInfo | undefined]>(['metrics', 'session']),
 
+    /** Both, once after `start`: the TLS settings auth plugins need (client certificates). */
+    tls: new SyncWaterfallHook<[TlsSettings]>(['settings']),
     /** Load balancer: the token to put in HELLO for a server (first answer wins). */
     credentials: new AsyncSeriesBailHook<[CredentialsRequest], string | undefined>(['request']),
     /** Server: accept or reject a HELLO's credentials (first verdict wins; none = open). */
@@ -287,6 +307,7 @@ export const ON_FAIL: Record<HookName, 'skip' | 'deny' | 'throw'> = {
   collect: 'skip',
   checkKinds: 'skip',
   report: 'skip',
+  tls: 'throw',
   credentials: 'throw',
   verify: 'deny',
   pick: 'skip',

@@ -42,6 +42,7 @@ const EXT = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
 export const BUILTIN_PLUGINS: Record<string, string> = {
   'system-metrics': '../../plugins/metrics/system',
   jwt: '../../plugins/auth/jwt',
+  mtls: '../../plugins/auth/mtls',
   'round-robin': '../../plugins/balancer/round-robin',
   'weighted-round-robin': '../../plugins/balancer/weighted-round-robin',
   'least-loaded': '../../plugins/balancer/least-loaded',

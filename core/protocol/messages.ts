@@ -120,6 +120,10 @@ export interface ServerStatus {
   adminState?: WireAdmin;
   /** Effective weight: the configured weight scaled by the agent's (percent). */
   weight?: number;
+  /** While slow start ramps the backend: the weight picks give it now (core/balance/slow-start.ts). */
+  effectiveWeight?: number;
+  /** Present (true) when the backend's pool is in panic mode (core/balance/local.ts). */
+  panic?: boolean;
 }
 
 /**
@@ -327,6 +331,8 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
           agentAdmin: { enum: [...ADMIN_STATES] },
           adminState: { enum: [...ADMIN_STATES] },
           weight: { type: 'number', minimum: 0, maximum: 2560 },
+          effectiveWeight: { type: 'number', minimum: 0, maximum: 2560 },
+          panic: { type: 'boolean' },
         },
         ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
       ),

@@ -88,6 +88,7 @@ export class AgentServer extends Core {
     const c = this.config;
     const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.serverIp });
     await this.hooks.start.promise(this);
+    const { requestClientCert } = this.hooks.tls.call({ requestClientCert: false });
     const operator = initialState(c);
     const { specs, services } = await buildChecks({
       checks: c.checks,
@@ -112,8 +113,8 @@ export class AgentServer extends Core {
     await this.takeSample();
     this.sampler = setInterval(() => void this.takeSample(), c.sampleInterval * 1000);
     this.sampler.unref();
-    this.listener = await Listener.listen(
-      this.listenerOptions({
+    this.listener = await Listener.listen({
+      ...this.listenerOptions({
         host: c.serverIp,
         port: c.serverPort,
         tls,
@@ -122,7 +123,8 @@ export class AgentServer extends Core {
         onChannel: (ch) => this.accept(ch),
         onExtraStream: (ch) => this.extraStream(ch),
       }),
-    );
+      requestClientCert,
+    });
     for (const w of tls.warnings) this.logger.warn(w);
     if (c.controlSocket !== false) {
       this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
@@ -286,6 +288,7 @@ export class AgentServer extends Core {
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
       unread: { perConnection: this.config.maxUnreadBytes, total: this.config.maxUnreadBytesTotal },
+      stallMs: this.config.slowConsumerTimeout * 1000,
       onMessage: (m, s) => this.onMessage(m, s),
       onViolation: (err, s) => {
         this.stats.violations++;
@@ -379,7 +382,7 @@ export class AgentServer extends Core {
   private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: AgentSession): Promise<void> {
     const version = this.helloVersion(s, body, 'checker');
     if (version === undefined) return;
-    const verdict = this.authOpen ? undefined : toVerdict(await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role }));
+    const verdict = this.authOpen ? undefined : toVerdict(await this.hooks.verify.promise({ token: body.token, node: body.node, remote: s.remote, role: body.role, certificates: s.channel.peerCertificates }));
     if (s.isClosed) return;
     if (verdict && !verdict.ok) {
       this.stats.authFailures++;

@@ -113,7 +113,7 @@ export class Core implements CoreLike {
     if (expiresAt === undefined) return;
     const t = setTimeout(() => {
       this.logger.limited('auth-expired', 'session credentials expired', { remote: s.remote });
-      s.fail(new ProtocolError('AUTH_EXPIRED', 'token expired: the session ends with its credentials (reconnect with a fresh token)'));
+      s.fail(new ProtocolError('AUTH_EXPIRED', 'credentials expired (token or client certificate): the session ends with them (reconnect with fresh ones)'));
     }, Math.max(0, Math.min(expiresAt - Date.now(), 2 ** 31 - 1)));
     t.unref();
     void s.closed().then(() => clearTimeout(t));

@@ -4,24 +4,26 @@
  *   core/health/states.ts    the health states and transitions, as data
  *   core/health/checker.ts   per-backend connection, poll and push loops, reconnects
  *   core/roles/query-port.ts the QUIC query port answering STATUS and PICK
+ *   core/balance/pool.ts     balancing per pool (LocalBalancer: strategy, slow start, panic)
  * This file owns the pool (add, remove, admin state, weight), moves states along the table,
- * chooses backends through the `pick` hook, and starts and stops the rest.
+ * tells the balancers of changes, and starts and stops the rest.
  */
 import { Core } from './core.ts';
 import { LocalError } from '../errors.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { ClientSocket } from '../transport/quic.ts';
 import { parseAddress, formatAddress } from '../util/address.ts';
-import { readPem, selfSigned } from '../transport/tls.ts';
+import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
-import type { BackendView, PickRequest, Transition } from '../plugin/hooks.ts';
+import type { BackendView, Transition } from '../plugin/hooks.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { Logger } from '../util/log.ts';
 import { Backend } from '../health/backend.ts';
 import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
-import { ruleFor, reasonOf, candidates, type AdminState, type HealthEvent } from '../health/states.ts';
+import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
 import { SyncDispatcher } from '../plugin/sync.ts';
+import { PoolBalancers } from '../balance/pool.ts';
 
 export { Backend } from '../health/backend.ts';
 export { describeFailure } from '../health/checker.ts';
@@ -35,7 +37,7 @@ export interface LoadBalancerStats extends CheckStats, QueryStats {
  * changed needs a restart. Timings apply from each backend's next check; connection options
  * (idleTimeout, keepAlive, serverName, reportInterval) from its next connection.
  */
-export const RELOADABLE = ['servers', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'maxFailAttempts', 'riseAttempts', 'degraded', 'status', 'statusSummary', 'idleTimeout', 'keepAlive', 'serverName'] as const;
+export const RELOADABLE = ['servers', 'panicThreshold', 'slowStart', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'maxFailAttempts', 'riseAttempts', 'degraded', 'status', 'statusSummary', 'idleTimeout', 'keepAlive', 'serverName'] as const;
 
 /** What a reload changed. */
 export interface ReloadResult {
@@ -93,6 +95,8 @@ export class LoadBalancer extends Core {
   private statusTimer: NodeJS.Timeout | undefined;
   /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
   private syncer: SyncDispatcher | undefined;
+  /** Balancing per pool (core/balance): PICK goes through it. */
+  private readonly balance = new PoolBalancers(this);
   /** Called every check interval, and with `change` on every transition, addition or removal (the CLI prints the status view). */
   onStatus: ((backends: readonly Backend[], change: boolean) => void) | undefined;
 
@@ -107,6 +111,8 @@ export class LoadBalancer extends Core {
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
     this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service), feed: () => this.feed() }, this.stats);
+    // A check changes metrics, weights and report times in place: balancers re-read them at the next pick.
+    this.hooks.checked.tap('balance', () => this.balance.changed());
   }
 
   get port(): number {
@@ -158,6 +164,8 @@ export class LoadBalancer extends Core {
     const order = [...wanted.keys()].map((a) => this.pool.get(a)!);
     this.pool.clear();
     for (const b of order) this.pool.set(b.address, b);
+    if (result.applied.some((k) => k === 'panicThreshold' || k === 'slowStart' || k === 'degraded')) this.balance.reset();
+    this.balance.changed(true);
     return result;
   }
 
@@ -185,15 +193,19 @@ export class LoadBalancer extends Core {
   status(service?: string): ServerStatus[] {
     return this.records()
       .filter((b) => service === undefined || b.service === service)
-      .map((b) => b.status());
+      .map((b) => this.balance.decorate(b.status(), service));
   }
 
   async start(): Promise<void> {
     const c = this.config;
     await this.hooks.start.promise(this);
+    // A client certificate an auth plugin (mtls) presents to servers that ask for one.
+    this.checker.clientCert = this.hooks.tls.call({ requestClientCert: false }).clientCert;
     // All checks leave through one UDP socket (transport.ts ClientSocket).
     this.checker.socket = await ClientSocket.open();
-    const tls = c.certFile && c.keyFile ? { cert: readPem(c.certFile, 'certificate'), key: readPem(c.keyFile, 'key') } : await selfSigned([c.loadbalancerHost]);
+    // The query port's certificate: checked as an agent's is (pair, validity, key file mode).
+    const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.loadbalancerHost, names: { cert: 'certFile', key: 'keyFile' } });
+    for (const w of tls.warnings) this.logger.warn(w);
     await this.query.listen(c, tls);
     const t = this.checker.timings;
     if (!c.caFile) this.logger.warn('no -cert-file (CA) given: server certificates are not verified');
@@ -213,6 +225,7 @@ export class LoadBalancer extends Core {
     const spread = Math.min(t.intervalMs, 1000);
     for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
     this.started = true;
+    this.balance.changed(true);
     this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
     if (this.hooks.sync.taps.length > 0) this.feed().start();
@@ -234,6 +247,7 @@ export class LoadBalancer extends Core {
     if (this.pool.has(p.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${p.address} is already in the pool`);
     const b = new Backend(p.address, p.host, p.port, p.weight, p.service);
     this.pool.set(p.address, b);
+    this.balance.changed(true);
     if (this.started && !this.stopping) this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
     this.onStatus?.(this.records(), true);
     this.syncer?.schedule();
@@ -245,6 +259,7 @@ export class LoadBalancer extends Core {
     const b = this.find(address);
     if (!b) return false;
     this.pool.delete(b.address);
+    this.balance.changed(true);
     this.onStatus?.(this.records(), true);
     this.syncer?.schedule();
     await this.checker.end(b, 'removed from the load balancer');
@@ -260,6 +275,7 @@ export class LoadBalancer extends Core {
     const b = this.require(address);
     if (b.adminState === admin) return;
     b.adminState = admin;
+    this.balance.changed(true);
     this.health(b, `operator:${admin}`, admin === 'READY' ? reason : (reason ?? 'set by the operator'));
   }
 
@@ -267,6 +283,7 @@ export class LoadBalancer extends Core {
   setWeight(address: string, weight: number): void {
     if (!Number.isFinite(weight) || weight < 0 || weight > 1000) throw new LocalError('QHCP_ERR_CLI_USAGE', `weight must be 0-1000, got ${weight}`);
     this.require(address).configWeight = weight;
+    this.balance.changed();
   }
 
   private find(address: string): Backend | undefined {
@@ -300,6 +317,7 @@ export class LoadBalancer extends Core {
     reason = sanitize(reason, 1000);
     b.reason = reason;
     this.stats.transitions++;
+    this.balance.changed(true);
     const t: Transition = {
       server: b.address,
       from,
@@ -316,43 +334,29 @@ export class LoadBalancer extends Core {
     void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
   }
 
-  /** Chooses one backend through the `pick` hook (UP ones; DEGRADED ones as `degraded` says). */
+  /** Chooses one backend through the balancers (core/balance; UP ones, DEGRADED ones as `degraded` says, all known ones in panic mode). */
   pick(key?: string, service?: string): Backend | undefined {
     return this.choose(key, service).backend;
   }
 
   /**
    * Like `pick`, with the balancer that chose and why, or the reason when no backend is chosen
-   * (PICK_RESPONSE). Balancer taps are asked in order; one that throws is skipped (the next one
-   * may answer); if none answers, the reason names it. With `service`, only the backends that
-   * name that service are offered.
+   * (PICK_RESPONSE). Balancers are asked in the order they tapped `pick`; one that throws or
+   * answers nothing passes to the next; if none answers, the reason names it. With `service`,
+   * only the backends that name that service are offered (core/balance/pool.ts).
    */
   choose(key?: string, service?: string): { backend: Backend; balancer: string; why: string; reason?: undefined } | { backend: undefined; reason: string } {
     this.stats.picks++;
-    const pool = service === undefined ? this.records() : this.records().filter((b) => b.service === service);
-    if (service !== undefined && pool.length === 0) return { backend: undefined, reason: `no server names service "${service}"` };
-    const offered = candidates(pool, this.config.degraded);
-    if (offered.length === 0) return { backend: undefined, reason: service === undefined ? 'no server is UP' : `no server of service "${service}" is UP` };
-    const taps = this.hooks.pick.taps;
-    if (taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
     const before = this.lastPluginError;
-    let why: string | undefined;
-    const request: PickRequest = { servers: offered, key, now: Date.now(), explain: (text) => (why = String(text)) };
-    for (const tap of taps) {
-      why = undefined;
-      // The taps as registered: each already guarded (guardHooks), so a throw yields undefined.
-      const chosen = (tap.fn as (r: PickRequest) => BackendView | null | undefined)(request);
-      if (chosen === undefined) continue;
-      if (chosen && offered.includes(chosen as Backend)) {
-        const up = offered.filter((b) => b.state === 'UP').length;
-        const from = up === offered.length ? `${up} UP` : up === 0 ? `${offered.length} DEGRADED (none UP)` : `${offered.length} UP or DEGRADED`;
-        return { backend: chosen as Backend, balancer: tap.name, why: sanitize(`${why ?? 'chosen'} of ${from}`, 512) };
-      }
-      return { backend: undefined, reason: chosen ? `the balancer ${tap.name} chose a server it was not offered` : 'the balancer chose no server' };
-    }
+    const c = this.balance.choose(key, service);
+    if (c.backend) return c as { backend: Backend; balancer: string; why: string };
     const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
-    const reason = failed ? `balancer failed: ${failed.message}` : 'the balancer chose no server';
-    return { backend: undefined, reason: reason.slice(0, 1000) };
+    return { backend: undefined, reason: (failed && c.reason === 'the balancer chose no server' ? `balancer failed: ${failed.message}` : c.reason).slice(0, 1000) };
+  }
+
+  /** Whether panic mode is engaged for `service`'s backends (or the whole pool). */
+  panic(service?: string): boolean {
+    return this.balance.panic(service);
   }
 
   /** PICK's answer. */

@@ -132,6 +132,7 @@ export class QueryPort {
       helloTimeoutMs: core.config.helloTimeout * 1000,
       observe: core.frameObserver(),
       unread: { perConnection: core.config.maxUnreadBytes, total: core.config.maxUnreadBytesTotal },
+      stallMs: core.config.slowConsumerTimeout * 1000,
       onMessage: (m, s) => this.onQuery(m, s),
       onViolation: (err, s) => core.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
       onClose: (_why, s) => {

@@ -31,6 +31,11 @@ export interface ChannelHandler {
   protocolError(err: ProtocolError): void;
   /** The control stream ended cleanly (FIN) on a frame boundary. */
   ended(): void;
+  /**
+   * We owe the peer more than WRITE_HIGH_WATER bytes and it has taken none of them for
+   * `stallMs` (see Channel.stallMs): it asks and does not read.
+   */
+  stalled?(pendingBytes: number, ms: number): void;
   closed(info: ChannelClose): void;
 }
 
@@ -77,6 +82,19 @@ export class Channel implements ConnEvents {
   private streamDone = false;
   private readStopped = false;
   private moreToRead = false;
+  /**
+   * Decoded but not yet delivered, in order: frames wait here while the layer above holds
+   * delivery (a request is being answered) or while we owe the peer more than WRITE_HIGH_WATER.
+   * While anything waits here nothing more is read from the stream, so QUIC flow control holds
+   * the peer: pipelined requests are answered one at a time, in order, at the rate it reads.
+   */
+  private inbox: Array<(h: ChannelHandler) => void> = [];
+  private held = false;
+  private pumping = false;
+  private reading = false;
+  /** Set by the session: a peer owed more than WRITE_HIGH_WATER that reads nothing this long is reported stalled. */
+  stallMs: number | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
   private extraStreams: Set<number> | undefined;
   private nextLocalStream = 4;
   /** Bytes and frames received and sent, for metrics. */
@@ -94,6 +112,19 @@ export class Channel implements ConnEvents {
 
   get remote(): string {
     return this.conn.remoteText;
+  }
+
+  /**
+   * The certificate chain the peer presented in the handshake (DER, its own certificate first;
+   * empty when it presented none). A server sees a client's only when it listens with
+   * `requestClientCert`. Not verified here: an auth plugin judges it (plugins/auth/mtls.ts).
+   */
+  get peerCertificates(): readonly Uint8Array[] {
+    try {
+      return this.conn.q.peerCertChain() ?? [];
+    } catch {
+      return [];
+    }
   }
 
   /** The driver's connection under this channel (tests and diagnostics). */
@@ -125,6 +156,45 @@ export class Channel implements ConnEvents {
     else this.early.push(() => f(this.handler!));
   }
 
+  /**
+   * Holds (true) or releases delivery of received frames. A server session holds while it
+   * answers a request, so the next pipelined request is not even decoded into the DFA before
+   * the answer is sent (docs/protocol.md, "Requests and seq").
+   */
+  hold(on: boolean): void {
+    if (this.held === on) return;
+    this.held = on;
+    if (!on && this.inbox.length > 0 && !this.pumping) {
+      // Later, not inside the caller's send(): a run of pipelined requests must not recurse.
+      this.pumping = true;
+      queueMicrotask(() => {
+        this.pumping = false;
+        this.pump();
+      });
+    }
+  }
+
+  /** Delivers waiting frames while nothing holds them; reads on from the stream once all are out. */
+  private pump(): void {
+    while (this.inbox.length > 0 && !this.held && !this.closed && this.outBytes <= WRITE_HIGH_WATER) {
+      this.emit(this.inbox.shift()!);
+    }
+    if (this.closed) {
+      this.inbox = [];
+      return;
+    }
+    if (this.inbox.length === 0 && this.streamId !== undefined && !this.reading) {
+      this.readControl(this.streamId);
+      this.conn.ep.touch(this.conn);
+    }
+  }
+
+  /** Queues one event behind the frames already waiting, then delivers what may go now. */
+  private deliver(f: (h: ChannelHandler) => void): void {
+    this.inbox.push(f);
+    if (this.inbox.length === 1) this.pump();
+  }
+
   get hasStream(): boolean {
     return this.streamId !== undefined;
   }
@@ -143,7 +213,7 @@ export class Channel implements ConnEvents {
     // A local close is reported after the caller's own bookkeeping (a session that closes on
     // a peer's ERROR records that first), as a library close would: on a later microtask.
     if (end.by === 'local') queueMicrotask(() => this.finish({ by: 'local', code, reason: end.reason }));
-    else if (end.by === 'peer') this.finish({ by: 'peer', code, reason: end.reason || 'peer closed' });
+    else if (end.by === 'peer') this.finish({ by: 'peer', code, reason: (!end.isApp && peerTlsAlert(end.code)) || end.reason || 'peer closed' });
     else if (end.by === 'idle') this.finish({ by: 'idle', code: 0, reason: 'idle timeout' });
     else this.finish({ by: end.by, code, reason: end.reason });
   }
@@ -182,10 +252,21 @@ export class Channel implements ConnEvents {
   }
 
   private readControl(id: number): void {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      this.readSlice(id);
+    } finally {
+      this.reading = false;
+    }
+  }
+
+  private readSlice(id: number): void {
     if (this.readStopped || this.streamDone) return;
     // Backpressure: a peer that sends requests but never reads the answers would otherwise grow
-    // our write queue without bound. Read on only once what we owe it has been taken.
-    if (this.outBytes > WRITE_HIGH_WATER) return;
+    // our write queue without bound. Read on only once what we owe it has been taken, and once
+    // every frame already read has been delivered.
+    if (this.outBytes > WRITE_HIGH_WATER || this.inbox.length > 0) return;
     const q = this.conn.q;
     let taken = 0;
     for (;;) {
@@ -195,8 +276,9 @@ export class Channel implements ConnEvents {
       } catch (e) {
         this.streamDone = true;
         if (streamError(e, 'StreamReset') !== undefined && this.decoder.bufferedBytes > 0) {
-          this.emit((h) => h.protocolError(new ProtocolError('TRUNCATED_FRAME', `control stream reset inside a frame (${this.decoder.bufferedBytes} bytes buffered)`)));
-        } else this.emit((h) => h.ended());
+          const err = new ProtocolError('TRUNCATED_FRAME', `control stream reset inside a frame (${this.decoder.bufferedBytes} bytes buffered)`);
+          this.deliver((h) => h.protocolError(err));
+        } else this.deliver((h) => h.ended());
         return;
       }
       if (r === null) return;
@@ -210,13 +292,13 @@ export class Channel implements ConnEvents {
           messages = this.decoder.push(Buffer.from(readBuf.subarray(0, n)));
         } catch (e) {
           this.streamDone = true;
-          if (e instanceof ProtocolError) this.emit((h) => h.protocolError(e));
+          if (e instanceof ProtocolError) this.deliver((h) => h.protocolError(e));
           return;
         }
-        for (const m of messages) {
-          if (this.closed) return;
-          this.counters.framesIn++;
-          this.emit((h) => h.message(m));
+        this.counters.framesIn += messages.length;
+        if (messages.length > 0) {
+          for (const m of messages) this.inbox.push((h) => h.message(m));
+          this.pump();
         }
         if (this.closed) return;
       }
@@ -224,12 +306,14 @@ export class Channel implements ConnEvents {
         this.streamDone = true;
         try {
           this.decoder.end();
-          this.emit((h) => h.ended());
+          this.deliver((h) => h.ended());
         } catch (e) {
-          if (e instanceof ProtocolError) this.emit((h) => h.protocolError(e));
+          if (e instanceof ProtocolError) this.deliver((h) => h.protocolError(e));
         }
         return;
       }
+      // Frames wait (held, or we owe too much): read no more until they are delivered (pump).
+      if (this.inbox.length > 0) return;
       if (taken >= READ_SLICE || this.outBytes > WRITE_HIGH_WATER) {
         // Fairness: let other connections in before reading more of this one.
         if (!this.moreToRead) {
@@ -261,6 +345,7 @@ export class Channel implements ConnEvents {
     this.out.push(bytes);
     this.outBytes += bytes.length;
     Channel.totalPendingBytes += bytes.length;
+    this.watchStall(false);
     return new Promise<void>((resolve) => this.taken.push({ end: this.outTotal + this.outBytes, resolve }));
   }
 
@@ -285,8 +370,30 @@ export class Channel implements ConnEvents {
     for (const t of this.taken.splice(0)) t.resolve();
   }
 
+  /**
+   * Keeps the stall timer: running while we owe more than WRITE_HIGH_WATER, restarted whenever
+   * the peer takes bytes (`moved`), stopped once we owe less.
+   */
+  private watchStall(moved: boolean): void {
+    if (this.stallMs === undefined) return;
+    if (this.outBytes <= WRITE_HIGH_WATER || this.closed) {
+      if (this.stallTimer) clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
+      return;
+    }
+    if (this.stallTimer && !moved) return;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    const ms = this.stallMs;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (!this.closed && this.outBytes > WRITE_HIGH_WATER) this.emit((h) => h.stalled?.(this.outBytes, ms));
+    }, ms);
+    this.stallTimer.unref?.();
+  }
+
   private flushOut(): void {
     const wasHigh = this.outBytes > WRITE_HIGH_WATER;
+    const totalBefore = this.outTotal;
     while (this.out.length > 0) {
       const chunk = this.out[0]!;
       const rest = this.outOffset ? chunk.subarray(this.outOffset) : chunk;
@@ -303,7 +410,11 @@ export class Channel implements ConnEvents {
       this.outOffset = 0;
     }
     while (this.taken.length > 0 && this.taken[0]!.end <= this.outTotal) this.taken.shift()!.resolve();
-    if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) this.readControl(this.streamId);
+    this.watchStall(this.outTotal !== totalBefore);
+    if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) {
+      if (this.inbox.length > 0) this.pump();
+      else this.readControl(this.streamId);
+    }
   }
 
   /** Queues one message on the control stream (ordered). */
@@ -376,6 +487,8 @@ export class Channel implements ConnEvents {
   private finish(info: ChannelClose): void {
     if (this.closedInfo) return;
     this.closedInfo = info;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.inbox = [];
     this.dropOut();
     this.emit((h) => h.closed(info));
   }
@@ -405,6 +518,11 @@ export interface ListenOptions {
    */
   maxPendingHandshakes?: number;
   onHandshakeRefused?(remote: string): void;
+  /**
+   * Ask every client for a certificate (TLS CertificateRequest). The handshake completes with or
+   * without one; `Channel.peerCertificates` carries what was presented, for an auth plugin to judge.
+   */
+  requestClientCert?: boolean;
 }
 
 /** Signature algorithms offered (what BoringSSL supports of TLS 1.3's list). */
@@ -470,7 +588,10 @@ export class Listener {
     const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     let config: NativeConfig;
     try {
-      config = quiche.Config.withBoringSslCtx(false, false, null, [Buffer.from(opts.key)], [Buffer.from(opts.cert)], SIGALGS);
+      // verifyPeer on a server sends a CertificateRequest; failures allowed: BoringSSL only
+      // collects the chain, the `verify` hook decides at HELLO (with a reason on the wire).
+      const ask = opts.requestClientCert === true;
+      config = quiche.Config.withBoringSslCtx(ask, ask, null, [Buffer.from(opts.key)], [Buffer.from(opts.cert)], SIGALGS);
     } catch (e) {
       throw new LocalError('QHCP_ERR_LISTEN', `cannot listen on ${opts.host}:${opts.port}: the certificate or key is not usable: ${errorText(e)}`, { cause: e });
     }
@@ -549,18 +670,36 @@ export interface ConnectOptions {
   socket?: ClientSocket;
   /** Flow-control window we grant the server (bytes; default 256 KiB per stream). Tests: a slow reader. */
   receiveWindowBytes?: number;
+  /** A client certificate (PEM chain, own first) and its key, presented when the server asks (mutual TLS). */
+  clientCert?: { cert: string; key: string };
 }
 
 /** Client configurations (each holds a BoringSSL context), by their parameters. */
 const clientConfigs = new Map<string, NativeConfig>();
 
-function clientConfig(verify: boolean, p: TransportParams): NativeConfig {
-  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}`;
+/** A short id per distinct client certificate, for the configuration cache key. */
+const identityIds = new Map<string, number>();
+
+function clientConfig(verify: boolean, p: TransportParams, identity?: { cert: string; key: string }): NativeConfig {
+  let id = 0;
+  if (identity) {
+    const k = `${identity.cert}\0${identity.key}`;
+    id = identityIds.get(k) ?? identityIds.size + 1;
+    if (identityIds.size > 32) identityIds.clear();
+    identityIds.set(k, id);
+  }
+  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}|${id}`;
   let c = clientConfigs.get(key);
   if (!c) {
     // verifyPeer with failures allowed: BoringSSL hands us the chain and `checkServerChain`
     // decides (tls.ts), after the handshake and before the connection is used.
-    c = tune(quiche.Config.withBoringSslCtx(verify, true, null, null, null, SIGALGS), p);
+    const keys = identity ? [Buffer.from(identity.key)] : null;
+    const certs = identity ? [Buffer.from(identity.cert)] : null;
+    try {
+      c = tune(quiche.Config.withBoringSslCtx(verify, true, null, keys, certs, SIGALGS), p);
+    } catch (e) {
+      throw new LocalError('QHCP_ERR_CONNECT', `the client certificate or key is not usable: ${errorText(e)}`, { cause: e });
+    }
     if (clientConfigs.size > 32) clientConfigs.clear();
     clientConfigs.set(key, c);
   }
@@ -586,6 +725,15 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const address = await resolve(opts.host);
   const fail = (why: string, cause?: unknown): LocalError => new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${opts.host}:${opts.port}: ${why}`, cause ? { cause } : undefined);
+  // Before a socket is opened: an unusable client certificate fails here, with nothing to close.
+  const config = clientConfig(ca !== undefined, {
+    alpn: opts.alpn ?? ALPN,
+    idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
+    streamWindow: opts.receiveWindowBytes ?? STREAM_WINDOW,
+    connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
+    peerBidiStreams: 0,
+    logKeys: opts.logKeys !== undefined,
+  }, opts.clientCert);
   let ep: Endpoint;
   if (opts.socket) ep = opts.socket.endpoint;
   else {
@@ -598,14 +746,6 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
     }
     ep.closeWhenIdle = true;
   }
-  const config = clientConfig(ca !== undefined, {
-    alpn: opts.alpn ?? ALPN,
-    idleTimeoutMs: opts.idleTimeoutMs ?? 30_000,
-    streamWindow: opts.receiveWindowBytes ?? STREAM_WINDOW,
-    connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
-    peerBidiStreams: 0,
-    logKeys: opts.logKeys !== undefined,
-  });
   let conn: Conn;
   try {
     conn = ep.connect(serverName, { host: ep.peerAddress(address), port: opts.port }, config, opts.timeoutMs ?? 5_000, opts.logKeys);
@@ -625,9 +765,22 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   return new Channel(conn, { maxFrameBytes });
 }
 
+/**
+ * What a TLS alert from the peer means, for the alerts an operator can act on. In TLS 1.3 a
+ * client's handshake is done before the server has judged its certificate, so a refusal may
+ * arrive as the connection's end after it was established.
+ */
+function peerTlsAlert(code: number): string | undefined {
+  // 116 certificate_required: the server asks for a client certificate (mutual TLS).
+  if (code === quiche.CRYPTO_ERROR_START + 116) return "the server requires a client certificate (TLS alert certificate_required) and none was presented: configure the mtls auth plugin's certFile and keyFile";
+  return undefined;
+}
+
 function describeEnd(end: ConnEnd, conn: Conn, timeoutMs: number): string {
   if (conn.verifyProblem) return conn.verifyProblem;
   if (end.by === 'peer') {
+    const alert = !end.isApp && peerTlsAlert(end.code);
+    if (alert) return alert;
     if (!end.isApp && end.code >= quiche.CRYPTO_ERROR_START && end.code <= quiche.CRYPTO_ERROR_STOP) return 'the server rejected the TLS handshake';
     return `refused by peer (code ${end.code}${end.reason ? `: ${end.reason}` : ''})`;
   }

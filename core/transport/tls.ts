@@ -73,7 +73,8 @@ export async function selfSigned(extraNames: string[] = []): Promise<{ cert: str
  * The server's certificate and key: both files, or neither (self-signed in memory).
  * @throws LocalError QHCP_ERR_TLS_FILE
  */
-export async function loadServerTls(opts: { certFile?: string; keyFile?: string; host?: string }): Promise<ServerTls> {
+export async function loadServerTls(opts: { certFile?: string; keyFile?: string; host?: string; names?: { cert: string; key: string } }): Promise<ServerTls> {
+  const names = opts.names ?? { cert: '-cert-file', key: '-key-file' };
   if (opts.certFile && opts.keyFile) {
     const cert = readPem(opts.certFile, 'certificate');
     const key = readPem(opts.keyFile, 'key');
@@ -84,7 +85,7 @@ export async function loadServerTls(opts: { certFile?: string; keyFile?: string;
     return { cert, key, generated: false, warnings };
   }
   if (opts.certFile || opts.keyFile) {
-    throw new LocalError('QHCP_ERR_TLS_FILE', `-cert-file and -key-file go together: ${opts.certFile ? '-key-file' : '-cert-file'} is missing`);
+    throw new LocalError('QHCP_ERR_TLS_FILE', `${names.cert} and ${names.key} go together: ${opts.certFile ? names.key : names.cert} is missing`);
   }
   return { ...(await selfSigned(opts.host ? [opts.host] : [])), generated: true, warnings: [] };
 }
@@ -148,40 +149,74 @@ export function issuerProblem(cert: X509Certificate, below: number): string | un
   return undefined;
 }
 
-/**
- * Why the peer's chain is not trusted for `serverName`, or undefined when it is. Trusted means:
- * every certificate valid now, the leaf matching the host name or IP, and either the leaf
- * itself one of the CA certificates (a pinned certificate) or chained through the given
- * intermediates to one of them, each issuer on the way allowed to issue (issuerProblem).
- */
-export function checkServerChain(chainDer: Uint8Array[], caPem: string, serverName: string, now = new Date()): string | undefined {
-  if (chainDer.length === 0) return 'server sent no certificate';
-  let chain: X509Certificate[];
+/** Why a chain is refused: the kind lets an auth plugin send its own wire code (plugins/auth/mtls.ts). */
+export interface ChainProblem {
+  kind: 'none' | 'malformed' | 'expired' | 'not-yet-valid' | 'untrusted';
+  text: string;
+}
+
+/** A certificate's subject on one line ("CN=lb1,O=Example"). */
+export const subjectText = (c: X509Certificate): string => c.subject.replace(/\n/g, ',');
+
+/** The chain (DER, leaf first) parsed; undefined when a certificate does not parse. */
+export function parseChain(chainDer: readonly Uint8Array[]): X509Certificate[] | undefined {
   try {
-    chain = chainDer.map((d) => new X509Certificate(Buffer.from(d)));
-  } catch (e) {
-    return `server certificate does not parse: ${errorText(e)}`;
+    return chainDer.map((d) => new X509Certificate(Buffer.from(d)));
+  } catch {
+    return undefined;
   }
-  const leaf = chain[0]!;
-  const cas = pemBlocks(caPem);
+}
+
+/** The CA certificates of a PEM bundle (or a pinned certificate). */
+export const caCertificates = pemBlocks;
+
+/**
+ * Why a peer's chain is not trusted, or undefined when it is: every certificate valid now, and
+ * either the leaf itself one of the CA certificates (a pinned certificate) or chained through
+ * the given intermediates to one of them, each issuer on the way allowed to issue
+ * (issuerProblem), as `openssl verify` judges it. The same rules for a server's chain (checked
+ * by a load balancer) and a load balancer's client certificate (checked by the mtls plugin).
+ */
+export function chainProblem(chain: readonly X509Certificate[], cas: readonly X509Certificate[], now = new Date()): ChainProblem | undefined {
+  const leaf = chain[0];
+  if (!leaf) return { kind: 'none', text: 'no certificate presented' };
   for (const c of chain) {
-    if (now < new Date(c.validFrom)) return `certificate ${c.subject.replace(/\n/g, ',')} is not valid before ${c.validFrom}`;
-    if (now > new Date(c.validTo)) return `certificate ${c.subject.replace(/\n/g, ',')} expired ${c.validTo}`;
+    if (now < new Date(c.validFrom)) return { kind: 'not-yet-valid', text: `certificate ${subjectText(c)} is not valid before ${c.validFrom}` };
+    if (now > new Date(c.validTo)) return { kind: 'expired', text: `certificate ${subjectText(c)} expired ${c.validTo}` };
   }
-  const hostOk = isIP(serverName) ? leaf.checkIP(serverName) !== undefined : leaf.checkHost(serverName) !== undefined;
-  if (!hostOk) return `certificate does not name ${serverName}`;
   // A pinned certificate: the leaf itself is what the operator trusts.
   if (cas.some((ca) => ca.raw.equals(leaf.raw))) return undefined;
+  const untrusted = (text: string): ChainProblem => ({ kind: 'untrusted', text });
   for (let i = 0; i < chain.length; i++) {
     const c = chain[i]!;
     // i CA certificates sit between the next issuer and the leaf (the leaf is not one).
     if (i > 0 && cas.some((ca) => ca.raw.equals(c.raw))) return undefined;
     const anchor = cas.find((ca) => signedBy(c, ca));
-    if (anchor) return issuerProblem(anchor, i);
+    if (anchor) {
+      const p = issuerProblem(anchor, i);
+      return p === undefined ? undefined : untrusted(p);
+    }
     const next = chain[i + 1];
     if (!next || !signedBy(c, next)) break;
     const problem = issuerProblem(next, i);
-    if (problem) return problem;
+    if (problem) return untrusted(problem);
   }
-  return 'certificate is not signed by the given CA';
+  return untrusted('certificate is not signed by the given CA');
+}
+
+/**
+ * Why the peer's chain is not trusted for `serverName`, or undefined when it is: chainProblem,
+ * and the leaf naming the host name or IP.
+ */
+export function checkServerChain(chainDer: Uint8Array[], caPem: string, serverName: string, now = new Date()): string | undefined {
+  if (chainDer.length === 0) return 'server sent no certificate';
+  const chain = parseChain(chainDer);
+  if (!chain) return 'server certificate does not parse';
+  const leaf = chain[0]!;
+  const problem = chainProblem(chain, pemBlocks(caPem), now);
+  // Validity is named before the host name, the host name before the chain.
+  if (problem && problem.kind !== 'untrusted') return problem.text;
+  const hostOk = isIP(serverName) ? leaf.checkIP(serverName) !== undefined : leaf.checkHost(serverName) !== undefined;
+  if (!hostOk) return `certificate does not name ${serverName}`;
+  return problem?.text;
 }

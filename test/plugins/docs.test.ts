@@ -5,6 +5,8 @@
 import { expect } from 'chai';
 import { readFileSync } from 'node:fs';
 import { BUILTIN_PLUGINS, validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
+import { isPluginDefinition, type PluginDefinition } from '../../core/plugin/define.ts';
+import type { ObjectSchema } from '../../core/config/schema-types.ts';
 import { BUILTIN_CHECK_KINDS, loadBuiltinCheckKind } from '../../core/check/builtin.ts';
 import { BUILTIN_DOC, allSchemas, begin, optionRows, regenerate } from '../../scripts/gen-plugin-docs.ts';
 import { testContext, validated } from './checks/helpers.ts';
@@ -58,8 +60,10 @@ describe('docs/plugins-builtin.md', () => {
 
   it('registry names match the plugins the modules construct', async () => {
     for (const [name, path] of Object.entries(BUILTIN_PLUGINS)) {
-      const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor }).default;
-      const p = new ctor(validateOptions(ctor, MINIMAL[name] ?? {}, name));
+      const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor | PluginDefinition<ObjectSchema> }).default;
+      const opts = validateOptions(ctor, MINIMAL[name] ?? {}, name);
+      // A built-in written with definePlugin, as a third-party plugin is (mtls), or a class.
+      const p = isPluginDefinition(ctor) ? ctor.create(opts as never) : new ctor(opts);
       expect(p.name).to.equal(name);
       expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert', 'sync', 'proxy']);
     }
