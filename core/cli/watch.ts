@@ -30,7 +30,7 @@ export function changeLines(c: WatchChange, members: readonly WatchedBackend[]):
 /** The JSON object of one change. */
 export function changeJson(c: WatchChange, view: WatchView, members: readonly WatchedBackend[]): string {
   const strip = (b: WatchedBackend) => {
-    const { reportedAt: _r, latencyMs: _l, ...rest } = b;
+    const { reportedAt: _r, latencyMs: _l, ageMs: _a, ...rest } = b;
     return rest;
   };
   return safeJson({

@@ -104,8 +104,10 @@ function targetsOf(opts: WatchOptions): Target[] {
   });
 }
 
-function asBackend(m: WatchMember): WatchedBackend {
-  return Object.freeze({ ...m, metrics: Object.freeze({ ...m.metrics }), reportedAt: null, latencyMs: null });
+/** A member as balancers read it: `reportedAt` in this host's clock, from the age the load balancer gave. */
+function asBackend(m: WatchMember, receivedAt = Date.now()): WatchedBackend {
+  const reportedAt = m.reportAgeMs === null || m.reportAgeMs === undefined ? null : receivedAt - m.reportAgeMs;
+  return Object.freeze({ ...m, metrics: Object.freeze({ ...m.metrics }), reportedAt, ageMs: 0, latencyMs: null });
 }
 
 /**
@@ -423,9 +425,11 @@ export class WatchView extends EventEmitter<WatchEvents> {
     const before = this.byAddress;
     const list = full.members.map(asBackend);
     const now = new Map(list.map((x) => [x.address, x]));
+    // What the load balancer says, not when we heard it: a member whose fields are all the same is not a change.
+    const same = (a: WatchedBackend, b: WatchedBackend) => JSON.stringify({ ...a, reportedAt: 0 }) === JSON.stringify({ ...b, reportedAt: 0 });
     const changed = list.filter((x) => {
       const old = before.get(x.address);
-      return !old || JSON.stringify(old) !== JSON.stringify(x);
+      return !old || !same(old, x);
     });
     const removed = [...before.keys()].filter((a) => !now.has(a));
     this.list = list;

@@ -150,6 +150,11 @@ export interface WatchMember {
   metrics: Metrics;
   /** Why the backend is in its state (sanitised), or null. */
   reason: string | null;
+  /**
+   * How old the last good report was when this member changed (ms, the sample's own age
+   * included), or null before any: load-aware balancers treat an old load as unknown.
+   */
+  reportAgeMs?: number | null;
 }
 
 export interface Bodies {
@@ -364,6 +369,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
             weight: { type: 'number', minimum: 0, maximum: 2560 },
             metrics,
             reason: nullable(reason),
+            reportAgeMs: nullable(ms),
           },
           ['address', 'state', 'since', 'verdict', 'agentAdmin', 'adminState', 'weight', 'metrics', 'reason'],
         ),

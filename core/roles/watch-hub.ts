@@ -78,8 +78,9 @@ export function globMatch(pattern: string, text: string): boolean {
   return p === pattern.length;
 }
 
-/** A backend as WATCH_UPDATE carries it. */
-export function toMember(b: BackendView): WatchMember {
+/** A backend as WATCH_UPDATE carries it, at `now`. */
+export function toMember(b: BackendView, now = Date.now()): WatchMember {
+  const age = b.reportedAt === null || b.reportedAt === undefined ? null : Math.min(86_400_000, Math.max(0, Math.round(now - b.reportedAt + (b.ageMs ?? 0))));
   return {
     address: b.address,
     ...(b.service !== undefined ? { service: b.service } : {}),
@@ -91,6 +92,7 @@ export function toMember(b: BackendView): WatchMember {
     weight: b.weight,
     metrics: b.metrics,
     reason: b.reason ?? null,
+    reportAgeMs: age,
   };
 }
 

@@ -55,7 +55,7 @@ describe('WATCH: streaming the load balancer view to clients', function () {
     [s1, s2] = scripted as [ScriptedAgent, ScriptedAgent];
     [realA, realB] = await Promise.all([startServer(), startServer()]);
     servers = [realA.address, realB.address, `${s1.address}/web`, `${s2.address}/web`];
-    lb = await startLoadBalancer(servers, { interval: 0.2, fail: 2, reconnect: 0.5, args: ['--watch-queue', '4', '--status-summary', '600'] });
+    lb = await startLoadBalancer(servers, { interval: 0.5, fail: 2, reconnect: 0.5, args: ['--watch-queue', '4', '--status-summary', '600'] });
   });
 
   after(async () => {
@@ -165,7 +165,7 @@ describe('WATCH: streaming the load balancer view to clients', function () {
   });
 
   it('reconnects to the next load balancer of the list; with none, the view goes stale and keeps serving picks', async () => {
-    const lbX = await startLoadBalancer(servers, { interval: 0.2, fail: 2, args: ['--status-summary', '600'] });
+    const lbX = await startLoadBalancer(servers, { interval: 0.5, fail: 2, args: ['--status-summary', '600'] });
     // A killed load balancer sends nothing: the client finds it gone at its idle timeout.
     const both = await open({ addresses: [`127.0.0.1:${lbX.port}`, `127.0.0.1:${lb.port}`], service: 'web', idleTimeoutMs: 1000 });
     const alone = await open({ addresses: [`127.0.0.1:${lbX.port}`], service: 'web', staleAfterMs: 300, idleTimeoutMs: 1000 });
