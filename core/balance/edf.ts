@@ -70,7 +70,7 @@ export class Edf {
     if (!this.parked[i]) return;
     this.parked[i] = false;
     if (!(this.w[i]! > 0)) return;
-    this.due[i] = Math.max(this.due[i]!, this.vt);
+    this.due[i] = Math.max(this.due[i]!, this.vt + 1 / (2 * this.w[i]!));
     this.heap.push(i);
   }
 }
