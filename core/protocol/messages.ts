@@ -114,6 +114,8 @@ export interface ServerStatus {
   adminState?: WireAdmin;
   /** Effective weight: the configured weight scaled by the agent's (percent). */
   weight?: number;
+  /** In a load balancer group: the members whose results decided the state (docs/operations.md). */
+  checkedBy?: string[];
   /** While slow start ramps the backend: the weight picks give it now (core/balance/slow-start.ts). */
   effectiveWeight?: number;
   /** Present (true) when the backend's pool is in panic mode (core/balance/local.ts). */
@@ -283,6 +285,7 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
           agentAdmin: { enum: [...ADMIN_STATES] },
           adminState: { enum: [...ADMIN_STATES] },
           weight: { type: 'number', minimum: 0, maximum: 2560 },
+          checkedBy: { type: 'array', maxItems: 64, items: name },
           effectiveWeight: { type: 'number', minimum: 0, maximum: 2560 },
           panic: { type: 'boolean' },
         },
