@@ -181,6 +181,7 @@ export const CONFIG_SCHEMA = {
     }),
     queryRate: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 100 }, 'Load balancer: STATUS/PICK queries a second per query-port connection (0: unlimited); more wait their turn, and a connection with more than 32 waiting is closed ([operations.md](operations.md#query-rate-limits)).', { flag: LB }),
     queryRateTotal: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 500 }, "Load balancer: STATUS/PICK queries a second over all query-port connections together (0: unlimited), so a flood cannot take the health checks' CPU.", { flag: LB }),
+    watchQueue: opt({ type: 'integer', minimum: 1, maximum: 10_000, default: 64 }, 'Load balancer: changes waiting per WATCH client that reads too slowly; past it they are dropped and the client gets a fresh full view once it reads again ([protocol.md](protocol.md#watch-0x10)).', { flag: LB }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(
