@@ -57,6 +57,19 @@ export class SlotHeap {
     return top;
   }
 
+  /** Takes `slot` out (no-op when it is not in). */
+  remove(slot: number): void {
+    const i = this.at[slot] ?? -1;
+    if (i < 0) return;
+    const last = this.heap.pop()!;
+    this.at[slot] = -1;
+    if (last === slot) return;
+    this.heap[i] = last;
+    this.at[last] = i;
+    this.up(i);
+    this.down(this.at[last]!);
+  }
+
   /** Restores the order after `slot`'s key changed. */
   fix(slot: number): void {
     const i = this.at[slot] ?? -1;

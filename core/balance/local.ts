@@ -20,7 +20,8 @@ import type { QhcpPlugin } from '../plugin/loader.ts';
 import type { Logger } from '../util/log.ts';
 import { candidates, type DegradedPolicy, type HealthState } from '../health/states.ts';
 import { hasPicker, r3, type Picker, type PickResult } from './picker.ts';
-import { Edf, SlowStart } from './slow-start.ts';
+import { SlowStart } from './slow-start.ts';
+import { Edf } from './edf.ts';
 import { PANIC_THRESHOLD_DEFAULT, SLOW_START_DEFAULTS, type SlowStartOptions } from './options.ts';
 
 export type { PickResult, Picker, PickerPlugin } from './picker.ts';
@@ -72,7 +73,7 @@ export class LocalBalancer {
   /** Offered servers not ramping: the strategy's pool. */
   private rest: BackendView[] = [];
   private restSet = new Map<string, BackendView>();
-  /** Offered servers ramping (slow start), RampMix entries 1..k; entry 0 is `rest`. */
+  /** Offered servers ramping (slow start), entries 1..k of the mix (edf.ts); entry 0 is `rest`. */
   private ramping: BackendView[] = [];
   private readonly mix = new Edf();
   private stale = true;
@@ -192,7 +193,7 @@ export class LocalBalancer {
     if (!this.stale && this.ramping.length > 0) this.mix.reweigh(this.mixWeights(now));
   }
 
-  /** RampMix weights: entry 0 the rest's total weight, then each ramping server's effective weight. */
+  /** The mix's weights: entry 0 the rest's total weight, then each ramping server's effective weight. */
   private mixWeights(now: number): number[] {
     const pos = (w: number) => (Number.isFinite(w) && w > 0 ? w : 0);
     let rest = 0;
@@ -219,7 +220,7 @@ export class LocalBalancer {
         this.lastMiss = `the balancer ${this.plugin.name} chose a server it was not offered`;
         return undefined;
       }
-      return { server: own, why: r.why };
+      return own === r.server ? r : { server: own, why: r.why };
     }
     return this.viaHook(key, now);
   }

@@ -34,6 +34,23 @@ export function hasPicker(p: QhcpPlugin): p is PickerPlugin {
   return typeof (p as Partial<PickerPlugin>).picker === 'function';
 }
 
+/**
+ * A pick whose `why` is worded only when read: formatting numbers costs more than a pick, and
+ * most callers (a client's pick()) never read it.
+ */
+export class Picked implements PickResult {
+  constructor(
+    readonly server: BackendView,
+    private readonly words: (a: number, b: number) => string,
+    private readonly a = 0,
+    private readonly b = 0,
+  ) {}
+
+  get why(): string {
+    return this.words(this.a, this.b);
+  }
+}
+
 /** A number rounded to 3 decimals for `why` texts. */
 export function r3(x: number): number {
   return Math.round(x * 1000) / 1000;

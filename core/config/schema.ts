@@ -137,6 +137,26 @@ export const CONFIG_SCHEMA = {
       'Load balancer: how balancers use DEGRADED backends: `fallback` only when no UP backend is left (as Envoy), `always` like UP ones, `never`.',
       { flag: LB },
     ),
+    cluster: opt(
+      {
+        anyOf: [
+          { type: 'string', minLength: 1, maxLength: 1000 },
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['url'],
+            properties: {
+              url: { type: 'string', minLength: 1, maxLength: 1000 },
+              replicas: { type: 'integer', minimum: 1, maximum: 16 },
+              ttl: { type: 'number', minimum: 0.3, maximum: 600 },
+              group: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' },
+            },
+          },
+        ],
+      },
+      'Load balancer: join a group of load balancers sharing one Redis ([operations.md](operations.md#load-balancer-groups)): each backend is checked by `replicas` members (default 2) and every member shows them all. A Redis URL (`redis://[:password@]host:6379/0`, `rediss://` for TLS) with optional `?replicas=2&ttl=3&group=qhcp`, or `{ url, replicas, ttl, group }`; `ttl` (seconds, default 3) is the heartbeat TTL, `group` the key prefix. Every member needs its own `node` name and the same `servers`.',
+      { kind: 'name', flag: { ...LB, arg: 'redis-url', help: 'join a load balancer group through Redis: redis://host:6379/0[?replicas=2&ttl=3&group=qhcp] (optional; default: none)' } },
+    ),
     panicThreshold: opt(
       { type: 'number', minimum: 0, maximum: 100, default: PANIC_THRESHOLD_DEFAULT },
       'Load balancer (and `qhcp/client` picks): panic mode. When fewer than this percent of the backends whose health is known (UP, DEGRADED, DOWN) are healthy, but one still is, picks go to all of them rather than overload the few left (as Envoy\'s `healthy_panic_threshold`); logged and alerted when it engages and ends, shown by `qhcp status`. 0: off ([plugins-builtin.md](plugins-builtin.md#slow-start-and-panic)).',
@@ -161,6 +181,7 @@ export const CONFIG_SCHEMA = {
     }),
     queryRate: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 100 }, 'Load balancer: STATUS/PICK queries a second per query-port connection (0: unlimited); more wait their turn, and a connection with more than 32 waiting is closed ([operations.md](operations.md#query-rate-limits)).', { flag: LB }),
     queryRateTotal: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 500 }, "Load balancer: STATUS/PICK queries a second over all query-port connections together (0: unlimited), so a flood cannot take the health checks' CPU.", { flag: LB }),
+    watchQueue: opt({ type: 'integer', minimum: 1, maximum: 10_000, default: 64 }, 'Load balancer: changes waiting per WATCH client that reads too slowly; past it they are dropped and the client gets a fresh full view once it reads again ([protocol.md](protocol.md#watch-0x10)).', { flag: LB }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(

@@ -23,6 +23,8 @@ import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
 import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
 import { SyncDispatcher } from '../plugin/sync.ts';
+import type { ClusterInfo, ClusterNode } from '../cluster/group.ts';
+import { clusterOptions } from '../cluster/options.ts';
 import { PoolBalancers } from '../balance/pool.ts';
 
 export { Backend } from '../health/backend.ts';
@@ -95,6 +97,8 @@ export class LoadBalancer extends Core {
   private statusTimer: NodeJS.Timeout | undefined;
   /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
   private syncer: SyncDispatcher | undefined;
+  /** The load balancer group (`cluster`, core/cluster/): it checks our share and fills every record. */
+  private cluster: ClusterNode | undefined;
   /** Balancing per pool (core/balance): PICK goes through it. */
   private readonly balance = new PoolBalancers(this);
   /** Called every check interval, and with `change` on every transition, addition or removal (the CLI prints the status view). */
@@ -108,9 +112,10 @@ export class LoadBalancer extends Core {
       if (this.pool.has(p.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${p.address} is listed twice`);
       this.pool.set(p.address, new Backend(p.address, p.host, p.port, p.weight, p.service));
     }
+    if (config.cluster) clusterOptions(config.cluster); // a bad URL or option stops start-up here
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
-    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service) }, this.stats);
+    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service), feed: () => this.feed() }, this.stats);
     // A check changes metrics, weights and report times in place: balancers re-read them at the next pick.
     this.hooks.checked.tap('balance', () => this.balance.changed());
   }
@@ -143,6 +148,7 @@ export class LoadBalancer extends Core {
     (this as { config: Readonly<QhcpConfig> }).config = Object.freeze(merged) as unknown as QhcpConfig;
     const before = this.checker.timings.intervalMs;
     this.checker.timings = timingsOf(this.config, checkTimeoutOf(this.config));
+    this.cluster?.retime(this.checker.timings);
     if (this.started && this.checker.timings.intervalMs !== before) {
       clearInterval(this.statusTimer);
       this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), this.checker.timings.intervalMs);
@@ -185,7 +191,7 @@ export class LoadBalancer extends Core {
   }
 
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
-  queryConnections(): { open: number; accepted: number; limited: number } {
+  queryConnections(): { open: number; accepted: number; limited: number; watching: number } {
     return this.query.connections();
   }
 
@@ -221,19 +227,24 @@ export class LoadBalancer extends Core {
       reconnect: `${c.reconnectInterval}s`,
       balancer: this.plugins.filter((p) => p.family === 'balancer').map((p) => p.name).join(',') || 'none',
     });
+    // In a group, the group checks our share (ioredis is loaded only then).
+    this.cluster = c.cluster ? (await import('../cluster/group.ts')).clusterFor(this) : undefined;
     // Spread the first round over up to one interval (at most 1 s) so checks do not fire at once.
     const spread = Math.min(t.intervalMs, 1000);
-    for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
+    if (this.cluster) await this.cluster.start(this.checker.socket);
+    else for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
     this.started = true;
     this.balance.changed(true);
     this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
-    if (this.hooks.sync.taps.length > 0) {
-      this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
-      this.syncer.start();
-    }
+    if (this.hooks.sync.taps.length > 0) this.feed().start();
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: [...this.pool.keys()] }).catch(() => {});
     await this.hooks.ready.promise(this);
+  }
+
+  /** The view and its changes, per tick (SyncDispatcher): for `sync` plugins and WATCH sessions; made on first use. */
+  private feed(): SyncDispatcher {
+    return (this.syncer ??= new SyncDispatcher(this.hooks, () => this.backends()));
   }
 
   /**
@@ -246,8 +257,12 @@ export class LoadBalancer extends Core {
     const b = new Backend(p.address, p.host, p.port, p.weight, p.service);
     this.pool.set(p.address, b);
     this.balance.changed(true);
-    if (this.started && !this.stopping) this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
+    if (this.started && !this.stopping) {
+      if (this.cluster) this.cluster.changed();
+      else this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
+    }
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     return b;
   }
 
@@ -256,8 +271,10 @@ export class LoadBalancer extends Core {
     const b = this.find(address);
     if (!b) return false;
     this.pool.delete(b.address);
+    this.cluster?.changed();
     this.balance.changed(true);
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     await this.checker.end(b, 'removed from the load balancer');
     return true;
   }
@@ -300,9 +317,21 @@ export class LoadBalancer extends Core {
 
   /** Moves `b` along the states table for `event` (core/health/states.ts). */
   health(b: Backend, event: HealthEvent, detail?: string): void {
+    // In a group only operators' events come here: the group's state decides, theirs goes on top.
+    if (this.cluster) return this.cluster.operator(b, detail);
     const rule = ruleFor(b.state, event, b, { fall: this.config.maxFailAttempts, rise: this.config.riseAttempts });
     if (!rule || rule.to === b.state) return;
     this.transition(b, rule.to, reasonOf(rule, b, detail));
+  }
+
+  /** Moves a record to `to` (the group's decision, core/cluster/), with the transition's hooks. */
+  moveTo(b: Backend, to: Backend['state'], reason: string): void {
+    this.transition(b, to, reason);
+  }
+
+  /** The group's membership and mode, when in one (metrics, /api/status). */
+  clusterInfo(): ClusterInfo | undefined {
+    return this.cluster?.info();
   }
 
   private transition(b: Backend, to: Backend['state'], reason: string): void {
@@ -313,7 +342,6 @@ export class LoadBalancer extends Core {
     reason = sanitize(reason, 1000);
     b.reason = reason;
     this.stats.transitions++;
-    this.balance.changed(true);
     const t: Transition = {
       server: b.address,
       from,
@@ -328,6 +356,8 @@ export class LoadBalancer extends Core {
     this.hooks.transition.call(t);
     this.onStatus?.(this.records(), true);
     void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
+    // After the transition's own alert, so a panic it causes is reported after it.
+    this.balance.changed(true);
   }
 
   /** Chooses one backend through the balancers (core/balance; UP ones, DEGRADED ones as `degraded` says, all known ones in panic mode). */
@@ -369,6 +399,7 @@ export class LoadBalancer extends Core {
     this.syncer?.stop();
     this.query.halt();
     const all = this.records();
+    await this.cluster?.stop();
     this.checker.halt(all);
     await Promise.all(all.map((b) => this.checker.end(b, 'load balancer stopping')));
     await this.query.stop();
