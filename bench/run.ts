@@ -4,7 +4,7 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain,cluster (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
  *
  * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
@@ -15,7 +15,9 @@
  * The `tcp-proxy` section (bench/tcp-proxy.ts: the tcp-proxy plugin next to HAProxy in TCP mode
  * and a bare Node pipe) and the `drain` section (bench/drain-haproxy.ts: `qhcp drain` -> HAProxy
  * shows the server in drain, through the haproxy sync plugin) run their scripts as child
- * processes, which write tcp-proxy-latest.json and drain-latest.json for the report.
+ * processes, which write tcp-proxy-latest.json and drain-latest.json for the report; so does the
+ * `cluster` section (bench/cluster.ts: three load balancers as one group through Redis next to
+ * three independent ones), with cluster-latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -56,9 +58,9 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain', 'cluster'] as const;
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'cluster']);
 
 /** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
 async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
@@ -231,6 +233,8 @@ async function main(): Promise<void> {
 
     await section('tcp-proxy', () => benchScript('tcp-proxy.ts', args.full ? ['--full'] : [], args.full ? 900_000 : 300_000, log));
     await section('drain', () => benchScript('drain-haproxy.ts', args.full ? ['--full'] : [], 120_000, log));
+    // Load balancer groups (bench/cluster.ts): 3 members x 1000 backends, next to 3 independent ones; needs redis-server.
+    await section('cluster', () => benchScript('cluster.ts', [], 900_000, log));
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
