@@ -114,7 +114,7 @@ export const CONFIG_SCHEMA = {
     maxPendingHandshakes: opt({ type: 'integer', minimum: 1, maximum: 100_000, default: 128 }, 'Both: handshakes in progress, and connections not yet past HELLO, each at most this.', { flag: SERVER }),
     maxFrameBytes: opt({ type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024, default: 65536 }, 'Both: the largest frame payload accepted (FRAME_TOO_LARGE beyond).', { kind: 'bytes', flag: BOTH }),
     maxConnectionsPerSource: opt({ type: 'integer', minimum: 1, maximum: 1_000_000, default: 256 }, 'Both (agent, query port): concurrent connections from one IP address; more are refused with TOO_MANY_CONNECTIONS.', { flag: SERVER }),
-    sessionIdleTimeout: opt(seconds(0.1, 86400, 60), 'Both (agent, query port): a session past HELLO that sends nothing for this long is closed with 303 SESSION_IDLE (an agent session receiving reports at least this often is not idle).', { kind: 'seconds', flag: SERVER }),
+    sessionIdleTimeout: opt(seconds(0.1, 86400, 60), 'Both (agent, query port): a session past HELLO that sends nothing for this long is closed with 303 SESSION_IDLE (an agent session receiving reports at least this often is not idle; a WATCH session is not idle).', { kind: 'seconds', flag: SERVER }),
     maxUnreadBytes: opt({ type: 'integer', minimum: 65536, maximum: 1024 * 1024 * 1024, default: 256 * 1024 }, 'Both: output a peer has not read on one connection; past it the next answer is not queued and the session is closed with 302 SLOW_CONSUMER.', { kind: 'bytes' }),
     slowConsumerTimeout: opt(seconds(0.1, 3600, 5), 'Both (agent, query port): a peer owed more than 128 KiB of answers that reads none of them for this long is closed with 302 SLOW_CONSUMER; until then it is held by QUIC flow control (nothing more is read from it).', { kind: 'seconds' }),
     maxUnreadBytesTotal: opt({ type: 'integer', minimum: 65536, maximum: 16 * 1024 * 1024 * 1024, default: 32 * 1024 * 1024 }, 'Both: the same summed over every connection of the process.', { kind: 'bytes' }),
@@ -181,6 +181,7 @@ export const CONFIG_SCHEMA = {
     }),
     queryRate: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 100 }, 'Load balancer: STATUS/PICK queries a second per query-port connection (0: unlimited); more wait their turn, and a connection with more than 32 waiting is closed ([operations.md](operations.md#query-rate-limits)).', { flag: LB }),
     queryRateTotal: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 500 }, "Load balancer: STATUS/PICK queries a second over all query-port connections together (0: unlimited), so a flood cannot take the health checks' CPU.", { flag: LB }),
+    watchQueue: opt({ type: 'integer', minimum: 1, maximum: 10_000, default: 64 }, 'Load balancer: changes waiting per WATCH client that reads too slowly; past it they are dropped and the client gets a fresh full view once it reads again ([protocol.md](protocol.md#watch-0x10)).', { flag: LB }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(

@@ -24,6 +24,8 @@ export const MESSAGE_TYPES = {
   STATUS: 0x0d,
   STATUS_RESPONSE: 0x0e,
   HEALTH_REPORT: 0x0f,
+  WATCH: 0x10,
+  WATCH_UPDATE: 0x11,
 } as const;
 
 export type MessageName = keyof typeof MESSAGE_TYPES;
@@ -34,6 +36,30 @@ const NAME_BY_TYPE = new Map<number, MessageName>(MESSAGE_NAMES.map((n) => [MESS
 export function messageName(type: number): MessageName | undefined {
   return NAME_BY_TYPE.get(type);
 }
+
+/**
+ * Who sends each message and what it is for: docs/protocol.md, "Messages", is generated from
+ * this (`npm run docs:protocol`), and test/dfa.test.ts checks the DFA tables against the directions.
+ */
+export const MESSAGE_INFO: Record<MessageName, { direction: 'C→S' | 'S→C' | 'both'; kind: string }> = {
+  HELLO: { direction: 'C→S', kind: 'opens the session: versions, role, credentials' },
+  ACK: { direction: 'S→C', kind: 'accepts HELLO' },
+  HEALTH_REQUEST: { direction: 'C→S', kind: 'request (checker sessions)' },
+  HEALTH_RESPONSE: { direction: 'S→C', kind: 'response to HEALTH_REQUEST' },
+  CONFIG_UPDATE: { direction: 'C→S', kind: 'request (checker sessions)' },
+  CONFIG_ACK: { direction: 'S→C', kind: 'response to CONFIG_UPDATE' },
+  ERROR: { direction: 'both', kind: 'fatal error, then close' },
+  TERMINATE: { direction: 'C→S', kind: 'graceful end requested by the client' },
+  TERMINATE_ACK: { direction: 'S→C', kind: 'response to TERMINATE' },
+  DRAIN: { direction: 'S→C', kind: 'push: the server is going away' },
+  PICK: { direction: 'C→S', kind: 'request (query sessions)' },
+  PICK_RESPONSE: { direction: 'S→C', kind: 'response to PICK' },
+  STATUS: { direction: 'C→S', kind: 'request (query sessions)' },
+  STATUS_RESPONSE: { direction: 'S→C', kind: 'response to STATUS' },
+  HEALTH_REPORT: { direction: 'S→C', kind: 'push: metrics and verdicts, at the interval set by CONFIG_UPDATE and at once on a verdict, admin or weight change' },
+  WATCH: { direction: 'C→S', kind: "request (query sessions): stream the load balancer's view" },
+  WATCH_UPDATE: { direction: 'S→C', kind: 'response to WATCH (the full view), then push: every change, versioned' },
+};
 
 /** Versions of the protocol this implementation speaks (frame header byte and HELLO). */
 export const PROTOCOL_VERSION = 1;
@@ -52,6 +78,10 @@ export const FIELD_LIMITS = {
   maxServices: 32,
   /** The weight an agent reports (HAProxy-style: 0 = no new picks, 100 = normal). */
   maxWeight: 256,
+  /** A WATCH address pattern (`*` matches any run of characters). */
+  maxPatternLength: 300,
+  /** A load balancer run id (WATCH_UPDATE `run`). */
+  maxRunLength: 64,
 } as const;
 
 /** The agent's verdict on the service(s) it fronts. */
@@ -122,6 +152,37 @@ export interface ServerStatus {
   panic?: boolean;
 }
 
+/**
+ * One backend in a WATCH_UPDATE: what a client needs to balance over it in its own process
+ * (core/balance/local.ts reads these fields as a BackendView).
+ */
+export interface WatchMember {
+  address: string;
+  /** The agent's service the backend follows (`host:4243/web`), if any. */
+  service?: string;
+  /** The load balancer's health state. */
+  state: HealthState;
+  /** Epoch ms when the backend entered its state. */
+  since: number;
+  /** The agent's verdict for the backend. */
+  verdict: WireVerdict;
+  /** The agent's admin state. */
+  agentAdmin: WireAdmin;
+  /** The load balancer's own admin state for the backend (operators). */
+  adminState: WireAdmin;
+  /** Effective weight: the configured weight scaled by the agent's (percent). */
+  weight: number;
+  /** The last reported metrics (load). */
+  metrics: Metrics;
+  /** Why the backend is in its state (sanitised), or null. */
+  reason: string | null;
+  /**
+   * How old the last good report was when this member changed (ms, the sample's own age
+   * included), or null before any: load-aware balancers treat an old load as unknown.
+   */
+  reportAgeMs?: number | null;
+}
+
 export interface Bodies {
   HELLO: { versions: number[]; role: 'checker' | 'query'; node: string; token?: string; maxFrameBytes?: number };
   ACK: { version: number; node: string; role: 'agent' | 'loadbalancer'; metrics: string[]; maxFrameBytes?: number };
@@ -138,6 +199,22 @@ export interface Bodies {
   STATUS: { seq: number; service?: string; offset?: number; limit?: number };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
+  WATCH: { seq: number; service?: string; address?: string };
+  WATCH_UPDATE: {
+    seq: number;
+    run: string;
+    version: number;
+    kind: 'full' | 'delta';
+    /** delta: the version it applies to (the client's current one). */
+    from?: number;
+    members: WatchMember[];
+    /** delta: addresses that left the view. */
+    removed?: string[];
+    /** full: more pages of this view follow. */
+    more?: boolean;
+    /** full: sent because the client fell behind and its pending deltas were dropped. */
+    resync?: boolean;
+  };
 }
 
 /** A decoded, validated message. */
@@ -221,8 +298,8 @@ const frameLimit = { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024 }
 /** A counter: an integer JSON carries exactly. */
 const count = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
 
-function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
-  return { type: 'object', additionalProperties: false, properties, required };
+function obj(properties: Record<string, object>, required: string[] = Object.keys(properties), extra: object = {}) {
+  return { type: 'object', additionalProperties: false, properties, required, ...extra };
 }
 
 /** The schema of each message body (v1: unknown fields are rejected). */
@@ -296,6 +373,46 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
     total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
   }, ['seq', 'node', 'servers']),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
+  WATCH: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN }, address: { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxPatternLength } }, ['seq']),
+  WATCH_UPDATE: obj(
+    {
+      seq,
+      run: { type: 'string', pattern: `^[A-Za-z0-9_-]{1,${FIELD_LIMITS.maxRunLength}}$` },
+      version: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+      kind: { enum: ['full', 'delta'] },
+      from: count,
+      members: {
+        type: 'array',
+        maxItems: FIELD_LIMITS.maxServers,
+        items: obj(
+          {
+            address: { type: 'string', minLength: 1, maxLength: 300 },
+            service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+            state: { enum: [...HEALTH_STATES] },
+            since: epochMs,
+            verdict,
+            agentAdmin: { enum: [...ADMIN_STATES] },
+            adminState: { enum: [...ADMIN_STATES] },
+            weight: { type: 'number', minimum: 0, maximum: 2560 },
+            metrics,
+            reason: nullable(reason),
+            reportAgeMs: nullable(ms),
+          },
+          ['address', 'state', 'since', 'verdict', 'agentAdmin', 'adminState', 'weight', 'metrics', 'reason'],
+        ),
+      },
+      removed: { type: 'array', maxItems: FIELD_LIMITS.maxServers, items: { type: 'string', minLength: 1, maxLength: 300 } },
+      more: { type: 'boolean' },
+      resync: { type: 'boolean' },
+    },
+    ['seq', 'run', 'version', 'kind', 'members'],
+    // A delta names the version it applies to and nothing of a full view's paging; a full view the reverse.
+    {
+      if: { properties: { kind: { const: 'delta' } } },
+      then: { properties: { from: count, more: false, resync: false }, required: ['from'] },
+      else: { properties: { from: false, removed: false } },
+    },
+  ),
 };
 
 // Compiled on first use, per message type: a `qhcp status` compiles the four it meets, not all.

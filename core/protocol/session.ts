@@ -64,6 +64,8 @@ const RESPONSE_OF: Partial<Record<MessageName, MessageName>> = {
   CONFIG_UPDATE: 'CONFIG_ACK',
   PICK: 'PICK_RESPONSE',
   STATUS: 'STATUS_RESPONSE',
+  // The first WATCH_UPDATE answers WATCH; later ones (same seq) are pushes.
+  WATCH: 'WATCH_UPDATE',
   TERMINATE: 'TERMINATE_ACK',
 };
 
@@ -84,6 +86,8 @@ export class Session<D extends object = object> {
   drained = false;
   /** When the peer last sent a frame (epoch ms): the idle limit after HELLO reads it. */
   lastReceivedAt = Date.now();
+  /** Resolves once QUIC flow control has taken the last frame sent (see `written`). */
+  private lastWrite: Promise<void> = Promise.resolve();
 
   constructor(
     readonly channel: Channel,
@@ -155,7 +159,15 @@ export class Session<D extends object = object> {
     this.dfa.apply(`send:${type}`);
     this.syncHold();
     this.opts.observe?.('out', msg, this);
-    void this.channel.send(msg);
+    this.lastWrite = this.channel.send(msg);
+  }
+
+  /**
+   * Resolves once QUIC flow control has taken every frame sent so far (at once, unless the peer
+   * is not reading): a sender of pushes waits on it rather than queue without bound.
+   */
+  written(): Promise<void> {
+    return this.lastWrite;
   }
 
   /** Sends if the DFA allows it now; returns whether it did (for pushes that may race a close). */

@@ -345,6 +345,7 @@ export class AgentServer extends Core {
         return;
       case 'PICK':
       case 'STATUS':
+      case 'WATCH':
         s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `${msg.type} is served by a load balancer, not by an agent`));
         return;
       default:

@@ -115,7 +115,7 @@ export class LoadBalancer extends Core {
     if (config.cluster) clusterOptions(config.cluster); // a bad URL or option stops start-up here
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
-    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service) }, this.stats);
+    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service), feed: () => this.feed() }, this.stats);
     // A check changes metrics, weights and report times in place: balancers re-read them at the next pick.
     this.hooks.checked.tap('balance', () => this.balance.changed());
   }
@@ -191,7 +191,7 @@ export class LoadBalancer extends Core {
   }
 
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
-  queryConnections(): { open: number; accepted: number; limited: number } {
+  queryConnections(): { open: number; accepted: number; limited: number; watching: number } {
     return this.query.connections();
   }
 
@@ -237,12 +237,14 @@ export class LoadBalancer extends Core {
     this.balance.changed(true);
     this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
-    if (this.hooks.sync.taps.length > 0) {
-      this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
-      this.syncer.start();
-    }
+    if (this.hooks.sync.taps.length > 0) this.feed().start();
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: [...this.pool.keys()] }).catch(() => {});
     await this.hooks.ready.promise(this);
+  }
+
+  /** The view and its changes, per tick (SyncDispatcher): for `sync` plugins and WATCH sessions; made on first use. */
+  private feed(): SyncDispatcher {
+    return (this.syncer ??= new SyncDispatcher(this.hooks, () => this.backends()));
   }
 
   /**
@@ -260,6 +262,7 @@ export class LoadBalancer extends Core {
       else this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
     }
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     return b;
   }
 
@@ -271,6 +274,7 @@ export class LoadBalancer extends Core {
     this.cluster?.changed();
     this.balance.changed(true);
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     await this.checker.end(b, 'removed from the load balancer');
     return true;
   }

@@ -442,6 +442,15 @@ export class Channel implements ConnEvents {
     this.readStopped = true;
   }
 
+  /** Tests only: reads again after pauseReading (a slow reader catching up). */
+  resumeReading(): void {
+    this.readStopped = false;
+    if (this.streamId === undefined || this.closed) return;
+    this.readControl(this.streamId);
+    // Send the flow-control credit the read freed.
+    this.conn.ep.touch(this.conn);
+  }
+
   /** Tests only: opens another bidirectional stream and writes `bytes` on it (EXTRA_STREAM). */
   async openExtraStream(bytes: Uint8Array): Promise<void> {
     const id = this.nextLocalStream;
