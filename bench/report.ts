@@ -12,6 +12,7 @@ import type { CostCell } from './lib/cost.ts';
 import type { DetectResult } from './lib/detect.ts';
 import type { ServiceResult } from './lib/service.ts';
 import type { AdminResult, AdminCell } from './lib/admin.ts';
+import type { WatchResult } from './lib/watch.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -70,6 +71,7 @@ function targets(res: Results): string[] {
   }
   rows.push(...serviceTargets(serviceResults()));
   rows.push(...adminTargets(adminResults()));
+  rows.push(...watchTargets(watchResults()));
   for (const a of res.agent.filter((x) => x.loadBalancers === 1)) {
     rows.push([`agent < 1% CPU and < 80 MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB`, yes(a.cpuPct < TARGETS.agentCpuPct && a.rssMb < TARGETS.agentRssMb)]);
   }
@@ -223,6 +225,36 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
   ];
 }
 
+/** The watch section's results (bench/results/watch-latest.json, its own run), if any. */
+function watchResults(): WatchResult | undefined {
+  const file = `${ROOT}bench/results/watch-latest.json`;
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as WatchResult) : undefined;
+}
+
+/** The watch target, judged on the max (median and p99 shown). */
+function watchTargets(w: WatchResult | undefined): string[][] {
+  const s = w?.summary.lbToClient;
+  if (!w || !s || s.n === 0) return [];
+  return [[`a change reaches a watching client in < ${w.targetMs} ms of the load balancer's transition`, `median ${r1(s.p50)} ms, p99 ${r1(s.p99)} ms, max ${r1(s.max)} ms (${s.n} runs)`, s.max === null || s.p50 === null ? '–' : s.max < w.targetMs ? 'yes' : s.p50 < w.targetMs ? 'median yes, **max no**' : '**no**']];
+}
+
+function watchSection(w: WatchResult | undefined): string[] {
+  if (!w) return ['Not measured yet: `npm run bench -- --only watch`.'];
+  const m = w.machine;
+  const f = (v: number | null | undefined) => (v === null || v === undefined ? '–' : r1(v));
+  const row = (what: string, s: WatchResult['summary']['lbToClient']) => [what, f(s.p50), f(s.p99), f(s.max), s.n];
+  return [
+    `Measured ${w.at.slice(0, 16).replace('T', ' ')} UTC on ${String(m.cpu ?? m.model ?? 'this machine')}, ${String(m.cores)} cores, Node ${String(m.node ?? process.version)}, load average ${w.loadavg.join(' ')} at the start; ${w.backends} backends, ${w.runs} flips of one backend (DOWN, UP, ...).`,
+    '',
+    ...table(
+      ['leg', 'median ms', 'p99 ms', 'max ms', 'runs'],
+      [row("load balancer's transition → the client's 'change' event", w.summary.lbToClient), row("agent's push → the client's 'change' event (whole path)", w.summary.agentToClient)],
+    ),
+    '',
+    `Target: under ${w.targetMs} ms from the transition. The path: the transition pokes the view dispatcher (core/plugin/sync.ts), which diffs the view on the next event-loop turn; the WATCH hub sends the delta at once to each subscriber that reads (core/roles/watch-hub.ts); the client applies it and emits 'change'. One load balancer process (bench/lb-host.ts), the scripted agents and the client in the benchmark process, all on loopback.${w.misses.length ? ` Misses: ${w.misses.join('; ')}.` : ''}`,
+  ];
+}
+
 /** The admin section's results (bench/results/admin-latest.json, its own run), if any. */
 function adminResults(): AdminResult | undefined {
   const file = `${ROOT}bench/results/admin-latest.json`;
@@ -369,6 +401,10 @@ export function render(res: Results): string {
     '## Admin changes: drain, ready, the maintenance file',
     '',
     ...adminSection(adminResults()),
+    '',
+    '## Watch propagation: a transition to a watching client',
+    '',
+    ...watchSection(watchResults()),
     '',
     '## Agent cost',
     '',

@@ -4,7 +4,7 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain,watch (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
  *
  * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
@@ -16,6 +16,8 @@
  * and a bare Node pipe) and the `drain` section (bench/drain-haproxy.ts: `qhcp drain` -> HAProxy
  * shows the server in drain, through the haproxy sync plugin) run their scripts as child
  * processes, which write tcp-proxy-latest.json and drain-latest.json for the report.
+ * The `watch` section (bench/lib/watch.ts: a load balancer's transition -> a `watch()` client's
+ * 'change' event) keeps its results in watch-<time>.json and watch-latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -31,6 +33,7 @@ import { agentCost, type AgentCell } from './lib/agent.ts';
 import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
 import { serviceFailure, type ServiceResult } from './lib/service.ts';
 import { adminLatency, type AdminResult } from './lib/admin.ts';
+import { watchLatency, type WatchResult } from './lib/watch.ts';
 import { writeReport } from './report.ts';
 
 export interface Results {
@@ -56,9 +59,9 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain', 'watch'] as const;
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch']);
 
 /** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
 async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
@@ -139,6 +142,7 @@ async function main(): Promise<void> {
   let hap: HaproxyInfo | undefined;
   let service: ServiceResult | undefined;
   let admin: AdminResult | undefined;
+  let watched: WatchResult | undefined;
 
   try {
     if (needFarm) {
@@ -231,6 +235,12 @@ async function main(): Promise<void> {
 
     await section('tcp-proxy', () => benchScript('tcp-proxy.ts', args.full ? ['--full'] : [], args.full ? 900_000 : 300_000, log));
     await section('drain', () => benchScript('drain-haproxy.ts', args.full ? ['--full'] : [], 120_000, log));
+    await section('watch', async () => {
+      watched = await watchLatency(ctx);
+      const w = watched.summary;
+      log(`  transition -> client change: median ${w.lbToClient.p50} ms, p99 ${w.lbToClient.p99} ms, max ${w.lbToClient.max} ms (${w.lbToClient.n} runs); agent push -> client change: median ${w.agentToClient.p50} ms`);
+      if (watched.misses.length) log(`  misses: ${watched.misses.join('; ')}`);
+    });
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
@@ -253,6 +263,12 @@ async function main(): Promise<void> {
     writeFileSync(`${dir}/admin-${stamp}.json`, ajson);
     writeFileSync(`${dir}/admin-latest.json`, ajson);
     log(`admin results: bench/results/admin-${stamp}.json (and admin-latest.json)`);
+  }
+  if (watched) {
+    const wjson = JSON.stringify(watched, null, 2) + '\n';
+    writeFileSync(`${dir}/watch-${stamp}.json`, wjson);
+    writeFileSync(`${dir}/watch-latest.json`, wjson);
+    log(`watch results: bench/results/watch-${stamp}.json (and watch-latest.json)`);
   }
   // Only sections with their own files: the other sections keep the figures of their last run.
   const onlyService = [...args.only].every((s) => OWN_FILE.has(s));

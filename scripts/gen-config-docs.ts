@@ -63,6 +63,7 @@ export function typeText(key: ConfigKey): string {
   if (s.type === 'array') return s.items && !Array.isArray(s.items) ? `list of ${shape(s.items as Schema)}` : 'list';
   if (s.type === 'string') return s.minLength !== undefined && s.maxLength !== undefined ? `string, ${s.minLength}-${s.maxLength} chars` : 'string';
   if (s.type === 'integer') return `integer${range(s)}`;
+  if (s.anyOf) return shape(s);
   return s.type ?? 'any';
 }
 

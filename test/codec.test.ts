@@ -108,6 +108,19 @@ const SAMPLES: { [K in MessageName]: MessageOf<K> } = {
     },
   },
   HEALTH_REPORT: { type: 'HEALTH_REPORT', body: { metrics: {}, ageMs: 86_400_000, verdict: 'NOT_SERVING', admin: 'MAINT', weight: 0 } },
+  WATCH: { type: 'WATCH', body: { seq: 4, service: 'web', address: '10.0.*:4243/*' } },
+  WATCH_UPDATE: {
+    type: 'WATCH_UPDATE',
+    body: {
+      seq: 4,
+      run: '9f86d081884c7d65',
+      version: 12,
+      kind: 'delta',
+      from: 11,
+      members: [{ address: 'a:4243/web', service: 'web', state: 'DOWN', since: 5, verdict: 'NOT_SERVING', agentAdmin: 'READY', adminState: 'MAINT', weight: 0, metrics: { loadScore: 1 }, reason: 'http: 503 ✗' }],
+      removed: ['b:4243/web'],
+    },
+  },
 };
 const SAMPLE_LIST = Object.values(SAMPLES) as Message[];
 
@@ -425,6 +438,22 @@ describe('codec', () => {
       checks: counter,
     });
 
+    const member = fc.record(
+      {
+        address: text(300, 1),
+        service: fc.stringMatching(/^[A-Za-z0-9_.-]{1,64}$/),
+        state: fc.constantFrom(...HEALTH_STATES),
+        since: epoch,
+        verdict: fc.constantFrom('SERVING' as const, 'DEGRADED' as const, 'NOT_SERVING' as const),
+        agentAdmin: fc.constantFrom('READY' as const, 'DRAIN' as const, 'MAINT' as const),
+        adminState: fc.constantFrom('READY' as const, 'DRAIN' as const, 'MAINT' as const),
+        weight: fc.integer({ min: 0, max: 2560 }),
+        metrics,
+        reason: nullable(reason),
+      },
+      { requiredKeys: ['address', 'state', 'since', 'verdict', 'agentAdmin', 'adminState', 'weight', 'metrics', 'reason'] },
+    );
+
     /** Schema-valid bodies of every message type. */
     const BODIES: { [K in MessageName]: fc.Arbitrary<Bodies[K]> } = {
       HELLO: fc.record(
@@ -453,6 +482,17 @@ describe('codec', () => {
       STATUS: fc.record({ seq }),
       STATUS_RESPONSE: fc.record({ seq, node: name, servers: fc.array(server, { maxLength: 4 }) }),
       HEALTH_REPORT: fc.record({ metrics, ageMs: ms, ...health }, { requiredKeys: ['metrics', 'ageMs', ...HEALTH_REQUIRED] }),
+      WATCH: fc.record({ seq, service: fc.stringMatching(/^[A-Za-z0-9_.-]{1,64}$/), address: text(300, 1) }, { requiredKeys: ['seq'] }),
+      WATCH_UPDATE: fc.oneof(
+        fc.record(
+          { seq, run: fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/), version: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), kind: fc.constant('full' as const), members: fc.array(member, { maxLength: 4 }), more: fc.boolean(), resync: fc.boolean() },
+          { requiredKeys: ['seq', 'run', 'version', 'kind', 'members'] },
+        ),
+        fc.record(
+          { seq, run: fc.stringMatching(/^[A-Za-z0-9_-]{1,64}$/), version: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }), kind: fc.constant('delta' as const), from: counter, members: fc.array(member, { maxLength: 4 }), removed: fc.array(text(300, 1), { maxLength: 4 }) },
+          { requiredKeys: ['seq', 'run', 'version', 'kind', 'from', 'members'] },
+        ),
+      ),
     };
     const messageOf = <K extends MessageName>(type: K): fc.Arbitrary<Message> => BODIES[type].map((body) => ({ type, body }) as Message);
     const anyMessage = fc.oneof(...MESSAGE_NAMES.map((n) => messageOf(n)));

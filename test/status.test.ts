@@ -97,6 +97,16 @@ describe('status view', () => {
     it('an empty list is a title and a header', () => {
       expect(renderTable([], NOW).split('\n')).to.have.length(2);
     });
+
+    it('shows a slow-start weight as "effective of configured", and panic mode in the title; lines and JSON carry both', () => {
+      const pool = [server({ weight: 2, effectiveWeight: 0.35, panic: true }), server({ address: '127.0.0.1:4244', state: 'DOWN', panic: true })];
+      const [title, , first] = renderTable(pool, NOW).split('\n');
+      expect(title).to.equal('qhcp load balancer - 1/2 UP, 1 DOWN, PANIC: picks go to every known backend - 2026-01-02T03:04:05.000Z');
+      expect(first).to.match(/^127\.0\.0\.1:4243\s+UP\s+SERVING\s+READY\s+0\.35 of 2\s/);
+      expect(renderTable(SERVERS, NOW).split('\n')[0]).not.to.include('PANIC');
+      expect(renderLines(pool, NOW)).to.match(/ weight=2 slow_start_weight=0\.35 panic=true/);
+      expect(JSON.parse(renderJson(pool, NOW).split('\n')[0]!)).to.include({ weight: 2, effectiveWeight: 0.35, panic: true });
+    });
   });
 
   describe(renderLines.name, () => {

@@ -431,6 +431,39 @@ Seed (Go prototype) form, single dash:
       if (none) process.exitCode = 3;
     });
 
+  queryOptions(program.command('watch').description("follow a load balancer's view: print every change as it happens"))
+    .option('--service <name>', 'only the servers that name this service (host:4243/web)')
+    .option('--match <pattern>', 'only the servers whose address matches (* matches any run of characters)')
+    .option('--count <n>', 'exit after n updates (the first full view counts as one)', num('--count', 'int'))
+    .option('--duration <seconds>', 'exit after this long', num('--duration', 'number'))
+    .option('--stale-after <seconds>', 'mark the view stale after this long without a load balancer (default: 5)', num('--stale-after', 'number'))
+    .addHelpText('after', '\nThe address may list several load balancers, comma-separated: on a lost connection the next is tried.\nExample:\n  qhcp watch --address 127.0.0.1:4242 --service web\n  qhcp watch --address 10.0.0.1:4242,10.0.0.2:4242 --json --count 10')
+    .action(async (o: QueryOpts & { service?: string; match?: string; count?: number; duration?: number; staleAfter?: number }) => {
+      const target = await queryTarget(o);
+      const [{ createWatch }, { readPem }, { printWatch }] = await Promise.all([import('../client/watch.ts'), import('../transport/tls.ts'), import('./watch.ts')]);
+      const timeoutMs = (o.timeout ?? 5) * 1000;
+      const view = await createWatch({
+        addresses: target.address.split(',').map((a) => parseAddress(a.trim(), DEFAULT_LOADBALANCER_PORT)),
+        timeoutMs,
+        readyTimeoutMs: timeoutMs,
+        ...(o.service !== undefined ? { service: o.service } : {}),
+        ...(o.match !== undefined ? { match: o.match } : {}),
+        ...(o.staleAfter !== undefined ? { staleAfterMs: o.staleAfter * 1000 } : {}),
+        ...(target.caFile ? { ca: readPem(target.caFile, 'certificate') } : {}),
+        ...(target.serverName ? { serverName: target.serverName } : {}),
+        // Read again at each connection: a token file may be renewed while we watch.
+        ...(o.tokenFile ? { token: () => readToken(o.tokenFile!) } : {}),
+      });
+      const printed = printWatch(view, { ...(o.json ? { json: true } : {}), ...(o.count !== undefined ? { count: Math.max(1, o.count) } : {}), ...(o.duration !== undefined ? { duration: o.duration } : {}), out: (t) => process.stdout.write(t), err: (t) => process.stderr.write(t) });
+      view.start();
+      try {
+        await view.ready(timeoutMs);
+        await printed;
+      } finally {
+        await view.close();
+      }
+    });
+
   addControlCommands(program, num);
 
   const config = program.command('config').description('show the merged configuration and where each value came from');

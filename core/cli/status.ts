@@ -47,6 +47,16 @@ function weightText(w: number | undefined): string {
   return w === undefined ? '-' : String(Math.round(w * 100) / 100);
 }
 
+/** The weight column: "1", or "0.35 of 1" while slow start ramps the backend. */
+function rampText(s: Pick<ServerStatus, 'weight' | 'effectiveWeight'>): string {
+  return s.effectiveWeight === undefined ? weightText(s.weight) : `${weightText(s.effectiveWeight)} of ${weightText(s.weight)}`;
+}
+
+/** ", PANIC: picks go to every known backend" when the servers' pool is in panic mode. */
+function panicText(servers: readonly ServerStatus[]): string {
+  return servers.some((s) => s.panic) ? ', PANIC: picks go to every known backend' : '';
+}
+
 const COLUMNS = ['SERVER', 'STATE', 'VERDICT', 'ADMIN', 'WEIGHT', 'CPU', 'MEM', 'LOAD1', 'SCORE', 'LATENCY', 'FAILS', 'IN STATE', 'REASON'] as const;
 
 function row(s: ServerStatus, now: number): string[] {
@@ -57,7 +67,7 @@ function row(s: ServerStatus, now: number): string[] {
     s.state,
     s.verdict ?? '-',
     adminText(s),
-    weightText(s.weight),
+    rampText(s),
     pct(m.cpu),
     pct(m.memory),
     num(m.load1),
@@ -74,7 +84,7 @@ export function renderTable(servers: readonly ServerStatus[], now = Date.now(), 
   const rows = servers.map((s) => row(s, now));
   const widths = COLUMNS.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i]!.length)));
   const fmt = (cells: readonly string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
-  const head = title ?? `qhcp load balancer - ${countText(servers)} - ${new Date(now).toISOString()}`;
+  const head = title ?? `qhcp load balancer - ${countText(servers)}${panicText(servers)} - ${new Date(now).toISOString()}`;
   return [head, fmt(COLUMNS), ...rows.map(fmt)].join('\n');
 }
 
@@ -104,8 +114,11 @@ export function renderLine(s: ServerStatus, now = Date.now()): string {
   if (s.verdict !== undefined) parts.push(`verdict=${s.verdict}`);
   if (s.agentAdmin !== undefined || s.adminState !== undefined) parts.push(`admin=${adminText(s)}`);
   if (s.weight !== undefined) parts.push(`weight=${weightText(s.weight)}`);
+  if (s.effectiveWeight !== undefined) parts.push(`slow_start_weight=${weightText(s.effectiveWeight)}`);
+  if (s.panic) parts.push('panic=true');
   if (s.state !== 'UP' && s.state !== 'UNKNOWN' && s.reason) parts.push(`reason=${safeJson(sanitize(s.reason, 300))}`);
   if (s.lastError) parts.push(`last_error=${safeJson(sanitize(s.lastError, 300))}`);
+  if (s.checkedBy !== undefined) parts.push(`checked_by=${s.checkedBy.map((m) => sanitize(m, 128)).join(',') || '-'}`);
   return parts.join(' ');
 }
 

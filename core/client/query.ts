@@ -17,9 +17,9 @@
  */
 import { connect } from '../transport/quic.ts';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
-import { Session } from '../protocol/session.ts';
+import { Session, type SessionEnd } from '../protocol/session.ts';
 import { ProtocolError } from '../errors.ts';
-import { FIELD_LIMITS, SUPPORTED_VERSIONS, type Message, type ServerStatus } from '../protocol/messages.ts';
+import { FIELD_LIMITS, SUPPORTED_VERSIONS, type Bodies, type Message, type ServerStatus } from '../protocol/messages.ts';
 import { hostname } from 'node:os';
 
 export interface QueryOptions {
@@ -36,6 +36,48 @@ export interface QueryOptions {
   token?: string;
   /** The largest frame payload we accept (sent in HELLO; STATUS answers come in pages that fit). */
   maxFrameBytes?: number;
+  /** QUIC idle timeout: a connection silent this long is dropped (default 30000 ms). */
+  idleTimeoutMs?: number;
+  /** QUIC PINGs this often keep an idle session open and find a dead peer within the idle timeout. */
+  keepAliveMs?: number;
+}
+
+/**
+ * A query session with a load balancer, past HELLO / ACK: what QueryClient and watch() build on.
+ * `handlers` hear every message received after ACK and the session's end.
+ * @throws LocalError QHCP_ERR_CONNECT, ProtocolError, PeerError
+ */
+export async function openQuerySession(
+  opts: QueryOptions,
+  handlers: { onMessage?: (m: Message, s: Session) => void; onClose?: (why: SessionEnd, s: Session) => void } = {},
+): Promise<{ session: Session; ack: Bodies['ACK'] }> {
+  const timeoutMs = opts.timeoutMs ?? 5000;
+  const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+  const channel = await connect({
+    host: opts.host,
+    port: opts.port,
+    timeoutMs,
+    maxFrameBytes,
+    ...(opts.ca ? { ca: opts.ca } : {}),
+    ...(opts.serverName ? { serverName: opts.serverName } : {}),
+    ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+    ...(opts.keepAliveMs !== undefined ? { keepAliveMs: opts.keepAliveMs } : {}),
+  });
+  const session = new Session(channel, { role: 'client', onMessage: handlers.onMessage ?? (() => {}), ...(handlers.onClose ? { onClose: handlers.onClose } : {}) });
+  const hello = { versions: [...SUPPORTED_VERSIONS], role: 'query' as const, node: `${hostname()}:query`, maxFrameBytes, ...(opts.token ? { token: opts.token } : {}) };
+  const ack = (await session.request('HELLO', hello, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
+  if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
+    // An ACK naming a version we did not offer: 102, as the spec says.
+    session.fail(new ProtocolError('UNSUPPORTED_VERSION', `ACK chose version ${ack.body.version}, which was not offered`));
+    throw new ProtocolError('UNSUPPORTED_VERSION', `${opts.host}:${opts.port} chose version ${ack.body.version}, which was not offered`);
+  }
+  if (ack.body.maxFrameBytes !== undefined) session.peerMaxFrameBytes = ack.body.maxFrameBytes;
+  if (ack.body.role !== 'loadbalancer') {
+    session.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'not a load balancer'));
+    throw new ProtocolError('UNSUPPORTED_REQUEST', `${opts.host}:${opts.port} is an ${ack.body.role}, not a load balancer`);
+  }
+  session.peer = { node: ack.body.node, role: 'loadbalancer' };
+  return { session, ack: ack.body };
 }
 
 export class QueryClient {
@@ -47,23 +89,8 @@ export class QueryClient {
 
   /** @throws LocalError QHCP_ERR_CONNECT, ProtocolError, PeerError */
   static async open(opts: QueryOptions): Promise<QueryClient> {
-    const timeoutMs = opts.timeoutMs ?? 5000;
-    const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
-    const channel = await connect({ host: opts.host, port: opts.port, timeoutMs, maxFrameBytes, ...(opts.ca ? { ca: opts.ca } : {}), ...(opts.serverName ? { serverName: opts.serverName } : {}) });
-    const session = new Session(channel, { role: 'client', onMessage: () => {} });
-    const hello = { versions: [...SUPPORTED_VERSIONS], role: 'query' as const, node: `${hostname()}:query`, maxFrameBytes, ...(opts.token ? { token: opts.token } : {}) };
-    const ack = (await session.request('HELLO', hello, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
-    if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {
-      // An ACK naming a version we did not offer: 102, as the spec says.
-      session.fail(new ProtocolError('UNSUPPORTED_VERSION', `ACK chose version ${ack.body.version}, which was not offered`));
-      throw new ProtocolError('UNSUPPORTED_VERSION', `${opts.host}:${opts.port} chose version ${ack.body.version}, which was not offered`);
-    }
-    if (ack.body.maxFrameBytes !== undefined) session.peerMaxFrameBytes = ack.body.maxFrameBytes;
-    if (ack.body.role !== 'loadbalancer') {
-      session.fail(new ProtocolError('UNSUPPORTED_REQUEST', 'not a load balancer'));
-      throw new ProtocolError('UNSUPPORTED_REQUEST', `${opts.host}:${opts.port} is an ${ack.body.role}, not a load balancer`);
-    }
-    return new QueryClient(session, timeoutMs);
+    const { session } = await openQuerySession(opts);
+    return new QueryClient(session, opts.timeoutMs ?? 5000);
   }
 
   /**

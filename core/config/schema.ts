@@ -6,6 +6,7 @@
 import type { QhcpPlugin } from '../plugin/loader.ts';
 import type { PluginUse } from '../plugin/define.ts';
 import type { FromSchema } from './schema-types.ts';
+import { PANIC_THRESHOLD_DEFAULT, SLOW_START_SCHEMA } from '../balance/options.ts';
 
 /** Default UDP ports (docs/protocol.md, "Transport"). */
 export const DEFAULT_SERVER_PORT = 4243;
@@ -115,6 +116,7 @@ export const CONFIG_SCHEMA = {
     maxConnectionsPerSource: opt({ type: 'integer', minimum: 1, maximum: 1_000_000, default: 256 }, 'Both (agent, query port): concurrent connections from one IP address; more are refused with TOO_MANY_CONNECTIONS.', { flag: SERVER }),
     sessionIdleTimeout: opt(seconds(0.1, 86400, 60), 'Both (agent, query port): a session past HELLO that sends nothing for this long is closed with 303 SESSION_IDLE (an agent session receiving reports at least this often is not idle).', { kind: 'seconds', flag: SERVER }),
     maxUnreadBytes: opt({ type: 'integer', minimum: 65536, maximum: 1024 * 1024 * 1024, default: 256 * 1024 }, 'Both: output a peer has not read on one connection; past it the next answer is not queued and the session is closed with 302 SLOW_CONSUMER.', { kind: 'bytes' }),
+    slowConsumerTimeout: opt(seconds(0.1, 3600, 5), 'Both (agent, query port): a peer owed more than 128 KiB of answers that reads none of them for this long is closed with 302 SLOW_CONSUMER; until then it is held by QUIC flow control (nothing more is read from it).', { kind: 'seconds' }),
     maxUnreadBytesTotal: opt({ type: 'integer', minimum: 65536, maximum: 16 * 1024 * 1024 * 1024, default: 32 * 1024 * 1024 }, 'Both: the same summed over every connection of the process.', { kind: 'bytes' }),
     maxStreams: opt({ type: 'integer', minimum: 1, maximum: 100, default: 2 }, 'Both: QUIC bidirectional streams a peer may open; any beyond the control stream is refused with EXTRA_STREAM.'),
     sampleInterval: opt(seconds(0.05, 3600, 1), 'Server: how often the `collect` hook runs in the background (metric plugins may declare slower rates).', { kind: 'seconds', flag: SERVER }),
@@ -135,6 +137,35 @@ export const CONFIG_SCHEMA = {
       'Load balancer: how balancers use DEGRADED backends: `fallback` only when no UP backend is left (as Envoy), `always` like UP ones, `never`.',
       { flag: LB },
     ),
+    cluster: opt(
+      {
+        anyOf: [
+          { type: 'string', minLength: 1, maxLength: 1000 },
+          {
+            type: 'object',
+            additionalProperties: false,
+            required: ['url'],
+            properties: {
+              url: { type: 'string', minLength: 1, maxLength: 1000 },
+              replicas: { type: 'integer', minimum: 1, maximum: 16 },
+              ttl: { type: 'number', minimum: 0.3, maximum: 600 },
+              group: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,64}$' },
+            },
+          },
+        ],
+      },
+      'Load balancer: join a group of load balancers sharing one Redis ([operations.md](operations.md#load-balancer-groups)): each backend is checked by `replicas` members (default 2) and every member shows them all. A Redis URL (`redis://[:password@]host:6379/0`, `rediss://` for TLS) with optional `?replicas=2&ttl=3&group=qhcp`, or `{ url, replicas, ttl, group }`; `ttl` (seconds, default 3) is the heartbeat TTL, `group` the key prefix. Every member needs its own `node` name and the same `servers`.',
+      { kind: 'name', flag: { ...LB, arg: 'redis-url', help: 'join a load balancer group through Redis: redis://host:6379/0[?replicas=2&ttl=3&group=qhcp] (optional; default: none)' } },
+    ),
+    panicThreshold: opt(
+      { type: 'number', minimum: 0, maximum: 100, default: PANIC_THRESHOLD_DEFAULT },
+      'Load balancer (and `qhcp/client` picks): panic mode. When fewer than this percent of the backends whose health is known (UP, DEGRADED, DOWN) are healthy, but one still is, picks go to all of them rather than overload the few left (as Envoy\'s `healthy_panic_threshold`); logged and alerted when it engages and ends, shown by `qhcp status`. 0: off ([plugins-builtin.md](plugins-builtin.md#slow-start-and-panic)).',
+      { flag: { ...LB, arg: 'percent' } },
+    ),
+    slowStart: opt(
+      SLOW_START_SCHEMA,
+      'Load balancer (and `qhcp/client` picks): slow start, as Envoy\'s `slow_start_config`. A backend that comes UP from DOWN, DRAINING or MAINT (with `newBackends`, also one first seen) gets weight × max(minWeightPercent / 100, (elapsed / window) ^ (1 / aggression)) for `window` seconds, whatever the balancer; shown as `effectiveWeight` by `qhcp status`. `{ window: 30, aggression: 1, minWeightPercent: 10, newBackends: false }`; window 0: off ([plugins-builtin.md](plugins-builtin.md#slow-start-and-panic)).',
+    ),
     logLevel: opt({ enum: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info' }, 'Both: the least severe log line written (stderr).', { flag: BOTH }),
     http: opt({ type: 'string', minLength: 1, maxLength: 300 }, 'The HTTP listener: status page, `/metrics` and admin API on the load balancer; `/metrics` and `/api/status` on a server ([operations.md](operations.md#http-listener)). `"host:port"`, `":port"` (127.0.0.1) or `"off"`. A configured address that cannot be bound stops start-up; the load balancer\'s default address in use is a warning.', {
       flag: { ...BOTH, arg: 'host:port|off', help: 'HTTP listener: status page, /metrics, admin API (default: load balancer 127.0.0.1:4280, server off)' },
@@ -150,6 +181,7 @@ export const CONFIG_SCHEMA = {
     }),
     queryRate: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 100 }, 'Load balancer: STATUS/PICK queries a second per query-port connection (0: unlimited); more wait their turn, and a connection with more than 32 waiting is closed ([operations.md](operations.md#query-rate-limits)).', { flag: LB }),
     queryRateTotal: opt({ type: 'number', minimum: 0, maximum: 1_000_000, default: 500 }, "Load balancer: STATUS/PICK queries a second over all query-port connections together (0: unlimited), so a flood cannot take the health checks' CPU.", { flag: LB }),
+    watchQueue: opt({ type: 'integer', minimum: 1, maximum: 10_000, default: 64 }, 'Load balancer: changes waiting per WATCH client that reads too slowly; past it they are dropped and the client gets a fresh full view once it reads again ([protocol.md](protocol.md#watch-0x10)).', { flag: LB }),
     defaults: opt({ type: 'boolean', default: true }, "Add each role's default plugin for a family the list leaves out."),
     checks: opt(CHECK_LIST, "Server: the checks of the agent's default service (see Service checks below); its verdict is the agent's own."),
     services: opt(

@@ -61,6 +61,8 @@ export class Backend implements BackendView, HealthFacts {
   reason: string | null = null;
   shuttingDown = false;
   everChecked = false;
+  /** In a load balancer group (core/cluster/): the members whose results decided the state now. */
+  checkedBy: string[] | undefined;
   /** Removed from the load balancer: its loops stop and nothing writes it any more. */
   removed = false;
 
@@ -114,6 +116,7 @@ export class Backend implements BackendView, HealthFacts {
       agentAdmin: this.agentAdmin,
       adminState: this.adminState,
       weight: this.weight,
+      ...(this.checkedBy !== undefined ? { checkedBy: this.checkedBy } : {}),
     };
   }
 }

@@ -41,7 +41,7 @@ export function backendsOf(lb: LbLike): readonly ObservedBackend[] {
 }
 
 export function observed(lb: LbLike): ObservedLb {
-  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number } };
+  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number }; clusterInfo?: ObservedLb['clusterInfo'] };
   return {
     node: lb.node,
     hooks: lb.hooks,
@@ -50,6 +50,7 @@ export function observed(lb: LbLike): ObservedLb {
     stats: lb.stats,
     currentBackends: () => backendsOf(lb),
     ...(typeof q.queryConnections === 'function' ? { queryConnections: () => q.queryConnections!() } : {}),
+    ...(typeof q.clusterInfo === 'function' ? { clusterInfo: () => q.clusterInfo!() } : {}),
   };
 }
 

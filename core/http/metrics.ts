@@ -21,6 +21,8 @@ export interface ObservedBackend extends BackendView {
   /** The agent's node name (from its ACK), when known. */
   readonly name?: string;
   readonly session?: { peer?: { node?: string } } | undefined;
+  /** In a load balancer group: the members whose results decided the state. */
+  readonly checkedBy?: readonly string[] | undefined;
 }
 
 /** What the exposition reads from the load balancer. */
@@ -34,6 +36,8 @@ export interface ObservedLb {
   currentBackends(): readonly ObservedBackend[];
   /** Query-port connections open now and accepted so far, when the role tells. */
   queryConnections?(): { open: number; accepted: number; limited?: number };
+  /** The load balancer group, when the load balancer is in one (core/cluster/). */
+  clusterInfo?(): import('../cluster/group.ts').ClusterInfo | undefined;
 }
 
 /** A Prometheus label value for a metric name an agent sent: [a-zA-Z0-9_] only, at most 100 chars. */
@@ -159,6 +163,7 @@ export class LbMetrics {
         this.inc(lb.queryConnections?.().limited ?? 0);
       },
     });
+    if (lb.clusterInfo?.()) clusterMetrics(r, () => lb.clusterInfo?.());
     new Gauge({
       name: 'qhcp_backends',
       help: 'Backends by health state.',
@@ -301,4 +306,19 @@ export class LbMetrics {
 function removeMatching(metric: unknown, l: Labels): void {
   const m = metric as { hashMap?: Record<string, { labels: Record<string, string> }>; remove(labels: Record<string, string>): void };
   for (const entry of Object.values(m.hashMap ?? {})) if (entry.labels.backend === l.backend) m.remove(entry.labels);
+}
+
+/** The load balancer group's series (only on a member of one). */
+function clusterMetrics(r: Registry, info: () => import('../cluster/group.ts').ClusterInfo | undefined): void {
+  const g = (name: string, help: string, read: (i: import('../cluster/group.ts').ClusterInfo) => number) =>
+    new Gauge({ name, help, registers: [r], collect() { const i = info(); if (i) this.set(read(i)); } });
+  const c = (name: string, help: string, read: (i: import('../cluster/group.ts').ClusterInfo) => number) =>
+    new Counter({ name, help, registers: [r], collect() { const i = info(); if (i) { this.reset(); this.inc(read(i)); } } });
+  g('qhcp_cluster_members', 'Live members of the load balancer group, this one included (1 in fallback).', (i) => i.members.length);
+  g('qhcp_cluster_fallback', '1 while Redis is unreachable and this member checks every backend itself, else 0.', (i) => (i.mode === 'fallback' ? 1 : 0));
+  g('qhcp_cluster_checking_backends', 'Backends this member checks itself now (its share; all of them in fallback).', (i) => i.checking);
+  g('qhcp_cluster_epoch', "This member's epoch (a new one on every join).", (i) => i.epoch);
+  c('qhcp_cluster_fallbacks_total', 'Times this member fell back to checking every backend (Redis unreachable).', (i) => i.fallbacks);
+  c('qhcp_cluster_fenced_total', "This member's result batches refused by the epoch fence.", (i) => i.fenced);
+  c('qhcp_cluster_redis_commands_total', 'Redis commands this member sent.', (i) => i.commands);
 }

@@ -33,6 +33,8 @@ export interface BackendJson {
   reportedAt: number | null;
   ageMs: number | null;
   metrics: Record<string, number>;
+  /** In a load balancer group: the members whose results decided the state. */
+  checkedBy?: string[];
 }
 
 export interface TransitionJson {
@@ -66,6 +68,7 @@ export function backendJson(b: ObservedBackend): BackendJson {
     reportedAt: b.reportedAt,
     ageMs: b.ageMs ?? null,
     metrics: { ...b.metrics },
+    ...(b.checkedBy ? { checkedBy: [...b.checkedBy] } : {}),
   };
 }
 

@@ -8,7 +8,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { LocalError, errorText } from '../errors.ts';
-import { HttpError, type HttpAddress } from './common.ts';
+import { HttpError, isLoopback, type HttpAddress } from './common.ts';
 export { readToken } from './token.ts';
 import type { Logger } from '../util/log.ts';
 
@@ -61,6 +61,17 @@ export function createApp(opts: AppOptions): App {
     const code = err.validation ? 'BAD_REQUEST' : status === 413 ? 'TOO_LARGE' : status === 415 ? 'UNSUPPORTED_MEDIA_TYPE' : status >= 500 ? 'INTERNAL_ERROR' : 'BAD_REQUEST';
     return reply.code(status).send({ error: code, message: status >= 500 ? 'internal error' : err.message });
   });
+  // DNS rebinding: a web page the operator visits can point its own host name at 127.0.0.1 and
+  // script requests to a loopback listener. While the listener is on loopback, only Host names
+  // that are loopback themselves are served; a listener bound elsewhere relies on its token.
+  app.addHook('onRequest', async (req) => {
+    const bound = app.server.address();
+    if (!bound || typeof bound !== 'object' || !isLoopback(bound.address)) return;
+    const host = hostOf(req.headers.host);
+    if (host === undefined || !isLoopback(host)) {
+      throw new HttpError(421, 'MISDIRECTED_REQUEST', `Host ${JSON.stringify(String(req.headers.host ?? '').slice(0, 100))} is not a loopback name; this listener is on loopback and serves only localhost, 127.0.0.0/8 and [::1]`);
+    }
+  });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: 'NOT_FOUND', message: `no route ${req.method} ${req.url.slice(0, 200)}` }));
 
   const expected = opts.token === undefined ? undefined : digest(opts.token);
@@ -96,6 +107,13 @@ export async function listen(app: FastifyInstance, at: HttpAddress, explicit: bo
   const addr = app.server.address();
   const port = addr && typeof addr === 'object' ? addr.port : at.port;
   return { host: at.host, port };
+}
+
+/** The host name of a Host header ("127.0.0.1:4280" -> "127.0.0.1", "[::1]:80" -> "::1"), or undefined. */
+export function hostOf(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const m = /^\[([0-9a-fA-F:.]+)\](?::\d{1,5})?$/.exec(header) ?? /^([^:[\]]+)(?::\d{1,5})?$/.exec(header);
+  return m ? m[1]!.toLowerCase() : undefined;
 }
 
 export function urlOf(a: HttpAddress): string {

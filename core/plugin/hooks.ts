@@ -217,7 +217,12 @@ export interface SyncUpdate {
 
 export type AlertEvent =
   | { kind: 'transition'; node: string; transition: Transition }
-  | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] };
+  | { kind: 'started' | 'stopped'; node: string; at: number; servers: string[] }
+  /**
+   * Panic mode engaged (`engaged`) or ended for a pool (core/balance/local.ts): `healthy` of
+   * `known` backends healthy against `thresholdPercent`; `servers` are those picks go to now.
+   */
+  | { kind: 'panic'; node: string; at: number; engaged: boolean; pool: string; service?: string; healthy: number; known: number; thresholdPercent: number; servers: string[] };
 
 export interface SessionInfo {
   id: number;

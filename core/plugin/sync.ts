@@ -3,12 +3,13 @@
  * listens to `checked` and `transition` (and sweeps once a second for changes made outside a
  * check: an operator's admin state or weight), compares each backend with what it last sent,
  * and calls `sync` once per event-loop tick with the whole view and what changed. The taps get
- * snapshots, so a plugin that does its I/O later reads the values of that moment.
+ * snapshots, so a plugin that does its I/O later reads the values of that moment. The query
+ * port's WATCH sessions (core/roles/watch-hub.ts) read the same updates through `listen`.
  */
 import type { BackendView, Hooks, SyncUpdate } from './hooks.ts';
 
 /** The fields of a backend a snapshot keeps (those of the shared contract that are present). */
-const FIELDS = ['address', 'state', 'metrics', 'reportedAt', 'ageMs', 'weight', 'latencyMs', 'service', 'verdict', 'reason', 'agentAdmin', 'adminState', 'agentWeight', 'configWeight'] as const;
+const FIELDS = ['address', 'state', 'since', 'metrics', 'reportedAt', 'ageMs', 'weight', 'latencyMs', 'service', 'verdict', 'reason', 'agentAdmin', 'adminState', 'agentWeight', 'configWeight'] as const;
 
 /**
  * A frozen copy of `b`'s view fields (metrics copied too); getters (the effective `weight`) are
@@ -38,6 +39,9 @@ export class SyncDispatcher {
   private sweep: NodeJS.Timeout | undefined;
   /** Calls of the `sync` hook so far. */
   calls = 0;
+  /** The last update made (its `view` is the whole view at that moment). */
+  latest: SyncUpdate | undefined;
+  private readonly listeners = new Set<(u: SyncUpdate) => void>();
 
   constructor(
     private readonly hooks: Hooks,
@@ -60,6 +64,17 @@ export class SyncDispatcher {
   stop(): void {
     this.stopped = true;
     clearInterval(this.sweep);
+    this.listeners.clear();
+  }
+
+  /**
+   * Calls `fn` with every update after the `sync` taps (starting the dispatcher if need be).
+   * Returns the function that stops it. `latest` holds the view as of the last update.
+   */
+  listen(fn: (u: SyncUpdate) => void): () => void {
+    this.listeners.add(fn);
+    this.start();
+    return () => this.listeners.delete(fn);
   }
 
   /** Asks for a flush on the next tick (many pokes in one tick make one call). */
@@ -96,6 +111,8 @@ export class SyncDispatcher {
     if (!initial && changed.length === 0 && removed.length === 0) return;
     this.calls++;
     const update: SyncUpdate = Object.freeze({ view: Object.freeze(view), changed: Object.freeze(changed), removed: Object.freeze(removed), initial, at: Date.now() });
+    this.latest = update;
     this.hooks.sync.call(update);
+    for (const fn of this.listeners) fn(update);
   }
 }

@@ -25,6 +25,8 @@ export const MESSAGE_TYPES = {
   STATUS: 0x0d,
   STATUS_RESPONSE: 0x0e,
   HEALTH_REPORT: 0x0f,
+  WATCH: 0x10,
+  WATCH_UPDATE: 0x11,
 } as const;
 
 export type MessageName = keyof typeof MESSAGE_TYPES;
@@ -53,6 +55,10 @@ export const FIELD_LIMITS = {
   maxServices: 32,
   /** The weight an agent reports (HAProxy-style: 0 = no new picks, 100 = normal). */
   maxWeight: 256,
+  /** A WATCH address pattern (`*` matches any run of characters). */
+  maxPatternLength: 300,
+  /** A load balancer run id (WATCH_UPDATE `run`). */
+  maxRunLength: 64,
 } as const;
 
 /** The agent's verdict on the service(s) it fronts. */
@@ -115,6 +121,43 @@ export interface ServerStatus {
   adminState?: WireAdmin;
   /** Effective weight: the configured weight scaled by the agent's (percent). */
   weight?: number;
+  /** In a load balancer group: the members whose results decided the state (docs/operations.md). */
+  checkedBy?: string[];
+  /** While slow start ramps the backend: the weight picks give it now (core/balance/slow-start.ts). */
+  effectiveWeight?: number;
+  /** Present (true) when the backend's pool is in panic mode (core/balance/local.ts). */
+  panic?: boolean;
+}
+
+/**
+ * One backend in a WATCH_UPDATE: what a client needs to balance over it in its own process
+ * (core/balance/local.ts reads these fields as a BackendView).
+ */
+export interface WatchMember {
+  address: string;
+  /** The agent's service the backend follows (`host:4243/web`), if any. */
+  service?: string;
+  /** The load balancer's health state. */
+  state: HealthState;
+  /** Epoch ms when the backend entered its state. */
+  since: number;
+  /** The agent's verdict for the backend. */
+  verdict: WireVerdict;
+  /** The agent's admin state. */
+  agentAdmin: WireAdmin;
+  /** The load balancer's own admin state for the backend (operators). */
+  adminState: WireAdmin;
+  /** Effective weight: the configured weight scaled by the agent's (percent). */
+  weight: number;
+  /** The last reported metrics (load). */
+  metrics: Metrics;
+  /** Why the backend is in its state (sanitised), or null. */
+  reason: string | null;
+  /**
+   * How old the last good report was when this member changed (ms, the sample's own age
+   * included), or null before any: load-aware balancers treat an old load as unknown.
+   */
+  reportAgeMs?: number | null;
 }
 
 export interface Bodies {
@@ -133,6 +176,22 @@ export interface Bodies {
   STATUS: { seq: number; service?: string; offset?: number; limit?: number };
   STATUS_RESPONSE: { seq: number; node: string; servers: ServerStatus[]; next?: number; total?: number };
   HEALTH_REPORT: { metrics: Metrics; ageMs: number } & AgentHealth;
+  WATCH: { seq: number; service?: string; address?: string };
+  WATCH_UPDATE: {
+    seq: number;
+    run: string;
+    version: number;
+    kind: 'full' | 'delta';
+    /** delta: the version it applies to (the client's current one). */
+    from?: number;
+    members: WatchMember[];
+    /** delta: addresses that left the view. */
+    removed?: string[];
+    /** full: more pages of this view follow. */
+    more?: boolean;
+    /** full: sent because the client fell behind and its pending deltas were dropped. */
+    resync?: boolean;
+  };
 }
 
 /** A decoded, validated message. */
@@ -216,8 +275,8 @@ const frameLimit = { type: 'integer', minimum: 1024, maximum: 16 * 1024 * 1024 }
 /** A counter: an integer JSON carries exactly. */
 const count = { type: 'integer', minimum: 0, maximum: Number.MAX_SAFE_INTEGER } as const;
 
-function obj(properties: Record<string, object>, required: string[] = Object.keys(properties)) {
-  return { type: 'object', additionalProperties: false, properties, required };
+function obj(properties: Record<string, object>, required: string[] = Object.keys(properties), extra: object = {}) {
+  return { type: 'object', additionalProperties: false, properties, required, ...extra };
 }
 
 /** The schema of each message body (v1: unknown fields are rejected). */
@@ -280,6 +339,9 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
           agentAdmin: { enum: [...ADMIN_STATES] },
           adminState: { enum: [...ADMIN_STATES] },
           weight: { type: 'number', minimum: 0, maximum: 2560 },
+          checkedBy: { type: 'array', maxItems: 64, items: name },
+          effectiveWeight: { type: 'number', minimum: 0, maximum: 2560 },
+          panic: { type: 'boolean' },
         },
         ['address', 'state', 'since', 'failures', 'successes', 'latencyMs', 'metrics', 'ageMs', 'reportedAt', 'lastError', 'checks'],
       ),
@@ -288,6 +350,46 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
     total: { type: 'integer', minimum: 0, maximum: FIELD_LIMITS.maxServers },
   }, ['seq', 'node', 'servers']),
   HEALTH_REPORT: obj({ metrics, ageMs: ms, ...health }, ['metrics', 'ageMs', ...HEALTH_REQUIRED]),
+  WATCH: obj({ seq, service: { type: 'string', pattern: SERVICE_NAME_PATTERN }, address: { type: 'string', minLength: 1, maxLength: FIELD_LIMITS.maxPatternLength } }, ['seq']),
+  WATCH_UPDATE: obj(
+    {
+      seq,
+      run: { type: 'string', pattern: `^[A-Za-z0-9_-]{1,${FIELD_LIMITS.maxRunLength}}$` },
+      version: { type: 'integer', minimum: 1, maximum: Number.MAX_SAFE_INTEGER },
+      kind: { enum: ['full', 'delta'] },
+      from: count,
+      members: {
+        type: 'array',
+        maxItems: FIELD_LIMITS.maxServers,
+        items: obj(
+          {
+            address: { type: 'string', minLength: 1, maxLength: 300 },
+            service: { type: 'string', pattern: SERVICE_NAME_PATTERN },
+            state: { enum: [...HEALTH_STATES] },
+            since: epochMs,
+            verdict,
+            agentAdmin: { enum: [...ADMIN_STATES] },
+            adminState: { enum: [...ADMIN_STATES] },
+            weight: { type: 'number', minimum: 0, maximum: 2560 },
+            metrics,
+            reason: nullable(reason),
+            reportAgeMs: nullable(ms),
+          },
+          ['address', 'state', 'since', 'verdict', 'agentAdmin', 'adminState', 'weight', 'metrics', 'reason'],
+        ),
+      },
+      removed: { type: 'array', maxItems: FIELD_LIMITS.maxServers, items: { type: 'string', minLength: 1, maxLength: 300 } },
+      more: { type: 'boolean' },
+      resync: { type: 'boolean' },
+    },
+    ['seq', 'run', 'version', 'kind', 'members'],
+    // A delta names the version it applies to and nothing of a full view's paging; a full view the reverse.
+    {
+      if: { properties: { kind: { const: 'delta' } } },
+      then: { properties: { from: count, more: false, resync: false }, required: ['from'] },
+      else: { properties: { from: false, removed: false } },
+    },
+  ),
 };
 
 /** The ajv options every message validator is compiled with (at run time, or at build time). */

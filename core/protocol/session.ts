@@ -32,6 +32,12 @@ export interface SessionOptions<D extends object = object> {
    * ERROR 302 SLOW_CONSUMER instead of queueing more (docs/operations.md, "Limits").
    */
   unread?: { perConnection: number; total: number };
+  /**
+   * A peer we owe more than the channel's high-water mark (128 KiB) that reads none of it for
+   * this long (ms) is closed with ERROR 302 SLOW_CONSUMER. Until then it is only held: we read
+   * nothing more from it, so QUIC flow control stops its requests.
+   */
+  stallMs?: number;
 }
 
 export interface SessionEnd {
@@ -58,6 +64,8 @@ const RESPONSE_OF: Partial<Record<MessageName, MessageName>> = {
   CONFIG_UPDATE: 'CONFIG_ACK',
   PICK: 'PICK_RESPONSE',
   STATUS: 'STATUS_RESPONSE',
+  // The first WATCH_UPDATE answers WATCH; later ones (same seq) are pushes.
+  WATCH: 'WATCH_UPDATE',
   TERMINATE: 'TERMINATE_ACK',
 };
 
@@ -78,6 +86,8 @@ export class Session<D extends object = object> {
   drained = false;
   /** When the peer last sent a frame (epoch ms): the idle limit after HELLO reads it. */
   lastReceivedAt = Date.now();
+  /** Resolves once QUIC flow control has taken the last frame sent (see `written`). */
+  private lastWrite: Promise<void> = Promise.resolve();
 
   constructor(
     readonly channel: Channel,
@@ -95,7 +105,13 @@ export class Session<D extends object = object> {
       protocolError: (e) => this.violation(e),
       ended: () => this.end('peer', 0, 'control stream ended'),
       closed: (info) => this.onChannelClosed(info),
+      stalled: (bytes, ms) => {
+        const err = new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${bytes} bytes unread, none taken for ${ms} ms`);
+        this.opts.onViolation?.(err, this);
+        this.fail(err);
+      },
     });
+    if (opts.stallMs !== undefined) channel.stallMs = opts.stallMs;
   }
 
   /** The largest frame payload the peer accepts, when it said so in HELLO or ACK (`maxFrameBytes`). */
@@ -141,8 +157,17 @@ export class Session<D extends object = object> {
     }
     const msg = { type, body } as Message;
     this.dfa.apply(`send:${type}`);
+    this.syncHold();
     this.opts.observe?.('out', msg, this);
-    void this.channel.send(msg);
+    this.lastWrite = this.channel.send(msg);
+  }
+
+  /**
+   * Resolves once QUIC flow control has taken every frame sent so far (at once, unless the peer
+   * is not reading): a sender of pushes waits on it rather than queue without bound.
+   */
+  written(): Promise<void> {
+    return this.lastWrite;
   }
 
   /** Sends if the DFA allows it now; returns whether it did (for pushes that may race a close). */
@@ -200,6 +225,7 @@ export class Session<D extends object = object> {
     } catch (e) {
       return this.violation(e as ProtocolError);
     }
+    this.syncHold();
     if (msg.type === 'HELLO' && this.helloTimer) {
       clearTimeout(this.helloTimer);
       this.helloTimer = undefined;
@@ -231,6 +257,18 @@ export class Session<D extends object = object> {
     }
     this.opts.onMessage(msg, this);
     if (msg.type === 'TERMINATE_ACK') this.close('terminated');
+  }
+
+  /**
+   * Server side: while a request is being answered (HELLO being authenticated, or a request in a
+   * *_PENDING state), the channel delivers no further frame. Pipelined requests are so answered
+   * one at a time and in order, and a peer that sends faster than it reads is held by QUIC flow
+   * control instead of growing our queues (docs/protocol.md, "Requests and seq").
+   */
+  private syncHold(): void {
+    if (this.opts.role !== 'server') return;
+    const st = this.dfa.state;
+    this.channel.hold(st === 'AUTH' || st.endsWith('_PENDING'));
   }
 
   private violation(err: ProtocolError): void {

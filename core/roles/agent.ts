@@ -345,6 +345,7 @@ export class AgentServer extends Core {
       helloTimeoutMs: this.config.helloTimeout * 1000,
       observe: this.frameObserver(),
       unread: { perConnection: this.config.maxUnreadBytes, total: this.config.maxUnreadBytesTotal },
+      stallMs: this.config.slowConsumerTimeout * 1000,
       onMessage: (m, s) => this.onMessage(m, s),
       onViolation: (err, s) => {
         this.stats.violations++;
@@ -401,6 +402,7 @@ export class AgentServer extends Core {
         return;
       case 'PICK':
       case 'STATUS':
+      case 'WATCH':
         s.fail(new ProtocolError('UNSUPPORTED_REQUEST', `${msg.type} is served by a load balancer, not by an agent`));
         return;
       default:

@@ -4,8 +4,9 @@
  *   core/health/states.ts    the health states and transitions, as data
  *   core/health/checker.ts   per-backend connection, poll and push loops, reconnects
  *   core/roles/query-port.ts the QUIC query port answering STATUS and PICK
+ *   core/balance/pool.ts     balancing per pool (LocalBalancer: strategy, slow start, panic)
  * This file owns the pool (add, remove, admin state, weight), moves states along the table,
- * chooses backends through the `pick` hook, and starts and stops the rest.
+ * tells the balancers of changes, and starts and stops the rest.
  */
 import { Core } from './core.ts';
 import { LocalError } from '../errors.ts';
@@ -14,14 +15,17 @@ import { ClientSocket } from '../transport/quic.ts';
 import { parseAddress, formatAddress } from '../util/address.ts';
 import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
-import type { BackendView, PickRequest, Transition } from '../plugin/hooks.ts';
+import type { BackendView, Transition } from '../plugin/hooks.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { Logger } from '../util/log.ts';
 import { Backend } from '../health/backend.ts';
 import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
-import { ruleFor, reasonOf, candidates, type AdminState, type HealthEvent } from '../health/states.ts';
+import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
 import { SyncDispatcher } from '../plugin/sync.ts';
+import type { ClusterInfo, ClusterNode } from '../cluster/group.ts';
+import { clusterOptions } from '../cluster/options.ts';
+import { PoolBalancers } from '../balance/pool.ts';
 
 export { Backend } from '../health/backend.ts';
 export { describeFailure } from '../health/checker.ts';
@@ -35,7 +39,7 @@ export interface LoadBalancerStats extends CheckStats, QueryStats {
  * changed needs a restart. Timings apply from each backend's next check; connection options
  * (idleTimeout, keepAlive, serverName, reportInterval) from its next connection.
  */
-export const RELOADABLE = ['servers', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'maxFailAttempts', 'riseAttempts', 'degraded', 'status', 'statusSummary', 'idleTimeout', 'keepAlive', 'serverName'] as const;
+export const RELOADABLE = ['servers', 'panicThreshold', 'slowStart', 'checkInterval', 'checkTimeout', 'reconnectInterval', 'reportInterval', 'jitter', 'maxFailAttempts', 'riseAttempts', 'degraded', 'status', 'statusSummary', 'idleTimeout', 'keepAlive', 'serverName'] as const;
 
 /** What a reload changed. */
 export interface ReloadResult {
@@ -93,6 +97,10 @@ export class LoadBalancer extends Core {
   private statusTimer: NodeJS.Timeout | undefined;
   /** Feeds the `sync` hook (plugins/sync), when a plugin taps it. */
   private syncer: SyncDispatcher | undefined;
+  /** The load balancer group (`cluster`, core/cluster/): it checks our share and fills every record. */
+  private cluster: ClusterNode | undefined;
+  /** Balancing per pool (core/balance): PICK goes through it. */
+  private readonly balance = new PoolBalancers(this);
   /** Called every check interval, and with `change` on every transition, addition or removal (the CLI prints the status view). */
   onStatus: ((backends: readonly Backend[], change: boolean) => void) | undefined;
 
@@ -104,9 +112,12 @@ export class LoadBalancer extends Core {
       if (this.pool.has(p.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${p.address} is listed twice`);
       this.pool.set(p.address, new Backend(p.address, p.host, p.port, p.weight, p.service));
     }
+    if (config.cluster) clusterOptions(config.cluster); // a bad URL or option stops start-up here
     const ca = config.caFile ? readPem(config.caFile, 'certificate') : undefined;
     this.checker = new Checker(this, timingsOf(config, checkTimeoutOf(config)), this.stats, ca);
-    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service) }, this.stats);
+    this.query = new QueryPort(this, { status: (service) => this.status(service), pickAnswer: (key, service) => this.pickAnswer(key, service), feed: () => this.feed() }, this.stats);
+    // A check changes metrics, weights and report times in place: balancers re-read them at the next pick.
+    this.hooks.checked.tap('balance', () => this.balance.changed());
   }
 
   get port(): number {
@@ -137,6 +148,7 @@ export class LoadBalancer extends Core {
     (this as { config: Readonly<QhcpConfig> }).config = Object.freeze(merged) as unknown as QhcpConfig;
     const before = this.checker.timings.intervalMs;
     this.checker.timings = timingsOf(this.config, checkTimeoutOf(this.config));
+    this.cluster?.retime(this.checker.timings);
     if (this.started && this.checker.timings.intervalMs !== before) {
       clearInterval(this.statusTimer);
       this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), this.checker.timings.intervalMs);
@@ -158,6 +170,8 @@ export class LoadBalancer extends Core {
     const order = [...wanted.keys()].map((a) => this.pool.get(a)!);
     this.pool.clear();
     for (const b of order) this.pool.set(b.address, b);
+    if (result.applied.some((k) => k === 'panicThreshold' || k === 'slowStart' || k === 'degraded')) this.balance.reset();
+    this.balance.changed(true);
     return result;
   }
 
@@ -177,7 +191,7 @@ export class LoadBalancer extends Core {
   }
 
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
-  queryConnections(): { open: number; accepted: number; limited: number } {
+  queryConnections(): { open: number; accepted: number; limited: number; watching: number } {
     return this.query.connections();
   }
 
@@ -185,7 +199,7 @@ export class LoadBalancer extends Core {
   status(service?: string): ServerStatus[] {
     return this.records()
       .filter((b) => service === undefined || b.service === service)
-      .map((b) => b.status());
+      .map((b) => this.balance.decorate(b.status(), service));
   }
 
   async start(): Promise<void> {
@@ -213,18 +227,24 @@ export class LoadBalancer extends Core {
       reconnect: `${c.reconnectInterval}s`,
       balancer: this.plugins.filter((p) => p.family === 'balancer').map((p) => p.name).join(',') || 'none',
     });
+    // In a group, the group checks our share (ioredis is loaded only then).
+    this.cluster = c.cluster ? (await import('../cluster/group.ts')).clusterFor(this) : undefined;
     // Spread the first round over up to one interval (at most 1 s) so checks do not fire at once.
     const spread = Math.min(t.intervalMs, 1000);
-    for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
+    if (this.cluster) await this.cluster.start(this.checker.socket);
+    else for (const b of this.pool.values()) this.checker.begin(b, Math.random() * spread);
     this.started = true;
+    this.balance.changed(true);
     this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), t.intervalMs);
     this.statusTimer.unref();
-    if (this.hooks.sync.taps.length > 0) {
-      this.syncer = new SyncDispatcher(this.hooks, () => this.backends());
-      this.syncer.start();
-    }
+    if (this.hooks.sync.taps.length > 0) this.feed().start();
     void this.hooks.alert.promise({ kind: 'started', node: this.node, at: Date.now(), servers: [...this.pool.keys()] }).catch(() => {});
     await this.hooks.ready.promise(this);
+  }
+
+  /** The view and its changes, per tick (SyncDispatcher): for `sync` plugins and WATCH sessions; made on first use. */
+  private feed(): SyncDispatcher {
+    return (this.syncer ??= new SyncDispatcher(this.hooks, () => this.backends()));
   }
 
   /**
@@ -236,8 +256,13 @@ export class LoadBalancer extends Core {
     if (this.pool.has(p.address)) throw new LocalError('QHCP_ERR_CLI_USAGE', `server ${p.address} is already in the pool`);
     const b = new Backend(p.address, p.host, p.port, p.weight, p.service);
     this.pool.set(p.address, b);
-    if (this.started && !this.stopping) this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
+    this.balance.changed(true);
+    if (this.started && !this.stopping) {
+      if (this.cluster) this.cluster.changed();
+      else this.checker.begin(b, Math.random() * Math.min(this.checker.timings.intervalMs, 1000));
+    }
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     return b;
   }
 
@@ -246,7 +271,10 @@ export class LoadBalancer extends Core {
     const b = this.find(address);
     if (!b) return false;
     this.pool.delete(b.address);
+    this.cluster?.changed();
+    this.balance.changed(true);
     this.onStatus?.(this.records(), true);
+    this.syncer?.schedule();
     await this.checker.end(b, 'removed from the load balancer');
     return true;
   }
@@ -260,6 +288,7 @@ export class LoadBalancer extends Core {
     const b = this.require(address);
     if (b.adminState === admin) return;
     b.adminState = admin;
+    this.balance.changed(true);
     this.health(b, `operator:${admin}`, admin === 'READY' ? reason : (reason ?? 'set by the operator'));
   }
 
@@ -267,6 +296,7 @@ export class LoadBalancer extends Core {
   setWeight(address: string, weight: number): void {
     if (!Number.isFinite(weight) || weight < 0 || weight > 1000) throw new LocalError('QHCP_ERR_CLI_USAGE', `weight must be 0-1000, got ${weight}`);
     this.require(address).configWeight = weight;
+    this.balance.changed();
   }
 
   private find(address: string): Backend | undefined {
@@ -287,9 +317,21 @@ export class LoadBalancer extends Core {
 
   /** Moves `b` along the states table for `event` (core/health/states.ts). */
   health(b: Backend, event: HealthEvent, detail?: string): void {
+    // In a group only operators' events come here: the group's state decides, theirs goes on top.
+    if (this.cluster) return this.cluster.operator(b, detail);
     const rule = ruleFor(b.state, event, b, { fall: this.config.maxFailAttempts, rise: this.config.riseAttempts });
     if (!rule || rule.to === b.state) return;
     this.transition(b, rule.to, reasonOf(rule, b, detail));
+  }
+
+  /** Moves a record to `to` (the group's decision, core/cluster/), with the transition's hooks. */
+  moveTo(b: Backend, to: Backend['state'], reason: string): void {
+    this.transition(b, to, reason);
+  }
+
+  /** The group's membership and mode, when in one (metrics, /api/status). */
+  clusterInfo(): ClusterInfo | undefined {
+    return this.cluster?.info();
   }
 
   private transition(b: Backend, to: Backend['state'], reason: string): void {
@@ -314,45 +356,33 @@ export class LoadBalancer extends Core {
     this.hooks.transition.call(t);
     this.onStatus?.(this.records(), true);
     void this.hooks.alert.promise({ kind: 'transition', node: this.node, transition: t }).catch(() => {});
+    // After the transition's own alert, so a panic it causes is reported after it.
+    this.balance.changed(true);
   }
 
-  /** Chooses one backend through the `pick` hook (UP ones; DEGRADED ones as `degraded` says). */
+  /** Chooses one backend through the balancers (core/balance; UP ones, DEGRADED ones as `degraded` says, all known ones in panic mode). */
   pick(key?: string, service?: string): Backend | undefined {
     return this.choose(key, service).backend;
   }
 
   /**
    * Like `pick`, with the balancer that chose and why, or the reason when no backend is chosen
-   * (PICK_RESPONSE). Balancer taps are asked in order; one that throws is skipped (the next one
-   * may answer); if none answers, the reason names it. With `service`, only the backends that
-   * name that service are offered.
+   * (PICK_RESPONSE). Balancers are asked in the order they tapped `pick`; one that throws or
+   * answers nothing passes to the next; if none answers, the reason names it. With `service`,
+   * only the backends that name that service are offered (core/balance/pool.ts).
    */
   choose(key?: string, service?: string): { backend: Backend; balancer: string; why: string; reason?: undefined } | { backend: undefined; reason: string } {
     this.stats.picks++;
-    const pool = service === undefined ? this.records() : this.records().filter((b) => b.service === service);
-    if (service !== undefined && pool.length === 0) return { backend: undefined, reason: `no server names service "${service}"` };
-    const offered = candidates(pool, this.config.degraded);
-    if (offered.length === 0) return { backend: undefined, reason: service === undefined ? 'no server is UP' : `no server of service "${service}" is UP` };
-    const taps = this.hooks.pick.taps;
-    if (taps.length === 0) return { backend: undefined, reason: 'no balancer plugin is configured' };
     const before = this.lastPluginError;
-    let why: string | undefined;
-    const request: PickRequest = { servers: offered, key, now: Date.now(), explain: (text) => (why = String(text)) };
-    for (const tap of taps) {
-      why = undefined;
-      // The taps as registered: each already guarded (guardHooks), so a throw yields undefined.
-      const chosen = (tap.fn as (r: PickRequest) => BackendView | null | undefined)(request);
-      if (chosen === undefined) continue;
-      if (chosen && offered.includes(chosen as Backend)) {
-        const up = offered.filter((b) => b.state === 'UP').length;
-        const from = up === offered.length ? `${up} UP` : up === 0 ? `${offered.length} DEGRADED (none UP)` : `${offered.length} UP or DEGRADED`;
-        return { backend: chosen as Backend, balancer: tap.name, why: sanitize(`${why ?? 'chosen'} of ${from}`, 512) };
-      }
-      return { backend: undefined, reason: chosen ? `the balancer ${tap.name} chose a server it was not offered` : 'the balancer chose no server' };
-    }
+    const c = this.balance.choose(key, service);
+    if (c.backend) return c as { backend: Backend; balancer: string; why: string };
     const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
-    const reason = failed ? `balancer failed: ${failed.message}` : 'the balancer chose no server';
-    return { backend: undefined, reason: reason.slice(0, 1000) };
+    return { backend: undefined, reason: (failed && c.reason === 'the balancer chose no server' ? `balancer failed: ${failed.message}` : c.reason).slice(0, 1000) };
+  }
+
+  /** Whether panic mode is engaged for `service`'s backends (or the whole pool). */
+  panic(service?: string): boolean {
+    return this.balance.panic(service);
   }
 
   /** PICK's answer. */
@@ -369,6 +399,7 @@ export class LoadBalancer extends Core {
     this.syncer?.stop();
     this.query.halt();
     const all = this.records();
+    await this.cluster?.stop();
     this.checker.halt(all);
     await Promise.all(all.map((b) => this.checker.end(b, 'load balancer stopping')));
     await this.query.stop();

@@ -2,8 +2,9 @@
  * Rate limits for the query port (docs/operations.md, "Query rate limits"): STATUS and PICK are
  * answered within a token bucket per connection and one for all connections together, so a
  * flood of queries cannot take the CPU the load balancer's own health checks need. A query over
- * the limit waits (in order, per connection) until both buckets have a token; a connection with
- * more than `maxWaiting` queries waiting is closed (it is pipelining past any sane client).
+ * the limit waits (in order, per connection) until both buckets have a token. On the query port
+ * a connection has at most one query here (the session reads the next frame only after
+ * answering: session.ts syncHold); `maxWaiting` stays as this class's own bound.
  */
 
 /** A token bucket: `rate` tokens a second, at most `burst` saved up. */

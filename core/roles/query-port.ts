@@ -1,7 +1,7 @@
 /**
  * The load balancer's query port: a QUIC listener whose sessions (role `query`) ask STATUS (every
- * backend's state) and PICK (one backend, through the `pick` hook). `qhcp status`, `qhcp pick` and
- * core/client/query.ts speak to it.
+ * backend's state), PICK (one backend, through the `pick` hook) or WATCH (the view, then every
+ * change: watch-hub.ts). `qhcp status`, `qhcp pick`, `qhcp watch` and core/client/ speak to it.
  */
 import { isIP } from 'node:net';
 import { ProtocolError } from '../errors.ts';
@@ -13,6 +13,8 @@ import { toVerdict } from '../plugin/hooks.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
 import { QueryLimiter } from './query-limit.ts';
+import { WatchHub } from './watch-hub.ts';
+import type { SyncDispatcher } from '../plugin/sync.ts';
 
 /** Whether `host` is a loopback address (the query port's default, 127.0.0.1). */
 export function isLoopback(host: string): boolean {
@@ -57,6 +59,8 @@ export type PickAnswer = { server: string; balancer: string; why: string } | { s
 export interface QueryHost {
   status(service?: string): ServerStatus[];
   pickAnswer(key?: string, service?: string): PickAnswer;
+  /** The view and its changes per tick, for WATCH (started on first use). */
+  feed(): SyncDispatcher;
 }
 
 export class QueryPort {
@@ -69,6 +73,8 @@ export class QueryPort {
   /** STATUS/PICK rate limits (query-limit.ts): a query flood must not starve the health checks. */
   readonly limiter: QueryLimiter;
   private accepted = 0;
+  /** WATCH sessions and what they are sent. */
+  readonly watchers: WatchHub;
 
   constructor(
     private readonly core: Core,
@@ -76,11 +82,17 @@ export class QueryPort {
     readonly stats: QueryStats,
   ) {
     this.limiter = new QueryLimiter({ perConnection: core.config.queryRate, total: core.config.queryRateTotal });
+    this.watchers = new WatchHub(() => host.feed(), (s) => this.frameBudget(s), { maxQueue: core.config.watchQueue, maxQueueBytes: core.config.maxUnreadBytes * 4 });
   }
 
-  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics). */
-  connections(): { open: number; accepted: number; limited: number } {
-    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed };
+  /** The largest frame to send on `s`: what it accepts (HELLO maxFrameBytes, else the default) and what we allow. */
+  private frameBudget(s: Session): number {
+    return Math.min(s.peerMaxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
+  }
+
+  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics); WATCH sessions. */
+  connections(): { open: number; accepted: number; limited: number; watching: number } {
+    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed, watching: this.watchers.size };
   }
 
   get port(): number {
@@ -104,7 +116,8 @@ export class QueryPort {
       // `qhcp status` on this host: no Retry round trip (see driver.ts ServerSide for why it is safe).
       loopbackWithoutRetry: true,
     });
-    this.idleSweep = this.core.sweepIdle(this.sessions);
+    // A WATCH session asks once and then only listens: it is not idle (QUIC's idle timeout still ends a dead one).
+    this.idleSweep = this.core.sweepIdle(this.sessions, (s) => s.state === 'WATCHING');
     // Not isUsed(): the guard's interceptor makes every hook "used".
     this.authOpen = this.core.hooks.verify.taps.length === 0;
     if (this.authOpen && !isLoopback(c.loadbalancerHost)) {
@@ -121,11 +134,13 @@ export class QueryPort {
       helloTimeoutMs: core.config.helloTimeout * 1000,
       observe: core.frameObserver(),
       unread: { perConnection: core.config.maxUnreadBytes, total: core.config.maxUnreadBytesTotal },
+      stallMs: core.config.slowConsumerTimeout * 1000,
       onMessage: (m, s) => this.onQuery(m, s),
       onViolation: (err, s) => core.logger.limited('query-violation', 'protocol violation on query port', { remote: s.remote, code: err.kind, reason: err.message }),
       onClose: (_why, s) => {
         this.sessions.delete(s);
         this.limiter.forget(s);
+        this.watchers.forget(s);
       },
     });
     this.sessions.add(session);
@@ -133,7 +148,7 @@ export class QueryPort {
 
   private onQuery(msg: Message, s: Session<{ maxFrameBytes?: number }>, admitted = false): void {
     if (s.state === 'DRAINING') return;
-    if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK')) {
+    if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK' || msg.type === 'WATCH')) {
       const later = () => {
         if (!s.isClosed) this.onQuery(msg, s, true);
       };
@@ -153,7 +168,7 @@ export class QueryPort {
         // Paged to fit the frame size the client accepts (HELLO maxFrameBytes, else the default).
         const all = this.host.status(msg.body.service);
         const offset = Math.min(msg.body.offset ?? 0, all.length);
-        const budget = Math.min(s.peerMaxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
+        const budget = this.frameBudget(s);
         const page = statusPage(all, offset, Math.min(msg.body.limit ?? FIELD_LIMITS.maxServers, FIELD_LIMITS.maxServers), budget);
         const paged = page.next !== undefined || offset > 0;
         s.send('STATUS_RESPONSE', { seq: msg.body.seq, node: this.core.node, servers: page.servers, ...(page.next !== undefined ? { next: page.next } : {}), ...(paged ? { total: all.length } : {}) });
@@ -165,7 +180,12 @@ export class QueryPort {
         s.send('PICK_RESPONSE', a.server !== null ? { seq: msg.body.seq, server: a.server, balancer: a.balancer, why: a.why } : { seq: msg.body.seq, server: null, reason: a.reason });
         return;
       }
+      case 'WATCH':
+        this.stats.queries++;
+        this.watchers.subscribe(s, msg.body);
+        return;
       case 'TERMINATE':
+        this.watchers.forget(s);
         s.send('TERMINATE_ACK', {});
         setTimeout(() => s.close('terminated'), 1000).unref();
         return;
@@ -204,6 +224,7 @@ export class QueryPort {
     this.stopping = true;
     clearInterval(this.idleSweep);
     this.limiter.stop();
+    this.watchers.stop();
     for (const s of this.sessions) s.close('shutting down');
     await this.listener?.stop(301, 'shutting down');
   }

@@ -31,6 +31,11 @@ export interface ChannelHandler {
   protocolError(err: ProtocolError): void;
   /** The control stream ended cleanly (FIN) on a frame boundary. */
   ended(): void;
+  /**
+   * We owe the peer more than WRITE_HIGH_WATER bytes and it has taken none of them for
+   * `stallMs` (see Channel.stallMs): it asks and does not read.
+   */
+  stalled?(pendingBytes: number, ms: number): void;
   closed(info: ChannelClose): void;
 }
 
@@ -77,6 +82,19 @@ export class Channel implements ConnEvents {
   private streamDone = false;
   private readStopped = false;
   private moreToRead = false;
+  /**
+   * Decoded but not yet delivered, in order: frames wait here while the layer above holds
+   * delivery (a request is being answered) or while we owe the peer more than WRITE_HIGH_WATER.
+   * While anything waits here nothing more is read from the stream, so QUIC flow control holds
+   * the peer: pipelined requests are answered one at a time, in order, at the rate it reads.
+   */
+  private inbox: Array<(h: ChannelHandler) => void> = [];
+  private held = false;
+  private pumping = false;
+  private reading = false;
+  /** Set by the session: a peer owed more than WRITE_HIGH_WATER that reads nothing this long is reported stalled. */
+  stallMs: number | undefined;
+  private stallTimer: NodeJS.Timeout | undefined;
   private extraStreams: Set<number> | undefined;
   private nextLocalStream = 4;
   /** Bytes and frames received and sent, for metrics. */
@@ -138,6 +156,45 @@ export class Channel implements ConnEvents {
     else this.early.push(() => f(this.handler!));
   }
 
+  /**
+   * Holds (true) or releases delivery of received frames. A server session holds while it
+   * answers a request, so the next pipelined request is not even decoded into the DFA before
+   * the answer is sent (docs/protocol.md, "Requests and seq").
+   */
+  hold(on: boolean): void {
+    if (this.held === on) return;
+    this.held = on;
+    if (!on && this.inbox.length > 0 && !this.pumping) {
+      // Later, not inside the caller's send(): a run of pipelined requests must not recurse.
+      this.pumping = true;
+      queueMicrotask(() => {
+        this.pumping = false;
+        this.pump();
+      });
+    }
+  }
+
+  /** Delivers waiting frames while nothing holds them; reads on from the stream once all are out. */
+  private pump(): void {
+    while (this.inbox.length > 0 && !this.held && !this.closed && this.outBytes <= WRITE_HIGH_WATER) {
+      this.emit(this.inbox.shift()!);
+    }
+    if (this.closed) {
+      this.inbox = [];
+      return;
+    }
+    if (this.inbox.length === 0 && this.streamId !== undefined && !this.reading) {
+      this.readControl(this.streamId);
+      this.conn.ep.touch(this.conn);
+    }
+  }
+
+  /** Queues one event behind the frames already waiting, then delivers what may go now. */
+  private deliver(f: (h: ChannelHandler) => void): void {
+    this.inbox.push(f);
+    if (this.inbox.length === 1) this.pump();
+  }
+
   get hasStream(): boolean {
     return this.streamId !== undefined;
   }
@@ -195,10 +252,21 @@ export class Channel implements ConnEvents {
   }
 
   private readControl(id: number): void {
+    if (this.reading) return;
+    this.reading = true;
+    try {
+      this.readSlice(id);
+    } finally {
+      this.reading = false;
+    }
+  }
+
+  private readSlice(id: number): void {
     if (this.readStopped || this.streamDone) return;
     // Backpressure: a peer that sends requests but never reads the answers would otherwise grow
-    // our write queue without bound. Read on only once what we owe it has been taken.
-    if (this.outBytes > WRITE_HIGH_WATER) return;
+    // our write queue without bound. Read on only once what we owe it has been taken, and once
+    // every frame already read has been delivered.
+    if (this.outBytes > WRITE_HIGH_WATER || this.inbox.length > 0) return;
     const q = this.conn.q;
     let taken = 0;
     for (;;) {
@@ -208,8 +276,9 @@ export class Channel implements ConnEvents {
       } catch (e) {
         this.streamDone = true;
         if (streamError(e, 'StreamReset') !== undefined && this.decoder.bufferedBytes > 0) {
-          this.emit((h) => h.protocolError(new ProtocolError('TRUNCATED_FRAME', `control stream reset inside a frame (${this.decoder.bufferedBytes} bytes buffered)`)));
-        } else this.emit((h) => h.ended());
+          const err = new ProtocolError('TRUNCATED_FRAME', `control stream reset inside a frame (${this.decoder.bufferedBytes} bytes buffered)`);
+          this.deliver((h) => h.protocolError(err));
+        } else this.deliver((h) => h.ended());
         return;
       }
       if (r === null) return;
@@ -223,13 +292,13 @@ export class Channel implements ConnEvents {
           messages = this.decoder.push(Buffer.from(readBuf.subarray(0, n)));
         } catch (e) {
           this.streamDone = true;
-          if (e instanceof ProtocolError) this.emit((h) => h.protocolError(e));
+          if (e instanceof ProtocolError) this.deliver((h) => h.protocolError(e));
           return;
         }
-        for (const m of messages) {
-          if (this.closed) return;
-          this.counters.framesIn++;
-          this.emit((h) => h.message(m));
+        this.counters.framesIn += messages.length;
+        if (messages.length > 0) {
+          for (const m of messages) this.inbox.push((h) => h.message(m));
+          this.pump();
         }
         if (this.closed) return;
       }
@@ -237,12 +306,14 @@ export class Channel implements ConnEvents {
         this.streamDone = true;
         try {
           this.decoder.end();
-          this.emit((h) => h.ended());
+          this.deliver((h) => h.ended());
         } catch (e) {
-          if (e instanceof ProtocolError) this.emit((h) => h.protocolError(e));
+          if (e instanceof ProtocolError) this.deliver((h) => h.protocolError(e));
         }
         return;
       }
+      // Frames wait (held, or we owe too much): read no more until they are delivered (pump).
+      if (this.inbox.length > 0) return;
       if (taken >= READ_SLICE || this.outBytes > WRITE_HIGH_WATER) {
         // Fairness: let other connections in before reading more of this one.
         if (!this.moreToRead) {
@@ -274,6 +345,7 @@ export class Channel implements ConnEvents {
     this.out.push(bytes);
     this.outBytes += bytes.length;
     Channel.totalPendingBytes += bytes.length;
+    this.watchStall(false);
     return new Promise<void>((resolve) => this.taken.push({ end: this.outTotal + this.outBytes, resolve }));
   }
 
@@ -298,8 +370,30 @@ export class Channel implements ConnEvents {
     for (const t of this.taken.splice(0)) t.resolve();
   }
 
+  /**
+   * Keeps the stall timer: running while we owe more than WRITE_HIGH_WATER, restarted whenever
+   * the peer takes bytes (`moved`), stopped once we owe less.
+   */
+  private watchStall(moved: boolean): void {
+    if (this.stallMs === undefined) return;
+    if (this.outBytes <= WRITE_HIGH_WATER || this.closed) {
+      if (this.stallTimer) clearTimeout(this.stallTimer);
+      this.stallTimer = undefined;
+      return;
+    }
+    if (this.stallTimer && !moved) return;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    const ms = this.stallMs;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = undefined;
+      if (!this.closed && this.outBytes > WRITE_HIGH_WATER) this.emit((h) => h.stalled?.(this.outBytes, ms));
+    }, ms);
+    this.stallTimer.unref?.();
+  }
+
   private flushOut(): void {
     const wasHigh = this.outBytes > WRITE_HIGH_WATER;
+    const totalBefore = this.outTotal;
     while (this.out.length > 0) {
       const chunk = this.out[0]!;
       const rest = this.outOffset ? chunk.subarray(this.outOffset) : chunk;
@@ -316,7 +410,11 @@ export class Channel implements ConnEvents {
       this.outOffset = 0;
     }
     while (this.taken.length > 0 && this.taken[0]!.end <= this.outTotal) this.taken.shift()!.resolve();
-    if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) this.readControl(this.streamId);
+    this.watchStall(this.outTotal !== totalBefore);
+    if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) {
+      if (this.inbox.length > 0) this.pump();
+      else this.readControl(this.streamId);
+    }
   }
 
   /** Queues one message on the control stream (ordered). */
@@ -342,6 +440,15 @@ export class Channel implements ConnEvents {
   /** Tests only: stops reading the control stream for good (a peer that never reads its answers). */
   pauseReading(): void {
     this.readStopped = true;
+  }
+
+  /** Tests only: reads again after pauseReading (a slow reader catching up). */
+  resumeReading(): void {
+    this.readStopped = false;
+    if (this.streamId === undefined || this.closed) return;
+    this.readControl(this.streamId);
+    // Send the flow-control credit the read freed.
+    this.conn.ep.touch(this.conn);
   }
 
   /** Tests only: opens another bidirectional stream and writes `bytes` on it (EXTRA_STREAM). */
@@ -380,6 +487,8 @@ export class Channel implements ConnEvents {
   private finish(info: ChannelClose): void {
     if (this.closedInfo) return;
     this.closedInfo = info;
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.inbox = [];
     this.dropOut();
     this.emit((h) => h.closed(info));
   }

@@ -93,7 +93,9 @@ export function alertPayload(e: AlertEvent, suppressed: number): Record<string, 
       suppressed,
     };
   }
-  return { event: e.kind, node: sanitize(e.node), time: new Date(e.at).toISOString(), at: e.at, servers: e.servers, suppressed };
+  const base = { event: e.kind, node: sanitize(e.node), time: new Date(e.at).toISOString(), at: e.at, servers: e.servers, suppressed };
+  if (e.kind === 'panic') return { ...base, engaged: e.engaged, pool: e.pool, healthy: e.healthy, known: e.known, thresholdPercent: e.thresholdPercent };
+  return base;
 }
 
 /** JSON-schema property for `minIntervalMs`, shared by the alert plugins' schemas. */

@@ -49,6 +49,7 @@ export function alertEnv(e: AlertEvent, suppressed: number): Record<string, stri
     Object.assign(env, { QHCP_SERVER: String(p.server), QHCP_FROM: String(p.from), QHCP_TO: String(p.to), QHCP_REASON: String(p.reason), QHCP_LAST_ERROR: String(p.lastError ?? '') });
   } else {
     env.QHCP_SERVERS = e.servers.join(',');
+    if (e.kind === 'panic') Object.assign(env, { QHCP_PANIC: e.engaged ? 'engaged' : 'ended', QHCP_POOL: String(p.pool), QHCP_HEALTHY: String(e.healthy), QHCP_KNOWN: String(e.known) });
   }
   return env;
 }

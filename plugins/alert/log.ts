@@ -45,6 +45,10 @@ export default class LogAlertPlugin implements QhcpPlugin {
       const t = e.transition;
       return `${new Date(t.at).toISOString()} ALERT ${sanitize(t.server)} ${t.from} -> ${t.to}: ${sanitize(t.reason)}${more}`;
     }
+    if (e.kind === 'panic') {
+      const what = e.engaged ? `panic mode engaged (${e.healthy} of ${e.known} healthy, under ${e.thresholdPercent}%): balancing across ${e.servers.length}` : `panic mode ended (${e.healthy} of ${e.known} healthy)`;
+      return `${new Date(e.at).toISOString()} ALERT load balancer ${sanitize(e.node)} pool ${sanitize(e.pool)}: ${what}`;
+    }
     return `${new Date(e.at).toISOString()} ALERT load balancer ${sanitize(e.node)} ${e.kind} (${e.servers.length} servers)`;
   }
 

@@ -1,15 +1,75 @@
 /**
  * least-connections: the server with the fewest active proxied connections (counted by the
  * `tcp-proxy` plugin, plugins/proxy/connections.ts), divided by the server's weight when
- * `weighted` is on. Ties rotate in configuration order, so equal servers share new connections
- * evenly (and a load balancer without tcp-proxy, where every count is 0, rotates like
- * round-robin).
+ * `weighted` is on. Ties rotate (the tied server picked longest ago first; configuration order
+ * at first), so equal servers share new connections evenly (and a load balancer without
+ * tcp-proxy, where every count is 0, rotates like round-robin).
+ * O(log N) per pick: the servers sit in a heap by (score, last picked); a connection opening or
+ * closing moves only its server (the counts' change log), a pool change rebuilds it (O(N)).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { connectionCounts, type ConnectionCounts } from '../proxy/connections.ts';
+import type { Picker, PickResult } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { SlotHeap } from '../../core/balance/heap.ts';
+import { connectionCounts, ConnectionCounts } from '../proxy/connections.ts';
 
 const PLUGIN_NAME = 'least-connections';
+const WHY = (score: number) => `fewest connections ${score}`;
+const WHY_WEIGHTED = (score: number) => `fewest connections per weight ${r3(score)}`;
+
+export class LeastConnectionsPicker implements Picker {
+  private servers: readonly BackendView[] = [];
+  private slot = new Map<string, number>();
+  private weights: number[] = [];
+  private lastPicked: number[] = [];
+  private picked = 0;
+  /** The counts' changeSeq the heap reflects. */
+  private seen = 0;
+  private readonly heap = new SlotHeap((a, b) => {
+    const sa = this.score(a);
+    const sb = this.score(b);
+    return sa < sb - 1e-12 || (sa <= sb + 1e-12 && this.lastPicked[a]! < this.lastPicked[b]!);
+  });
+
+  constructor(
+    private readonly counts: ConnectionCounts,
+    private readonly weighted: boolean,
+  ) {}
+
+  private score(i: number): number {
+    const c = this.counts.get(this.servers[i]!.address);
+    return this.weighted ? (c + 1) / this.weights[i]! : c;
+  }
+
+  update(servers: readonly BackendView[]): void {
+    const before = new Map<string, number>();
+    this.servers.forEach((s, i) => before.set(s.address, this.lastPicked[i]!));
+    const n = servers.length;
+    this.servers = servers;
+    this.slot = new Map(servers.map((s, i) => [s.address, i]));
+    this.weights = servers.map((s) => (typeof s.weight === 'number' && s.weight > 0 ? s.weight : 1));
+    this.lastPicked = servers.map((s, i) => before.get(s.address) ?? i - n - this.picked - 1);
+    this.seen = this.counts.changeSeq;
+    this.heap.reset(servers.keys(), n);
+  }
+
+  pick(): PickResult | undefined {
+    if (this.servers.length === 0) return undefined;
+    if (this.seen !== this.counts.changeSeq) {
+      const moved = this.counts.changedSince(this.seen);
+      if (moved === undefined) this.heap.reset(this.servers.keys(), this.servers.length);
+      else for (const a of moved) this.heap.fix(this.slot.get(a) ?? -1);
+      this.seen = this.counts.changeSeq;
+    }
+    const i = this.heap.peek();
+    const s = this.servers[i]!;
+    const score = this.score(i);
+    this.lastPicked[i] = ++this.picked;
+    this.heap.fix(i);
+    return new Picked(s, this.weighted ? WHY_WEIGHTED : WHY, score);
+  }
+}
 
 export default class LeastConnectionsPlugin implements QhcpPlugin {
   static schema = {
@@ -22,36 +82,40 @@ export default class LeastConnectionsPlugin implements QhcpPlugin {
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private counts: ConnectionCounts | undefined;
-  private last: string | undefined;
+  /** The load balancer's table once applied; a table of its own (all zero) before, e.g. in a client. */
+  private counts = new ConnectionCounts();
+  private hooked: LeastConnectionsPicker | undefined;
 
   constructor(private readonly options: { weighted?: boolean } = {}) {}
 
-  choose(servers: readonly BackendView[], counts: ConnectionCounts): BackendView | undefined {
-    const n = servers.length;
-    if (n === 0) return undefined;
-    const score = servers.map((s) => {
-      const c = counts.get(s.address);
-      if (!this.options.weighted) return c;
-      const w = typeof s.weight === 'number' && s.weight > 0 ? s.weight : 1;
-      return (c + 1) / w;
-    });
-    const min = Math.min(...score);
-    const lastAt = this.last === undefined ? -1 : servers.findIndex((s) => s.address === this.last);
-    let best = 0;
-    for (let k = 1; k <= n; k++) {
-      const i = (lastAt + k + n) % n;
-      if (score[i]! <= min + 1e-12) {
-        best = i;
-        break;
-      }
+  /** State of its own for one pool (LocalBalancer), over the load balancer's connection counts. */
+  picker(): LeastConnectionsPicker {
+    return new LeastConnectionsPicker(this.counts, this.options.weighted === true);
+  }
+
+  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
+  why = '';
+
+  /** One pick with the pool read each time (O(N)): the `pick` hook's path. `counts` replaces the table (tests). */
+  choose(servers: readonly BackendView[], counts?: ConnectionCounts): BackendView | undefined {
+    if (counts && counts !== this.counts) {
+      this.counts = counts;
+      this.hooked = undefined;
     }
-    this.last = servers[best]!.address;
-    return servers[best];
+    this.hooked ??= this.picker();
+    this.hooked.update(servers);
+    const r = this.hooked.pick();
+    this.why = r?.why ?? '';
+    return r?.server;
   }
 
   apply(core: CoreLike): void {
     this.counts = connectionCounts(core);
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => this.choose(req.servers, this.counts!));
+    this.hooked = undefined;
+    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
+      const chosen = this.choose(req.servers);
+      if (chosen) req.explain?.(this.why);
+      return chosen;
+    });
   }
 }

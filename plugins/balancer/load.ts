@@ -57,24 +57,41 @@ export function loadsOf(servers: readonly BackendView[], now: number, o: LoadOpt
   return { loads: raw.map((v) => v ?? fill), known: raw.map((v) => v !== undefined) };
 }
 
-/** Picks sent to each server since its last report; a new report (reportedAt changes) resets it. */
-export class PicksSinceReport {
-  private readonly counts = new Map<string, { reportedAt: number | null; picks: number }>();
+/**
+ * A pool's loads as of the last `update` (unknown ones filled per `unknownLoad`), and the picks
+ * sent to each server since its last report (the herd guard; a new report, i.e. a new
+ * `reportedAt`, resets a server's count). Indexed by position in `servers`. `stale(now)` says
+ * when a report has aged past `maxReportAgeMs` since: the loads must be read again.
+ */
+export class LoadState {
+  servers: readonly BackendView[] = [];
+  loads: number[] = [];
+  picks: number[] = [];
+  private reportedAt: Array<number | null> = [];
+  private expiresAt = Infinity;
 
-  get(s: BackendView): number {
-    const c = this.counts.get(s.address);
-    return c && c.reportedAt === s.reportedAt ? c.picks : 0;
+  /** O(N). */
+  update(servers: readonly BackendView[], now: number, o: LoadOptions): void {
+    const before = new Map<string, number>();
+    this.servers.forEach((s, i) => before.set(s.address, i));
+    this.loads = loadsOf(servers, now, o).loads;
+    this.picks = servers.map((s) => {
+      const j = before.get(s.address);
+      return j !== undefined && this.reportedAt[j] === s.reportedAt ? this.picks[j]! : 0;
+    });
+    this.reportedAt = servers.map((s) => s.reportedAt);
+    this.servers = servers;
+    let until = Infinity;
+    for (const s of servers) {
+      if (reportedLoad(s, now, o) === undefined) continue;
+      until = Math.min(until, s.reportedAt! - (s.ageMs ?? 0) + o.maxReportAgeMs);
+    }
+    this.expiresAt = until;
   }
 
-  add(s: BackendView): void {
-    this.counts.set(s.address, { reportedAt: s.reportedAt, picks: this.get(s) + 1 });
-  }
-
-  /** Forgets servers no longer offered (DOWN ones), so the map stays as small as the pool. */
-  prune(servers: readonly BackendView[]): void {
-    if (this.counts.size <= servers.length) return;
-    const live = new Set(servers.map((s) => s.address));
-    for (const k of this.counts.keys()) if (!live.has(k)) this.counts.delete(k);
+  /** Whether a report known at the last update has gone stale since. */
+  stale(now: number): boolean {
+    return now > this.expiresAt;
   }
 }
 
@@ -95,35 +112,73 @@ export const maxShareSchema = {
  * never captures all traffic. A server that already had `limit` of the last SHARE_WINDOW picks,
  * where limit = min(maxShare, 3/n) × SHARE_WINDOW for n servers offered, is passed over while
  * another server is offered (docs/plugins-builtin.md, "Share cap").
+ *
+ * For pickers that keep candidates in a heap: a server is parked (`park`, out of the heap) by
+ * the pick that brings it to its cap, and put back (`unpark`) when a pick of its leaves the
+ * window, so no pick walks past capped servers. O(1) per pick besides those two calls. At most
+ * SHARE_WINDOW servers are parked, and with two or more never all of them (a cap is always more
+ * than 1/n of the window). Servers are slots (positions in the pool of the last `reset`).
  */
 export class ShareCap {
-  private readonly recent: string[] = [];
-  private readonly counts = new Map<string, number>();
+  /** The last SHARE_WINDOW picks (slots, a ring), how many of them each slot had, which are parked. */
+  private ring: number[] = [];
+  private next = 0;
+  private counts: Int32Array = new Int32Array(0);
+  private parked: Uint8Array = new Uint8Array(0);
+  private servers: readonly BackendView[] = [];
+  private limit = Infinity;
 
-  constructor(readonly maxShare: number) {}
+  constructor(
+    readonly maxShare: number,
+    private readonly park: (i: number) => void = () => {},
+    private readonly unpark: (i: number) => void = () => {},
+  ) {}
 
-  /** Whether `s` has had its share of the recent picks, with `n` servers offered. */
-  full(s: BackendView, n: number): boolean {
-    if (n < 2 || this.maxShare >= 1) return false;
-    const limit = Math.max(1, Math.floor(Math.min(this.maxShare, 3 / n) * SHARE_WINDOW));
-    return (this.counts.get(s.address) ?? 0) >= limit;
-  }
-
-  /** Records a pick. */
-  add(s: BackendView): void {
-    this.recent.push(s.address);
-    this.counts.set(s.address, (this.counts.get(s.address) ?? 0) + 1);
-    if (this.recent.length > SHARE_WINDOW) {
-      const old = this.recent.shift()!;
-      const c = (this.counts.get(old) ?? 1) - 1;
-      if (c <= 0) this.counts.delete(old);
-      else this.counts.set(old, c);
+  /** A new pool (the owner rebuilt its heap with every slot): the window is carried over by address, those at their cap parked. O(N). */
+  reset(servers: readonly BackendView[]): void {
+    const n = servers.length;
+    const slot = new Map(servers.map((s, i) => [s.address, i]));
+    const old = this.servers;
+    // The window in order, oldest first, as new slots (-1: left the pool).
+    const ordered = this.ring.length < SHARE_WINDOW ? this.ring : [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+    this.ring = ordered.map((j) => (j >= 0 ? (slot.get(old[j]!.address) ?? -1) : -1));
+    this.next = 0;
+    this.servers = servers;
+    this.counts = new Int32Array(n);
+    for (const j of this.ring) if (j >= 0) this.counts[j]!++;
+    this.parked = new Uint8Array(n);
+    this.limit = n < 2 || this.maxShare >= 1 ? Infinity : Math.max(1, Math.floor(Math.min(this.maxShare, 3 / n) * SHARE_WINDOW));
+    for (let i = 0; i < n; i++) {
+      if (this.counts[i]! >= this.limit) {
+        this.parked[i] = 1;
+        this.park(i);
+      }
     }
   }
 
-  /** `servers` without those at their cap (all of them when every one is). */
-  open<T extends BackendView>(servers: readonly T[]): readonly T[] {
-    const ok = servers.filter((s) => !this.full(s, servers.length));
-    return ok.length > 0 ? ok : servers;
+  /** Whether slot `i` has had its share of the recent picks. */
+  full(i: number): boolean {
+    return this.counts[i]! >= this.limit;
+  }
+
+  /** Records a pick of slot `i` (after the owner re-sorted it): parks it at its cap, brings back one that fell below. */
+  picked(i: number): void {
+    if (this.limit === Infinity) return;
+    let out = -1;
+    if (this.ring.length >= SHARE_WINDOW) {
+      out = this.ring[this.next]!;
+      if (out >= 0) this.counts[out]!--;
+      this.ring[this.next] = i;
+      this.next = (this.next + 1) % SHARE_WINDOW;
+    } else this.ring.push(i);
+    this.counts[i]!++;
+    if (!this.parked[i] && this.counts[i]! >= this.limit) {
+      this.parked[i] = 1;
+      this.park(i);
+    }
+    if (out >= 0 && this.parked[out] && this.counts[out]! < this.limit) {
+      this.parked[out] = 0;
+      this.unpark(out);
+    }
   }
 }

@@ -2,17 +2,78 @@
  * power-of-two: two distinct UP servers chosen at random, the less loaded of the two wins (a tie
  * is decided at random). Randomness keeps it from herding onto one idle-looking server even
  * with stale reports; the most loaded server is never picked while it has a peer.
- * Stale reports count as unknown load (load.ts).
+ * Stale reports count as unknown load (load.ts). O(1) per pick from loads read when the pool or
+ * a report changes (O(N log N) then, for the share cap's fallback order).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
-import { LOAD_DEFAULTS, LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, PicksSinceReport, ShareCap, loadsOf, type LoadOptions } from './load.ts';
+import type { Picker, PickResult } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
+import { SlotHeap } from '../../core/balance/heap.ts';
 
 const PLUGIN_NAME = 'power-of-two';
+const WHY = (x: number, y: number) => (x === y ? `two sampled, equal load ${r3(x)}, coin toss` : `lower load of two sampled: ${r3(Math.min(x, y))} vs ${r3(Math.max(x, y))}`);
+const CAPPED = () => 'the pair at its share cap: least loaded below the cap';
 
 export interface PowerOfTwoOptions extends Partial<LoadOptions> {
   pickCost?: number;
   maxShare?: number;
+}
+type Opts = LoadOptions & { pickCost: number; maxShare: number };
+
+export class PowerOfTwoPicker implements Picker {
+  private readonly state = new LoadState();
+  /** Servers below their share cap, least loaded first: where a capped pair's pick goes instead. */
+  private readonly open = new SlotHeap((a, b) => this.state.loads[a]! < this.state.loads[b]! || (this.state.loads[a] === this.state.loads[b] && a < b));
+  private readonly cap: ShareCap;
+
+  constructor(
+    private readonly o: Opts,
+    maxShare: number,
+    private readonly random: () => number,
+  ) {
+    this.cap = new ShareCap(
+      maxShare,
+      (i) => this.open.remove(i),
+      (i) => this.open.push(i),
+    );
+  }
+
+  update(servers: readonly BackendView[], now: number): void {
+    this.state.update(servers, now, this.o);
+    this.open.reset(servers.keys(), servers.length);
+    this.cap.reset(servers);
+  }
+
+  pick(_key: string | undefined, now: number): PickResult | undefined {
+    const servers = this.state.servers;
+    const n = servers.length;
+    if (n === 0) return undefined;
+    if (n === 1) return { server: servers[0]!, why: 'the only one' };
+    if (this.state.stale(now)) this.update(servers, now);
+    const { loads, picks } = this.state;
+    const a = Math.floor(this.random() * n) % n;
+    // A second index drawn from the other n-1, so the two are always distinct.
+    const b = (a + 1 + (Math.floor(this.random() * (n - 1)) % (n - 1))) % n;
+    // Loads of the whole pool (LoadState), so an unknown one is filled with the pool's mean, not the pair's.
+    const la = loads[a]! + this.o.pickCost * picks[a]!;
+    const lb = loads[b]! + this.o.pickCost * picks[b]!;
+    let i = la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b;
+    let why = WHY;
+    // The pair's winner at its share cap gives way to the least loaded server not at its cap
+    // (load.ts ShareCap), so the cap never sends a pick to the most loaded one needlessly.
+    if (this.cap.full(i)) {
+      const open = this.open.peek();
+      if (open >= 0) {
+        if (open !== a && open !== b) why = CAPPED;
+        i = open;
+      }
+    }
+    if (this.o.pickCost > 0) picks[i]!++;
+    this.cap.picked(i);
+    return new Picked(servers[i]!, why, la, lb);
+  }
 }
 
 export default class PowerOfTwoPlugin implements QhcpPlugin {
@@ -28,9 +89,9 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private readonly opts: LoadOptions & { pickCost: number; maxShare: number };
-  private readonly picks = new PicksSinceReport();
-  private readonly share: ShareCap;
+  private readonly opts: Opts;
+  /** The state behind the `pick` hook (callers that pass the pool each time). */
+  private readonly hooked: PowerOfTwoPicker;
 
   /** `random` returns [0, 1) like Math.random (tests pass a seeded one). */
   constructor(
@@ -38,48 +99,23 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     private readonly random: () => number = Math.random,
   ) {
     this.opts = withDefaults(PowerOfTwoPlugin.schema, options, 'power-of-two');
-    this.share = new ShareCap(this.opts.maxShare);
+    this.hooked = this.picker();
+  }
+
+  /** State of its own for one pool (LocalBalancer). O(1) per pick. */
+  picker(): PowerOfTwoPicker {
+    return new PowerOfTwoPicker(this.opts, this.opts.maxShare, this.random);
   }
 
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */
   why = '';
 
+  /** One pick with the pool read each time (O(N)): the `pick` hook's path. */
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    const n = servers.length;
-    if (n === 0) return undefined;
-    if (n === 1) {
-      this.why = 'the only one';
-      return servers[0];
-    }
-    this.picks.prune(servers);
-    const a = Math.floor(this.random() * n) % n;
-    // A second index drawn from the other n-1, so the two are always distinct.
-    const b = (a + 1 + (Math.floor(this.random() * (n - 1)) % (n - 1))) % n;
-    // Loads of the whole pool, so an unknown one is filled with the pool's mean, not the pair's.
-    const { loads } = loadsOf(servers, now, this.opts);
-    const la = loads[a]! + this.opts.pickCost * this.picks.get(servers[a]!);
-    const lb = loads[b]! + this.opts.pickCost * this.picks.get(servers[b]!);
-    let chosen = servers[la < lb ? a : lb < la ? b : this.random() < 0.5 ? a : b]!;
-    // The pair's winner at its share cap gives way to the least loaded server not at its cap
-    // (load.ts ShareCap), so the cap never sends a pick to the most loaded one needlessly.
-    if (this.share.full(chosen, n)) {
-      let best: number | undefined;
-      servers.forEach((s, i) => {
-        if (!this.share.full(s, n) && (best === undefined || loads[i]! < loads[best]!)) best = i;
-      });
-      if (best !== undefined) chosen = servers[best]!;
-    }
-    const r = (x: number) => Math.round(x * 1000) / 1000;
-    const won = chosen === servers[a] ? la : chosen === servers[b] ? lb : undefined;
-    this.why =
-      won === undefined
-        ? 'the pair at its share cap: least loaded below the cap'
-        : la === lb
-          ? `two sampled, equal load ${r(la)}, coin toss`
-          : `lower load of two sampled: ${r(Math.min(la, lb))} vs ${r(Math.max(la, lb))}`;
-    if (this.opts.pickCost > 0) this.picks.add(chosen);
-    this.share.add(chosen);
-    return chosen;
+    this.hooked.update(servers, now);
+    const r = this.hooked.pick(undefined, now);
+    this.why = r?.why ?? '';
+    return r?.server;
   }
 
   apply(core: CoreLike): void {

@@ -2,40 +2,74 @@
  * round-robin: a fair rotation over the UP servers, ignoring load. The rotation follows
  * configuration order; when the server picked last is no longer UP, it continues with the next
  * one after it in the order seen at that pick, so a server going DOWN or coming back does not
- * restart the rotation or give anyone a double turn.
+ * restart the rotation or give anyone a double turn. O(1) per pick (RotationPicker), O(N) per
+ * change of the pool.
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { Picker, PickResult } from '../../core/balance/picker.ts';
 
 const PLUGIN_NAME = 'round-robin';
+
+/** The rotation's state: the pool, a cursor on the server picked next, the one picked last. */
+export class RotationPicker implements Picker {
+  private servers: readonly BackendView[] = [];
+  private cursor = 0;
+  private last: string | undefined;
+
+  update(servers: readonly BackendView[]): void {
+    const old = this.servers;
+    const next = old.length > 0 ? old[this.cursor % old.length]!.address : undefined;
+    const pos = new Map<string, number>();
+    servers.forEach((s, i) => pos.set(s.address, i));
+    this.servers = servers;
+    this.cursor = 0;
+    if (this.last === undefined || servers.length === 0) return;
+    const at = pos.get(this.last);
+    if (at !== undefined) {
+      this.cursor = (at + 1) % servers.length;
+      return;
+    }
+    // The last pick left the pool: walk on from the server that was due next in the old pool.
+    const from = next === undefined ? -1 : old.findIndex((s) => s.address === next);
+    for (let k = 0; k < old.length; k++) {
+      const j = pos.get(old[(from + k + old.length) % old.length]!.address);
+      if (j !== undefined) {
+        this.cursor = j;
+        return;
+      }
+    }
+  }
+
+  pick(): PickResult | undefined {
+    const n = this.servers.length;
+    if (n === 0) return undefined;
+    const s = this.servers[this.cursor]!;
+    this.cursor = (this.cursor + 1) % n;
+    this.last = s.address;
+    return { server: s, why: 'next in rotation' };
+  }
+}
 
 export default class RoundRobinPlugin implements QhcpPlugin {
   static schema = { type: 'object', additionalProperties: false, properties: {} };
   readonly name = PLUGIN_NAME;
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
-  private last: string | undefined;
-  /** The pool (addresses, in order) at the last pick. */
-  private order: string[] = [];
+  /** The state behind the `pick` hook (callers that pass the pool each time). */
+  private readonly hooked = new RotationPicker();
 
   constructor(_options: Record<string, unknown> = {}) {}
 
-  /** The UP server after the last one picked. */
+  /** A rotation of its own for one pool (LocalBalancer). */
+  picker(): Picker {
+    return new RotationPicker();
+  }
+
+  /** The UP server after the last one picked (O(N): the pool is read each time). */
   choose(servers: readonly BackendView[]): BackendView | undefined {
-    if (servers.length === 0) return undefined;
-    let next: BackendView | undefined;
-    const i = this.last === undefined ? -1 : servers.findIndex((s) => s.address === this.last);
-    if (i >= 0) next = servers[(i + 1) % servers.length];
-    else if (this.last !== undefined) {
-      // The last pick left the pool: walk on from where it stood in the previous pool.
-      const at = this.order.indexOf(this.last);
-      const offered = new Map(servers.map((s) => [s.address, s]));
-      for (let k = 1; k <= this.order.length && !next; k++) next = offered.get(this.order[(at + k) % this.order.length]!);
-    }
-    next ??= servers[0]!;
-    this.last = next.address;
-    if (this.order.length !== servers.length || this.order.some((a, j) => a !== servers[j]!.address)) this.order = servers.map((s) => s.address);
-    return next;
+    this.hooked.update(servers);
+    return this.hooked.pick()?.server;
   }
 
   apply(core: CoreLike): void {

@@ -12,8 +12,10 @@
  * - Per-backend connection counts feed the `least-connections` balancer (connections.ts).
  * - Passive outlier detection (after Envoy's): `consecutiveFailures` failed connects in a row
  *   eject a backend for `baseEjectionMs` x the number of times it was ejected (at most
- *   `maxEjectionMs`); at most `maxEjectedPercent` of the backends are ejected at once (at least
- *   one). A failed connect is retried on another backend, `retries` times.
+ *   `maxEjectionMs`); each `baseEjectionMs` a backend then spends not ejected takes one off
+ *   that count again (so a backend that failed once long ago starts from the base time, as
+ *   Envoy decrements its ejection multiplier); at most `maxEjectedPercent` of the backends are
+ *   ejected at once (at least one). A failed connect is retried on another backend, `retries` times.
  * A backend's service address is its `target` (targets map or portOffset), not the agent's port.
  */
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
@@ -52,7 +54,10 @@ export interface TcpProxyStats {
 interface Outlier {
   failures: number;
   ejectedUntil: number;
+  /** The ejection multiplier: ejections not yet decayed away. */
   times: number;
+  /** Up to when time spent not ejected has been taken off `times`. */
+  decayedTo: number;
 }
 
 export default class TcpProxyPlugin implements QhcpPlugin {
@@ -75,7 +80,7 @@ export default class TcpProxyPlugin implements QhcpPlugin {
         default: {},
         properties: {
           consecutiveFailures: { type: 'integer', minimum: 1, maximum: 1000, default: 3, description: 'failed connects in a row that eject a backend' },
-          baseEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 10_000, description: 'first ejection time; each further ejection multiplies it' },
+          baseEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 10_000, description: 'first ejection time; each further ejection multiplies it, each baseEjectionMs spent not ejected divides the multiplier down by one again' },
           maxEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 300_000, description: 'an ejection never lasts longer' },
           maxEjectedPercent: { type: 'integer', minimum: 0, maximum: 100, default: 50, description: 'share of backends ejected at once at most (at least one; 0: never eject)' },
         },
@@ -273,10 +278,9 @@ export default class TcpProxyPlugin implements QhcpPlugin {
   }
 
   /** @internal */
-  connectFailed(address: string, error: string): void {
+  connectFailed(address: string, error: string, now = Date.now()): void {
     this.stats.connectFailures++;
-    const now = Date.now();
-    const o = this.outliers.get(address) ?? { failures: 0, ejectedUntil: 0, times: 0 };
+    const o = this.outliers.get(address) ?? { failures: 0, ejectedUntil: 0, times: 0, decayedTo: 0 };
     this.outliers.set(address, o);
     o.failures++;
     this.core?.logger.limited(`tcp-proxy-connect:${address}`, 'tcp-proxy: connect to backend failed', { plugin: PLUGIN_NAME, backend: address, error, failures: o.failures });
@@ -286,6 +290,13 @@ export default class TcpProxyPlugin implements QhcpPlugin {
     const ejectedNow = this.view.filter((b) => this.ejected(b.address, now)).length;
     const allowed = Math.max(1, Math.floor((total * c.maxEjectedPercent) / 100));
     if (ejectedNow >= allowed) return;
+    // Decay: one off the multiplier for each whole baseEjectionMs spent not ejected since the last one ended.
+    const from = Math.max(o.ejectedUntil, o.decayedTo);
+    const steps = Math.floor((now - from) / c.baseEjectionMs);
+    if (o.times > 0 && steps > 0) {
+      o.times = Math.max(0, o.times - steps);
+      o.decayedTo = from + steps * c.baseEjectionMs;
+    }
     o.times++;
     const ms = Math.min(c.maxEjectionMs, c.baseEjectionMs * o.times);
     o.ejectedUntil = now + ms;

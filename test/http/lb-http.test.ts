@@ -334,6 +334,34 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       rmSync(dir, { recursive: true });
     });
 
+    it('on loopback, serves only loopback Host names (DNS rebinding): 421 for any other', async () => {
+      const lb = fakeLb([A]);
+      const web = new LbHttp(lb, { at: { host: '127.0.0.1', port: 0 }, explicit: true });
+      const at = await web.listen();
+      const get = (host: string | undefined) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const req = request({ host: '127.0.0.1', port: at!.port, path: '/api/status', setHost: false, headers: host === undefined ? {} : { host } }, (res) => {
+            let body = '';
+            res.on('data', (c: Buffer) => (body += c));
+            res.on('end', () => resolve({ status: res.statusCode!, body }));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      try {
+        for (const ok of [`127.0.0.1:${at!.port}`, `localhost:${at!.port}`, 'localhost', `[::1]:${at!.port}`, '127.8.9.10']) {
+          expect((await get(ok)).status, ok).to.equal(200);
+        }
+        for (const bad of ['evil.example', `evil.example:${at!.port}`, '10.0.0.1', 'localhost.evil.example', `[::2]:${at!.port}`]) {
+          const r = await get(bad);
+          expect(r.status, bad).to.equal(421);
+          expect(JSON.parse(r.body)).to.include({ error: 'MISDIRECTED_REQUEST' });
+        }
+      } finally {
+        await web.close();
+      }
+    });
+
     it('a default address in use is a warning and no listener; a configured one is an error', async () => {
       const busy = createServer();
       await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));

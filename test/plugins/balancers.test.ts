@@ -3,7 +3,7 @@ import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import WeightedRoundRobinPlugin from '../../plugins/balancer/weighted-round-robin.ts';
 import LeastLoadedPlugin from '../../plugins/balancer/least-loaded.ts';
 import PowerOfTwoPlugin from '../../plugins/balancer/power-of-two.ts';
-import { LOAD_DEFAULTS, PicksSinceReport, loadsOf, reportedLoad } from '../../plugins/balancer/load.ts';
+import { LOAD_DEFAULTS, LoadState, loadsOf, reportedLoad } from '../../plugins/balancer/load.ts';
 import { resolvePlugins, applyPlugins, validateOptions } from '../../core/plugin/loader.ts';
 import { ConfigError } from '../../core/errors.ts';
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
@@ -252,13 +252,23 @@ describe('balancer plugins', () => {
       expect(known).to.deep.equal([true, false, true]);
     });
 
-    it('counts picks per server until its next report', () => {
-      const c = new PicksSinceReport();
-      const a1 = backend('a', { reportedAt: 1 });
-      c.add(a1);
-      c.add(a1);
-      expect(c.get(a1)).to.equal(2);
-      expect(c.get(backend('a', { reportedAt: 2 }))).to.equal(0, 'a new report resets the count');
+    it('counts picks per server until its next report, and says when a report has gone stale', () => {
+      const o = { ...LOAD_DEFAULTS, maxReportAgeMs: 1000 };
+      const st = new LoadState();
+      const [a1, b1] = [backend('a', { loadScore: 0.1, reportedAt: 1000 }), backend('b', { loadScore: 0.3, reportedAt: 1500, ageMs: 200 })];
+      st.update([a1!, b1!], 1000, o);
+      st.picks[0]! += 2;
+      st.picks[1]! += 1;
+      // The same reports, b moved to the front: counts follow the server, not the position.
+      st.update([b1!, a1!], 1100, o);
+      expect(st.picks).to.deep.equal([1, 2]);
+      expect(st.loads).to.deep.equal([0.3, 0.1]);
+      // a reports again: its count starts over.
+      st.update([b1!, backend('a', { loadScore: 0.1, reportedAt: 1200 })], 1200, o);
+      expect(st.picks).to.deep.equal([1, 0], 'a new report resets the count');
+      // b's sample was 200 ms old on arrival at 1500: stale after 2300; a's after 2200.
+      expect(st.stale(2200)).to.equal(false);
+      expect(st.stale(2201)).to.equal(true);
     });
 
     it('rejects bad options', () => {

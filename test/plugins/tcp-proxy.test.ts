@@ -249,4 +249,31 @@ describe('proxy plugin tcp-proxy (real TCP backends)', function () {
     expect(proxy.stats.connectFailures).to.be.greaterThanOrEqual(4);
     expect(core.logged(/backend ejected/)).to.have.length(1);
   });
+
+  it('ejection time grows with each ejection and decays while the backend stays in: one step per baseEjectionMs', async () => {
+    await start('rr', { outlier: { consecutiveFailures: 1, baseEjectionMs: 1000, maxEjectionMs: 10_000, maxEjectedPercent: 100 } });
+    const b = A[0]!;
+    const until = (t0: number) => {
+      proxy.connectFailed(b, 'test: refused', t0);
+      expect(proxy.ejected(b, t0), `ejected at ${t0}`).to.equal(true);
+      let t = t0;
+      while (proxy.ejected(b, t)) t += 100;
+      return t - t0;
+    };
+    expect(until(0)).to.equal(1000); // first: 1 x base
+    expect(until(1000)).to.equal(2000); // again right after: 2 x base
+    expect(until(3000)).to.equal(3000); // 3 x base
+    // 6000: ejected until then. 2.5 s back in rotation: two steps off (3 -> 1), then this one: 2 x base.
+    expect(until(8500)).to.equal(2000);
+    // A long healthy spell brings it back to the base time, never below.
+    expect(until(60_000)).to.equal(1000);
+    // Capped at maxEjectionMs however often it fails in a row.
+    let t = 61_000;
+    let last = 0;
+    for (let i = 0; i < 15; i++) {
+      last = until(t);
+      t += last;
+    }
+    expect(last).to.equal(10_000);
+  });
 });

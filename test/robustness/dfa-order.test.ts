@@ -29,6 +29,8 @@ const SAMPLE: { [K in MessageName]: Bodies[K] } = {
   STATUS: { seq: 1 },
   STATUS_RESPONSE: { seq: 1, node: 'raw', servers: [] },
   HEALTH_REPORT: { metrics: { cpu: 1 }, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 },
+  WATCH: { seq: 1 },
+  WATCH_UPDATE: { seq: 1, run: 'raw', version: 1, kind: 'full', members: [] },
 };
 
 type Outcome = { answer: MessageName } | { error: string } | { closedClean: true };
@@ -39,7 +41,7 @@ function expected(port: 'agent' | 'lb', state: ServerSessionState, type: Message
   const serves: Partial<Record<MessageName, MessageName>> =
     port === 'agent'
       ? { HELLO: 'ACK', HEALTH_REQUEST: 'HEALTH_RESPONSE', CONFIG_UPDATE: 'CONFIG_ACK', TERMINATE: 'TERMINATE_ACK' }
-      : { HELLO: 'ACK', PICK: 'PICK_RESPONSE', STATUS: 'STATUS_RESPONSE', TERMINATE: 'TERMINATE_ACK' };
+      : { HELLO: 'ACK', PICK: 'PICK_RESPONSE', STATUS: 'STATUS_RESPONSE', WATCH: 'WATCH_UPDATE', TERMINATE: 'TERMINATE_ACK' };
   if (type === 'ERROR') return { closedClean: true };
   const answer = serves[type];
   return answer ? { answer } : { error: 'UNSUPPORTED_REQUEST' };

@@ -114,7 +114,7 @@
     const b = r.data;
     const c = r.c;
     c.addr.textContent = b.address;
-    c.name.textContent = [b.name, b.service ? `service ${b.service}` : ''].filter(Boolean).join(' · ');
+    c.name.textContent = [b.name, b.service ? `service ${b.service}` : '', b.checkedBy ? `checked by ${b.checkedBy.join(', ') || 'nobody now'}` : ''].filter(Boolean).join(' · ');
     c.badge.textContent = b.state;
     c.badge.className = `state ${STATES.includes(b.state) ? b.state : 'UNKNOWN'}`;
     r.tr.setAttribute('data-state', b.state);
