@@ -38,6 +38,30 @@ export function messageName(type: number): MessageName | undefined {
   return NAME_BY_TYPE.get(type);
 }
 
+/**
+ * Who sends each message and what it is for: docs/protocol.md, "Messages", is generated from
+ * this (`npm run docs:protocol`), and test/dfa.test.ts checks the DFA tables against the directions.
+ */
+export const MESSAGE_INFO: Record<MessageName, { direction: 'C→S' | 'S→C' | 'both'; kind: string }> = {
+  HELLO: { direction: 'C→S', kind: 'opens the session: versions, role, credentials' },
+  ACK: { direction: 'S→C', kind: 'accepts HELLO' },
+  HEALTH_REQUEST: { direction: 'C→S', kind: 'request (checker sessions)' },
+  HEALTH_RESPONSE: { direction: 'S→C', kind: 'response to HEALTH_REQUEST' },
+  CONFIG_UPDATE: { direction: 'C→S', kind: 'request (checker sessions)' },
+  CONFIG_ACK: { direction: 'S→C', kind: 'response to CONFIG_UPDATE' },
+  ERROR: { direction: 'both', kind: 'fatal error, then close' },
+  TERMINATE: { direction: 'C→S', kind: 'graceful end requested by the client' },
+  TERMINATE_ACK: { direction: 'S→C', kind: 'response to TERMINATE' },
+  DRAIN: { direction: 'S→C', kind: 'push: the server is going away' },
+  PICK: { direction: 'C→S', kind: 'request (query sessions)' },
+  PICK_RESPONSE: { direction: 'S→C', kind: 'response to PICK' },
+  STATUS: { direction: 'C→S', kind: 'request (query sessions)' },
+  STATUS_RESPONSE: { direction: 'S→C', kind: 'response to STATUS' },
+  HEALTH_REPORT: { direction: 'S→C', kind: 'push: metrics and verdicts, at the interval set by CONFIG_UPDATE and at once on a verdict, admin or weight change' },
+  WATCH: { direction: 'C→S', kind: "request (query sessions): stream the load balancer's view" },
+  WATCH_UPDATE: { direction: 'S→C', kind: 'response to WATCH (the full view), then push: every change, versioned' },
+};
+
 /** Versions of the protocol this implementation speaks (frame header byte and HELLO). */
 export const PROTOCOL_VERSION = 1;
 export const SUPPORTED_VERSIONS: readonly number[] = [PROTOCOL_VERSION];

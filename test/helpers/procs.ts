@@ -4,6 +4,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { QueryClient } from '../../core/client/query.ts';
 import type { ServerStatus } from '../../core/protocol/messages.ts';
@@ -164,6 +167,35 @@ export async function startLoadBalancer(
 }
 
 /** STATUS from a load balancer's query port. */
+/** Config files in temporary folders, each removed by `cleanup()` (call it in afterEach). */
+export class TempConfigs {
+  private readonly dirs: string[] = [];
+  constructor(private readonly prefix: string) {}
+  /** Writes `data` as qhcp.config.json in a new folder; returns its path. */
+  file(data: object): string {
+    const dir = mkdtempSync(join(tmpdir(), this.prefix));
+    this.dirs.push(dir);
+    const file = join(dir, 'qhcp.config.json');
+    writeFileSync(file, JSON.stringify(data));
+    return file;
+  }
+  cleanup(): void {
+    for (const d of this.dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  }
+}
+
+/** `n` PICKs in a row on one query connection (optionally for one service). */
+export async function pickMany(lbPort: number, n: number, service?: string): Promise<Array<{ server: string | null; reason?: string; balancer?: string; why?: string }>> {
+  const q = await QueryClient.open({ host: '127.0.0.1', port: lbPort, timeoutMs: 5000 });
+  try {
+    const out = [];
+    for (let i = 0; i < n; i++) out.push(await q.pick(undefined, service));
+    return out;
+  } finally {
+    await q.close();
+  }
+}
+
 export async function queryStatus(port: number): Promise<ServerStatus[]> {
   const q = await QueryClient.open({ host: '127.0.0.1', port, timeoutMs: 5000 });
   try {

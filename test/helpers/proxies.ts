@@ -78,6 +78,21 @@ export async function gets(port: number, count: number): Promise<string[]> {
   return out;
 }
 
+/**
+ * Polls until requests through the proxy at `port` reach exactly the backends `names` (a reload
+ * or an API change takes a moment), then checks that 20 more reach those and no other.
+ */
+export async function expectOnly(port: number, names: string[], proxy: string): Promise<void> {
+  await waitUntil(async () => {
+    const seen = new Set(await gets(port, 6));
+    return seen.size === names.length && names.every((n) => seen.has(n));
+  }, 10_000, `${proxy} serving only ${names.join(',')}`);
+  const after = new Set(await gets(port, 20));
+  if (after.size !== names.length || !names.every((n) => after.has(n))) {
+    throw new Error(`${proxy}: 20 requests reached ${[...after].join(',')}, expected only ${names.join(',')}`);
+  }
+}
+
 export interface EchoBackend {
   port: number;
   server: TcpServer;

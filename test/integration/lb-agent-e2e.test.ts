@@ -10,19 +10,9 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { startServer, startLoadBalancer, runQhcp, stopAll, waitForState, statusOf, type QhcpProcess } from '../helpers/procs.ts';
-import { QueryClient } from '../../core/client/query.ts';
+import { pickMany, startServer, startLoadBalancer, runQhcp, stopAll, waitForState, statusOf, type QhcpProcess } from '../helpers/procs.ts';
 
-async function picks(lbPort: number, n: number, service?: string) {
-  const q = await QueryClient.open({ host: '127.0.0.1', port: lbPort, timeoutMs: 5000 });
-  try {
-    const out = [];
-    for (let i = 0; i < n; i++) out.push(await q.pick(undefined, service));
-    return out;
-  } finally {
-    await q.close();
-  }
-}
+const picks = pickMany;
 
 describe('issue 11 at the load balancer: agent verdicts, services, drain (real processes)', function () {
   this.timeout(240_000);

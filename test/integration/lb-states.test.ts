@@ -6,25 +6,15 @@
  * Also the LoadBalancer API in-process: setAdmin, setWeight, addBackend, removeBackend.
  */
 import { expect } from 'chai';
-import { startLoadBalancer, queryStatus, statusOf, waitForState, waitUntil, runQhcp, stopAll, type QhcpProcess } from '../helpers/procs.ts';
+import { pickMany, startLoadBalancer, queryStatus, statusOf, waitForState, waitUntil, runQhcp, stopAll, type QhcpProcess } from '../helpers/procs.ts';
 import { ScriptedAgent } from '../helpers/scripted-agent.ts';
-import { QueryClient } from '../../core/client/query.ts';
 import { LoadBalancer } from '../../core/roles/loadbalancer.ts';
 import { buildConfig } from '../../core/config/config.ts';
 import { createLogger } from '../../core/util/log.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import type { ServerStatus } from '../../core/protocol/messages.ts';
 
-async function picks(lbPort: number, n: number, service?: string): Promise<Array<{ server: string | null; reason?: string; balancer?: string; why?: string }>> {
-  const q = await QueryClient.open({ host: '127.0.0.1', port: lbPort, timeoutMs: 5000 });
-  try {
-    const out = [];
-    for (let i = 0; i < n; i++) out.push(await q.pick(undefined, service));
-    return out;
-  } finally {
-    await q.close();
-  }
-}
+const picks = pickMany;
 
 /** Waits for `address` in `state` and returns its status; fails when a check ran meanwhile (the change must have been pushed). */
 async function pushedTo(lbPort: number, address: string, state: ServerStatus['state'], checksBefore: number): Promise<ServerStatus> {

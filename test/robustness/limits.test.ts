@@ -6,14 +6,11 @@
  * The check timeout is enforced in faults.test.ts (a server slower than the timeout).
  */
 import { expect } from 'chai';
-import { mkdtempSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { encodeFrame } from '../../core/protocol/codec.ts';
 import { codeName } from '../../core/protocol/session.ts';
 import { CONFIG_SCHEMA } from '../../core/config/config.ts';
 import { connect } from '../../core/transport/quic.ts';
-import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil } from '../helpers/procs.ts';
+import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil, TempConfigs } from '../helpers/procs.ts';
 import { RawPeer, HELLO_CHECKER, rawFrame } from '../helpers/rawpeer.ts';
 import { UdpRelay } from '../helpers/udp-relay.ts';
 import { HonestChecker } from './honest.ts';
@@ -31,22 +28,15 @@ const defaultOf = (k: keyof typeof CONFIG_SCHEMA.properties) => (CONFIG_SCHEMA.p
 
 describe('Robustness: limits', function () {
   this.timeout(60_000);
-  const dirs: string[] = [];
+  const configs = new TempConfigs('qhcp-limits-');
   let honest: HonestChecker | undefined;
 
-  function configFile(data: object): string {
-    const dir = mkdtempSync(join(tmpdir(), 'qhcp-limits-'));
-    dirs.push(dir);
-    const file = join(dir, 'qhcp.config.json');
-    writeFileSync(file, JSON.stringify(data));
-    return file;
-  }
 
   afterEach(async () => {
     await honest?.stop();
     honest = undefined;
     await stopAll();
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+    configs.cleanup();
   });
 
   it('every limit has a safe default', () => {
@@ -118,7 +108,7 @@ describe('Robustness: limits', function () {
 
   it('keepAlive: the load balancer keeps one connection across checks spaced wider than the idle timeout', async () => {
     const { proc: server, address } = await startServer({ args: ['--log-level', 'debug'] });
-    const kept = configFile({ idleTimeout: 1, keepAlive: 0.3 });
+    const kept = configs.file({ idleTimeout: 1, keepAlive: 0.3 });
     const lb = await startLoadBalancer([address], { interval: 1.6, args: ['--config', kept] });
     await waitForState(lb.port, address, 'UP');
     const checks = async () => (await import('../helpers/procs.ts')).queryStatus(lb.port).then((s) => s[0]!.checks);
@@ -129,7 +119,7 @@ describe('Robustness: limits', function () {
     await lb.proc.stop();
 
     // Without keep-alive the same spacing costs a reconnect per check: the setting is what holds it.
-    const off = configFile({ idleTimeout: 1, keepAlive: 0 });
+    const off = configs.file({ idleTimeout: 1, keepAlive: 0 });
     const from = server.output.length;
     const lb2 = await startLoadBalancer([address], { interval: 1.6, args: ['--config', off] });
     await waitForState(lb2.port, address, 'UP');

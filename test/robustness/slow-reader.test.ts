@@ -7,13 +7,11 @@
  * processes' RSS is measured before and during the attack; honest clients are served throughout.
  */
 import { expect } from 'chai';
-import { readFileSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { encodeFrame } from '../../core/protocol/codec.ts';
 import { codeName } from '../../core/protocol/session.ts';
-import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil } from '../helpers/procs.ts';
+import { startServer, startLoadBalancer, waitForState, stopAll, sleep, waitUntil, TempConfigs } from '../helpers/procs.ts';
 import { RawPeer, HELLO_CHECKER, HELLO_QUERY } from '../helpers/rawpeer.ts';
 import { HonestChecker, HonestQuery } from './honest.ts';
 import { startLoadBalancer as startLb } from '../helpers/procs.ts';
@@ -36,29 +34,22 @@ async function inBatches<T>(n: number, width: number, open: (i: number) => Promi
 
 describe('Robustness: peers that do not read (bounded memory)', function () {
   this.timeout(180_000);
-  const dirs: string[] = [];
+  const configs = new TempConfigs('qhcp-slow-');
   const peers: RawPeer[] = [];
   let honest: HonestChecker | HonestQuery | undefined;
 
-  function configFile(data: object): string {
-    const dir = mkdtempSync(join(tmpdir(), 'qhcp-slow-'));
-    dirs.push(dir);
-    const file = join(dir, 'qhcp.config.json');
-    writeFileSync(file, JSON.stringify(data));
-    return file;
-  }
 
   afterEach(async () => {
     await honest?.stop();
     honest = undefined;
     await Promise.all(peers.splice(0).map((p) => p.close()));
     await stopAll();
-    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+    configs.cleanup();
   });
 
   it('agent: 300 sessions with a 100 ms report interval that stop reading: reports coalesce, sessions end with 302, RSS stays bounded', async () => {
     // 64 metrics with 128-character names: each report is about 10 KB.
-    const cfg = configFile({ defaults: false, plugins: [[WIDE, { count: 64, nameLength: 128 }]] });
+    const cfg = configs.file({ defaults: false, plugins: [[WIDE, { count: 64, nameLength: 128 }]] });
     const { proc, port } = await startServer({ args: ['--config', cfg, '--max-connections-per-source', '1000'] });
     honest = await HonestChecker.start(port);
     await honest.expectServing(3);
