@@ -10,6 +10,7 @@ import { Listener, ClientSocket, connect, type Channel, type ChannelClose } from
 import { selfSigned } from '../core/transport/tls.ts';
 import { RetryTokens, TokenLedger } from '../core/transport/retry.ts';
 import { DeadlineHeap } from '../core/transport/timers.ts';
+import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
@@ -42,13 +43,14 @@ describe('Transport driver (quiche, our own)', function () {
   });
 
   /** A listener that answers each HEALTH_REQUEST with a HEALTH_RESPONSE of the same seq. */
-  async function echo(opts: { host?: string; idleTimeoutMs?: number; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
+  async function echo(opts: { host?: string; idleTimeoutMs?: number; loopbackWithoutRetry?: boolean; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
     const l = await Listener.listen({
       host: opts.host ?? '127.0.0.1',
       port: 0,
       cert: tls.cert,
       key: tls.key,
       ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      ...(opts.loopbackWithoutRetry ? { loopbackWithoutRetry: true } : {}),
       onChannel: (ch) => {
         serverSide.push(ch);
         if (opts.onChannel) return opts.onChannel(ch);
@@ -143,6 +145,24 @@ describe('Transport driver (quiche, our own)', function () {
     expect(l.endpoint.conns.has(idsBefore[0]!)).to.equal(false);
     await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 3 } });
     await until(() => got.length === 3, 10_000, 'third answer');
+  });
+
+  it('loopbackWithoutRetry: loopback clients (IPv4 and IPv6) connect without a Retry round trip and are served', async () => {
+    const l = await echo({ host: '::', loopbackWithoutRetry: true });
+    for (const host of ['127.0.0.1', '::1']) {
+      const ch = await dial(l.port, { host });
+      const { got } = recorder(ch);
+      await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+      await until(() => got.length === 1, 10_000, `an answer over ${host}`);
+    }
+    expect(l.stats.retries).to.equal(0);
+    expect(l.stats.tokensRefused).to.equal(0);
+    // The control case: the same listener without the option retries every new connection.
+    const plain = await echo();
+    await dial(plain.port);
+    expect(plain.stats.retries).to.equal(1);
+    expect(['127.0.0.1', '127.9.9.9', '::1', '::ffff:127.0.0.1'].every(isLoopback)).to.equal(true);
+    expect(['10.0.0.1', '::ffff:10.0.0.1', '::', '0.0.0.0', 'fe80::1', '128.0.0.1'].some(isLoopback)).to.equal(false);
   });
 
   it('stateless retry: every new connection is retried; a replayed token-bearing Initial starts nothing, from its own address or another', async () => {

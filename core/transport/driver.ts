@@ -210,6 +210,21 @@ export interface ServerSide {
   accepted(conn: Conn): void;
   refused?(remote: string): void;
   keylog?: string;
+  /**
+   * Accept a first Initial from a loopback address without a Retry round trip. Retry proves a
+   * client receives at its address (against spoofed sources: amplification, and handshake slots
+   * held by replayed Initials). A loopback source cannot come from another host (the kernel drops
+   * such packets arriving on other interfaces), and a local process can complete a Retry anyway,
+   * so for loopback it proves nothing and costs a round trip per connection; everyone else still
+   * gets the Retry. The query port sets it (`qhcp status` on the load balancer's host).
+   */
+  loopbackWithoutRetry?: boolean;
+}
+
+/** Whether `host` (as a dual-stack socket reports it) is a loopback address. */
+export function isLoopback(host: string): boolean {
+  const h = host.startsWith('::ffff:') ? host.slice(7) : host;
+  return h === '::1' || (isIPv4(h) && h.startsWith('127.'));
 }
 
 /** One UDP socket and the connections on it. */
@@ -516,6 +531,10 @@ export class Endpoint {
       return;
     }
     const token = header.token;
+    if ((!token || token.length === 0) && server.loopbackWithoutRetry && isLoopback(rinfo.address)) {
+      this.acceptInitial(msg, rinfo, header.dcid, undefined);
+      return;
+    }
     if (!token || token.length === 0) {
       const scid = this.freshCid();
       const t = this.tokens.mint(header.dcid, scid, rinfo.address, rinfo.port);
@@ -530,20 +549,35 @@ export class Endpoint {
       this.stats.tokensRefused++;
       return;
     }
-    const remote = `${rinfo.address}:${rinfo.port}`;
-    if (this.pendingHandshakes >= server.maxPendingHandshakes) {
-      this.stats.handshakesRefused++;
-      server.refused?.(remote);
-      return;
-    }
+    if (!this.roomForHandshake(rinfo)) return;
     if (!this.ledger.spend(Buffer.from(header.dcid).toString('latin1'), tokenExpiry(token))) {
       this.stats.tokensRefused++;
       return;
     }
+    this.acceptInitial(msg, rinfo, header.dcid, checked.odcid);
+  }
+
+  /** Whether another handshake may start; when not, counted and reported. */
+  private roomForHandshake(rinfo: RemoteInfo): boolean {
+    if (this.pendingHandshakes < this.server!.maxPendingHandshakes) return true;
+    this.stats.handshakesRefused++;
+    this.server!.refused?.(`${rinfo.address}:${rinfo.port}`);
+    return false;
+  }
+
+  /**
+   * Starts a server connection for a client Initial. After a Retry, `odcid` is the client's
+   * first destination id and `dcid` the one the Retry gave it (ours, routed); without a Retry
+   * (`odcid` undefined) we pick our id and route the client's too until it switches.
+   */
+  private acceptInitial(msg: Buffer, rinfo: RemoteInfo, dcid: Uint8Array, odcid: Uint8Array | undefined): void {
+    const server = this.server!;
+    if (odcid === undefined && !this.roomForHandshake(rinfo)) return;
+    const scid = odcid === undefined ? this.freshCid() : dcid;
     let q: NativeConnection;
     const peer = { host: rinfo.address, port: rinfo.port };
     try {
-      q = quiche.Connection.accept(header.dcid, checked.odcid, this.local, peer, server.config);
+      q = quiche.Connection.accept(scid, odcid ?? null, this.local, peer, server.config);
     } catch {
       this.stats.dropped++;
       return;
@@ -554,7 +588,8 @@ export class Endpoint {
     this.pendingHandshakes++;
     conn.handshakeAt = performance.now() + server.handshakeTimeoutMs;
     conn.handshakeLimitMs = server.handshakeTimeoutMs;
-    this.route(conn, header.dcid);
+    this.route(conn, scid);
+    if (odcid === undefined) this.route(conn, dcid);
     this.count++;
     this.recvOn(conn, msg, rinfo);
   }
