@@ -1,8 +1,9 @@
 /**
  * Regenerates the parts of the docs that are data in the code:
  *
- *   docs/protocol.md    the DFA table and Mermaid diagram of each role (core/protocol/dfa.ts) and the
- *                       wire error-code table (core/errors.ts, WIRE_ERRORS)
+ *   docs/protocol.md    the message table (core/protocol/messages.ts, MESSAGE_TYPES and
+ *                       MESSAGE_INFO), the DFA table and Mermaid diagram of each role
+ *                       (core/protocol/dfa.ts) and the wire error-code table (core/errors.ts, WIRE_ERRORS)
  *   docs/operations.md  the local error-code table (core/errors.ts, LOCAL_ERRORS) and the load
  *                       balancer's health states and transitions (core/health/states.ts)
  *
@@ -19,6 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { resolve, dirname } from 'node:path';
 import { TABLES, STATES, INITIAL_STATE, type Role, type DfaEvent, type Table } from '../core/protocol/dfa.ts';
 import { WIRE_ERRORS, LOCAL_ERRORS, type WireErrorName, type LocalErrorCode } from '../core/errors.ts';
+import { MESSAGE_TYPES, MESSAGE_INFO, MESSAGE_NAMES } from '../core/protocol/messages.ts';
 import { HEALTH_STATES, HEALTH_EVENTS, HEALTH_EVENT_NAMES, GUARDS, RULES, STATE_MEANING, type GuardName } from '../core/health/states.ts';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -26,7 +28,7 @@ export const PROTOCOL_DOC = resolve(ROOT, 'docs/protocol.md');
 export const OPERATIONS_DOC = resolve(ROOT, 'docs/operations.md');
 
 /** Marker names of the generated parts of docs/protocol.md. */
-export const PROTOCOL_SECTIONS = ['dfa:server', 'dfa:client', 'dfa:server-diagram', 'dfa:client-diagram', 'wire-errors'] as const;
+export const PROTOCOL_SECTIONS = ['message-types', 'dfa:server', 'dfa:client', 'dfa:server-diagram', 'dfa:client-diagram', 'wire-errors'] as const;
 /** Marker names of the generated parts of docs/operations.md. */
 export const OPERATIONS_SECTIONS = ['local-errors', 'health-states'] as const;
 export type SectionName = (typeof PROTOCOL_SECTIONS)[number] | (typeof OPERATIONS_SECTIONS)[number];
@@ -71,6 +73,16 @@ export function renderDfaDiagram(role: Role): string {
   const lines = ['```mermaid', 'stateDiagram-v2', `    [*] --> ${INITIAL_STATE[role]}`];
   for (const [edge, labels] of edges) lines.push(`    ${edge} : ${labels.join(', ')}`);
   lines.push('    CLOSED --> [*]', '```');
+  return lines.join('\n');
+}
+
+/** The message table: type byte, name, who sends it, what it is; then the unassigned type bytes. */
+export function renderMessageTypes(): string {
+  const hex = (n: number) => `0x${n.toString(16).padStart(2, '0')}`;
+  const lines = ['| Type | Name | Direction | Kind |', '| --- | --- | --- | --- |'];
+  for (const name of MESSAGE_NAMES) lines.push(`| \`${hex(MESSAGE_TYPES[name])}\` | ${name} | ${MESSAGE_INFO[name].direction} | ${cell(MESSAGE_INFO[name].kind)} |`);
+  const last = Math.max(...Object.values(MESSAGE_TYPES));
+  lines.push('', `Type bytes \`0x00\` and \`${hex(last + 1)}\`–\`0xff\` are unassigned: ERROR 103.`);
   return lines.join('\n');
 }
 
@@ -122,6 +134,8 @@ export function renderHealthStates(): string {
 /** The generated text of one marked section. */
 export function renderSection(name: SectionName): string {
   switch (name) {
+    case 'message-types':
+      return renderMessageTypes();
     case 'dfa:server':
       return renderDfaTable('server');
     case 'dfa:client':

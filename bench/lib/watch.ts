@@ -51,7 +51,7 @@ export async function watchLatency(ctx: Ctx, backends = 10, runs = ctx.full ? 60
     const { port } = await lb.request({ cmd: 'start', flags: { servers: agents.map((a) => a.address), checkInterval: 1, maxFailAttempts: 2 } });
     const view = await watch({ addresses: [`127.0.0.1:${port!}`], readyTimeoutMs: 30_000 });
     try {
-      if (!(await until(() => view.members.length === backends && view.members.every((m) => m.state === 'UP'), 30_000))) throw new Error('not every backend UP in the watched view within 30 s');
+      if (!(await until(() => view.members.length === backends && view.members.every((m) => m.state === 'UP'), 90_000))) throw new Error('not every backend UP in the watched view within 90 s');
       await sleep(ctx.settle * 1000);
       const target = agents[0]!;
       const seen: Array<{ state: string; at: number }> = [];

@@ -3,7 +3,8 @@
  * TypeScript shapes. docs/protocol.md, "Messages", describes the same table; the codec test
  * checks the type bytes against the spec's vectors.
  */
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, Options as AjvOptions, ErrorObject, ValidateFunction } from 'ajv';
 import { ProtocolError } from '../errors.ts';
 import { HEALTH_STATES, type HealthState } from '../health/states.ts';
 
@@ -36,6 +37,30 @@ const NAME_BY_TYPE = new Map<number, MessageName>(MESSAGE_NAMES.map((n) => [MESS
 export function messageName(type: number): MessageName | undefined {
   return NAME_BY_TYPE.get(type);
 }
+
+/**
+ * Who sends each message and what it is for: docs/protocol.md, "Messages", is generated from
+ * this (`npm run docs:protocol`), and test/dfa.test.ts checks the DFA tables against the directions.
+ */
+export const MESSAGE_INFO: Record<MessageName, { direction: 'C→S' | 'S→C' | 'both'; kind: string }> = {
+  HELLO: { direction: 'C→S', kind: 'opens the session: versions, role, credentials' },
+  ACK: { direction: 'S→C', kind: 'accepts HELLO' },
+  HEALTH_REQUEST: { direction: 'C→S', kind: 'request (checker sessions)' },
+  HEALTH_RESPONSE: { direction: 'S→C', kind: 'response to HEALTH_REQUEST' },
+  CONFIG_UPDATE: { direction: 'C→S', kind: 'request (checker sessions)' },
+  CONFIG_ACK: { direction: 'S→C', kind: 'response to CONFIG_UPDATE' },
+  ERROR: { direction: 'both', kind: 'fatal error, then close' },
+  TERMINATE: { direction: 'C→S', kind: 'graceful end requested by the client' },
+  TERMINATE_ACK: { direction: 'S→C', kind: 'response to TERMINATE' },
+  DRAIN: { direction: 'S→C', kind: 'push: the server is going away' },
+  PICK: { direction: 'C→S', kind: 'request (query sessions)' },
+  PICK_RESPONSE: { direction: 'S→C', kind: 'response to PICK' },
+  STATUS: { direction: 'C→S', kind: 'request (query sessions)' },
+  STATUS_RESPONSE: { direction: 'S→C', kind: 'response to STATUS' },
+  HEALTH_REPORT: { direction: 'S→C', kind: 'push: metrics and verdicts, at the interval set by CONFIG_UPDATE and at once on a verdict, admin or weight change' },
+  WATCH: { direction: 'C→S', kind: "request (query sessions): stream the load balancer's view" },
+  WATCH_UPDATE: { direction: 'S→C', kind: 'response to WATCH (the full view), then push: every change, versioned' },
+};
 
 /** Versions of the protocol this implementation speaks (frame header byte and HELLO). */
 export const PROTOCOL_VERSION = 1;
@@ -391,12 +416,35 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   ),
 };
 
+/** The ajv options every message validator is compiled with (at run time, or at build time). */
+export const VALIDATOR_OPTIONS: AjvOptions = { allErrors: false, strict: true };
+
+const require = createRequire(import.meta.url);
+
+/**
+ * The validator compiled at build time for `type` (scripts/gen-validators.mjs writes
+ * dist/core/protocol/validators/TYPE.cjs with ajv's standalone code), when it was compiled from
+ * exactly today's schema; otherwise undefined. Loading ajv and compiling a schema costs a short
+ * command like `qhcp status` more than everything else it does (docs/benchmarks.md, Start-up).
+ */
+function precompiled(type: MessageName): ValidateFunction | undefined {
+  try {
+    const m = require(`./validators/${type}.cjs`) as { default?: ValidateFunction; schema?: string };
+    return m.schema === JSON.stringify(MESSAGE_SCHEMAS[type]) ? m.default : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 // Compiled on first use, per message type: a `qhcp status` compiles the four it meets, not all.
 let ajv: Ajv | undefined;
 const VALIDATORS = new Map<MessageName, ValidateFunction>();
 function validatorOf(type: MessageName): ValidateFunction {
   let v = VALIDATORS.get(type);
-  if (!v) VALIDATORS.set(type, (v = (ajv ??= new Ajv({ allErrors: false, strict: true })).compile(MESSAGE_SCHEMAS[type])));
+  if (!v) {
+    v = precompiled(type) ?? (ajv ??= new (require('ajv') as typeof import('ajv')).Ajv(VALIDATOR_OPTIONS)).compile(MESSAGE_SCHEMAS[type]);
+    VALIDATORS.set(type, v);
+  }
   return v;
 }
 
