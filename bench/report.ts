@@ -493,6 +493,7 @@ export function render(res: Results): string {
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}).`);
   L.push(...tcpProxySection());
   L.push(...drainSection());
+  L.push(...clusterSection());
   L.push(
     '',
     '## What we tried, and what each change bought',
@@ -570,6 +571,35 @@ function drainSection(): string[] {
     `| qhcp drain → HAProxy drain (ms) | ${t.median ?? '—'} | ${t.p90 ?? '—'} | ${t.max ?? '—'} | ${fails} |`,
     '',
     `Target: under 100 ms (${t.max !== null && t.max < 100 && fails === 0 ? 'met in every repetition' : t.median !== null && t.median < 100 ? 'met at the median, not in every repetition' : 'not met'}). The path: the agent pushes a HEALTH_REPORT at once on the admin change, the load balancer marks the backend DRAINING and calls the sync hook, the plugin sends \`set server web/s0 state drain\` on HAProxy's admin socket. Once HAProxy shows drain it sends the server no new request (test/integration/sync.test.ts checks that with real traffic).`,
+  ];
+}
+
+/** The load balancer group section, from bench/results/cluster-latest.json (`node --import tsx bench/cluster.ts`). */
+function clusterSection(): string[] {
+  const file = `${ROOT}bench/results/cluster-latest.json`;
+  if (!existsSync(file)) return ['', '## Load balancer groups', '', 'Not measured yet: `npm run bench -- --only cluster`.'];
+  const t = JSON.parse(readFileSync(file, 'utf8')) as import('./cluster.ts').ClusterResults;
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const m = t.machine as { cpu?: string; cores?: number; node?: string; os?: string };
+  const s = t.settings;
+  const f = t.failover;
+  const cpu = (l: number[]) => `${l.join(' / ')} (sum ${Math.round(l.reduce((a, b) => a + b, 0) * 10) / 10})`;
+  return [
+    '',
+    '## Load balancer groups',
+    '',
+    `\`node --import tsx bench/cluster.ts\` (${t.startedAt}, ${t.durationS} s, ${m.cpu ?? "unknown CPU"}, ${m.cores ?? "?"} cores, ${m.os ?? ""}, Node ${m.node ?? "?"}; load average ${la(t.loadavgStart)} at the start, ${la(t.loadavgEnd)} at the end: the machine was shared with other work). ${t.backends} agents in one farm process, ${s.members} \`qhcp loadbalancer\` processes checking all of them every ${s.intervalS} s, first independent, then as one group through a real redis-server (R = ${s.replicas}, heartbeat TTL ${s.ttlS} s); each figure over the same ${s.windowS} s window.${t.scaledDown ? ` Scaled down: ${t.scaledDown}.` : ''}`,
+    '',
+    '| figure | three independent | one group |',
+    '| --- | --- | --- |',
+    `| checks the agents received, per backend per interval | ${t.independent.checksPerBackendPerInterval} | ${t.group.checksPerBackendPerInterval} (target ${s.replicas}) |`,
+    `| CPU per load balancer, % of a core | ${cpu(t.independent.cpuPercent)} | ${cpu(t.group.cpuPercent)} |`,
+    `| Redis: commands a second (those run inside our scripts included) | — | ${t.group.redisCommandsPerS} |`,
+    `| Redis: commands a second sent by each member | — | ${t.group.memberCommandsPerS} |`,
+    `| Redis: used_memory | — | ${t.group.redisUsedMemoryMb} MB |`,
+    `| Redis: CPU, % of a core | — | ${t.group.redisCpuPercent} |`,
+    '',
+    `Failover after \`kill -9\` of one member: the other two checked its share (their \`qhcp_cluster_checking_backends\` adding up to R × N) after ${f.ms ?? 'more than 60 000'} ms; target under TTL + one interval = ${f.boundMs} ms (${f.ms !== null && f.ms < f.boundMs ? 'met' : 'not met'}). Backends seen DOWN on the two members during and 5 s after: ${f.downSeen}.${f.note ? ` ${f.note}` : ''} With R = 2 every backend of the dead member still had its other checker throughout; the figure is the time until it has two again. How the group works: docs/operations.md, "Load balancer groups".`,
   ];
 }
 
