@@ -80,7 +80,10 @@ function targets(res: Results): string[] {
     rows.push([`no collapse under CPU starvation: N = 100 every 100 ms with ${farm} comes UP and keeps up, ${impl}`, `${c.upAfterS !== null ? `all UP after ${c.upAfterS} s` : c.note ?? 'not all UP'}; ${c.checks ?? '–'}/${c.expected} checks, ${c.late ?? '–'} late, ${c.failed ?? '–'} failed; ${c.cpuPct}% CPU`, yes(c.upAfterS !== null && c.keepsUp)]);
   }
   const sc = res.scale;
-  if (sc?.qhcp) {
+  if (!sc?.qhcp) {
+    const why = sc?.errors.length ? `failed: ${sc.errors.join('; ').slice(0, 200)}` : 'not measured in this run (`--only scale`)';
+    rows.push(['N = 10,000 at 1 s, push, on one core (keeps up)', why, '–'], [`N = 10,000: all UP within ${TARGETS.scaleUpS} s`, why, '–']);
+  } else {
     const q = sc.qhcp;
     const h = sc.haproxy;
     rows.push([`N = ${sc.n.toLocaleString('en')} at ${sc.intervalS} s, push, on one core (keeps up)`, `${q.cpuPct}% of one core, ${q.usPerBackendInterval} µs per backend per interval vs HAProxy ${h ? `${h.usPerBackendInterval} µs (${ratio(q.usPerBackendInterval, h.usPerBackendInterval)})` : '–'}${q.keepsUp ? '' : `; does not keep up (${q.checks}/${q.expected} checks, ${q.late} late, ${q.failed} failed)`}`, yes(q.cpuPct <= TARGETS.scaleCpuPct && q.keepsUp)]);
@@ -100,8 +103,10 @@ function targets(res: Results): string[] {
   for (const a of res.agent.filter((x) => x.loadBalancers === 1)) {
     rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB${a.runtime === 'tsx' ? ' (run through tsx, not compiled)' : ''}`, yes(a.cpuPct <= TARGETS.agentCpuPct && a.rssMb <= TARGETS.agentRssMb)]);
   }
+  if (!res.agent.some((x) => x.loadBalancers === 1)) rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second`, 'not measured in this run (`--only agent`)', '–']);
   const picks50 = res.quicPicks.find((q) => q.clients === 50);
-  if (picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
+  if (!picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, 'not measured in this run (`--only balance`)', '–']);
+  else rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
   return table(['Target', 'Measured', 'Met'], rows);
 }
 
@@ -406,6 +411,7 @@ export function render(res: Results): string {
         ['machine', `${m.cpu}, ${m.cores} cores, ${m.memoryGb} GB, ${m.os}, Linux ${m.kernel}`],
         ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (${res.floor.some((f) => f.impl === 'driver') ? 'its quiche binding under qhcp\'s own driver' : 'patched JavaScript layer, before issue 12'}), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
         ['load average (1/5/15 min)', `start ${res.loadavgStart.join(' / ')}, end ${res.loadavgEnd.join(' / ')}`],
+        ...(res.sectionS ? [['time per section', Object.entries(res.sectionS).map(([k, v]) => `${k} ${v} s`).join(', ')]] : []),
         ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
       ],
     ),

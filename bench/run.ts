@@ -49,6 +49,8 @@ export interface Results {
   startedAt: string;
   finishedAt: string;
   durationS: number;
+  /** Seconds each section took in this run (quick mode must stay under 12 minutes in all). */
+  sectionS?: Record<string, number>;
   machine: Record<string, unknown>;
   loadavgStart: number[];
   loadavgEnd: number[];
@@ -136,12 +138,16 @@ async function main(): Promise<void> {
   const section = async (name: string, f: () => Promise<void>) => {
     if (!args.only.has(name)) return;
     log(`== ${name}`);
+    const began = Date.now();
     try {
       await f();
     } catch (e) {
       const msg = `${name}: ${String((e as Error)?.message ?? e).slice(0, 500)}`;
       res.errors.push(msg);
       log(`!! ${msg}`);
+    } finally {
+      (res.sectionS ??= {})[name] = Math.round((Date.now() - began) / 1000);
+      log(`   ${name} took ${res.sectionS[name]} s`);
     }
   };
 
