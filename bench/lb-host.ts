@@ -29,17 +29,21 @@ process.on('message', (m: LbRequest) => {
     try {
       if (m.cmd === 'start') {
         // Query rate limits off: the benchmark measures the query port's own throughput.
-        const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, queryRate: 0, queryRateTotal: 0, ...m.flags } as Partial<QhcpConfig>);
+        let startedAt = 0;
+        // The query port's certificate from files when the benchmark made some (bench/lib/children.ts benchTls).
+        const files = process.env.QHCP_BENCH_CERT_FILE && process.env.QHCP_BENCH_KEY_FILE ? { certFile: process.env.QHCP_BENCH_CERT_FILE, keyFile: process.env.QHCP_BENCH_KEY_FILE } : {};
+        const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, queryRate: 0, queryRateTotal: 0, ...files, ...m.flags } as Partial<QhcpConfig>);
         for (let i = 0; i < (m.instances ?? 1); i++) {
           const lb = new LoadBalancer(config, logger);
           await lb.loadPlugins([new RoundRobinPlugin()]);
           lb.hooks.transition.tap('bench', (t) => {
             process.send?.({ event: 'transition', lb: i, server: t.server, from: t.from, to: t.to, at: t.at, hr: performance.timeOrigin + performance.now(), reason: t.reason } satisfies LbEvent);
           });
+          startedAt ||= Date.now();
           await lb.start();
           lbs.push(lb);
         }
-        reply({ id: m.id, ok: true, port: lbs[0]!.port });
+        reply({ id: m.id, ok: true, port: lbs[0]!.port, startedAt });
       } else if (m.cmd === 'stats') {
         const mem = process.memoryUsage();
         const total: Record<string, number> = {};

@@ -4,8 +4,12 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,service,admin,tcp-proxy,drain,watch (comma list), --sizes
- * 10,100 (backend counts for the cost cells; default 10,100,1000), --no-report.
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,scale,service,admin,tcp-proxy,drain,watch,cluster (comma list), --sizes
+ * 10,100 (backend counts for the cost cells; default 10,100,1000), --scale-n 10000 (backends of the
+ * `scale` section, default 10,000; a small value smoke-tests it), --no-report.
+ *
+ * The `scale` section (bench/lib/scale.ts): N = 10,000 backends at 1 s in push mode against an
+ * agent farm spread over several processes, and HAProxy with the same N.
  *
  * The `service` section (a service failure -> out of rotation, next to HAProxy's httpchk) keeps
  * its results in bench/results/service-<time>.json and service-latest.json, which the report
@@ -15,13 +19,15 @@
  * The `tcp-proxy` section (bench/tcp-proxy.ts: the tcp-proxy plugin next to HAProxy in TCP mode
  * and a bare Node pipe) and the `drain` section (bench/drain-haproxy.ts: `qhcp drain` -> HAProxy
  * shows the server in drain, through the haproxy sync plugin) run their scripts as child
- * processes, which write tcp-proxy-latest.json and drain-latest.json for the report.
+ * processes, which write tcp-proxy-latest.json and drain-latest.json for the report; so does the
+ * `cluster` section (bench/cluster.ts: three load balancers as one group through Redis next to
+ * three independent ones), with cluster-latest.json.
  * The `watch` section (bench/lib/watch.ts: a load balancer's transition -> a `watch()` client's
  * 'change' event) keeps its results in watch-<time>.json and watch-latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startFarm, Helper, stopChildren, spawnTracked, type Farm } from './lib/children.ts';
+import { startFarm, Helper, stopChildren, spawnTracked, benchTls, type Farm } from './lib/children.ts';
 import type { TcpRequest, TcpReply } from './tcp-agents.ts';
 import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
 import { machine, loadAverage } from './lib/proc.ts';
@@ -32,6 +38,7 @@ import { qhcpDetect, haproxyDetect, type DetectResult } from './lib/detect.ts';
 import { agentCost, type AgentCell } from './lib/agent.ts';
 import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
 import { serviceFailure, type ServiceResult } from './lib/service.ts';
+import { scale, type ScaleResult } from './lib/scale.ts';
 import { adminLatency, type AdminResult } from './lib/admin.ts';
 import { watchLatency, type WatchResult } from './lib/watch.ts';
 import { writeReport } from './report.ts';
@@ -42,6 +49,8 @@ export interface Results {
   startedAt: string;
   finishedAt: string;
   durationS: number;
+  /** Seconds each section took in this run (quick mode must stay under 12 minutes in all). */
+  sectionS?: Record<string, number>;
   machine: Record<string, unknown>;
   loadavgStart: number[];
   loadavgEnd: number[];
@@ -55,13 +64,15 @@ export interface Results {
   agent: AgentCell[];
   picks: PickRate[];
   quicPicks: QuicPick[];
+  /** N = 10,000 in push mode next to HAProxy (absent in results from before it was measured). */
+  scale?: ScaleResult;
   errors: string[];
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'service', 'admin', 'tcp-proxy', 'drain', 'watch'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster'] as const;
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster']);
 
 /** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
 async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
@@ -80,7 +91,7 @@ async function benchScript(script: string, args: string[], timeoutMs: number, lo
   if (code !== 0) throw new Error(`bench/${script} ended with ${code}`);
 }
 
-function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[] } {
+function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: boolean; sizes: number[]; scaleN: number } {
   const full = argv.includes('--full');
   const i = argv.indexOf('--only');
   const only = new Set(i >= 0 ? (argv[i + 1] ?? '').split(',') : SECTIONS);
@@ -88,7 +99,10 @@ function parseArgs(argv: string[]): { full: boolean; only: Set<string>; report: 
   const z = argv.indexOf('--sizes');
   const sizes = z >= 0 ? (argv[z + 1] ?? '').split(',').map(Number) : [10, 100, 1000];
   if (sizes.some((n) => !Number.isInteger(n) || n < 10 || n > 5000)) throw new Error('--sizes: integers from 10 to 5000, comma-separated');
-  return { full, only, report: !argv.includes('--no-report'), sizes };
+  const k = argv.indexOf('--scale-n');
+  const scaleN = k >= 0 ? Number(argv[k + 1]) : 10_000;
+  if (!Number.isInteger(scaleN) || scaleN < 10 || scaleN > 20_000) throw new Error('--scale-n: an integer from 10 to 20000');
+  return { full, only, report: !argv.includes('--no-report'), sizes, scaleN };
 }
 
 async function main(): Promise<void> {
@@ -119,16 +133,21 @@ async function main(): Promise<void> {
     errors: [],
   };
   log(`qhcp benchmark, ${res.mode} mode, load average ${res.loadavgStart.join(' ')} on ${String(res.machine.cores)} cores`);
+  await benchTls();
 
   const section = async (name: string, f: () => Promise<void>) => {
     if (!args.only.has(name)) return;
     log(`== ${name}`);
+    const began = Date.now();
     try {
       await f();
     } catch (e) {
       const msg = `${name}: ${String((e as Error)?.message ?? e).slice(0, 500)}`;
       res.errors.push(msg);
       log(`!! ${msg}`);
+    } finally {
+      (res.sectionS ??= {})[name] = Math.round((Date.now() - began) / 1000);
+      log(`   ${name} took ${res.sectionS[name]} s`);
     }
   };
 
@@ -149,7 +168,7 @@ async function main(): Promise<void> {
       ({ farm, ports } = await startFarm(Math.max(...cells.map((c) => c.n)), { sampleInterval: 5 }));
       log(`agent farm: ${ports.length} agents in one process (pid ${farm.pid})`);
     }
-    if (args.only.has('haproxy') || args.only.has('detect') || args.only.has('service') || args.only.has('admin')) {
+    if (['haproxy', 'detect', 'scale', 'service', 'admin'].some((x) => args.only.has(x))) {
       const h = ensureHaproxy(log);
       if (typeof h === 'string') {
         res.haproxy = { skipped: h };
@@ -168,7 +187,7 @@ async function main(): Promise<void> {
     await section('cost', async () => {
       for (const { n, i } of cells) {
         for (const mode of ['poll', 'push'] as const) {
-          const c = await qhcpCost(ctx, ports, n, i, mode);
+          const c = await qhcpCost(ctx, ports, n, i, mode, { farm: { agents: ports.length, processes: 1 } });
           res.cost.push(c);
           log(`  qhcp ${mode.padEnd(4)} N=${String(n).padEnd(4)} every ${i} s: ${c.cpuPct}% CPU, ${c.usPerBackendInterval} us/backend/interval, RSS ${c.rssMb} MB, ${c.keepsUp ? 'keeps up' : `does NOT keep up (${c.checks}/${c.expected} checks, ${c.late} late, ${c.failed} failed)`}${c.upAfterS !== null ? `, all UP after ${c.upAfterS} s` : `, ${c.note}`}`);
         }
@@ -221,6 +240,14 @@ async function main(): Promise<void> {
       res.quicPicks = await quicPicks(ctx, ports.slice(0, 10), [1, 50]);
     });
 
+    await section('scale', async () => {
+      // Its own farms: the shared one stops first, so its agents do not share the cores.
+      await farm?.stop(15_000).catch(() => {});
+      farm = undefined;
+      res.scale = await scale(ctx, hap, args.scaleN);
+      if (res.scale.errors.length) throw new Error(res.scale.errors.join('; '));
+    });
+
     await section('service', async () => {
       service = await serviceFailure(ctx, hap ?? ('skipped' in res.haproxy ? res.haproxy.skipped : 'not run'));
       for (const c of service.cells) log(`  ${c.impl.padEnd(7)} ${c.failure.padEnd(7)}: down ${fmt(c.summary.down)}, up ${fmt(c.summary.up)}`);
@@ -228,7 +255,8 @@ async function main(): Promise<void> {
     });
 
     await section('admin', async () => {
-      admin = await adminLatency(ctx, hap ?? ('skipped' in res.haproxy ? res.haproxy.skipped : 'not run'));
+      // Quick mode: 10 repetitions of each change (the full mode's 20 would take ~4 of the quick run's 12 minutes).
+      admin = await adminLatency(ctx, hap ?? ('skipped' in res.haproxy ? res.haproxy.skipped : 'not run'), args.full ? {} : { runs: 10, cliRuns: 3 });
       for (const c of admin.cells) log(`  ${c.impl.padEnd(9)} ${c.case.padEnd(10)}: median ${c.summary.seen.p50} ms, p90 ${c.summary.seen.p90} ms, max ${c.summary.seen.max} ms (${c.summary.seen.n} runs)`);
       if (admin.misses.length) log(`  misses: ${admin.misses.join('; ')}`);
     });
@@ -241,6 +269,8 @@ async function main(): Promise<void> {
       log(`  transition -> client change: median ${w.lbToClient.p50} ms, p99 ${w.lbToClient.p99} ms, max ${w.lbToClient.max} ms (${w.lbToClient.n} runs); agent push -> client change: median ${w.agentToClient.p50} ms`);
       if (watched.misses.length) log(`  misses: ${watched.misses.join('; ')}`);
     });
+    // Load balancer groups (bench/cluster.ts): 3 members x 1000 backends, next to 3 independent ones; needs redis-server.
+    await section('cluster', () => benchScript('cluster.ts', [], 900_000, log));
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();

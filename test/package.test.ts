@@ -18,6 +18,7 @@ import { promisify } from 'node:util';
 import { expect } from 'chai';
 import { ROOT, freePort, waitUntil, QhcpProcess, stopAll } from './helpers/procs.ts';
 import { makeCerts, type TestCerts } from './helpers/certs.ts';
+import { alive, expectAllGone, startDemo, takenPorts } from './helpers/demo.ts';
 
 const run = promisify(execFile);
 const NPM_OPTS = ['--no-audit', '--no-fund', '--prefer-offline', '--loglevel=error'];
@@ -70,7 +71,7 @@ describe('the npm package, installed from its tarball', function () {
   it('holds what a user needs and nothing else: dist (with types), the binary, docs, README, LICENSE', async () => {
     const { stdout } = await run('tar', ['tzf', tarball]);
     const files = stdout.split('\n').filter(Boolean);
-    for (const f of ['package/bin/qhcp.js', 'package/dist/core/cli/main.js', 'package/dist/core/index.js', 'package/dist/core/index.d.ts', 'package/dist/core/client/index.d.ts', 'package/dist/core/testing/index.d.ts', 'package/dist/plugins/balancer/round-robin.js', 'package/README.md', 'package/LICENSE', 'package/package.json']) {
+    for (const f of ['package/bin/qhcp.js', 'package/dist/core/cli/main.js', 'package/dist/core/index.js', 'package/dist/core/index.d.ts', 'package/dist/core/client/index.d.ts', 'package/dist/core/testing/index.d.ts', 'package/dist/plugins/balancer/round-robin.js', 'package/dist/core/protocol/validators/STATUS_RESPONSE.cjs', 'package/dist/plugins/auth/mtls.js', 'package/README.md', 'package/LICENSE', 'package/package.json']) {
       expect(files, f).to.include(f);
     }
     // TypeScript only as declarations, and as the documented examples (docs/examples/*.ts).
@@ -92,6 +93,24 @@ describe('the npm package, installed from its tarball', function () {
     const usage = await qhcp(['-server', '-server-port', 'abc']);
     expect(usage.code).to.equal(2);
     expect(usage.stderr).to.equal('qhcp: --server-port: expected an integer, got "abc"\n');
+  });
+
+  it('qhcp demo (what npm start runs) from the installed package: three servers UP, SIGINT stops it all, exit 0', async function () {
+    const taken = await takenPorts();
+    if (taken.length > 0) {
+      console.log(`      skipped: the demo needs UDP ports 4242-4245 and ${taken.join(', ')} ${taken.length > 1 ? 'are' : 'is'} in use`);
+      this.skip();
+    }
+    const { demo, children } = await startDemo(false, [], { bin: 'qhcp', env, cwd: work });
+    try {
+      expect(children.length).to.be.at.least(4);
+      expect(demo.stdout).to.match(/demo running/);
+      demo.signal('SIGINT');
+      await expectAllGone(demo, children);
+    } finally {
+      await demo.stop(8000);
+      for (const c of children) if (alive(c)) process.kill(c, 'SIGKILL');
+    }
   });
 
   it("the seed's commands: two servers and a load balancer from PATH; status and pick answer", async () => {

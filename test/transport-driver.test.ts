@@ -10,7 +10,9 @@ import { Listener, ClientSocket, connect, type Channel, type ChannelClose } from
 import { selfSigned } from '../core/transport/tls.ts';
 import { RetryTokens, TokenLedger } from '../core/transport/retry.ts';
 import { DeadlineHeap } from '../core/transport/timers.ts';
+import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
+import { MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -41,13 +43,14 @@ describe('Transport driver (quiche, our own)', function () {
   });
 
   /** A listener that answers each HEALTH_REQUEST with a HEALTH_RESPONSE of the same seq. */
-  async function echo(opts: { host?: string; idleTimeoutMs?: number; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
+  async function echo(opts: { host?: string; idleTimeoutMs?: number; loopbackWithoutRetry?: boolean; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
     const l = await Listener.listen({
       host: opts.host ?? '127.0.0.1',
       port: 0,
       cert: tls.cert,
       key: tls.key,
       ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
+      ...(opts.loopbackWithoutRetry ? { loopbackWithoutRetry: true } : {}),
       onChannel: (ch) => {
         serverSide.push(ch);
         if (opts.onChannel) return opts.onChannel(ch);
@@ -142,6 +145,24 @@ describe('Transport driver (quiche, our own)', function () {
     expect(l.endpoint.conns.has(idsBefore[0]!)).to.equal(false);
     await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 3 } });
     await until(() => got.length === 3, 10_000, 'third answer');
+  });
+
+  it('loopbackWithoutRetry: loopback clients (IPv4 and IPv6) connect without a Retry round trip and are served', async () => {
+    const l = await echo({ host: '::', loopbackWithoutRetry: true });
+    for (const host of ['127.0.0.1', '::1']) {
+      const ch = await dial(l.port, { host });
+      const { got } = recorder(ch);
+      await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+      await until(() => got.length === 1, 10_000, `an answer over ${host}`);
+    }
+    expect(l.stats.retries).to.equal(0);
+    expect(l.stats.tokensRefused).to.equal(0);
+    // The control case: the same listener without the option retries every new connection.
+    const plain = await echo();
+    await dial(plain.port);
+    expect(plain.stats.retries).to.equal(1);
+    expect(['127.0.0.1', '127.9.9.9', '::1', '::ffff:127.0.0.1'].every(isLoopback)).to.equal(true);
+    expect(['10.0.0.1', '::ffff:10.0.0.1', '::', '0.0.0.0', 'fe80::1', '128.0.0.1'].some(isLoopback)).to.equal(false);
   });
 
   it('stateless retry: every new connection is retried; a replayed token-bearing Initial starts nothing, from its own address or another', async () => {
@@ -324,6 +345,82 @@ describe('Transport driver (quiche, our own)', function () {
     expect(done, 'writes to a peer that does not read stay pending').to.equal(false);
     expect(srv.pendingBytes).to.be.greaterThan(900_000);
     expect(srv.pendingBytes).to.be.lessThan(2 * 1024 * 1024);
+  });
+
+  it('a full socket send buffer: the driver stops handing datagrams to the socket, keeps the data in quiche, and resumes when it drains', async () => {
+    // On loopback the kernel frees a datagram's buffer as soon as it is sent, so the send queue
+    // never fills for real here: the server's socket reports libuv's queue over the limit for a
+    // while, as a socket whose kernel buffer is full would.
+    const l = await echo();
+    const ch = await dial(l.port);
+    const seqs: number[] = [];
+    ch.setHandler({ message: (m) => m.type === 'HEALTH_RESPONSE' && seqs.push(m.body.seq), protocolError: () => {}, ended: () => {}, closed: () => {} });
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 0 } });
+    await until(() => seqs.length === 1, 10_000, 'the first answer');
+    const sock = l.endpoint.socket as Socket & { getSendQueueCount(): number };
+    const real = sock.getSendQueueCount.bind(sock);
+    let full = true;
+    sock.getSendQueueCount = () => (full ? MAX_SEND_QUEUE + 1 : real());
+    try {
+      const sentBefore = l.stats.datagramsOut;
+      const N = 500;
+      for (let i = 1; i <= N; i++) void ch.send({ type: 'HEALTH_REQUEST', body: { seq: i } });
+      await until(() => l.stats.sendStalls > 0, 10_000, 'a send stall');
+      await sleep(300);
+      // Nothing left the server while its buffer was full, and nothing was queued in memory for the socket.
+      expect(l.stats.datagramsOut).to.equal(sentBefore);
+      expect(seqs.length).to.equal(1);
+      full = false;
+      await until(() => seqs.length === N + 1, 20_000, `${N} answers after the buffer drained`);
+      expect(seqs.every((s, i) => s === i), 'answers in request order').to.equal(true);
+      // The retry is bounded: about one flush attempt per millisecond while full, not a busy loop.
+      expect(l.stats.sendStalls).to.be.within(1, 2000);
+    } finally {
+      sock.getSendQueueCount = real;
+    }
+  });
+
+  it('a client closed before its handshake is confirmed sends a bounded number of CONNECTION_CLOSEs and the event loop goes on', async () => {
+    // quiche keeps such a connection closing (not draining) and returns a new CONNECTION_CLOSE
+    // from every send(): the driver looped on it forever (a load balancer that stopped
+    // answering under load, when a HELLO timed out right after a handshake).
+    const l = await echo();
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ep = await Endpoint.open('127.0.0.1', 0);
+    try {
+      const config = quiche.Config.withBoringSslCtx(false, true, null, null, null, null);
+      config.setApplicationProtos(['qhcp/1']);
+      config.setMaxIdleTimeout(5000);
+      config.setInitialMaxData(65536);
+      config.setInitialMaxStreamDataBidiLocal(65536);
+      config.setInitialMaxStreamDataBidiRemote(65536);
+      const conn = ep.connect('127.0.0.1', { host: '127.0.0.1', port: relay.port }, config, 10_000);
+      let closedAt = 0;
+      conn.events = {
+        // Established on the client: its Finished is out, the server's HANDSHAKE_DONE is not in yet.
+        // As a load balancer does: a request goes out, the path goes silent, the request times out.
+        established: () => {
+          relay.set({ cut: true });
+          conn.q.streamSend(0, Buffer.alloc(40, 1), false);
+          ep.touch(conn);
+          setTimeout(() => {
+            closedAt = performance.now();
+            conn.close(true, 107, 'no ACK within 12 ms');
+          }, 12);
+        },
+        progress: () => {},
+        ended: () => {},
+      };
+      await until(() => closedAt > 0, 10_000, 'the handshake and the close');
+      const sent = ep.stats.datagramsOut;
+      // The loop is alive (this sleep ends), and the closing connection does not flood the socket.
+      await sleep(300);
+      expect(ep.stats.datagramsOut - sent, 'datagrams sent after the close').to.be.at.most(MAX_CLOSE_DATAGRAMS);
+      expect(conn.closeSends).to.be.within(1, MAX_CLOSE_DATAGRAMS);
+    } finally {
+      await ep.close();
+    }
   });
 
   it('IPv6: a listener on ::1, reached from its own socket and from a dual-stack shared socket, next to IPv4', async () => {

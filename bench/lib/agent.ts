@@ -2,13 +2,29 @@
  * Agent cost: one real `qhcp server` (default plugins: system metrics sampled every second),
  * checked at 1 s by 0, 1 and 10 load balancers (independent LoadBalancer instances, each with
  * its own connection); its CPU and RSS over the window.
+ *
+ * The agent runs as it ships: the compiled JavaScript (`npm run build`, then bin/qhcp.js with
+ * QHCP_DIST=1; from the TypeScript sources through tsx only if the build fails, which adds
+ * tens of MB of RSS), in an empty working directory (no qhcp.config.ts: the repo's example config
+ * adds a custom plugin), with certificate files (no in-memory certificate generation).
  */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
+import { selfSigned } from '../../core/transport/tls.ts';
+import { Helper, spawnTracked, endChild, ROOT, type LbHost, type LbEvent } from './children.ts';
 import { sampleCpu, rssMb, sleep } from './proc.ts';
 import { freeUdpPort, until, round, type Ctx } from './ctx.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
+
+/** `npm run build` (bounded); the reason when it failed. */
+function buildDist(): string | undefined {
+  const r = spawnSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
+  return r.status === 0 ? undefined : `npm run build failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || '').slice(-300)}`;
+}
 
 export interface AgentCell {
   mode: 'poll' | 'push' | 'idle';
@@ -18,12 +34,24 @@ export interface AgentCell {
   /** CPU microseconds per check (per load balancer per interval), beyond the idle agent. */
   usPerCheck: number | null;
   rssMb: number;
+  /** How the agent ran: compiled (`dist`, as installed) or from sources through tsx. */
+  runtime?: 'dist' | 'tsx';
 }
 
 export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts: number[], intervalS = 1): Promise<AgentCell[]> {
+  const t0 = Date.now();
+  const buildProblem = buildDist();
+  const runtime = buildProblem ? 'tsx' : 'dist';
+  ctx.log(buildProblem ? `  ${buildProblem}; the agent runs from the sources through tsx` : `  npm run build: ${round((Date.now() - t0) / 1000, 1)} s; the agent runs the compiled dist/`);
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-agent-'));
+  const tls = await selfSigned(['127.0.0.1']);
+  writeFileSync(join(dir, 'cert.pem'), tls.cert);
+  writeFileSync(join(dir, 'key.pem'), tls.key, { mode: 0o600 });
   const port = await freeUdpPort();
   let ready = false;
-  const agent = spawnTracked(process.execPath, [BIN, 'server', '--server-ip', '127.0.0.1', '--server-port', String(port)], {
+  const agent = spawnTracked(process.execPath, [BIN, 'server', '--server-ip', '127.0.0.1', '--server-port', String(port), '--cert-file', 'cert.pem', '--key-file', 'key.pem', '--control-socket', join(dir, 'control.sock')], {
+    cwd: dir,
+    env: { ...process.env, QHCP_DIST: runtime === 'dist' ? '1' : '0' },
     onLine: (line) => {
       if (/server listening/.test(line)) ready = true;
     },
@@ -40,7 +68,7 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
     };
     const idle = await measure();
     const idlePct = (100 * idle.cpuS) / idle.wall;
-    out.push({ mode: 'idle', loadBalancers: 0, intervalS, cpuPct: round(idlePct, 2), usPerCheck: null, rssMb: idle.rss });
+    out.push({ mode: 'idle', loadBalancers: 0, intervalS, cpuPct: round(idlePct, 2), usPerCheck: null, rssMb: idle.rss, runtime });
     for (const mode of modes) {
       for (const k of counts) {
         const lb: LbHost = new Helper('lb-host.ts');
@@ -58,7 +86,7 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
           const m = await measure();
           const pct = (100 * m.cpuS) / m.wall;
           const checks = (k * m.wall) / intervalS;
-          out.push({ mode, loadBalancers: k, intervalS, cpuPct: round(pct, 2), usPerCheck: Math.round(((m.cpuS - (idlePct / 100) * m.wall) * 1e6) / checks), rssMb: m.rss });
+          out.push({ mode, loadBalancers: k, intervalS, cpuPct: round(pct, 2), usPerCheck: Math.round(((m.cpuS - (idlePct / 100) * m.wall) * 1e6) / checks), rssMb: m.rss, runtime });
         } finally {
           await lb.stop(10_000);
         }
@@ -66,6 +94,7 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
     }
   } finally {
     await endChild(agent, 5000);
+    rmSync(dir, { recursive: true, force: true });
   }
   return out;
 }

@@ -4,7 +4,11 @@
  * exactly what this run started, by PID, on success, failure or Ctrl-C.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { selfSigned } from '../../core/transport/tls.ts';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -19,7 +23,8 @@ export type LbRequest =
   | { id: number; cmd: 'stats' }
   | { id: number; cmd: 'reset' }
   | { id: number; cmd: 'stop' };
-export type LbReply = { id: number; ok: boolean; error?: string; stats?: Record<string, number>; port?: number; states?: Record<string, number> };
+/** `startedAt` (start): Date.now() as the first LoadBalancer.start() was called, after config and plugins. */
+export type LbReply = { id: number; ok: boolean; error?: string; stats?: Record<string, number>; port?: number; states?: Record<string, number>; startedAt?: number };
 /** `at`: the transition's timestamp (Date.now(), ms); `hr`: the same moment with sub-ms precision (performance.timeOrigin + performance.now()). */
 export type LbEvent = { event: 'transition'; lb: number; server: string; from: string; to: string; at: number; hr?: number; reason: string };
 
@@ -27,6 +32,24 @@ export type LbEvent = { event: 'transition'; lb: number; server: string; from: s
 export type Body<R> = R extends unknown ? Omit<R, 'id'> : never;
 
 const live = new Set<ChildProcess>();
+
+/**
+ * Certificate files for the load balancers' query port, made once per run: a load balancer
+ * hosted by bench/lb-host.ts then starts as one configured with files does, without generating a
+ * certificate in memory (which loads @peculiar/x509 into it and takes a second or two on a busy
+ * machine). Passed to every helper through the environment (QHCP_BENCH_CERT_FILE/KEY_FILE); the
+ * directory is removed when this process exits.
+ */
+export async function benchTls(): Promise<void> {
+  if (process.env.QHCP_BENCH_CERT_FILE) return;
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-tls-'));
+  const tls = await selfSigned(['127.0.0.1']);
+  writeFileSync(join(dir, 'cert.pem'), tls.cert);
+  writeFileSync(join(dir, 'key.pem'), tls.key, { mode: 0o600 });
+  process.env.QHCP_BENCH_CERT_FILE = join(dir, 'cert.pem');
+  process.env.QHCP_BENCH_KEY_FILE = join(dir, 'key.pem');
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+}
 
 /** A forked TypeScript helper with request/reply over IPC. */
 export class Helper<Req extends { id: number }, Rep extends { id: number }> {
@@ -120,9 +143,43 @@ export async function startFarm(count: number, opts: { ports?: number[]; sampleI
   return { farm, ports: r.ports! };
 }
 
+/** Several agent farms together: one agent set spread over processes (each farm is one event loop). */
+export interface Farms {
+  farms: Farm[];
+  ports: number[];
+  pids: number[];
+  stop(graceMs?: number): Promise<void>;
+}
+
+/**
+ * Starts `count` agents over `processes` farms, all at once (each farm starts its agents one
+ * after another; several farms use the machine's cores together).
+ */
+export async function startFarms(count: number, processes: number, opts: { sampleInterval?: number; drainGrace?: number } = {}): Promise<Farms> {
+  const farms: Farm[] = [];
+  const ports: number[] = [];
+  const stop = async (graceMs = 15_000) => {
+    await Promise.all(farms.map((f) => f.stop(graceMs).catch(() => {})));
+  };
+  try {
+    const per = Math.ceil(count / processes);
+    const sizes: number[] = [];
+    for (let left = count; left > 0; left -= per) sizes.push(Math.min(per, left));
+    const started = await Promise.allSettled(sizes.map((k) => startFarm(k, opts)));
+    for (const r of started) if (r.status === 'fulfilled') farms.push(r.value.farm);
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    for (const r of started) ports.push(...(r as PromiseFulfilledResult<{ ports: number[] }>).value.ports);
+  } catch (e) {
+    await stop(5000);
+    throw e;
+  }
+  return { farms, ports, pids: farms.map((f) => f.pid), stop };
+}
+
 /** A plain child process (haproxy, qhcp), registered for cleanup. */
-export function spawnTracked(cmd: string, args: string[], opts: { onLine?: (line: string, at: number) => void } = {}): ChildProcess {
-  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+export function spawnTracked(cmd: string, args: string[], opts: { onLine?: (line: string, at: number) => void; cwd?: string; env?: NodeJS.ProcessEnv } = {}): ChildProcess {
+  const child = spawn(cmd, args, { cwd: opts.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'], ...(opts.env ? { env: opts.env } : {}) });
   live.add(child);
   child.once('exit', () => live.delete(child));
   if (opts.onLine) {

@@ -35,6 +35,26 @@ export function hasPicker(p: QhcpPlugin): p is PickerPlugin {
 }
 
 /**
+ * The `pick` hook's path over a maintained picker (built-in plugins' `choose`): the pool is read
+ * again (O(N)) when the caller passes another array than last time, else the pick is the
+ * picker's O(1) / O(log N) one. Callers pass a new array when the pool changed (LoadBalancer
+ * before issue 16, tcp-proxy's candidates, tests); reports going stale are noticed either way.
+ */
+export class HookedPicker<P extends Picker = Picker> {
+  private seen: readonly BackendView[] | undefined;
+
+  constructor(readonly picker: P) {}
+
+  pick(servers: readonly BackendView[], now: number): PickResult | undefined {
+    if (servers !== this.seen) {
+      this.picker.update(servers, now);
+      this.seen = servers;
+    }
+    return this.picker.pick(undefined, now);
+  }
+}
+
+/**
  * A pick whose `why` is worded only when read: formatting numbers costs more than a pick, and
  * most callers (a client's pick()) never read it.
  */

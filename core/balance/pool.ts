@@ -29,9 +29,17 @@ export type Choice<B extends BackendView> = { backend: B; balancer: string; why:
 interface Pool {
   service: string | undefined;
   balancers: LocalBalancer[];
-  /** The view version the balancers last saw. */
+  /** The view version the balancers last saw, and when. */
   seen: number;
+  refreshedAt: number;
 }
+
+/**
+ * How long a pool may pick from reports older than the latest (ms): check results (metrics,
+ * report times, the agent's weight) reach the balancers at most this late, so a pool of 10 000
+ * backends reporting every second is re-read ten times a second, not once per report.
+ */
+export const REPORT_COALESCE_MS = 100;
 
 export class PoolBalancers {
   private readonly pools = new Map<string, Pool>();
@@ -39,13 +47,24 @@ export class PoolBalancers {
   private names: string[] = [];
   private tapCount = -1;
   private version = 1;
+  /** The version a pool must catch up with at its next pick, whatever the time (membership, state, weight). */
+  private hardVersion = 1;
 
   constructor(private readonly host: BalanceHost) {}
 
-  /** The view changed. `eager`: update the pools now (state changes, so panic is reported at once); else at the next pick. */
+  /**
+   * The view changed. `eager`: a state or membership change: the pools are updated now (so panic
+   * is reported at once). Otherwise a report (metrics): the pools re-read the view at a pick
+   * at most REPORT_COALESCE_MS after the previous re-read.
+   */
   changed(eager = false): void {
     this.version++;
-    if (eager) for (const p of this.pools.values()) this.refresh(p);
+    if (!eager) return;
+    this.hardVersion = this.version;
+    // The whole pool exists from the start, so its panic mode is reported without waiting for a PICK.
+    this.syncBalancers();
+    if (this.names.length > 0) this.pool(undefined);
+    for (const p of this.pools.values()) this.refresh(p);
   }
 
   /** Forgets every pool (balancing options changed): state starts over from the next pick. */
@@ -100,17 +119,18 @@ export class PoolBalancers {
     let p = this.pools.get(k);
     if (p) return p;
     if (service !== undefined && !this.host.records().some((b) => b.service === service)) return undefined;
-    p = { service, balancers: this.names.map((n, i) => this.make(n, service, i === 0)), seen: 0 };
+    p = { service, balancers: this.names.map((n, i) => this.make(n, service, i === 0)), seen: 0, refreshedAt: 0 };
     this.pools.set(k, p);
     return p;
   }
 
-  private refresh(p: Pool): void {
+  private refresh(p: Pool, now = Date.now()): void {
     if (p.seen === this.version) return;
+    if (p.seen >= this.hardVersion && now - p.refreshedAt < REPORT_COALESCE_MS) return;
     p.seen = this.version;
+    p.refreshedAt = now;
     const all = this.host.records();
     const view = p.service === undefined ? all : all.filter((b) => b.service === p.service);
-    const now = Date.now();
     for (const b of p.balancers) b.update(view, now);
   }
 

@@ -17,6 +17,7 @@ import { render, resolveFormat, StatusPrinter } from './status.ts';
 import { sanitize, safeJson } from '../util/sanitize.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { addControlCommands } from '../control/commands.ts';
+import { mayHoldConfig } from '../config/places.ts';
 
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
@@ -229,7 +230,19 @@ async function runServer(o: CommonOpts & Record<string, unknown>): Promise<void>
       throw e;
     });
   }
-  untilSignal(() => server.stop(), logger);
+  // SIGHUP: read the config file again (flags still win) and apply its checks and services; a
+  // config that does not load or validate, or a check that does not build, leaves the running ones.
+  const reload = async () => {
+    try {
+      const next = await loadConfig(o, 'server');
+      const { agentReloadSummary } = await import('../roles/agent.ts');
+      logger.info(`config reloaded: ${agentReloadSummary(await server.reload(next.config))}`, { file: next.file ?? 'none' });
+    } catch (e) {
+      const why = e instanceof ConfigError ? e.problems.join('; ') : errorText(e);
+      logger.error(`config reload failed, the running configuration stays: ${why}`);
+    }
+  };
+  untilSignal(() => server.stop(), logger, reload);
 }
 
 async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise<void> {
@@ -310,7 +323,10 @@ export async function queryTarget(o: QueryOpts, cwd = process.cwd()): Promise<{ 
   let caFile = o.certFile;
   let serverName = o.serverName;
   let from = 'flags';
-  if (!address || !caFile) {
+  // A directory without any config file: the config machinery (cosmiconfig, ajv) is not loaded.
+  // With --address alone a config file is still read, for its caFile: skipping it would connect
+  // without verifying the load balancer that the operator's config says to verify.
+  if ((!address || !caFile) && (o.config !== undefined || mayHoldConfig(cwd))) {
     const { findConfigFile } = await import('../config/config.ts');
     const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}), cwd });
     const c = (data && typeof data === 'object' ? data : {}) as Record<string, unknown>;

@@ -7,6 +7,7 @@ import { pathToFileURL } from 'node:url';
 import { statSync } from 'node:fs';
 import { resolve, dirname } from 'node:path';
 import { cosmiconfig, type Loader } from 'cosmiconfig';
+import { CONFIG_SEARCH_PLACES } from './places.ts';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { ConfigError, LocalError, errorText } from '../errors.ts';
 import { importUserModule } from './user-modules.ts';
@@ -141,17 +142,7 @@ const importLoader: Loader = async (filepath) => {
 export async function findConfigFile(opts: { file?: string; cwd?: string }): Promise<{ data: unknown; file: string | undefined }> {
   const explorer = cosmiconfig('qhcp', {
     // First found wins: the dedicated file, then the rc file, then package.json#qhcp.
-    searchPlaces: [
-      'qhcp.config.ts',
-      'qhcp.config.mts',
-      'qhcp.config.js',
-      'qhcp.config.mjs',
-      'qhcp.config.json',
-      '.qhcprc',
-      '.qhcprc.json',
-      '.qhcprc.yaml',
-      'package.json',
-    ],
+    searchPlaces: [...CONFIG_SEARCH_PLACES],
     loaders: { '.ts': importLoader, '.mts': importLoader, '.js': importLoader, '.mjs': importLoader },
     searchStrategy: 'none',
   });

@@ -3,7 +3,8 @@
  * TypeScript shapes. docs/protocol.md, "Messages", describes the same table; the codec test
  * checks the type bytes against the spec's vectors.
  */
-import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, Options as AjvOptions, ErrorObject, ValidateFunction } from 'ajv';
 import { ProtocolError } from '../errors.ts';
 import { HEALTH_STATES, type HealthState } from '../health/states.ts';
 
@@ -415,12 +416,35 @@ export const MESSAGE_SCHEMAS: Record<MessageName, object> = {
   ),
 };
 
+/** The ajv options every message validator is compiled with (at run time, or at build time). */
+export const VALIDATOR_OPTIONS: AjvOptions = { allErrors: false, strict: true };
+
+const require = createRequire(import.meta.url);
+
+/**
+ * The validator compiled at build time for `type` (scripts/gen-validators.mjs writes
+ * dist/core/protocol/validators/TYPE.cjs with ajv's standalone code), when it was compiled from
+ * exactly today's schema; otherwise undefined. Loading ajv and compiling a schema costs a short
+ * command like `qhcp status` more than everything else it does (docs/benchmarks.md, Start-up).
+ */
+function precompiled(type: MessageName): ValidateFunction | undefined {
+  try {
+    const m = require(`./validators/${type}.cjs`) as { default?: ValidateFunction; schema?: string };
+    return m.schema === JSON.stringify(MESSAGE_SCHEMAS[type]) ? m.default : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 // Compiled on first use, per message type: a `qhcp status` compiles the four it meets, not all.
 let ajv: Ajv | undefined;
 const VALIDATORS = new Map<MessageName, ValidateFunction>();
 function validatorOf(type: MessageName): ValidateFunction {
   let v = VALIDATORS.get(type);
-  if (!v) VALIDATORS.set(type, (v = (ajv ??= new Ajv({ allErrors: false, strict: true })).compile(MESSAGE_SCHEMAS[type])));
+  if (!v) {
+    v = precompiled(type) ?? (ajv ??= new (require('ajv') as typeof import('ajv')).Ajv(VALIDATOR_OPTIONS)).compile(MESSAGE_SCHEMAS[type]);
+    VALIDATORS.set(type, v);
+  }
   return v;
 }
 

@@ -46,6 +46,26 @@ export interface ServerStats {
   samples: number;
 }
 
+/** Options a running agent takes from a reloaded config (SIGHUP); any other option that changed needs a restart. */
+export const AGENT_RELOADABLE: ReadonlySet<string> = new Set(['checks', 'services']);
+
+/** What an agent's reload changed. */
+export interface AgentReloadResult {
+  applied: string[];
+  restart: string[];
+  /** Checks before and after. */
+  checks: [number, number];
+  services: { added: string[]; removed: string[] };
+}
+
+/** "checks 2 -> 3, services +api -web; needs a restart (not applied): serverPort", or "no change". */
+export function agentReloadSummary(r: AgentReloadResult): string {
+  const name = (s: string) => (s === '' ? '(top-level)' : s);
+  const head = r.applied.length ? [`checks ${r.checks[0]} -> ${r.checks[1]}`, ...r.services.added.map((s) => `+service ${name(s)}`), ...r.services.removed.map((s) => `-service ${name(s)}`)].join(', ') : '';
+  const tail = r.restart.length ? `needs a restart (not applied): ${r.restart.join(', ')}` : '';
+  return [head, tail].filter(Boolean).join('; ') || 'no change';
+}
+
 export class AgentServer extends Core {
   private listener: Listener | undefined;
   readonly sessions = new Set<AgentSession>();
@@ -60,6 +80,8 @@ export class AgentServer extends Core {
   private sampling = false;
   private stopping = false;
   private authOpen = true;
+  /** The check kinds plugins registered (checkKinds, at start), for a reload's checks too. */
+  private userKinds: unknown[] = [];
   /** Checks, verdicts, admin state and weight; replaced at start by one with the configured checks. */
   runner: CheckRunner;
   private control: ControlServer | undefined;
@@ -90,13 +112,8 @@ export class AgentServer extends Core {
     await this.hooks.start.promise(this);
     const { requestClientCert } = this.hooks.tls.call({ requestClientCert: false });
     const operator = initialState(c);
-    const { specs, services } = await buildChecks({
-      checks: c.checks,
-      services: c.services,
-      userKinds: this.hooks.checkKinds.call([]),
-      logger: this.logger,
-      configFile: this.configFile,
-    });
+    this.userKinds = this.hooks.checkKinds.call([]);
+    const { specs, services } = await this.buildChecks(c);
     this.runner = new CheckRunner(specs, services, {
       logger: this.logger,
       admin: operator.admin,
@@ -149,6 +166,46 @@ export class AgentServer extends Core {
       ...(this.control ? { control: this.control.path } : {}),
     });
     await this.hooks.ready.promise(this);
+  }
+
+  private buildChecks(c: Readonly<QhcpConfig>) {
+    return buildChecks({ checks: c.checks, services: c.services, userKinds: this.userKinds, logger: this.logger, configFile: this.configFile });
+  }
+
+  /**
+   * Takes a new configuration (SIGHUP): its checks and services are built and run once, then
+   * replace the running ones (answers never go without verdicts); the operator's admin state and
+   * weight stay. Other changed options need a restart and are listed. All or nothing: a check
+   * that does not build changes nothing.
+   * @throws ConfigError naming the check that does not build
+   */
+  async reload(next: Readonly<QhcpConfig>): Promise<AgentReloadResult> {
+    const prev = this.config;
+    const changed = (Object.keys({ ...prev, ...next }) as Array<keyof QhcpConfig>).filter((k) => JSON.stringify(prev[k]) !== JSON.stringify(next[k]));
+    const result: AgentReloadResult = { applied: changed.filter((k) => AGENT_RELOADABLE.has(k)), restart: changed.filter((k) => !AGENT_RELOADABLE.has(k)), checks: [0, 0], services: { added: [], removed: [] } };
+    const old = this.runner;
+    result.checks[0] = old.status().length;
+    if (result.applied.length > 0) {
+      const { specs, services } = await this.buildChecks(next);
+      const op = old.operatorState;
+      const runner = new CheckRunner(specs, services, { logger: this.logger, admin: op.admin, ...(op.reason ? { adminReason: op.reason } : {}), weight: op.weight });
+      await runner.start();
+      if (this.stopping) {
+        await runner.stop();
+        return result;
+      }
+      this.runner = runner;
+      runner.onChange = () => this.pushHealth();
+      await old.stop();
+      const merged = { ...prev } as Record<string, unknown>;
+      for (const k of result.applied) merged[k] = (next as unknown as Record<string, unknown>)[k];
+      (this as { config: Readonly<QhcpConfig> }).config = Object.freeze(merged) as unknown as QhcpConfig;
+      result.services = { added: runner.serviceNames.filter((n) => !old.serviceNames.includes(n)), removed: old.serviceNames.filter((n) => !runner.serviceNames.includes(n)) };
+      // The load balancers hear the new verdicts at once, as after any change.
+      this.pushHealth();
+    }
+    result.checks[1] = this.runner.status().length;
+    return result;
   }
 
   /** Runs `collect` (each tap bounded by the plugin timeout) and replaces the cached sample. */

@@ -296,7 +296,7 @@ export class LoadBalancer extends Core {
   setWeight(address: string, weight: number): void {
     if (!Number.isFinite(weight) || weight < 0 || weight > 1000) throw new LocalError('QHCP_ERR_CLI_USAGE', `weight must be 0-1000, got ${weight}`);
     this.require(address).configWeight = weight;
-    this.balance.changed();
+    this.balance.changed(true);
   }
 
   private find(address: string): Backend | undefined {

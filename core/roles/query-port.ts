@@ -100,8 +100,8 @@ export class QueryPort {
   }
 
   async listen(c: Readonly<QhcpConfig>, tls: { cert: string; key: string }): Promise<void> {
-    this.listener = await Listener.listen(
-      this.core.listenerOptions({
+    this.listener = await Listener.listen({
+      ...this.core.listenerOptions({
         host: c.loadbalancerHost,
         port: c.loadbalancerPort,
         tls,
@@ -113,7 +113,9 @@ export class QueryPort {
           for (const s of this.sessions) if (s.channel === ch) s.fail(new ProtocolError('EXTRA_STREAM', 'only one control stream is allowed per connection'));
         },
       }),
-    );
+      // `qhcp status` on this host: no Retry round trip (see driver.ts ServerSide for why it is safe).
+      loopbackWithoutRetry: true,
+    });
     // A WATCH session asks once and then only listens: it is not idle (QUIC's idle timeout still ends a dead one).
     this.idleSweep = this.core.sweepIdle(this.sessions, (s) => s.state === 'WATCHING');
     // Not isUsed(): the guard's interceptor makes every hook "used".

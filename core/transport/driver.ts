@@ -38,9 +38,22 @@ export const MAX_DATAGRAM = quiche.MAX_DATAGRAM_SIZE;
 /** Kernel socket buffers asked for (the kernel caps them at net.core.[rw]mem_max). */
 const SOCKET_BUFFER = 4 * 1024 * 1024;
 /** Datagrams queued in libuv before the driver stops draining quiche (a full socket buffer). */
-/** Datagrams one connection may hand out in one drain; the rest waits for the next turn. */
+export const MAX_SEND_QUEUE = 2048;
+/**
+ * Datagrams one connection may hand to the socket in one drain; the rest waits for the next
+ * event-loop turn, so one connection cannot hold the loop (quiche's congestion window bounds a
+ * healthy connection far below this).
+ */
 const MAX_DRAIN = 256;
-const MAX_SEND_QUEUE = 2048;
+/**
+ * CONNECTION_CLOSE datagrams sent for a connection we closed that quiche keeps in the closing
+ * state. quiche (the version the binding ships) returns a fresh CONNECTION_CLOSE from every
+ * send() when the application closed a client connection before the handshake was confirmed,
+ * and never starts draining: without this bound the drain loop never ends (seen as a load
+ * balancer that stopped answering, N = 10 at 100 ms on a loaded machine). RFC 9000 section
+ * 10.2.1 lets a closing endpoint limit the closes it sends; quiche's timers still end it.
+ */
+export const MAX_CLOSE_DATAGRAMS = 3;
 /** Extra connection ids each side issues after the handshake (besides the first). */
 const EXTRA_CIDS = 2;
 /** Stateless resets sent per second at most (each answers a packet for an unknown id). */
@@ -115,6 +128,8 @@ export class Conn implements Timed {
   verifyProblem: string | undefined;
   /** A Node-side failure to report (e.g. ICMP port unreachable on a connected socket). */
   failure: string | undefined;
+  /** CONNECTION_CLOSE datagrams sent since we closed it (MAX_CLOSE_DATAGRAMS). */
+  closeSends = 0;
   /** When a packet last arrived from the peer, and when we last probed its port (performance.now()). */
   lastRecvAt = performance.now();
   probeAt = 0;
@@ -195,6 +210,21 @@ export interface ServerSide {
   accepted(conn: Conn): void;
   refused?(remote: string): void;
   keylog?: string;
+  /**
+   * Accept a first Initial from a loopback address without a Retry round trip. Retry proves a
+   * client receives at its address (against spoofed sources: amplification, and handshake slots
+   * held by replayed Initials). A loopback source cannot come from another host (the kernel drops
+   * such packets arriving on other interfaces), and a local process can complete a Retry anyway,
+   * so for loopback it proves nothing and costs a round trip per connection; everyone else still
+   * gets the Retry. The query port sets it (`qhcp status` on the load balancer's host).
+   */
+  loopbackWithoutRetry?: boolean;
+}
+
+/** Whether `host` (as a dual-stack socket reports it) is a loopback address. */
+export function isLoopback(host: string): boolean {
+  const h = host.startsWith('::ffff:') ? host.slice(7) : host;
+  return h === '::1' || (isIPv4(h) && h.startsWith('127.'));
 }
 
 /** One UDP socket and the connections on it. */
@@ -501,6 +531,10 @@ export class Endpoint {
       return;
     }
     const token = header.token;
+    if ((!token || token.length === 0) && server.loopbackWithoutRetry && isLoopback(rinfo.address)) {
+      this.acceptInitial(msg, rinfo, header.dcid, undefined);
+      return;
+    }
     if (!token || token.length === 0) {
       const scid = this.freshCid();
       const t = this.tokens.mint(header.dcid, scid, rinfo.address, rinfo.port);
@@ -515,20 +549,35 @@ export class Endpoint {
       this.stats.tokensRefused++;
       return;
     }
-    const remote = `${rinfo.address}:${rinfo.port}`;
-    if (this.pendingHandshakes >= server.maxPendingHandshakes) {
-      this.stats.handshakesRefused++;
-      server.refused?.(remote);
-      return;
-    }
+    if (!this.roomForHandshake(rinfo)) return;
     if (!this.ledger.spend(Buffer.from(header.dcid).toString('latin1'), tokenExpiry(token))) {
       this.stats.tokensRefused++;
       return;
     }
+    this.acceptInitial(msg, rinfo, header.dcid, checked.odcid);
+  }
+
+  /** Whether another handshake may start; when not, counted and reported. */
+  private roomForHandshake(rinfo: RemoteInfo): boolean {
+    if (this.pendingHandshakes < this.server!.maxPendingHandshakes) return true;
+    this.stats.handshakesRefused++;
+    this.server!.refused?.(`${rinfo.address}:${rinfo.port}`);
+    return false;
+  }
+
+  /**
+   * Starts a server connection for a client Initial. After a Retry, `odcid` is the client's
+   * first destination id and `dcid` the one the Retry gave it (ours, routed); without a Retry
+   * (`odcid` undefined) we pick our id and route the client's too until it switches.
+   */
+  private acceptInitial(msg: Buffer, rinfo: RemoteInfo, dcid: Uint8Array, odcid: Uint8Array | undefined): void {
+    const server = this.server!;
+    if (odcid === undefined && !this.roomForHandshake(rinfo)) return;
+    const scid = odcid === undefined ? this.freshCid() : dcid;
     let q: NativeConnection;
     const peer = { host: rinfo.address, port: rinfo.port };
     try {
-      q = quiche.Connection.accept(header.dcid, checked.odcid, this.local, peer, server.config);
+      q = quiche.Connection.accept(scid, odcid ?? null, this.local, peer, server.config);
     } catch {
       this.stats.dropped++;
       return;
@@ -539,7 +588,8 @@ export class Endpoint {
     this.pendingHandshakes++;
     conn.handshakeAt = performance.now() + server.handshakeTimeoutMs;
     conn.handshakeLimitMs = server.handshakeTimeoutMs;
-    this.route(conn, header.dcid);
+    this.route(conn, scid);
+    if (odcid === undefined) this.route(conn, dcid);
     this.count++;
     this.recvOn(conn, msg, rinfo);
   }
@@ -599,6 +649,7 @@ export class Endpoint {
     this.flushing = true;
     const now = performance.now();
     let i = 0;
+    let again: Conn[] | undefined;
     try {
       for (; i < this.dirty.length; i++) {
         if (this.socketClosed) break;
@@ -611,7 +662,7 @@ export class Endpoint {
         const conn = this.dirty[i]!;
         conn.dirty = false;
         if (conn.finished) continue;
-        this.drain(conn);
+        if (this.drain(conn)) (again ??= []).push(conn);
         conn.schedule(now);
         this.checkEnd(conn);
       }
@@ -624,34 +675,43 @@ export class Endpoint {
       this.flushScheduled = true;
       setTimeout(this.flush, 1);
     } else this.dirty.length = 0;
+    // Connections that had more to send than one drain takes: next turn.
+    if (again) for (const conn of again) this.touch(conn);
   };
 
   /** Sends `conn`'s pending datagrams now (before a close). */
   drainNow(conn: Conn): void {
-    if (!this.socketClosed) this.drain(conn);
+    if (!this.socketClosed && this.drain(conn)) this.touch(conn);
   }
 
-  private drain(conn: Conn): void {
+  /** Hands `conn`'s datagrams to the socket; true when it stopped at MAX_DRAIN with more to send. */
+  private drain(conn: Conn): boolean {
     const q = conn.q;
+    // Closed by us and not draining yet: quiche is sending CONNECTION_CLOSE, one per datagram.
+    const closing = q.localError() !== null && !q.isDraining() && !q.isClosed();
     for (let n = 0; ; n++) {
+      if (closing && conn.closeSends >= MAX_CLOSE_DATAGRAMS) return false;
       if (n >= MAX_DRAIN) {
         // Bounded: quiche was seen handing out datagrams without end for a connection we had
         // already closed (end reported, quiche neither closed nor draining), which held the
         // event loop for good (a load balancer group releasing many sessions, test/integration/
-        // cluster.test.ts). Such a connection is dropped; a live one sends the rest at its next
-        // timer or packet.
+        // cluster.test.ts). Such a connection is dropped; a live one sends the rest next turn.
         this.stats.drainCaps++;
-        if (conn.end && !conn.finished) this.forget(conn);
-        break;
+        if (conn.end && !conn.finished) {
+          this.forget(conn);
+          return false;
+        }
+        return true;
       }
       const out = this.take();
       let r;
       try {
         r = q.send(out);
       } catch {
-        break;
+        return false;
       }
-      if (r === null || r[0] <= 0) break;
+      if (r === null || r[0] <= 0) return false;
+      if (closing) conn.closeSends++;
       const to = r[1].to;
       this.sendDatagram(out.subarray(0, r[0]), to.port, to.host);
     }

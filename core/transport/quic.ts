@@ -523,6 +523,8 @@ export interface ListenOptions {
    * without one; `Channel.peerCertificates` carries what was presented, for an auth plugin to judge.
    */
   requestClientCert?: boolean;
+  /** First Initials from loopback are accepted without a Retry round trip (driver.ts ServerSide). */
+  loopbackWithoutRetry?: boolean;
 }
 
 /** Signature algorithms offered (what BoringSSL supports of TLS 1.3's list). */
@@ -616,6 +618,7 @@ export class Listener {
       ...(opts.logKeys ? { keylog: opts.logKeys } : {}),
       accepted: (conn) => opts.onChannel(new Channel(conn, { maxFrameBytes }, opts.onExtraStream)),
       ...(opts.onHandshakeRefused ? { refused: opts.onHandshakeRefused } : {}),
+      ...(opts.loopbackWithoutRetry ? { loopbackWithoutRetry: true } : {}),
     };
     return new Listener(ep);
   }

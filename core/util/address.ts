@@ -22,7 +22,8 @@ export function parseAddress(text: string, defaultPort: number): Address {
     host = v6[1]!;
     portText = v6[2];
     if (isIP(host) !== 6) throw bad(text, 'not an IPv6 address in brackets');
-  } else if (isIP(t) === 6) {
+  } else if (t.indexOf(':') !== t.lastIndexOf(':') && isIP(t) === 6) {
+    // (A bare IPv6 address has two colons at least; host:port skips the costly IPv6 test.)
     host = t;
   } else {
     const i = t.lastIndexOf(':');

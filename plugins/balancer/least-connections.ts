@@ -10,7 +10,7 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { Picked, r3 } from '../../core/balance/picker.ts';
+import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 import { connectionCounts, ConnectionCounts } from '../proxy/connections.ts';
 
@@ -84,7 +84,7 @@ export default class LeastConnectionsPlugin implements QhcpPlugin {
   readonly roles = ['loadbalancer' as const];
   /** The load balancer's table once applied; a table of its own (all zero) before, e.g. in a client. */
   private counts = new ConnectionCounts();
-  private hooked: LeastConnectionsPicker | undefined;
+  private hooked: HookedPicker<LeastConnectionsPicker> | undefined;
 
   constructor(private readonly options: { weighted?: boolean } = {}) {}
 
@@ -96,15 +96,14 @@ export default class LeastConnectionsPlugin implements QhcpPlugin {
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */
   why = '';
 
-  /** One pick with the pool read each time (O(N)): the `pick` hook's path. `counts` replaces the table (tests). */
+  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). `counts` replaces the table (tests). */
   choose(servers: readonly BackendView[], counts?: ConnectionCounts): BackendView | undefined {
     if (counts && counts !== this.counts) {
       this.counts = counts;
       this.hooked = undefined;
     }
-    this.hooked ??= this.picker();
-    this.hooked.update(servers);
-    const r = this.hooked.pick();
+    this.hooked ??= new HookedPicker(this.picker());
+    const r = this.hooked.pick(servers, Date.now());
     this.why = r?.why ?? '';
     return r?.server;
   }

@@ -8,7 +8,7 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { Picked, r3 } from '../../core/balance/picker.ts';
+import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
 import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 
@@ -91,7 +91,7 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
   readonly roles = ['loadbalancer' as const];
   private readonly opts: Opts;
   /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked: PowerOfTwoPicker;
+  private readonly hooked: HookedPicker<PowerOfTwoPicker>;
 
   /** `random` returns [0, 1) like Math.random (tests pass a seeded one). */
   constructor(
@@ -99,7 +99,7 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
     private readonly random: () => number = Math.random,
   ) {
     this.opts = withDefaults(PowerOfTwoPlugin.schema, options, 'power-of-two');
-    this.hooked = this.picker();
+    this.hooked = new HookedPicker(this.picker());
   }
 
   /** State of its own for one pool (LocalBalancer). O(1) per pick. */
@@ -110,10 +110,9 @@ export default class PowerOfTwoPlugin implements QhcpPlugin {
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */
   why = '';
 
-  /** One pick with the pool read each time (O(N)): the `pick` hook's path. */
+  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). */
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    this.hooked.update(servers, now);
-    const r = this.hooked.pick(undefined, now);
+    const r = this.hooked.pick(servers, now);
     this.why = r?.why ?? '';
     return r?.server;
   }

@@ -7,7 +7,7 @@
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import type { Picker, PickResult } from '../../core/balance/picker.ts';
+import { HookedPicker, type Picker, type PickResult } from '../../core/balance/picker.ts';
 
 const PLUGIN_NAME = 'round-robin';
 
@@ -57,7 +57,7 @@ export default class RoundRobinPlugin implements QhcpPlugin {
   readonly family = 'balancer' as const;
   readonly roles = ['loadbalancer' as const];
   /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked = new RotationPicker();
+  private readonly hooked = new HookedPicker(new RotationPicker());
 
   constructor(_options: Record<string, unknown> = {}) {}
 
@@ -66,10 +66,9 @@ export default class RoundRobinPlugin implements QhcpPlugin {
     return new RotationPicker();
   }
 
-  /** The UP server after the last one picked (O(N): the pool is read each time). */
+  /** The UP server after the last one picked (the pool read again when it is another array: HookedPicker). */
   choose(servers: readonly BackendView[]): BackendView | undefined {
-    this.hooked.update(servers);
-    return this.hooked.pick()?.server;
+    return this.hooked.pick(servers, Date.now())?.server;
   }
 
   apply(core: CoreLike): void {

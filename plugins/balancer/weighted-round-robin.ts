@@ -15,7 +15,7 @@
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { Picked, r3 } from '../../core/balance/picker.ts';
+import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
 import { Edf } from '../../core/balance/edf.ts';
 import { LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 import { metricNameSchema } from '../../core/protocol/messages.ts';
@@ -152,11 +152,11 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
   readonly roles = ['loadbalancer' as const];
   private readonly opts: Opts;
   /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked: WeightedRotationPicker;
+  private readonly hooked: HookedPicker<WeightedRotationPicker>;
 
   constructor(options: WeightedRoundRobinOptions = {}) {
     this.opts = withDefaults(WeightedRoundRobinPlugin.schema, options, 'weighted-round-robin');
-    this.hooked = this.picker();
+    this.hooked = new HookedPicker(this.picker());
   }
 
   /** A rotation of its own for one pool (LocalBalancer). */
@@ -168,10 +168,9 @@ export default class WeightedRoundRobinPlugin implements QhcpPlugin {
   /** Why the last pick chose its server (PICK_RESPONSE `why`). */
   why = '';
 
-  /** One pick with the pool read each time (O(N)): the `pick` hook's path. */
+  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). */
   choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    this.hooked.update(servers, now);
-    const r = this.hooked.pick(undefined, now);
+    const r = this.hooked.pick(servers, now);
     this.why = r?.why ?? '';
     return r?.server;
   }

@@ -8,6 +8,7 @@
  * that fails or hangs (a stuck disk) drops only its own metrics.
  */
 import os from 'node:os';
+import { readFile, readdir } from 'node:fs/promises';
 import si from 'systeminformation';
 import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
@@ -52,14 +53,41 @@ export function cpuLoadReader(read: () => os.CpuInfo[] = os.cpus): SystemReaders
   };
 }
 
+/**
+ * Byte counters per interface from the text of Linux's /proc/net/dev (two header lines, then
+ * `iface: rx_bytes rx_packets ... (8 receive fields) tx_bytes ...`). Lines that do not parse are
+ * skipped.
+ */
+export function parseProcNetDev(text: string): Array<{ iface: string; rx_bytes: number; tx_bytes: number }> {
+  const out: Array<{ iface: string; rx_bytes: number; tx_bytes: number }> = [];
+  for (const line of text.split('\n')) {
+    const colon = line.indexOf(':');
+    if (colon < 0) continue;
+    const iface = line.slice(0, colon).trim();
+    const f = line.slice(colon + 1).trim().split(/\s+/);
+    const rx = Number(f[0]);
+    const tx = Number(f[8]);
+    if (!iface || f.length < 9 || !Number.isFinite(rx) || !Number.isFinite(tx)) continue;
+    out.push({ iface, rx_bytes: rx, tx_bytes: tx });
+  }
+  return out;
+}
+
+const LINUX = process.platform === 'linux';
+
+/**
+ * On Linux the network and process counts are one file read or one directory listing: on every
+ * call systeminformation's networkStats() runs child processes (about 1% of a core for the idle
+ * agent at one reading per second, docs/benchmarks.md) and processes() runs `ps`.
+ */
 export const SYSTEM_READERS: SystemReaders = {
   currentLoad: cpuLoadReader(),
   mem: () => si.mem(),
   // systeminformation reports only the 1-minute average (divided by cores); node:os has all three.
   loadavg: () => os.loadavg(),
   fsSize: () => si.fsSize(),
-  networkStats: () => si.networkStats('*'),
-  processes: () => si.processes(),
+  networkStats: LINUX ? async () => parseProcNetDev(await readFile('/proc/net/dev', 'utf8')) : () => si.networkStats('*'),
+  processes: LINUX ? async () => ({ all: (await readdir('/proc')).filter((n) => n.charCodeAt(0) >= 48 && n.charCodeAt(0) <= 57).length }) : () => si.processes(),
   // si.time() costs ~5 ms of CPU per call (it looks up the time zone); the kernel's uptime is free.
   uptime: () => os.uptime(),
   cores: () => os.availableParallelism(),

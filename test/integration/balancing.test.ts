@@ -9,21 +9,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { startLoadBalancer, runQhcp, stopAll, waitForState, type QhcpProcess } from '../helpers/procs.ts';
+import { startLoadBalancer, runQhcp, stopAll, waitForState, pickMany, type QhcpProcess } from '../helpers/procs.ts';
 import { ScriptedAgent } from '../helpers/scripted-agent.ts';
-import { QueryClient } from '../../core/client/query.ts';
 import type { ServerStatus } from '../../core/protocol/messages.ts';
 
-async function picks(lbPort: number, n: number): Promise<string[]> {
-  const q = await QueryClient.open({ host: '127.0.0.1', port: lbPort, timeoutMs: 5000 });
-  try {
-    const out: string[] = [];
-    for (let i = 0; i < n; i++) out.push(String((await q.pick()).server));
-    return out;
-  } finally {
-    await q.close();
-  }
-}
+/** The servers of `n` PICKs, in order. */
+const picks = async (lbPort: number, n: number) => (await pickMany(lbPort, n)).map((p) => String(p.server));
 
 describe('panic mode and slow start (real load balancer process, scripted agents)', function () {
   this.timeout(120_000);

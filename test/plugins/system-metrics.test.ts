@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import SystemMetricsPlugin, { cpuLoadReader, mountKey, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
+import SystemMetricsPlugin, { cpuLoadReader, mountKey, parseProcNetDev, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
 import type { CpuInfo } from 'node:os';
 import { MetricsReport } from '../../core/plugin/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
@@ -185,6 +185,49 @@ describe('system-metrics plugin', () => {
     expect(Object.keys(v).some((k) => /^disk\..+\.usedPct$/.test(k))).to.equal(true, `no disk metric in ${Object.keys(v).join(',')}`);
     for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
     await core.hooks.stop.promise(core);
+  });
+});
+
+describe('parseProcNetDev', () => {
+  it('reads receive and transmit bytes per interface and skips the headers and broken lines', () => {
+    const text = [
+      'Inter-|   Receive                                                |  Transmit',
+      ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed',
+      '    lo: 2506 387    0    0    0     0          0         0 2506 387    0    0    0     0       0          0',
+      '  eth0:1234567 10 0 0 0 0 0 0 7654321 9 0 0 0 0 0 0',
+      '  bad0: 12 x',
+      '',
+    ].join('\n');
+    expect(parseProcNetDev(text)).to.deep.equal([
+      { iface: 'lo', rx_bytes: 2506, tx_bytes: 2506 },
+      { iface: 'eth0', rx_bytes: 1234567, tx_bytes: 7654321 },
+    ]);
+  });
+
+  it('the Linux readers count network bytes and processes without a child process', async function () {
+    if (process.platform !== 'linux') this.skip();
+    this.timeout(20_000);
+    // Every child process (exec, execFile, spawn) goes through ChildProcess.prototype.spawn.
+    const { ChildProcess } = await import('node:child_process');
+    const proto = ChildProcess.prototype as unknown as { spawn: (...a: unknown[]) => unknown };
+    const orig = proto.spawn;
+    let spawned = 0;
+    proto.spawn = function (this: unknown, ...a: unknown[]) {
+      spawned++;
+      return orig.apply(this, a);
+    };
+    try {
+      const [net, procs] = await Promise.all([SYSTEM_READERS.networkStats(), SYSTEM_READERS.processes()]);
+      expect(spawned).to.equal(0);
+      expect(net.some((n) => n.iface === 'lo')).to.equal(true);
+      expect(procs.all).to.be.greaterThan(1);
+      // The counter does see a child process: systeminformation's own reader runs some.
+      const si = (await import('systeminformation')).default;
+      await si.networkStats('*');
+      expect(spawned).to.be.greaterThan(0);
+    } finally {
+      proto.spawn = orig;
+    }
   });
 });
 

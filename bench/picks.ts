@@ -1,0 +1,229 @@
+/**
+ * `npm run bench -- --only picks` (or `node --import tsx bench/picks.ts [--full] [--before <commit>]`):
+ * what one pick costs, in process and over QUIC (issue 16).
+ *
+ * In process, per built-in strategy at N = 10, 1000 and 10 000 UP backends with fresh reports:
+ *   - `local`: LocalBalancer.pick() (core/balance/local.ts), the maintained state every PICK and
+ *     every client pick uses now; target under 1 µs per pick at N = 1000;
+ *   - `hook`: the plugin's `pick` hook called with the whole pool, the path LoadBalancer.pick
+ *     took before issue 16 (and tcp-proxy's still);
+ *   - `update`: one LocalBalancer.update() of the whole view plus the pick that rebuilds from it
+ *     (what a change costs).
+ * Costs are CPU time (process.cpuUsage) per operation, the least of several rounds: on a machine
+ * shared with other work, wall time measures the scheduler. PICK over QUIC: the `balance`
+ * section's measurement (bench/lib/balance.ts, 10 backends, 1 and 50 clients); with
+ * `--before <commit>` the same measurement of that commit (extracted with `git archive` into a
+ * temporary directory, this checkout's node_modules linked) runs alternately with this tree's.
+ * Writes bench/results/picks-<time>.json and picks-latest.json (bench/report.ts renders them).
+ */
+import { mkdirSync, writeFileSync, mkdtempSync, symlinkSync, copyFileSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { machine, loadAverage } from './lib/proc.ts';
+import { makeCtx } from './lib/ctx.ts';
+import { quicPicks, STRATEGIES, type QuicPick } from './lib/balance.ts';
+import { startFarm, stopChildren, spawnTracked } from './lib/children.ts';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+
+export interface PickCost {
+  strategy: string;
+  n: number;
+  /** ns of CPU per LocalBalancer.pick(). */
+  localNs: number | null;
+  /** ns of CPU per pick through the plugin's pick hook with the pool passed (before issue 16). */
+  hookNs: number | null;
+  /** ns of CPU per LocalBalancer.update() of the whole view plus the rebuilding pick. */
+  updateNs: number | null;
+  note?: string;
+}
+
+export interface PicksResults {
+  version: 1;
+  mode: 'quick' | 'full';
+  startedAt: string;
+  durationS: number;
+  machine: Record<string, unknown>;
+  loadavgStart: number[];
+  loadavgEnd: number[];
+  targetNsAt1000: number;
+  costs: PickCost[];
+  quic: { tree: string; rows: QuicPick[] }[];
+}
+
+const SIZES = [10, 1000, 10_000];
+const TARGET_NS = 1000;
+
+/** CPU ns per call of `op`, the least over `rounds` rounds of about `ms` each. */
+function cpuNs(op: () => void, rounds: number, ms: number): number {
+  let best = Infinity;
+  let batch = 16;
+  for (let r = 0; r < rounds; r++) {
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    let calls = 0;
+    while (performance.now() - t0 < ms) {
+      for (let i = 0; i < batch; i++) op();
+      calls += batch;
+      if (calls >= batch * 64 && batch < 4096) batch *= 2;
+    }
+    const c = process.cpuUsage(c0);
+    best = Math.min(best, ((c.user + c.system) * 1000) / calls);
+  }
+  return Math.round(best);
+}
+
+async function inProcess(full: boolean, log: (s: string) => void): Promise<PickCost[]> {
+  const { LocalBalancer } = await import('../core/balance/local.ts');
+  const { resolvePlugins } = await import('../core/plugin/loader.ts');
+  const { fakeCore } = await import('../core/testing/index.ts');
+  const rounds = full ? 7 : 4;
+  const ms = full ? 300 : 120;
+  const out: PickCost[] = [];
+  for (const strategy of STRATEGIES) {
+    for (const n of SIZES) {
+      try {
+        const now = Date.now();
+        const view = Array.from({ length: n }, (_, i) => {
+          const load = ((i * 7919) % 1000) / 1000;
+          return {
+            address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:4243`,
+            state: 'UP' as const,
+            metrics: { cpu: load * 100, memory: 40, load1: load * 2, loadScore: load },
+            reportedAt: now,
+            ageMs: 0,
+            weight: 1 + (i % 3),
+            latencyMs: 1,
+            verdict: 'SERVING' as const,
+            agentAdmin: 'READY' as const,
+            adminState: 'READY' as const,
+            reason: null,
+          };
+        });
+        const make = async () => (await resolvePlugins({ plugins: [strategy], defaults: false }, 'loadbalancer'))[0]!;
+        const local = new LocalBalancer(await make(), { panicThreshold: 0 });
+        local.update(view, now);
+        const localNs = cpuNs(() => local.pick(undefined, now), rounds, ms);
+        const core = fakeCore('loadbalancer');
+        await (await make()).apply(core);
+        const req = { servers: view, key: undefined, now };
+        const hookNs = cpuNs(() => core.hooks.pick.call(req), n >= 10_000 ? 2 : rounds, n >= 10_000 ? 60 : ms);
+        const churn = new LocalBalancer(await make(), { panicThreshold: 0 });
+        const updateNs = cpuNs(
+          () => {
+            churn.update(view, now);
+            churn.pick(undefined, now);
+          },
+          n >= 10_000 ? 2 : rounds,
+          n >= 10_000 ? 60 : ms,
+        );
+        out.push({ strategy, n, localNs, hookNs, updateNs });
+      } catch (e) {
+        out.push({ strategy, n, localNs: null, hookNs: null, updateNs: null, note: `not measured: ${String(e).slice(0, 200)}` });
+      }
+      const r = out.at(-1)!;
+      log(`  ${strategy.padEnd(21)} N=${String(n).padEnd(5)} local ${r.localNs ?? '-'} ns/pick (hook path ${r.hookNs ?? '-'} ns), update+pick ${r.updateNs ?? '-'} ns`);
+    }
+  }
+  return out;
+}
+
+/** PICK over QUIC from this tree (10 agents in a farm, the balance section's measurement). */
+async function quicHere(full: boolean, log: (s: string) => void): Promise<QuicPick[]> {
+  const { farm, ports } = await startFarm(10, { sampleInterval: 5 });
+  try {
+    return await quicPicks(makeCtx(full, log), ports, [1, 50]);
+  } finally {
+    await farm.stop(15_000).catch(() => {});
+  }
+}
+
+/** The same measurement in `commit`'s tree: git archive into a temporary directory, run there. */
+async function quicAt(commit: string, full: boolean, log: (s: string) => void): Promise<QuicPick[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-picks-before-'));
+  try {
+    execFileSync('sh', ['-c', `git -C "$1" archive "$2" | tar -x -C "$3"`, 'sh', ROOT, commit, dir]);
+    symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+    copyFileSync(join(ROOT, 'bench/picks.ts'), join(dir, 'bench/picks.ts'));
+    const out = join(dir, 'quic.json');
+    const child = spawnTracked(process.execPath, ['--import', 'tsx', join(dir, 'bench/picks.ts'), '--quic-only', out, ...(full ? ['--full'] : [])], {
+      onLine: (l) => l.trim() && log(`  [${commit.slice(0, 7)}] ${l}`),
+    });
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => child.kill('SIGINT'), 300_000);
+      child.once('exit', (code) => {
+        clearTimeout(t);
+        if (code === 0 && existsSync(out)) resolve();
+        else reject(new Error(`the ${commit} run ended with ${code}`));
+      });
+    });
+    return JSON.parse(readFileSync(out, 'utf8')) as QuicPick[];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const full = argv.includes('--full');
+  const log = (s: string) => process.stdout.write(`${s}\n`);
+  const quicOnly = argv.indexOf('--quic-only');
+  if (quicOnly >= 0) {
+    writeFileSync(argv[quicOnly + 1]!, JSON.stringify(await quicHere(full, log)));
+    return;
+  }
+  const before = argv.includes('--before') ? argv[argv.indexOf('--before') + 1] : undefined;
+  const t0 = Date.now();
+  const res: PicksResults = {
+    version: 1,
+    mode: full ? 'full' : 'quick',
+    startedAt: new Date().toISOString(),
+    durationS: 0,
+    machine: machine(),
+    loadavgStart: loadAverage(),
+    loadavgEnd: [],
+    targetNsAt1000: TARGET_NS,
+    costs: [],
+    quic: [],
+  };
+  log(`picks: in process, CPU ns per operation (least of several rounds), load average ${res.loadavgStart.join(' ')}`);
+  res.costs = await inProcess(full, log);
+  if (!argv.includes('--no-quic')) {
+    // Alternate the trees, so both see the same load.
+    const runs = full ? 2 : 1;
+    const head = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']).toString().trim();
+    for (let r = 0; r < runs; r++) {
+      log(`PICK over QUIC, this tree (${head})`);
+      res.quic.push({ tree: `${head} (this tree)`, rows: await quicHere(full, log) });
+      if (before) {
+        log(`PICK over QUIC, ${before}`);
+        res.quic.push({ tree: before, rows: await quicAt(before, full, log) });
+      }
+    }
+  }
+  res.loadavgEnd = loadAverage();
+  res.durationS = Math.round((Date.now() - t0) / 1000);
+  const dir = `${ROOT}bench/results`;
+  mkdirSync(dir, { recursive: true });
+  const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
+  const json = JSON.stringify(res, null, 2) + '\n';
+  writeFileSync(`${dir}/picks-${stamp}.json`, json);
+  writeFileSync(`${dir}/picks-latest.json`, json);
+  log(`picks results: bench/results/picks-${stamp}.json (and picks-latest.json); ${res.durationS} s`);
+}
+
+for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(sig, () => {
+    stopChildren();
+    process.exit(130);
+  });
+}
+process.on('exit', () => stopChildren());
+
+await main().catch((e) => {
+  stopChildren();
+  process.stderr.write(`bench/picks: ${String((e as Error)?.stack ?? e)}\n`);
+  process.exit(1);
+});
