@@ -80,7 +80,10 @@ function targets(res: Results): string[] {
     rows.push([`no collapse under CPU starvation: N = 100 every 100 ms with ${farm} comes UP and keeps up, ${impl}`, `${c.upAfterS !== null ? `all UP after ${c.upAfterS} s` : c.note ?? 'not all UP'}; ${c.checks ?? '–'}/${c.expected} checks, ${c.late ?? '–'} late, ${c.failed ?? '–'} failed; ${c.cpuPct}% CPU`, yes(c.upAfterS !== null && c.keepsUp)]);
   }
   const sc = res.scale;
-  if (sc?.qhcp) {
+  if (!sc?.qhcp) {
+    const why = sc?.errors.length ? `failed: ${sc.errors.join('; ').slice(0, 200)}` : 'not measured in this run (`--only scale`)';
+    rows.push(['N = 10,000 at 1 s, push, on one core (keeps up)', why, '–'], [`N = 10,000: all UP within ${TARGETS.scaleUpS} s`, why, '–']);
+  } else {
     const q = sc.qhcp;
     const h = sc.haproxy;
     rows.push([`N = ${sc.n.toLocaleString('en')} at ${sc.intervalS} s, push, on one core (keeps up)`, `${q.cpuPct}% of one core, ${q.usPerBackendInterval} µs per backend per interval vs HAProxy ${h ? `${h.usPerBackendInterval} µs (${ratio(q.usPerBackendInterval, h.usPerBackendInterval)})` : '–'}${q.keepsUp ? '' : `; does not keep up (${q.checks}/${q.expected} checks, ${q.late} late, ${q.failed} failed)`}`, yes(q.cpuPct <= TARGETS.scaleCpuPct && q.keepsUp)]);
@@ -100,8 +103,10 @@ function targets(res: Results): string[] {
   for (const a of res.agent.filter((x) => x.loadBalancers === 1)) {
     rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB${a.runtime === 'tsx' ? ' (run through tsx, not compiled)' : ''}`, yes(a.cpuPct <= TARGETS.agentCpuPct && a.rssMb <= TARGETS.agentRssMb)]);
   }
+  if (!res.agent.some((x) => x.loadBalancers === 1)) rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second`, 'not measured in this run (`--only agent`)', '–']);
   const picks50 = res.quicPicks.find((q) => q.clients === 50);
-  if (picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
+  if (!picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, 'not measured in this run (`--only balance`)', '–']);
+  else rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
   return table(['Target', 'Measured', 'Met'], rows);
 }
 
@@ -406,6 +411,7 @@ export function render(res: Results): string {
         ['machine', `${m.cpu}, ${m.cores} cores, ${m.memoryGb} GB, ${m.os}, Linux ${m.kernel}`],
         ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (${res.floor.some((f) => f.impl === 'driver') ? 'its quiche binding under qhcp\'s own driver' : 'patched JavaScript layer, before issue 12'}), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
         ['load average (1/5/15 min)', `start ${res.loadavgStart.join(' / ')}, end ${res.loadavgEnd.join(' / ')}`],
+        ...(res.sectionS ? [['time per section', Object.entries(res.sectionS).map(([k, v]) => `${k} ${v} s`).join(', ')]] : []),
         ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
       ],
     ),
@@ -493,6 +499,7 @@ export function render(res: Results): string {
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}).`);
   L.push(...tcpProxySection());
   L.push(...drainSection());
+  L.push(...clusterSection());
   L.push(
     '',
     '## What we tried, and what each change bought',
@@ -570,6 +577,35 @@ function drainSection(): string[] {
     `| qhcp drain → HAProxy drain (ms) | ${t.median ?? '—'} | ${t.p90 ?? '—'} | ${t.max ?? '—'} | ${fails} |`,
     '',
     `Target: under 100 ms (${t.max !== null && t.max < 100 && fails === 0 ? 'met in every repetition' : t.median !== null && t.median < 100 ? 'met at the median, not in every repetition' : 'not met'}). The path: the agent pushes a HEALTH_REPORT at once on the admin change, the load balancer marks the backend DRAINING and calls the sync hook, the plugin sends \`set server web/s0 state drain\` on HAProxy's admin socket. Once HAProxy shows drain it sends the server no new request (test/integration/sync.test.ts checks that with real traffic).`,
+  ];
+}
+
+/** The load balancer group section, from bench/results/cluster-latest.json (`node --import tsx bench/cluster.ts`). */
+function clusterSection(): string[] {
+  const file = `${ROOT}bench/results/cluster-latest.json`;
+  if (!existsSync(file)) return ['', '## Load balancer groups', '', 'Not measured yet: `npm run bench -- --only cluster`.'];
+  const t = JSON.parse(readFileSync(file, 'utf8')) as import('./cluster.ts').ClusterResults;
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const m = t.machine as { cpu?: string; cores?: number; node?: string; os?: string };
+  const s = t.settings;
+  const f = t.failover;
+  const cpu = (l: number[]) => `${l.join(' / ')} (sum ${Math.round(l.reduce((a, b) => a + b, 0) * 10) / 10})`;
+  return [
+    '',
+    '## Load balancer groups',
+    '',
+    `\`node --import tsx bench/cluster.ts\` (${t.startedAt}, ${t.durationS} s, ${m.cpu ?? "unknown CPU"}, ${m.cores ?? "?"} cores, ${m.os ?? ""}, Node ${m.node ?? "?"}; load average ${la(t.loadavgStart)} at the start, ${la(t.loadavgEnd)} at the end: the machine was shared with other work). ${t.backends} agents in one farm process, ${s.members} \`qhcp loadbalancer\` processes checking all of them every ${s.intervalS} s, first independent, then as one group through a real redis-server (R = ${s.replicas}, heartbeat TTL ${s.ttlS} s); each figure over the same ${s.windowS} s window.${t.scaledDown ? ` Scaled down: ${t.scaledDown}.` : ''}`,
+    '',
+    '| figure | three independent | one group |',
+    '| --- | --- | --- |',
+    `| checks the agents received, per backend per interval | ${t.independent.checksPerBackendPerInterval} | ${t.group.checksPerBackendPerInterval} (target ${s.replicas}) |`,
+    `| CPU per load balancer, % of a core | ${cpu(t.independent.cpuPercent)} | ${cpu(t.group.cpuPercent)} |`,
+    `| Redis: commands a second (those run inside our scripts included) | — | ${t.group.redisCommandsPerS} |`,
+    `| Redis: commands a second sent by each member | — | ${t.group.memberCommandsPerS} |`,
+    `| Redis: used_memory | — | ${t.group.redisUsedMemoryMb} MB |`,
+    `| Redis: CPU, % of a core | — | ${t.group.redisCpuPercent} |`,
+    '',
+    `Failover after \`kill -9\` of one member: the other two checked its share (their \`qhcp_cluster_checking_backends\` adding up to R × N) after ${f.ms ?? 'more than 60 000'} ms; target under TTL + one interval = ${f.boundMs} ms (${f.ms !== null && f.ms < f.boundMs ? 'met' : 'not met'}). Backends seen DOWN on the two members during and 5 s after: ${f.downSeen}.${f.note ? ` ${f.note}` : ''} With R = 2 every backend of the dead member still had its other checker throughout; the figure is the time until it has two again. How the group works: docs/operations.md, "Load balancer groups".`,
   ];
 }
 

@@ -4,7 +4,7 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,scale,service,admin,tcp-proxy,drain,watch (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,scale,service,admin,tcp-proxy,drain,watch,cluster (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --scale-n 10000 (backends of the
  * `scale` section, default 10,000; a small value smoke-tests it), --no-report.
  *
@@ -19,7 +19,9 @@
  * The `tcp-proxy` section (bench/tcp-proxy.ts: the tcp-proxy plugin next to HAProxy in TCP mode
  * and a bare Node pipe) and the `drain` section (bench/drain-haproxy.ts: `qhcp drain` -> HAProxy
  * shows the server in drain, through the haproxy sync plugin) run their scripts as child
- * processes, which write tcp-proxy-latest.json and drain-latest.json for the report.
+ * processes, which write tcp-proxy-latest.json and drain-latest.json for the report; so does the
+ * `cluster` section (bench/cluster.ts: three load balancers as one group through Redis next to
+ * three independent ones), with cluster-latest.json.
  * The `watch` section (bench/lib/watch.ts: a load balancer's transition -> a `watch()` client's
  * 'change' event) keeps its results in watch-<time>.json and watch-latest.json.
  */
@@ -47,6 +49,8 @@ export interface Results {
   startedAt: string;
   finishedAt: string;
   durationS: number;
+  /** Seconds each section took in this run (quick mode must stay under 12 minutes in all). */
+  sectionS?: Record<string, number>;
   machine: Record<string, unknown>;
   loadavgStart: number[];
   loadavgEnd: number[];
@@ -66,9 +70,9 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster'] as const;
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster']);
 
 /** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
 async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
@@ -134,12 +138,16 @@ async function main(): Promise<void> {
   const section = async (name: string, f: () => Promise<void>) => {
     if (!args.only.has(name)) return;
     log(`== ${name}`);
+    const began = Date.now();
     try {
       await f();
     } catch (e) {
       const msg = `${name}: ${String((e as Error)?.message ?? e).slice(0, 500)}`;
       res.errors.push(msg);
       log(`!! ${msg}`);
+    } finally {
+      (res.sectionS ??= {})[name] = Math.round((Date.now() - began) / 1000);
+      log(`   ${name} took ${res.sectionS[name]} s`);
     }
   };
 
@@ -261,6 +269,8 @@ async function main(): Promise<void> {
       log(`  transition -> client change: median ${w.lbToClient.p50} ms, p99 ${w.lbToClient.p99} ms, max ${w.lbToClient.max} ms (${w.lbToClient.n} runs); agent push -> client change: median ${w.agentToClient.p50} ms`);
       if (watched.misses.length) log(`  misses: ${watched.misses.join('; ')}`);
     });
+    // Load balancer groups (bench/cluster.ts): 3 members x 1000 backends, next to 3 independent ones; needs redis-server.
+    await section('cluster', () => benchScript('cluster.ts', [], 900_000, log));
   } finally {
     await farm?.stop(15_000).catch(() => {});
     stopChildren();
