@@ -8,6 +8,7 @@ import { expect } from 'chai';
 import { startLoadBalancer, startServer, runQhcp, stopAll, waitUntil, type QhcpProcess } from '../helpers/procs.ts';
 import { ScriptedAgent } from '../helpers/scripted-agent.ts';
 import { RawPeer, HELLO_QUERY } from '../helpers/rawpeer.ts';
+import { codeName } from '../../core/protocol/session.ts';
 import { encodeFrame } from '../../core/protocol/codec.ts';
 import { watch, type WatchChange, type WatchView } from '../../core/client/index.ts';
 import type { Message } from '../../core/protocol/messages.ts';
@@ -167,6 +168,19 @@ describe('WATCH: streaming the load balancer view to clients', function () {
       await peer.close();
       s2.set({ weight: 100 });
     }
+  });
+
+  it('a session in WATCHING asks nothing more: a STATUS on it is 105 UNEXPECTED_MESSAGE, and other sessions go on', async () => {
+    const peer = await RawPeer.open({ port: lb.port });
+    await peer.send(HELLO_QUERY());
+    await peer.waitFor('ACK');
+    await peer.send(encodeFrame({ type: 'WATCH', body: { seq: 1 } }));
+    await peer.waitFor('WATCH_UPDATE');
+    await peer.send(encodeFrame({ type: 'STATUS', body: { seq: 2 } }));
+    const r = await peer.closedWith();
+    expect(codeName(r.code)).to.equal('UNEXPECTED_MESSAGE');
+    expect(r.reason).to.match(/STATUS is not allowed in state WATCHING/);
+    expect(views[0]!.connected).to.equal(true);
   });
 
   it('reconnects to the next load balancer of the list; with none, the view goes stale and keeps serving picks', async () => {
