@@ -324,7 +324,7 @@ function picksSection(p: PicksResults | undefined): string[] {
     const trees = p.lb.map((t) => t.tree);
     L.push(
       '',
-      `**\`LoadBalancer.pick()\` in process** (the PICK path but the network, wall time, ns per pick), this tree against ${trees.length > 1 ? `\`${trees[1]}\`, the commit before issue 16 (the pool filtered and passed to the \`pick\` hook on every pick), measured alternately in the same run` : 'nothing'}:`,
+      `**\`LoadBalancer.pick()\` in process** (the PICK path but the network: CPU ns per pick), this tree against ${trees.length > 1 ? `\`${trees[1]}\`, the commit before issue 16 (the pool filtered and passed to the \`pick\` hook on every pick), measured alternately in the same run` : 'nothing'}:`,
       '',
       ...table(
         ['strategy', 'backends', ...trees],
@@ -335,11 +335,11 @@ function picksSection(p: PicksResults | undefined): string[] {
   if (p.quic.length > 0) {
     L.push(
       '',
-      '**PICK over QUIC** (the query port, one connection per client, requests back to back, 10 backends, round-robin), this tree and the one before, alternately:',
+      '**PICK over QUIC** (the query port, one connection per client, requests back to back, 10 backends, round-robin), this tree and the one before, alternately. The trees differ by more than the balancing (every change landed in between: the query port, the client, the transport); the load balancer\'s CPU per query is the figure that isolates the load balancer, queries/s also measure the client process and the machine\'s load:',
       '',
       ...table(
-        ['tree', 'clients', 'queries/s', 'p50 µs', 'p99 µs', 'load balancer CPU %'],
-        p.quic.flatMap((t) => t.rows.map((q) => [t.tree, q.clients, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct)])),
+        ['tree', 'clients', 'queries/s', 'p50 µs', 'p99 µs', 'load balancer CPU %', 'load balancer CPU µs per query'],
+        p.quic.flatMap((t) => t.rows.map((q) => [t.tree, q.clients, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct), q.qps > 0 ? Math.round((q.lbCpuPct / 100 / q.qps) * 1e6) : '–'])),
       ),
     );
   }
