@@ -5,15 +5,15 @@
  * In process, per built-in strategy at N = 10, 1000 and 10 000 UP backends with fresh reports:
  *   - `local`: LocalBalancer.pick() (core/balance/local.ts), the maintained state every PICK and
  *     every client pick uses now; target under 1 µs per pick at N = 1000;
- *   - `hook`: the plugin's `pick` hook called with the whole pool, the path LoadBalancer.pick
- *     took before issue 16 (and tcp-proxy's still);
  *   - `update`: one LocalBalancer.update() of the whole view plus the pick that rebuilds from it
  *     (what a change costs).
  * Costs are CPU time (process.cpuUsage) per operation, the least of several rounds: on a machine
- * shared with other work, wall time measures the scheduler. PICK over QUIC: the `balance`
- * section's measurement (bench/lib/balance.ts, 10 backends, 1 and 50 clients); with
- * `--before <commit>` the same measurement of that commit (extracted with `git archive` into a
- * temporary directory, this checkout's node_modules linked) runs alternately with this tree's.
+ * shared with other work, wall time measures the scheduler.
+ * Then the `balance` section's two measurements (bench/lib/balance.ts): LoadBalancer.pick() in
+ * process (the whole PICK path but the network; wall time) at the same N, and PICK over QUIC
+ * (10 backends, 1 and 50 clients). With `--before <commit>` both also run on that commit's tree
+ * (extracted with `git archive` into a temporary directory, this checkout's node_modules
+ * linked), alternately with this tree's, so both see the same load.
  * Writes bench/results/picks-<time>.json and picks-latest.json (bench/report.ts renders them).
  */
 import { mkdirSync, writeFileSync, mkdtempSync, symlinkSync, copyFileSync, rmSync, readFileSync, existsSync } from 'node:fs';
@@ -23,7 +23,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { machine, loadAverage } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
-import { quicPicks, STRATEGIES, type QuicPick } from './lib/balance.ts';
+import { inProcessPicks, quicPicks, STRATEGIES, type PickRate, type QuicPick } from './lib/balance.ts';
 import { startFarm, stopChildren, spawnTracked } from './lib/children.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -33,8 +33,6 @@ export interface PickCost {
   n: number;
   /** ns of CPU per LocalBalancer.pick(). */
   localNs: number | null;
-  /** ns of CPU per pick through the plugin's pick hook with the pool passed (before issue 16). */
-  hookNs: number | null;
   /** ns of CPU per LocalBalancer.update() of the whole view plus the rebuilding pick. */
   updateNs: number | null;
   note?: string;
@@ -50,6 +48,8 @@ export interface PicksResults {
   loadavgEnd: number[];
   targetNsAt1000: number;
   costs: PickCost[];
+  /** LoadBalancer.pick() in process, per tree. */
+  lb: { tree: string; rows: PickRate[] }[];
   quic: { tree: string; rows: QuicPick[] }[];
 }
 
@@ -78,7 +78,6 @@ function cpuNs(op: () => void, rounds: number, ms: number): number {
 async function inProcess(full: boolean, log: (s: string) => void): Promise<PickCost[]> {
   const { LocalBalancer } = await import('../core/balance/local.ts');
   const { resolvePlugins } = await import('../core/plugin/loader.ts');
-  const { fakeCore } = await import('../core/testing/index.ts');
   const rounds = full ? 7 : 4;
   const ms = full ? 300 : 120;
   const out: PickCost[] = [];
@@ -106,10 +105,6 @@ async function inProcess(full: boolean, log: (s: string) => void): Promise<PickC
         const local = new LocalBalancer(await make(), { panicThreshold: 0 });
         local.update(view, now);
         const localNs = cpuNs(() => local.pick(undefined, now), rounds, ms);
-        const core = fakeCore('loadbalancer');
-        await (await make()).apply(core);
-        const req = { servers: view, key: undefined, now };
-        const hookNs = cpuNs(() => core.hooks.pick.call(req), n >= 10_000 ? 2 : rounds, n >= 10_000 ? 60 : ms);
         const churn = new LocalBalancer(await make(), { panicThreshold: 0 });
         const updateNs = cpuNs(
           () => {
@@ -119,29 +114,31 @@ async function inProcess(full: boolean, log: (s: string) => void): Promise<PickC
           n >= 10_000 ? 2 : rounds,
           n >= 10_000 ? 60 : ms,
         );
-        out.push({ strategy, n, localNs, hookNs, updateNs });
+        out.push({ strategy, n, localNs, updateNs });
       } catch (e) {
-        out.push({ strategy, n, localNs: null, hookNs: null, updateNs: null, note: `not measured: ${String(e).slice(0, 200)}` });
+        out.push({ strategy, n, localNs: null, updateNs: null, note: `not measured: ${String(e).slice(0, 200)}` });
       }
       const r = out.at(-1)!;
-      log(`  ${strategy.padEnd(21)} N=${String(n).padEnd(5)} local ${r.localNs ?? '-'} ns/pick (hook path ${r.hookNs ?? '-'} ns), update+pick ${r.updateNs ?? '-'} ns`);
+      log(`  ${strategy.padEnd(21)} N=${String(n).padEnd(5)} ${r.localNs ?? '-'} ns per pick, ${r.updateNs ?? '-'} ns per update + pick`);
     }
   }
   return out;
 }
 
-/** PICK over QUIC from this tree (10 agents in a farm, the balance section's measurement). */
-async function quicHere(full: boolean, log: (s: string) => void): Promise<QuicPick[]> {
+/** The balance section's measurements on this tree: LoadBalancer.pick() in process, PICK over QUIC (10 agents in a farm). */
+async function balanceHere(full: boolean, log: (s: string) => void): Promise<{ lb: PickRate[]; quic: QuicPick[] }> {
+  const ctx = makeCtx(full, log);
+  const lb = await inProcessPicks(ctx, SIZES);
   const { farm, ports } = await startFarm(10, { sampleInterval: 5 });
   try {
-    return await quicPicks(makeCtx(full, log), ports, [1, 50]);
+    return { lb, quic: await quicPicks(ctx, ports, [1, 50]) };
   } finally {
     await farm.stop(15_000).catch(() => {});
   }
 }
 
 /** The same measurement in `commit`'s tree: git archive into a temporary directory, run there. */
-async function quicAt(commit: string, full: boolean, log: (s: string) => void): Promise<QuicPick[]> {
+async function balanceAt(commit: string, full: boolean, log: (s: string) => void): Promise<{ lb: PickRate[]; quic: QuicPick[] }> {
   const dir = mkdtempSync(join(tmpdir(), 'qhcp-picks-before-'));
   try {
     execFileSync('sh', ['-c', `git -C "$1" archive "$2" | tar -x -C "$3"`, 'sh', ROOT, commit, dir]);
@@ -152,14 +149,14 @@ async function quicAt(commit: string, full: boolean, log: (s: string) => void): 
       onLine: (l) => l.trim() && log(`  [${commit.slice(0, 7)}] ${l}`),
     });
     await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => child.kill('SIGINT'), 300_000);
+      const t = setTimeout(() => child.kill('SIGINT'), 600_000);
       child.once('exit', (code) => {
         clearTimeout(t);
         if (code === 0 && existsSync(out)) resolve();
         else reject(new Error(`the ${commit} run ended with ${code}`));
       });
     });
-    return JSON.parse(readFileSync(out, 'utf8')) as QuicPick[];
+    return JSON.parse(readFileSync(out, 'utf8')) as { lb: PickRate[]; quic: QuicPick[] };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -171,7 +168,7 @@ async function main(): Promise<void> {
   const log = (s: string) => process.stdout.write(`${s}\n`);
   const quicOnly = argv.indexOf('--quic-only');
   if (quicOnly >= 0) {
-    writeFileSync(argv[quicOnly + 1]!, JSON.stringify(await quicHere(full, log)));
+    writeFileSync(argv[quicOnly + 1]!, JSON.stringify(await balanceHere(full, log)));
     return;
   }
   const before = argv.includes('--before') ? argv[argv.indexOf('--before') + 1] : undefined;
@@ -186,6 +183,7 @@ async function main(): Promise<void> {
     loadavgEnd: [],
     targetNsAt1000: TARGET_NS,
     costs: [],
+    lb: [],
     quic: [],
   };
   log(`picks: in process, CPU ns per operation (least of several rounds), load average ${res.loadavgStart.join(' ')}`);
@@ -195,11 +193,15 @@ async function main(): Promise<void> {
     const runs = full ? 2 : 1;
     const head = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD']).toString().trim();
     for (let r = 0; r < runs; r++) {
-      log(`PICK over QUIC, this tree (${head})`);
-      res.quic.push({ tree: `${head} (this tree)`, rows: await quicHere(full, log) });
+      log(`LoadBalancer.pick() and PICK over QUIC, this tree (${head})`);
+      const here = await balanceHere(full, log);
+      res.lb.push({ tree: `${head} (this tree)`, rows: here.lb });
+      res.quic.push({ tree: `${head} (this tree)`, rows: here.quic });
       if (before) {
-        log(`PICK over QUIC, ${before}`);
-        res.quic.push({ tree: before, rows: await quicAt(before, full, log) });
+        log(`LoadBalancer.pick() and PICK over QUIC, ${before}`);
+        const then = await balanceAt(before, full, log);
+        res.lb.push({ tree: before, rows: then.lb });
+        res.quic.push({ tree: before, rows: then.quic });
       }
     }
   }

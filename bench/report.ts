@@ -13,6 +13,7 @@ import type { DetectResult } from './lib/detect.ts';
 import type { ServiceResult } from './lib/service.ts';
 import type { AdminResult, AdminCell } from './lib/admin.ts';
 import type { WatchResult } from './lib/watch.ts';
+import type { PicksResults } from './picks.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -80,7 +81,10 @@ function targets(res: Results): string[] {
     rows.push([`no collapse under CPU starvation: N = 100 every 100 ms with ${farm} comes UP and keeps up, ${impl}`, `${c.upAfterS !== null ? `all UP after ${c.upAfterS} s` : c.note ?? 'not all UP'}; ${c.checks ?? '–'}/${c.expected} checks, ${c.late ?? '–'} late, ${c.failed ?? '–'} failed; ${c.cpuPct}% CPU`, yes(c.upAfterS !== null && c.keepsUp)]);
   }
   const sc = res.scale;
-  if (sc?.qhcp) {
+  if (!sc?.qhcp) {
+    const why = sc?.errors.length ? `failed: ${sc.errors.join('; ').slice(0, 200)}` : 'not measured in this run (`--only scale`)';
+    rows.push(['N = 10,000 at 1 s, push, on one core (keeps up)', why, '–'], [`N = 10,000: all UP within ${TARGETS.scaleUpS} s`, why, '–']);
+  } else {
     const q = sc.qhcp;
     const h = sc.haproxy;
     rows.push([`N = ${sc.n.toLocaleString('en')} at ${sc.intervalS} s, push, on one core (keeps up)`, `${q.cpuPct}% of one core, ${q.usPerBackendInterval} µs per backend per interval vs HAProxy ${h ? `${h.usPerBackendInterval} µs (${ratio(q.usPerBackendInterval, h.usPerBackendInterval)})` : '–'}${q.keepsUp ? '' : `; does not keep up (${q.checks}/${q.expected} checks, ${q.late} late, ${q.failed} failed)`}`, yes(q.cpuPct <= TARGETS.scaleCpuPct && q.keepsUp)]);
@@ -97,11 +101,14 @@ function targets(res: Results): string[] {
   rows.push(...serviceTargets(serviceResults()));
   rows.push(...adminTargets(adminResults()));
   rows.push(...watchTargets(watchResults()));
+  rows.push(...picksTargets(picksResults()));
   for (const a of res.agent.filter((x) => x.loadBalancers === 1)) {
     rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB${a.runtime === 'tsx' ? ' (run through tsx, not compiled)' : ''}`, yes(a.cpuPct <= TARGETS.agentCpuPct && a.rssMb <= TARGETS.agentRssMb)]);
   }
+  if (!res.agent.some((x) => x.loadBalancers === 1)) rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second`, 'not measured in this run (`--only agent`)', '–']);
   const picks50 = res.quicPicks.find((q) => q.clients === 50);
-  if (picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
+  if (!picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, 'not measured in this run (`--only balance`)', '–']);
+  else rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
   return table(['Target', 'Measured', 'Met'], rows);
 }
 
@@ -270,6 +277,75 @@ function serviceSection(sv: ServiceResult | undefined): string[] {
   ];
 }
 
+/** The picks section's results (bench/results/picks-latest.json, its own run: bench/picks.ts), if any. */
+function picksResults(): PicksResults | undefined {
+  const file = `${ROOT}bench/results/picks-latest.json`;
+  return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as PicksResults) : undefined;
+}
+
+/** One target row per strategy: a pick under the target at N = 1000 (LocalBalancer, CPU time). */
+function picksTargets(p: PicksResults | undefined): string[][] {
+  if (!p) return [];
+  return p.costs
+    .filter((c) => c.n === 1000)
+    .map((c) => [`${c.strategy}: a pick < ${p.targetNsAt1000 / 1000} µs at N = 1000, in process`, c.localNs === null ? `– (${c.note ?? ''})` : `${c.localNs} ns`, c.localNs === null ? '–' : yes(c.localNs < p.targetNsAt1000)]);
+}
+
+function picksSection(p: PicksResults | undefined): string[] {
+  if (!p) return ['Not measured yet: `npm run bench -- --only picks`.'];
+  const m = p.machine as { cpu?: string; cores?: number; os?: string; node?: string };
+  const la = (l: number[]) => l.map((v) => v.toFixed(2)).join(' / ');
+  const sizes = [...new Set(p.costs.map((c) => c.n))];
+  const strategies = [...new Set(p.costs.map((c) => c.strategy))];
+  const cost = (s: string, n: number) => p.costs.find((c) => c.strategy === s && c.n === n);
+  const lbRate = (tree: number, s: string, n: number) => p.lb[tree]?.rows.find((r) => r.strategy === s && r.n === n);
+  const L = [
+    `\`node --import tsx bench/picks.ts\` (${p.mode} mode, ${p.startedAt}, ${p.durationS} s; \`npm run bench -- --only picks\`). Machine: ${m.cpu ?? '?'}, ${m.cores ?? '?'} cores, ${m.os ?? '?'}, Node ${m.node ?? process.version}; **shared with other agents' work**: load average ${la(p.loadavgStart)} at the start, ${la(p.loadavgEnd)} at the end (1/5/15 min). Read the CPU-time figures; wall-time figures under this load mostly measure the scheduler.`,
+    '',
+    `**LocalBalancer, in process** (core/balance/local.ts: every PICK and every \`watch()\` client's pick goes through it): CPU ns per pick from the maintained state, and per \`update()\` of the whole view plus the pick that rebuilds from it (what one change costs), all backends UP with fresh reports; the least of several rounds. Target: under ${p.targetNsAt1000 / 1000} µs per pick at N = 1000 for every strategy.`,
+    '',
+    ...table(
+      ['strategy', ...sizes.map((n) => `ns/pick N=${n.toLocaleString('en')}`), ...sizes.map((n) => `picks/s N=${n.toLocaleString('en')}`), ...sizes.map((n) => `µs/update N=${n.toLocaleString('en')}`)],
+      strategies.map((s) => [
+        s,
+        ...sizes.map((n) => cost(s, n)?.localNs ?? '–'),
+        ...sizes.map((n) => {
+          const ns = cost(s, n)?.localNs;
+          return ns ? Math.round(1e9 / ns).toLocaleString('en') : '–';
+        }),
+        ...sizes.map((n) => {
+          const u = cost(s, n)?.updateNs;
+          return u === null || u === undefined ? '–' : r1(u / 1000);
+        }),
+      ]),
+    ),
+  ];
+  if (p.lb.length > 0) {
+    const trees = p.lb.map((t) => t.tree);
+    L.push(
+      '',
+      `**\`LoadBalancer.pick()\` in process** (the PICK path but the network, wall time, ns per pick), this tree against ${trees.length > 1 ? `\`${trees[1]}\`, the commit before issue 16 (the pool filtered and passed to the \`pick\` hook on every pick), measured alternately in the same run` : 'nothing'}:`,
+      '',
+      ...table(
+        ['strategy', 'backends', ...trees],
+        strategies.flatMap((s) => sizes.map((n) => [s, n.toLocaleString('en'), ...trees.map((_, i) => lbRate(i, s, n)?.nsPerPick?.toLocaleString('en') ?? '–')])),
+      ),
+    );
+  }
+  if (p.quic.length > 0) {
+    L.push(
+      '',
+      '**PICK over QUIC** (the query port, one connection per client, requests back to back, 10 backends, round-robin), this tree and the one before, alternately:',
+      '',
+      ...table(
+        ['tree', 'clients', 'queries/s', 'p50 µs', 'p99 µs', 'load balancer CPU %'],
+        p.quic.flatMap((t) => t.rows.map((q) => [t.tree, q.clients, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct)])),
+      ),
+    );
+  }
+  return L;
+}
+
 /** The watch section's results (bench/results/watch-latest.json, its own run), if any. */
 function watchResults(): WatchResult | undefined {
   const file = `${ROOT}bench/results/watch-latest.json`;
@@ -406,6 +482,7 @@ export function render(res: Results): string {
         ['machine', `${m.cpu}, ${m.cores} cores, ${m.memoryGb} GB, ${m.os}, Linux ${m.kernel}`],
         ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (${res.floor.some((f) => f.impl === 'driver') ? 'its quiche binding under qhcp\'s own driver' : 'patched JavaScript layer, before issue 12'}), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
         ['load average (1/5/15 min)', `start ${res.loadavgStart.join(' / ')}, end ${res.loadavgEnd.join(' / ')}`],
+        ...(res.sectionS ? [['time per section', Object.entries(res.sectionS).map(([k, v]) => `${k} ${v} s`).join(', ')]] : []),
         ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
       ],
     ),
@@ -447,6 +524,10 @@ export function render(res: Results): string {
     '## Admin changes: drain, ready, the maintenance file',
     '',
     ...adminSection(adminResults()),
+    '',
+    '## Picks: in process and over QUIC',
+    '',
+    ...picksSection(picksResults()),
     '',
     '## Watch propagation: a transition to a watching client',
     '',

@@ -4,7 +4,7 @@
  * process ended by PID at the end (or on Ctrl-C). Writes bench/results/<time>-<mode>.json and
  * bench/results/latest.json, then regenerates docs/benchmarks.md and its chart (bench/report.ts).
  *
- * Options: --full, --only floor,cost,haproxy,detect,agent,balance,scale,service,admin,tcp-proxy,drain,watch,cluster (comma list), --sizes
+ * Options: --full, --only floor,cost,haproxy,detect,agent,balance,scale,service,admin,tcp-proxy,drain,watch,cluster,picks (comma list), --sizes
  * 10,100 (backend counts for the cost cells; default 10,100,1000), --scale-n 10000 (backends of the
  * `scale` section, default 10,000; a small value smoke-tests it), --no-report.
  *
@@ -24,6 +24,9 @@
  * three independent ones), with cluster-latest.json.
  * The `watch` section (bench/lib/watch.ts: a load balancer's transition -> a `watch()` client's
  * 'change' event) keeps its results in watch-<time>.json and watch-latest.json.
+ * The `picks` section (bench/picks.ts: a pick's cost per strategy at N = 10, 1000, 10 000 in
+ * process, and LoadBalancer.pick / PICK over QUIC against the commit before issue 16) runs as a
+ * child process and writes picks-latest.json.
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -49,6 +52,8 @@ export interface Results {
   startedAt: string;
   finishedAt: string;
   durationS: number;
+  /** Seconds each section took in this run (quick mode must stay under 12 minutes in all). */
+  sectionS?: Record<string, number>;
   machine: Record<string, unknown>;
   loadavgStart: number[];
   loadavgEnd: number[];
@@ -68,9 +73,11 @@ export interface Results {
 }
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
-const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster'] as const;
+const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster', 'picks'] as const;
+/** The commit before issue 16's balancing (core/balance): the picks section measures it alongside. */
+const PICKS_BEFORE = 'e64d678';
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
-const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster']);
+const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster', 'picks']);
 
 /** Runs `node --import tsx bench/<script>` to its end (bounded: SIGINT, then SIGKILL, after `timeoutMs`); its lines go to `log`. */
 async function benchScript(script: string, args: string[], timeoutMs: number, log: (s: string) => void): Promise<void> {
@@ -136,12 +143,16 @@ async function main(): Promise<void> {
   const section = async (name: string, f: () => Promise<void>) => {
     if (!args.only.has(name)) return;
     log(`== ${name}`);
+    const began = Date.now();
     try {
       await f();
     } catch (e) {
       const msg = `${name}: ${String((e as Error)?.message ?? e).slice(0, 500)}`;
       res.errors.push(msg);
       log(`!! ${msg}`);
+    } finally {
+      (res.sectionS ??= {})[name] = Math.round((Date.now() - began) / 1000);
+      log(`   ${name} took ${res.sectionS[name]} s`);
     }
   };
 
@@ -257,6 +268,7 @@ async function main(): Promise<void> {
 
     await section('tcp-proxy', () => benchScript('tcp-proxy.ts', args.full ? ['--full'] : [], args.full ? 900_000 : 300_000, log));
     await section('drain', () => benchScript('drain-haproxy.ts', args.full ? ['--full'] : [], 120_000, log));
+    await section('picks', () => benchScript('picks.ts', [...(args.full ? ['--full'] : []), '--before', PICKS_BEFORE], args.full ? 1_800_000 : 900_000, log));
     await section('watch', async () => {
       watched = await watchLatency(ctx);
       const w = watched.summary;

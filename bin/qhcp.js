@@ -18,6 +18,10 @@ if (tsx) {
   tsx.register();
   await import(sources.href);
 } else if (existsSync(compiled)) {
+  // Node >= 22.1 caches compiled code on disk between runs; Node 20 has no such cache for ES
+  // modules, and this is a no-op there.
+  const { enableCompileCache } = await import('node:module');
+  enableCompileCache?.();
   await import(compiled.href);
 } else {
   process.stderr.write('qhcp: neither dist/ (run `npm run build`) nor tsx (run `npm install`) is present\n');

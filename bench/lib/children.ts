@@ -152,8 +152,8 @@ export interface Farms {
 }
 
 /**
- * Starts `count` agents over `processes` farms, started one after another (each farm's start is
- * itself sequential, so starting them in parallel only contends for the same cores).
+ * Starts `count` agents over `processes` farms, all at once (each farm starts its agents one
+ * after another; several farms use the machine's cores together).
  */
 export async function startFarms(count: number, processes: number, opts: { sampleInterval?: number; drainGrace?: number } = {}): Promise<Farms> {
   const farms: Farm[] = [];
@@ -163,11 +163,13 @@ export async function startFarms(count: number, processes: number, opts: { sampl
   };
   try {
     const per = Math.ceil(count / processes);
-    for (let left = count; left > 0; left -= per) {
-      const { farm, ports: p } = await startFarm(Math.min(per, left), opts);
-      farms.push(farm);
-      ports.push(...p);
-    }
+    const sizes: number[] = [];
+    for (let left = count; left > 0; left -= per) sizes.push(Math.min(per, left));
+    const started = await Promise.allSettled(sizes.map((k) => startFarm(k, opts)));
+    for (const r of started) if (r.status === 'fulfilled') farms.push(r.value.farm);
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    for (const r of started) ports.push(...(r as PromiseFulfilledResult<{ ports: number[] }>).value.ports);
   } catch (e) {
     await stop(5000);
     throw e;

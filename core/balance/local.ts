@@ -82,6 +82,8 @@ export class LocalBalancer {
   private counts = { up: 0, degraded: 0, healthy: 0, known: 0 };
   /** Why the last `pick` returned nothing. */
   lastMiss = 'no server is UP';
+  /** `from`, worded once per update. */
+  private fromText: string | undefined;
 
   constructor(
     readonly plugin: QhcpPlugin,
@@ -106,6 +108,10 @@ export class LocalBalancer {
 
   /** What picks are made from, for PICK_RESPONSE `why`: "3 UP", "1 DEGRADED (none UP)", "4 in panic (1 of 4 healthy, under 50%)". */
   get from(): string {
+    return (this.fromText ??= this.describe());
+  }
+
+  private describe(): string {
     const n = this.offeredList.length;
     const c = this.counts;
     if (this.panicOn) return `${n} in panic mode (${c.healthy} of ${c.known} healthy, under ${this.threshold}%)`;
@@ -141,6 +147,7 @@ export class LocalBalancer {
     const panic = this.threshold > 0 && c.healthy > 0 && c.healthy * 100 < this.threshold * c.known;
     this.offeredList = panic ? servers.filter((b) => KNOWN.has(b.state)) : candidates(servers, this.degraded);
     this.offeredSet = new Map(this.offeredList.map((b) => [b.address, b]));
+    this.fromText = undefined;
     if (panic !== this.panicOn) {
       this.panicOn = panic;
       const change: PanicChange = { engaged: panic, healthy: c.healthy, known: c.known, thresholdPercent: this.threshold, servers: this.offeredList.map((b) => b.address), at: now };

@@ -1,4 +1,10 @@
 /** Entry point: `node dist/core/cli/main.js` (what bin/qhcp.js runs in the installed package), or the sources through tsx. */
-import { main } from './cli.ts';
-
-await main();
+const args = process.argv.slice(2);
+if (args.length === 1 && ['--version', '-v', '-version'].includes(args[0]!)) {
+  // `qhcp --version` prints what commander would, without loading it (or anything else).
+  const { packageInfo } = await import('../util/package-info.ts');
+  process.stdout.write(`${packageInfo().version}\n`);
+} else {
+  const { main } = await import('./cli.ts');
+  await main();
+}

@@ -41,7 +41,7 @@ export function backendsOf(lb: LbLike): readonly ObservedBackend[] {
 }
 
 export function observed(lb: LbLike): ObservedLb {
-  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number }; clusterInfo?: ObservedLb['clusterInfo'] };
+  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number; watching?: number; resyncs?: number }; clusterInfo?: ObservedLb['clusterInfo'] };
   return {
     node: lb.node,
     hooks: lb.hooks,

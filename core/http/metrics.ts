@@ -35,7 +35,7 @@ export interface ObservedLb {
   /** The backends now (array or the lbsplit accessor). */
   currentBackends(): readonly ObservedBackend[];
   /** Query-port connections open now and accepted so far, when the role tells. */
-  queryConnections?(): { open: number; accepted: number; limited?: number };
+  queryConnections?(): { open: number; accepted: number; limited?: number; watching?: number; resyncs?: number };
   /** The load balancer group, when the load balancer is in one (core/cluster/). */
   clusterInfo?(): import('../cluster/group.ts').ClusterInfo | undefined;
 }
@@ -152,6 +152,23 @@ export class LbMetrics {
       collect() {
         this.reset();
         this.inc(lb.queryConnections?.().accepted ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'qhcp_watchers',
+      help: 'Query-port sessions streaming the view (WATCH) now.',
+      registers: [r],
+      collect() {
+        this.set(lb.queryConnections?.().watching ?? 0);
+      },
+    });
+    new Counter({
+      name: 'qhcp_watch_resyncs_total',
+      help: 'Full views sent to WATCH clients that read too slowly (their waiting changes dropped).',
+      registers: [r],
+      collect() {
+        this.reset();
+        this.inc(lb.queryConnections?.().resyncs ?? 0);
       },
     });
     new Counter({

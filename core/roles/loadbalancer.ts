@@ -191,7 +191,7 @@ export class LoadBalancer extends Core {
   }
 
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
-  queryConnections(): { open: number; accepted: number; limited: number; watching: number } {
+  queryConnections(): { open: number; accepted: number; limited: number; watching: number; resyncs: number } {
     return this.query.connections();
   }
 

@@ -91,8 +91,8 @@ export class QueryPort {
   }
 
   /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics); WATCH sessions. */
-  connections(): { open: number; accepted: number; limited: number; watching: number } {
-    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed, watching: this.watchers.size };
+  connections(): { open: number; accepted: number; limited: number; watching: number; resyncs: number } {
+    return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed, watching: this.watchers.size, resyncs: this.watchers.stats.resyncs };
   }
 
   get port(): number {

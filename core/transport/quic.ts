@@ -680,14 +680,15 @@ export interface ConnectOptions {
 /** Client configurations (each holds a BoringSSL context), by their parameters. */
 const clientConfigs = new Map<string, NativeConfig>();
 
-/** A short id per distinct client certificate, for the configuration cache key. */
+/** A short id per distinct client certificate, for the configuration cache key (never reused). */
 const identityIds = new Map<string, number>();
+let lastIdentity = 0;
 
 function clientConfig(verify: boolean, p: TransportParams, identity?: { cert: string; key: string }): NativeConfig {
   let id = 0;
   if (identity) {
     const k = `${identity.cert}\0${identity.key}`;
-    id = identityIds.get(k) ?? identityIds.size + 1;
+    id = identityIds.get(k) ?? ++lastIdentity;
     if (identityIds.size > 32) identityIds.clear();
     identityIds.set(k, id);
   }

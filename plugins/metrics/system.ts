@@ -2,7 +2,8 @@
  * system-metrics: CPU (overall and per core), memory, load averages, disk use per mount, network
  * throughput, process count, uptime, and a derived `loadScore` (0..1) for load-aware balancers.
  *
- * Every source is read by systeminformation in the background (sampler.ts), each on its own
+ * Every source is read in the background (sampler.ts: node:os, /proc on Linux, systeminformation
+ * for memory and disks, and for network and processes off Linux), each on its own
  * interval with its own timeout; the core's sampler calls `collect`, which only copies the cached
  * values with the time each was read, so the report's age is that of its oldest value. A source
  * that fails or hangs (a stuck disk) drops only its own metrics.
@@ -96,7 +97,7 @@ export const SYSTEM_READERS: SystemReaders = {
 export const SOURCE_NAMES = ['cpu', 'memory', 'load', 'disk', 'network', 'processes', 'uptime'] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
 
-/** Slow sources (a child process per read) default to a longer interval. */
+/** Slow sources (`df`; `ps` off Linux) default to a longer interval. */
 const SLOW_SOURCES: ReadonlySet<SourceName> = new Set(['disk', 'processes']);
 
 interface SourceOptions {
@@ -145,7 +146,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
     additionalProperties: false,
     properties: {
       intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
-      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (each read runs a child process: df, ps)' },
+      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (disk runs `df`; processes lists /proc on Linux, runs `ps` elsewhere)' },
       timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
       sources: {
         type: 'object',
