@@ -9,9 +9,9 @@
  *     (what a change costs).
  * Costs are CPU time (process.cpuUsage) per operation, the least of several rounds: on a machine
  * shared with other work, wall time measures the scheduler.
- * Then the `balance` section's two measurements (bench/lib/balance.ts): LoadBalancer.pick() in
- * process (the whole PICK path but the network; wall time) at the same N, and PICK over QUIC
- * (10 backends, 1 and 50 clients). With `--before <commit>` both also run on that commit's tree
+ * Then LoadBalancer.pick() in process (the whole PICK path but the network, CPU time) at the
+ * same N, and the `balance` section's PICK over QUIC (bench/lib/balance.ts: 10 backends, 1 and
+ * 50 clients). With `--before <commit>` both also run on that commit's tree
  * (extracted with `git archive` into a temporary directory, this checkout's node_modules
  * linked), alternately with this tree's, so both see the same load.
  * Writes bench/results/picks-<time>.json and picks-latest.json (bench/report.ts renders them).
@@ -23,7 +23,7 @@ import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { machine, loadAverage } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
-import { inProcessPicks, quicPicks, STRATEGIES, type PickRate, type QuicPick } from './lib/balance.ts';
+import { quicPicks, upLoadBalancer, STRATEGIES, type QuicPick } from './lib/balance.ts';
 import { startFarm, stopChildren, spawnTracked } from './lib/children.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -38,6 +38,13 @@ export interface PickCost {
   note?: string;
 }
 
+export interface LbPick {
+  strategy: string;
+  n: number;
+  nsPerPick: number | null;
+  note?: string;
+}
+
 export interface PicksResults {
   version: 1;
   mode: 'quick' | 'full';
@@ -48,8 +55,8 @@ export interface PicksResults {
   loadavgEnd: number[];
   targetNsAt1000: number;
   costs: PickCost[];
-  /** LoadBalancer.pick() in process, per tree. */
-  lb: { tree: string; rows: PickRate[] }[];
+  /** LoadBalancer.pick() in process, per tree: CPU ns per pick. */
+  lb: { tree: string; rows: LbPick[] }[];
   quic: { tree: string; rows: QuicPick[] }[];
 }
 
@@ -125,25 +132,46 @@ async function inProcess(full: boolean, log: (s: string) => void): Promise<PickC
   return out;
 }
 
+/**
+ * LoadBalancer.pick() in process (CPU ns, least of several rounds): all backends UP with fresh
+ * reports (bench/lib/balance.ts upLoadBalancer; that file is copied into the `--before` tree too).
+ */
+async function lbPicks(full: boolean, log: (s: string) => void): Promise<LbPick[]> {
+  const out: LbPick[] = [];
+  for (const strategy of STRATEGIES) {
+    for (const n of SIZES) {
+      try {
+        const lb = await upLoadBalancer(strategy, n);
+        // The slow path of the old trees costs milliseconds at 10 000: fewer, shorter rounds there.
+        const big = n >= 10_000;
+        out.push({ strategy, n, nsPerPick: cpuNs(() => lb.pick(), big ? 2 : full ? 7 : 4, big ? 80 : full ? 300 : 120) });
+      } catch (e) {
+        out.push({ strategy, n, nsPerPick: null, note: `not measured: ${String(e).slice(0, 200)}` });
+      }
+    }
+    log(`  LoadBalancer.pick() ${strategy}: ${out.filter((r) => r.strategy === strategy).map((r) => `N=${r.n} ${r.nsPerPick ?? '-'} ns`).join(', ')}`);
+  }
+  return out;
+}
+
 /** The balance section's measurements on this tree: LoadBalancer.pick() in process, PICK over QUIC (10 agents in a farm). */
-async function balanceHere(full: boolean, log: (s: string) => void): Promise<{ lb: PickRate[]; quic: QuicPick[] }> {
-  const ctx = makeCtx(full, log);
-  const lb = await inProcessPicks(ctx, SIZES);
+async function balanceHere(full: boolean, log: (s: string) => void): Promise<{ lb: LbPick[]; quic: QuicPick[] }> {
+  const lb = await lbPicks(full, log);
   const { farm, ports } = await startFarm(10, { sampleInterval: 5 });
   try {
-    return { lb, quic: await quicPicks(ctx, ports, [1, 50]) };
+    return { lb, quic: await quicPicks(makeCtx(full, log), ports, [1, 50]) };
   } finally {
     await farm.stop(15_000).catch(() => {});
   }
 }
 
 /** The same measurement in `commit`'s tree: git archive into a temporary directory, run there. */
-async function balanceAt(commit: string, full: boolean, log: (s: string) => void): Promise<{ lb: PickRate[]; quic: QuicPick[] }> {
+async function balanceAt(commit: string, full: boolean, log: (s: string) => void): Promise<{ lb: LbPick[]; quic: QuicPick[] }> {
   const dir = mkdtempSync(join(tmpdir(), 'qhcp-picks-before-'));
   try {
     execFileSync('sh', ['-c', `git -C "$1" archive "$2" | tar -x -C "$3"`, 'sh', ROOT, commit, dir]);
     symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
-    copyFileSync(join(ROOT, 'bench/picks.ts'), join(dir, 'bench/picks.ts'));
+    for (const f of ['bench/picks.ts', 'bench/lib/balance.ts']) copyFileSync(join(ROOT, f), join(dir, f));
     const out = join(dir, 'quic.json');
     const child = spawnTracked(process.execPath, ['--import', 'tsx', join(dir, 'bench/picks.ts'), '--quic-only', out, ...(full ? ['--full'] : [])], {
       onLine: (l) => l.trim() && log(`  [${commit.slice(0, 7)}] ${l}`),
@@ -156,7 +184,7 @@ async function balanceAt(commit: string, full: boolean, log: (s: string) => void
         else reject(new Error(`the ${commit} run ended with ${code}`));
       });
     });
-    return JSON.parse(readFileSync(out, 'utf8')) as { lb: PickRate[]; quic: QuicPick[] };
+    return JSON.parse(readFileSync(out, 'utf8')) as { lb: LbPick[]; quic: QuicPick[] };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

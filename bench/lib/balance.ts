@@ -35,23 +35,29 @@ export const STRATEGIES = Object.entries(BUILTIN_PLUGINS)
   .filter(([, path]) => path.includes('/balancer/'))
   .map(([name]) => name);
 
+/** A load balancer (not started) with `n` backends balanced by `strategy`, all UP with fresh reports set on the records as the checker would. */
+export async function upLoadBalancer(strategy: string, n: number): Promise<LoadBalancer> {
+  const servers = Array.from({ length: n }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:4243`);
+  const { config } = buildConfig(undefined, undefined, { servers, defaults: false, plugins: [strategy] });
+  const lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
+  await lb.loadPlugins(await resolvePlugins(config, 'loadbalancer'));
+  const now = Date.now();
+  for (const b of lb.records()) {
+    b.state = 'UP';
+    const load = Math.random();
+    b.metrics = { cpu: load * 100, memory: 40, load1: load * 2, loadScore: load };
+    b.reportedAt = now;
+  }
+  return lb;
+}
+
 export async function inProcessPicks(ctx: Ctx, sizes: number[]): Promise<PickRate[]> {
   const out: PickRate[] = [];
   const seconds = ctx.full ? 2 : 0.5;
   for (const strategy of STRATEGIES) {
     for (const n of sizes) {
       try {
-        const servers = Array.from({ length: n }, (_, i) => `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}:4243`);
-        const { config } = buildConfig(undefined, undefined, { servers, defaults: false, plugins: [strategy] });
-        const lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
-        await lb.loadPlugins(await resolvePlugins(config, 'loadbalancer'));
-        const now = Date.now();
-        for (const b of lb.records()) {
-          b.state = 'UP';
-          const load = Math.random();
-          b.metrics = { cpu: load * 100, memory: 40, load1: load * 2, loadScore: load };
-          b.reportedAt = now;
-        }
+        const lb = await upLoadBalancer(strategy, n);
         let picks = 0;
         let none = 0;
         const t0 = performance.now();

@@ -26,9 +26,11 @@ export class LeastConnectionsPicker implements Picker {
   private picked = 0;
   /** The counts' changeSeq the heap reflects. */
   private seen = 0;
+  /** Each slot's score as of the counts the heap reflects (read by the heap's comparison, no map lookups). */
+  private scores = new Float64Array(0);
   private readonly heap = new SlotHeap((a, b) => {
-    const sa = this.score(a);
-    const sb = this.score(b);
+    const sa = this.scores[a]!;
+    const sb = this.scores[b]!;
     return sa < sb - 1e-12 || (sa <= sb + 1e-12 && this.lastPicked[a]! < this.lastPicked[b]!);
   });
 
@@ -51,6 +53,7 @@ export class LeastConnectionsPicker implements Picker {
     this.weights = servers.map((s) => (typeof s.weight === 'number' && s.weight > 0 ? s.weight : 1));
     this.lastPicked = servers.map((s, i) => before.get(s.address) ?? i - n - this.picked - 1);
     this.seen = this.counts.changeSeq;
+    this.scores = Float64Array.from(servers.keys(), (i) => this.score(i));
     this.heap.reset(servers.keys(), n);
   }
 
@@ -58,13 +61,22 @@ export class LeastConnectionsPicker implements Picker {
     if (this.servers.length === 0) return undefined;
     if (this.seen !== this.counts.changeSeq) {
       const moved = this.counts.changedSince(this.seen);
-      if (moved === undefined) this.heap.reset(this.servers.keys(), this.servers.length);
-      else for (const a of moved) this.heap.fix(this.slot.get(a) ?? -1);
+      if (moved === undefined) {
+        this.scores = Float64Array.from(this.servers.keys(), (i) => this.score(i));
+        this.heap.reset(this.servers.keys(), this.servers.length);
+      } else {
+        for (const a of moved) {
+          const i = this.slot.get(a);
+          if (i === undefined) continue;
+          this.scores[i] = this.score(i);
+          this.heap.fix(i);
+        }
+      }
       this.seen = this.counts.changeSeq;
     }
     const i = this.heap.peek();
     const s = this.servers[i]!;
-    const score = this.score(i);
+    const score = this.scores[i]!;
     this.lastPicked[i] = ++this.picked;
     this.heap.fix(i);
     return new Picked(s, this.weighted ? WHY_WEIGHTED : WHY, score);

@@ -32,9 +32,11 @@ export class LeastLoadedPicker implements Picker {
   /** When each server was last picked (a pick counter; never-picked ones in configuration order before all). */
   private lastPicked: number[] = [];
   private picked = 0;
+  /** Each slot's load + herd cost, kept in step with its picks (read by the heap's comparison). */
+  private effs = new Float64Array(0);
   private readonly heap = new SlotHeap((a, b) => {
-    const ea = this.eff(a);
-    const eb = this.eff(b);
+    const ea = this.effs[a]!;
+    const eb = this.effs[b]!;
     return ea < eb - TIE || (ea <= eb + TIE && this.lastPicked[a]! < this.lastPicked[b]!);
   });
 
@@ -62,6 +64,7 @@ export class LeastLoadedPicker implements Picker {
     this.state.update(servers, now, this.o);
     const n = servers.length;
     this.lastPicked = servers.map((s, i) => before.get(s.address) ?? i - n - this.picked - 1);
+    this.effs = Float64Array.from(servers.keys(), (i) => this.eff(i));
     this.heap.reset(servers.keys(), n);
     this.cap.reset(servers);
   }
@@ -76,9 +79,11 @@ export class LeastLoadedPicker implements Picker {
     if (i < 0) for (let j = 0; j < n; j++) if (i < 0 || this.eff(j) < this.eff(i)) i = j;
     const load = this.eff(i);
     this.state.picks[i]!++;
+    this.effs[i] = this.eff(i);
     this.lastPicked[i] = ++this.picked;
-    this.heap.fix(i);
+    // The cap first: a server it parks leaves the heap, so it needs no re-sort.
     this.cap.picked(i);
+    if (this.heap.has(i)) this.heap.fix(i);
     return new Picked(servers[i]!, WHY, load);
   }
 }
