@@ -680,6 +680,14 @@ function clusterSection(): string[] {
     `| Redis: used_memory | — | ${t.group.redisUsedMemoryMb} MB |`,
     `| Redis: CPU, % of a core | — | ${t.group.redisCpuPercent} |`,
     '',
+    (() => {
+      const sum = (l: number[]) => l.reduce((x, y) => x + y, 0);
+      const [a, g] = [sum(t.independent.cpuPercent), sum(t.group.cpuPercent)];
+      return g > a
+        ? `CPU: at N = ${t.backends} the group costs its members more than checking alone (${Math.round(g * 10) / 10}% against ${Math.round(a * 10) / 10}% of a core in all): the checks it saves (a third) are cheaper than what it adds per member (a heartbeat every TTL/10, every result of its share published each interval, the others' results parsed and decided). The saving in checks grows with N and with the check's own cost; the agents see ${t.group.checksPerBackendPerInterval} checks per interval instead of ${t.independent.checksPerBackendPerInterval} at any N.`
+        : `CPU: the group costs its members ${Math.round(g * 10) / 10}% of a core in all against ${Math.round(a * 10) / 10}% alone.`;
+    })(),
+    '',
     `Failover after \`kill -9\` of one member: the other two checked its share (their \`qhcp_cluster_checking_backends\` adding up to R × N) after ${f.ms ?? 'more than 60 000'} ms; target under TTL + one interval = ${f.boundMs} ms (${f.ms !== null && f.ms < f.boundMs ? 'met' : 'not met'}). Backends seen DOWN on the two members during and 5 s after: ${f.downSeen}.${f.note ? ` ${f.note}` : ''} With R = 2 every backend of the dead member still had its other checker throughout; the figure is the time until it has two again. How the group works: docs/operations.md, "Load balancer groups".`,
   ];
 }
