@@ -544,7 +544,7 @@ export function render(res: Results): string {
     '',
     '## Balancing',
     '',
-    'In process: `LoadBalancer.pick()` through the `pick` hook, all backends UP with fresh metrics.',
+    `In process: \`LoadBalancer.pick()\`, all backends UP with fresh metrics (wall time, from this run, ${res.startedAt.slice(0, 10)}; a run before issue 16 measured the \`pick\` hook path, which walked the pool per pick: see "Picks: in process and over QUIC" for both trees side by side in CPU time).`,
     '',
     ...table(
       ['strategy', 'backends', 'picks/s', 'ns per pick'],
@@ -588,7 +588,7 @@ export function render(res: Results): string {
     '- After the patches, a pushed report costs the load balancer about what receiving one bare message costs the library (see the floor). What remains per message is the UDP syscalls, quiche (native) and the library\'s per-packet JavaScript (web streams, a Timer reset per send, the stream iterators): a check is a separate event-loop wake-up at low rates, so the cost per check falls as N rises (more packets per wake-up). HAProxy pays a TCP connect per check but in C; at N = 1000 and 1 s qhcp push stays above it.',
     '- Memory: the bare library holds about 190 KB per client connection (300 connections raise a floor client\'s RSS by 58 MB: one UDP socket, one BoringSSL context and one quiche connection each), so 1000 backends cost 200 MB before qhcp stores anything; the JS heap after a collection is about 85 KB per backend. Sharing one UDP socket among all of a load balancer\'s connections (QUICClient accepts `socket`) is the next thing to try, for memory and for wake-ups.',
     '- The agent\'s own cost at one check per second is dominated by its metrics sampler (system-metrics every second, the "idle" row) and by the Node runtime\'s memory, not by checks.',
-    '- In-process picks walk all backends (the UP list is rebuilt per pick), so picks per second fall with N; PICK over QUIC is bound by the library\'s per-message cost.',
+    '- Picks read state kept between changes (core/balance, issue 16): O(1) or O(log N) per pick, O(N) per change of the pool, reports coalesced to at most every 100 ms; PICK over QUIC is bound by the library\'s per-message cost.',
     '',
     '## Poll or push by default',
     '',
