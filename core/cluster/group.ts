@@ -46,6 +46,8 @@ export interface ClusterHost {
   records(): readonly Backend[];
   /** Moves a record to `to` with the transition's hooks, alerts and status line. */
   moveTo(b: Backend, to: HealthState, reason: string): void;
+  /** A record's metrics, verdict or weight changed from the group's results: balancers re-read it. */
+  refreshed(b: Backend): void;
 }
 
 /** What metrics and status show of the group. */
@@ -432,6 +434,7 @@ export class ClusterNode {
       b.checks = Math.max(b.checks, cands.reduce((n, c) => n + c.checks, 0));
       if (win.reportedAt !== null) b.everChecked = true;
       this.base.set(b.address, win.state);
+      this.host.refreshed(b);
     }
     const group = this.base.get(b.address) ?? 'UNKNOWN';
     const to = withAdmin(group, b.adminState);

@@ -32,6 +32,7 @@ export interface LbLike {
   readonly pluginFailures: ReadonlyMap<string, number>;
   readonly plugins: ReadonlyArray<{ name: string; family?: string }>;
   readonly stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  readonly pickCounts: ReadonlyMap<string, number>;
   readonly backends: readonly ObservedBackend[] | (() => readonly ObservedBackend[]);
 }
 
@@ -48,6 +49,7 @@ export function observed(lb: LbLike): ObservedLb {
     pluginFailures: lb.pluginFailures,
     plugins: lb.plugins,
     stats: lb.stats,
+    pickCounts: lb.pickCounts,
     currentBackends: () => backendsOf(lb),
     ...(typeof q.queryConnections === 'function' ? { queryConnections: () => q.queryConnections!() } : {}),
     ...(typeof q.clusterInfo === 'function' ? { clusterInfo: () => q.clusterInfo!() } : {}),

@@ -32,6 +32,8 @@ export interface ObservedLb {
   readonly pluginFailures: ReadonlyMap<string, number>;
   readonly plugins: ReadonlyArray<{ name: string; family?: string }>;
   readonly stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  /** PICK decisions so far, keyed "strategy result" (strategy: the balancer that chose, or "none"). */
+  readonly pickCounts: ReadonlyMap<string, number>;
   /** The backends now (array or the lbsplit accessor). */
   currentBackends(): readonly ObservedBackend[];
   /** Query-port connections open now and accepted so far, when the role tells. */
@@ -77,12 +79,10 @@ export class LbMetrics {
   private readonly picks: Counter<'strategy' | 'result'>;
   private readonly pluginErrors: Counter<'plugin'>;
   private pluginSeen = new Map<string, number>();
-  private picksSeen: number;
-  private pickCalls = 0;
+  private readonly picksSeen = new Map<string, number>();
 
   constructor(private readonly lb: ObservedLb) {
     // PICKs before the listener existed are not counted by strategy (nor as unrouted).
-    this.picksSeen = lb.stats.picks;
     const r = this.registry;
     const per = ['backend', 'service', 'name'] as const;
     const self = this;
@@ -114,11 +114,13 @@ export class LbMetrics {
       labelNames: ['strategy', 'result'],
       registers: [r],
       collect() {
-        // PICKs that never reached a balancer: no backend was UP (or no balancer is configured).
-        const unrouted = lb.stats.picks - self.picksSeen - self.pickCalls;
-        if (unrouted > 0) {
-          this.inc({ strategy: 'none', result: 'none_up' }, unrouted);
-          self.picksSeen += unrouted;
+        // Counted where the load balancer decides (LoadBalancer.choose), whichever path picked.
+        for (const [k, n] of lb.pickCounts) {
+          const seen = self.picksSeen.get(k) ?? 0;
+          if (n <= seen) continue;
+          const [strategy, result] = k.split(' ') as [string, string];
+          this.inc({ strategy, result }, n - seen);
+          self.picksSeen.set(k, n);
         }
       },
     });
@@ -233,32 +235,6 @@ export class LbMetrics {
 
     lb.hooks.checked.tap('http-metrics', (b, res) => this.onChecked(b as ObservedBackend, res));
     lb.hooks.transition.tap('http-metrics', (t) => this.onTransition(t));
-    // PICKs by the balancer that answered: an interceptor sees each tap called and the result.
-    let tapName = 'none';
-    lb.hooks.pick.intercept({
-      call: () => {
-        tapName = 'none';
-        this.pickCalls++;
-      },
-      tap: (t) => {
-        tapName = t.name;
-      },
-      result: () => {
-        this.pickCalls--;
-        this.picksSeen++;
-        this.picks.inc({ strategy: tapName, result: 'picked' });
-      },
-      done: () => {
-        this.pickCalls--;
-        this.picksSeen++;
-        this.picks.inc({ strategy: tapName, result: 'no_answer' });
-      },
-      error: () => {
-        this.pickCalls--;
-        this.picksSeen++;
-        this.picks.inc({ strategy: tapName, result: 'error' });
-      },
-    } as Parameters<typeof lb.hooks.pick.intercept>[0]);
   }
 
   /** The backends now; label sets of backends that went away are dropped from the counters. */

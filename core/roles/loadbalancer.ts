@@ -329,6 +329,11 @@ export class LoadBalancer extends Core {
     this.transition(b, to, reason);
   }
 
+  /** The group wrote another member's results into a record: the balancers' pools re-read them (as after a local check). */
+  refreshed(): void {
+    this.balance.changed();
+  }
+
   /** The group's membership and mode, when in one (metrics, /api/status). */
   clusterInfo(): ClusterInfo | undefined {
     return this.cluster?.info();
@@ -375,9 +380,22 @@ export class LoadBalancer extends Core {
     this.stats.picks++;
     const before = this.lastPluginError;
     const c = this.balance.choose(key, service);
-    if (c.backend) return c as { backend: Backend; balancer: string; why: string };
+    if (c.backend) {
+      this.countPick(c.balancer, 'picked');
+      return c as { backend: Backend; balancer: string; why: string };
+    }
     const failed = this.lastPluginError !== before ? this.lastPluginError : undefined;
-    return { backend: undefined, reason: (failed && c.reason === 'the balancer chose no server' ? `balancer failed: ${failed.message}` : c.reason).slice(0, 1000) };
+    const noAnswer = c.reason === 'the balancer chose no server';
+    this.countPick('none', failed ? 'error' : noAnswer ? 'no_answer' : 'none_up');
+    return { backend: undefined, reason: (failed && noAnswer ? `balancer failed: ${failed.message}` : c.reason).slice(0, 1000) };
+  }
+
+  /** PICK decisions so far by "strategy result" (`qhcp_picks_total`): the balancer that chose, or "none". */
+  readonly pickCounts = new Map<string, number>();
+
+  private countPick(strategy: string, result: 'picked' | 'none_up' | 'no_answer' | 'error'): void {
+    const k = `${strategy} ${result}`;
+    this.pickCounts.set(k, (this.pickCounts.get(k) ?? 0) + 1);
   }
 
   /** Whether panic mode is engaged for `service`'s backends (or the whole pool). */

@@ -36,6 +36,7 @@ export interface FakeLb extends FakeCore {
   pluginFailures: Map<string, number>;
   plugins: Array<{ name: string }>;
   stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  pickCounts: Map<string, number>;
   backends: FakeBackend[];
   addBackend(address: string): FakeBackend;
   removeBackend(address: string): void;
@@ -61,6 +62,7 @@ export function fakeLb(servers: string[], over: Partial<QhcpConfig> = {}): FakeL
     pluginFailures: new Map<string, number>(),
     plugins: [] as Array<{ name: string }>,
     stats: { picks: 0, queries: 0, checks: 0, lateChecks: 0 },
+    pickCounts: new Map<string, number>(),
     backends,
     addBackend(address: string) {
       const a = formatAddress(parseAddress(address, DEFAULT_SERVER_PORT));

@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
-import { startServer, startLoadBalancer, stopAll, waitUntil, runQhcp, ROOT, type QhcpProcess } from '../helpers/procs.ts';
+import { pickMany, startServer, startLoadBalancer, stopAll, waitUntil, runQhcp, ROOT, type QhcpProcess } from '../helpers/procs.ts';
 import { promtool } from './fake-lb.ts';
 import { httpUrl } from './helpers.ts';
 
@@ -81,6 +81,16 @@ describe('HTTP listeners (real processes)', function () {
     for (const s of servers) expect(text).to.include(`qhcp_backend_status{backend="${s.address}",service="",name=`);
     expect(text).to.match(/qhcp_backend_checks_total\{[^}]*result="ok"\} [1-9]/);
     expect(text).to.match(/qhcp_backend_metric\{[^}]*metric="cpu"\} /);
+  });
+
+  it('counts real PICKs by the balancer that chose them', async () => {
+    const picked = () => value(text, 'qhcp_picks_total{strategy="round-robin",result="picked"}') ?? 0;
+    let text = await get(`${url}metrics`);
+    const before = picked();
+    const answers = await pickMany(lb.port, 4);
+    expect(answers.every((a) => a.server !== null && a.balancer === 'round-robin'), JSON.stringify(answers)).to.equal(true);
+    text = await get(`${url}metrics`);
+    expect(picked() - before).to.equal(4);
   });
 
   it("the agent's own listener exposes its sessions, metrics and sampler", async () => {

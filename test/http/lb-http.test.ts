@@ -83,23 +83,20 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       await web.close();
     });
 
-    it('counts PICKs by the balancer that answered and by result', async () => {
+    it('exposes PICK decisions by the balancer that chose and by result, counting only what is new at each scrape', async () => {
       const lb = fakeLb([A, B]);
       const web = new LbHttp(lb, { at: undefined, explicit: false });
-      lb.hooks.pick.tap('round-robin', (req) => (req.key === 'none' ? undefined : req.servers[0]));
-      const pick = (key?: string) => {
-        lb.stats.picks++;
-        return lb.hooks.pick.call({ servers: lb.backends, key, now: Date.now() });
-      };
-      pick();
-      pick();
-      pick('none');
-      lb.stats.picks++; // a PICK with no backend UP never reaches the hook
-      const t = (await web.app.inject({ method: 'GET', url: '/metrics' })).body;
+      lb.pickCounts.set('round-robin picked', 2).set('none no_answer', 1).set('none none_up', 1);
+      const scrape = async () => (await web.app.inject({ method: 'GET', url: '/metrics' })).body;
+      let t = await scrape();
       expect(sample(t, 'qhcp_picks_total', { strategy: 'round-robin', result: 'picked' })).to.equal(2);
-      expect(sample(t, 'qhcp_picks_total', { strategy: 'round-robin', result: 'no_answer' })).to.equal(1);
+      expect(sample(t, 'qhcp_picks_total', { strategy: 'none', result: 'no_answer' })).to.equal(1);
       expect(sample(t, 'qhcp_picks_total', { strategy: 'none', result: 'none_up' })).to.equal(1);
       promtool(t);
+      lb.pickCounts.set('round-robin picked', 5);
+      t = await scrape();
+      expect(sample(t, 'qhcp_picks_total', { strategy: 'round-robin', result: 'picked' })).to.equal(5);
+      expect(sample(t, 'qhcp_picks_total', { strategy: 'none', result: 'none_up' })).to.equal(1);
       await web.close();
     });
 
