@@ -88,7 +88,9 @@ export class Channel implements ConnEvents {
    * While anything waits here nothing more is read from the stream, so QUIC flow control holds
    * the peer: pipelined requests are answered one at a time, in order, at the rate it reads.
    */
-  private inbox: Array<(h: ChannelHandler) => void> = [];
+  private inbox: Array<Message | ((h: ChannelHandler) => void)> = [];
+  /** Index of the next entry of `inbox` to deliver (no shift per frame). */
+  private inboxHead = 0;
   private held = false;
   private pumping = false;
   private reading = false;
@@ -164,7 +166,7 @@ export class Channel implements ConnEvents {
   hold(on: boolean): void {
     if (this.held === on) return;
     this.held = on;
-    if (!on && this.inbox.length > 0 && !this.pumping) {
+    if (!on && this.waiting > 0 && !this.pumping) {
       // Later, not inside the caller's send(): a run of pipelined requests must not recurse.
       this.pumping = true;
       queueMicrotask(() => {
@@ -176,23 +178,34 @@ export class Channel implements ConnEvents {
 
   /** Delivers waiting frames while nothing holds them; reads on from the stream once all are out. */
   private pump(): void {
-    while (this.inbox.length > 0 && !this.held && !this.closed && this.outBytes <= WRITE_HIGH_WATER) {
-      this.emit(this.inbox.shift()!);
+    while (this.waiting > 0 && !this.held && !this.closed && this.outBytes <= WRITE_HIGH_WATER) {
+      const e = this.inbox[this.inboxHead++]!;
+      // Frames are kept as they are (no closure per frame); other events as functions.
+      const h = this.handler;
+      if (!h) this.emit(typeof e === 'function' ? e : (x) => x.message(e));
+      else if (typeof e === 'function') e(h);
+      else h.message(e);
     }
-    if (this.closed) {
+    if (this.waiting === 0 || this.closed) {
       this.inbox = [];
-      return;
+      this.inboxHead = 0;
     }
-    if (this.inbox.length === 0 && this.streamId !== undefined && !this.reading) {
+    if (this.closed) return;
+    if (this.waiting === 0 && this.streamId !== undefined && !this.reading) {
       this.readControl(this.streamId);
       this.conn.ep.touch(this.conn);
     }
   }
 
+  /** Frames and events read but not yet delivered. */
+  private get waiting(): number {
+    return this.inbox.length - this.inboxHead;
+  }
+
   /** Queues one event behind the frames already waiting, then delivers what may go now. */
   private deliver(f: (h: ChannelHandler) => void): void {
     this.inbox.push(f);
-    if (this.inbox.length === 1) this.pump();
+    if (this.waiting === 1) this.pump();
   }
 
   get hasStream(): boolean {
@@ -266,7 +279,7 @@ export class Channel implements ConnEvents {
     // Backpressure: a peer that sends requests but never reads the answers would otherwise grow
     // our write queue without bound. Read on only once what we owe it has been taken, and once
     // every frame already read has been delivered.
-    if (this.outBytes > WRITE_HIGH_WATER || this.inbox.length > 0) return;
+    if (this.outBytes > WRITE_HIGH_WATER || this.waiting > 0) return;
     const q = this.conn.q;
     let taken = 0;
     for (;;) {
@@ -297,7 +310,7 @@ export class Channel implements ConnEvents {
         }
         this.counters.framesIn += messages.length;
         if (messages.length > 0) {
-          for (const m of messages) this.inbox.push((h) => h.message(m));
+          for (const m of messages) this.inbox.push(m);
           this.pump();
         }
         if (this.closed) return;
@@ -313,7 +326,7 @@ export class Channel implements ConnEvents {
         return;
       }
       // Frames wait (held, or we owe too much): read no more until they are delivered (pump).
-      if (this.inbox.length > 0) return;
+      if (this.waiting > 0) return;
       if (taken >= READ_SLICE || this.outBytes > WRITE_HIGH_WATER) {
         // Fairness: let other connections in before reading more of this one.
         if (!this.moreToRead) {
@@ -412,7 +425,7 @@ export class Channel implements ConnEvents {
     while (this.taken.length > 0 && this.taken[0]!.end <= this.outTotal) this.taken.shift()!.resolve();
     this.watchStall(this.outTotal !== totalBefore);
     if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) {
-      if (this.inbox.length > 0) this.pump();
+      if (this.waiting > 0) this.pump();
       else this.readControl(this.streamId);
     }
   }
@@ -489,6 +502,7 @@ export class Channel implements ConnEvents {
     this.closedInfo = info;
     if (this.stallTimer) clearTimeout(this.stallTimer);
     this.inbox = [];
+    this.inboxHead = 0;
     this.dropOut();
     this.emit((h) => h.closed(info));
   }
