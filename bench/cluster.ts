@@ -16,20 +16,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
-import { startFarm, spawnTracked, stopChildren, ROOT, type Farm } from './lib/children.ts';
-import { machine, loadAverage, sampleCpu, cpuPercent, type CpuSample } from './lib/proc.ts';
+import { startFarm, spawnTracked, stopChildren, ROOT, type Farm, runBench } from './lib/children.ts';
+import { machine, loadAverage, sampleCpu, cpuPercent, type CpuSample, type RunInfo } from './lib/proc.ts';
 
 const R = 2;
 const MEMBERS = 3;
 const INTERVAL_S = 1;
 const TTL_S = 3;
 
-export interface ClusterResults {
-  startedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
+export interface ClusterResults extends RunInfo {
   backends: number;
   /** Why fewer than 1000 backends, when so. */
   scaledDown?: string;
@@ -256,15 +251,4 @@ async function main(): Promise<void> {
   log(`results: bench/results/cluster-${stamp}.json (and cluster-latest.json)`);
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    stopChildren();
-    process.exit(130);
-  });
-}
-
-main().catch((e) => {
-  process.stderr.write(`bench/cluster.ts: ${String((e as Error)?.stack ?? e)}\n`);
-  stopChildren();
-  process.exitCode = 1;
-});
+await runBench('bench/cluster.ts', main);

@@ -24,7 +24,7 @@ import { validateOptions, type PluginConstructor } from '../core/plugin/loader.t
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import HaproxySyncPlugin from '../plugins/sync/haproxy.ts';
 import { ensureHaproxy } from './lib/haproxy.ts';
-import { loadAverage, machine, sleep } from './lib/proc.ts';
+import { loadAverage, machine, sleep, type RunInfo } from './lib/proc.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const full = process.argv.includes('--full');
@@ -34,14 +34,9 @@ const TIMEOUT_MS = 5000;
 /** HAProxy's SRV_ADMF_FDRAIN | SRV_ADMF_IDRAIN bits of srv_admin_state. */
 const DRAIN_BITS = 0x08 | 0x10;
 
-export interface DrainResults {
+export interface DrainResults extends RunInfo {
   version: 1;
   mode: 'quick' | 'full';
-  startedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   haproxy: string;
   settings: { reps: number; pollMs: number; timeoutMs: number };
   /** ms from `qhcp drain` to HAProxy showing drain, per repetition (null: not within TIMEOUT_MS). */

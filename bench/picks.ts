@@ -21,10 +21,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { machine, loadAverage } from './lib/proc.ts';
+import { machine, loadAverage, type RunInfo } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
 import { quicPicks, upLoadBalancer, STRATEGIES, type QuicPick } from './lib/balance.ts';
-import { startFarm, stopChildren, spawnTracked } from './lib/children.ts';
+import { startFarm, spawnTracked, runBench } from './lib/children.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 
@@ -45,14 +45,9 @@ export interface LbPick {
   note?: string;
 }
 
-export interface PicksResults {
+export interface PicksResults extends RunInfo {
   version: 1;
   mode: 'quick' | 'full';
-  startedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   targetNsAt1000: number;
   costs: PickCost[];
   /** LoadBalancer.pick() in process, per tree: CPU ns per pick. */
@@ -244,16 +239,4 @@ async function main(): Promise<void> {
   log(`picks results: bench/results/picks-${stamp}.json (and picks-latest.json); ${res.durationS} s`);
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    stopChildren();
-    process.exit(130);
-  });
-}
-process.on('exit', () => stopChildren());
-
-await main().catch((e) => {
-  stopChildren();
-  process.stderr.write(`bench/picks: ${String((e as Error)?.stack ?? e)}\n`);
-  process.exit(1);
-});
+await runBench('bench/picks', main);

@@ -30,10 +30,10 @@
  */
 import { mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { startFarm, Helper, stopChildren, spawnTracked, benchTls, type Farm } from './lib/children.ts';
+import { startFarm, Helper, stopChildren, spawnTracked, benchTls, type Farm, runBench } from './lib/children.ts';
 import type { TcpRequest, TcpReply } from './tcp-agents.ts';
 import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
-import { machine, loadAverage } from './lib/proc.ts';
+import { machine, loadAverage, type RunInfo } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
 import { floor, type FloorCell } from './lib/floor-run.ts';
 import { qhcpCost, haproxyCost, CHECK, type CostCell } from './lib/cost.ts';
@@ -46,17 +46,12 @@ import { adminLatency, type AdminResult } from './lib/admin.ts';
 import { watchLatency, type WatchResult } from './lib/watch.ts';
 import { writeReport } from './report.ts';
 
-export interface Results {
+export interface Results extends RunInfo {
   version: 1;
   mode: 'quick' | 'full';
-  startedAt: string;
   finishedAt: string;
-  durationS: number;
   /** Seconds each section took in this run (quick mode must stay under 12 minutes in all). */
   sectionS?: Record<string, number>;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   qhcpVersion: string;
   quicVersion: string;
   haproxy: { version: string } | { skipped: string };
@@ -328,16 +323,4 @@ function fmt(s: { min: number | null; p50: number | null; max: number | null }):
   return s.p50 === null ? 'n/a' : `${s.min}/${s.p50}/${s.max} ms`;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.on(sig, () => {
-    stopChildren();
-    process.exit(130);
-  });
-}
-process.on('exit', () => stopChildren());
-
-await main().catch((e) => {
-  stopChildren();
-  process.stderr.write(`bench: ${String((e as Error)?.stack ?? e)}\n`);
-  process.exit(1);
-});
+await runBench('bench', main);

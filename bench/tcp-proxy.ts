@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureHaproxy } from './lib/haproxy.ts';
-import { machine, loadAverage, sampleCpu, cpuPercent, sleep } from './lib/proc.ts';
+import { machine, loadAverage, sampleCpu, cpuPercent, sleep, type RunInfo } from './lib/proc.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const full = process.argv.includes('--full');
@@ -38,14 +38,9 @@ export interface TcpRow {
   throughputMBs: number;
 }
 
-export interface TcpResults {
+export interface TcpResults extends RunInfo {
   version: 1;
   mode: 'quick' | 'full';
-  startedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   haproxy: string;
   settings: { windowMs: number; rounds: number; concurrency: number; streams: number; sourceMb: number };
   /** Medians over the rounds. */

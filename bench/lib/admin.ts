@@ -32,7 +32,7 @@ import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
-import { summary, sleep, machine, loadAverage } from './proc.ts';
+import { summary, sleep, machine, loadAverage, type RunInfo } from './proc.ts';
 import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
 import { controlRequest } from '../../core/control/socket.ts';
 
@@ -59,14 +59,9 @@ export interface AdminCell {
   summary: { seen: Stats; afterReturn: Stats; toPush: Stats; pushToLb: Stats };
 }
 
-export interface AdminResult {
+export interface AdminResult extends RunInfo {
   version: 1;
-  startedAt: string;
   finishedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   /** `uptime` output at the start and at the end (the machine is shared). */
   uptime: string[];
   haproxy: { version: string } | { skipped: string };

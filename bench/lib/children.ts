@@ -223,3 +223,22 @@ export function stopChildren(): void {
   }
   live.clear();
 }
+
+/**
+ * Runs a bench script's `main` to its end: every child it started (spawnTracked) is ended by PID
+ * on exit, on Ctrl-C / SIGTERM (exit 130) and on an error (its stack on stderr, exit 1).
+ */
+export async function runBench(name: string, main: () => Promise<void>): Promise<void> {
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(sig, () => {
+      stopChildren();
+      process.exit(130);
+    });
+  }
+  process.on('exit', () => stopChildren());
+  await main().catch((e: unknown) => {
+    stopChildren();
+    process.stderr.write(`${name}: ${String((e as Error)?.stack ?? e)}\n`);
+    process.exit(1);
+  });
+}

@@ -60,6 +60,15 @@ export function cpuSecondsOf(pids: number[]): number {
 }
 
 /** The machine, as the results and docs describe it. */
+/** What every bench results file records about its run: when, how long, on what machine, under what load. */
+export interface RunInfo {
+  startedAt: string;
+  durationS: number;
+  machine: Record<string, unknown>;
+  loadavgStart: number[];
+  loadavgEnd: number[];
+}
+
 export function machine(): Record<string, unknown> {
   const c = cpus();
   let os = 'Linux';

@@ -20,7 +20,7 @@ import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
-import { summary, sleep, machine, loadAverage } from './proc.ts';
+import { summary, sleep, machine, loadAverage, type RunInfo } from './proc.ts';
 import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
 import { CHECK } from './cost.ts';
 
@@ -48,14 +48,9 @@ export interface ServiceCell {
   reason: string | undefined;
 }
 
-export interface ServiceResult {
+export interface ServiceResult extends RunInfo {
   version: 1;
-  startedAt: string;
   finishedAt: string;
-  durationS: number;
-  machine: Record<string, unknown>;
-  loadavgStart: number[];
-  loadavgEnd: number[];
   haproxy: { version: string } | { skipped: string };
   settings: { intervalS: number; timeoutS: number; fall: number; rise: number; runs: number; lbCheckIntervalS: number };
   /** What the settings imply for a failure: fall x interval (+ timeout for a check that hangs). */
