@@ -64,9 +64,14 @@ export function createApp(opts: AppOptions): App {
   // DNS rebinding: a web page the operator visits can point its own host name at 127.0.0.1 and
   // script requests to a loopback listener. While the listener is on loopback, only Host names
   // that are loopback themselves are served; a listener bound elsewhere relies on its token.
+  let onLoopback: boolean | undefined; // where the listener is bound, read once (a syscall)
   app.addHook('onRequest', async (req) => {
-    const bound = app.server.address();
-    if (!bound || typeof bound !== 'object' || !isLoopback(bound.address)) return;
+    if (onLoopback === undefined) {
+      const bound = app.server.address();
+      if (!bound || typeof bound !== 'object') return; // inject(): no socket
+      onLoopback = isLoopback(bound.address);
+    }
+    if (!onLoopback) return;
     const host = hostOf(req.headers.host);
     if (host === undefined || !isLoopback(host)) {
       throw new HttpError(421, 'MISDIRECTED_REQUEST', `Host ${JSON.stringify(String(req.headers.host ?? '').slice(0, 100))} is not a loopback name; this listener is on loopback and serves only localhost, 127.0.0.0/8 and [::1]`);

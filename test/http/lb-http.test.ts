@@ -331,13 +331,15 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
       rmSync(dir, { recursive: true });
     });
 
-    it('on loopback, serves only loopback Host names (DNS rebinding): 421 for any other', async () => {
+    it('on loopback, serves only loopback Host names (DNS rebinding): 421 for any other; bound wider, any Host', async () => {
       const lb = fakeLb([A]);
+      const wide = new LbHttp(fakeLb([A]), { at: { host: '0.0.0.0', port: 0 }, explicit: true });
+      const wideAt = await wide.listen();
       const web = new LbHttp(lb, { at: { host: '127.0.0.1', port: 0 }, explicit: true });
       const at = await web.listen();
-      const get = (host: string | undefined) =>
+      const get = (host: string | undefined, port = at!.port) =>
         new Promise<{ status: number; body: string }>((resolve, reject) => {
-          const req = request({ host: '127.0.0.1', port: at!.port, path: '/api/status', setHost: false, headers: host === undefined ? {} : { host } }, (res) => {
+          const req = request({ host: '127.0.0.1', port, path: '/api/status', setHost: false, headers: host === undefined ? {} : { host } }, (res) => {
             let body = '';
             res.on('data', (c: Buffer) => (body += c));
             res.on('end', () => resolve({ status: res.statusCode!, body }));
@@ -353,9 +355,12 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
           const r = await get(bad);
           expect(r.status, bad).to.equal(421);
           expect(JSON.parse(r.body)).to.include({ error: 'MISDIRECTED_REQUEST' });
+          // The same request to a listener bound beyond loopback: it relies on its token, not on Host.
+          expect((await get(bad, wideAt!.port)).status, `${bad} on 0.0.0.0`).to.equal(200);
         }
       } finally {
         await web.close();
+        await wide.close();
       }
     });
 
