@@ -23,19 +23,8 @@ import LeastConnectionsPlugin from '../../plugins/balancer/least-connections.ts'
 import LogAlertPlugin from '../../plugins/alert/log.ts';
 import { ConnectionCounts } from '../../plugins/proxy/connections.ts';
 import { validateOptions } from '../../core/plugin/loader.ts';
-import { backend, build, fakeCore } from '../plugins/fake-core.ts';
+import { backend, build, fakeCore, seeded } from '../plugins/fake-core.ts';
 
-/** A seeded PRNG (mulberry32). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A backend view in `state` (UP by default), reported at `at`. */
 function b(address: string, over: Partial<BackendView> & { loadScore?: number } = {}): BackendView {

@@ -8,19 +8,8 @@ import { resolvePlugins, applyPlugins, validateOptions } from '../../core/plugin
 import { ConfigError } from '../../core/errors.ts';
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { backend, build, fakeCore } from './fake-core.ts';
+import { backend, build, fakeCore, seeded } from './fake-core.ts';
 
-/** A seeded PRNG (mulberry32), so distribution tests are repeatable. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Server = { address: string; loadScore?: number; weight?: number; metrics?: Record<string, number>; stale?: boolean };
 
