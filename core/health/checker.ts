@@ -38,6 +38,11 @@ export interface CheckStats {
 export interface CheckTimings {
   intervalMs: number;
   timeoutMs: number;
+  /**
+   * A new connection's own budget: handshake, HELLO and (push mode) CONFIG_UPDATE, after which
+   * the check's request still gets `timeoutMs` (connectTimeoutOf).
+   */
+  connectMs: number;
   reconnectMs: number;
   /** Push mode: agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
   reportMs: number;
@@ -54,12 +59,39 @@ export interface CheckerHost {
   health(b: Backend, event: HealthEvent, detail?: string): void;
 }
 
+/** The floor of a new connection's budget (connectTimeoutOf). */
+export const CONNECT_TIMEOUT_MS = 1000;
+
+/**
+ * How long a new connection may take (QUIC handshake + HELLO + CONFIG_UPDATE) before its check
+ * fails: the check timeout, but at least CONNECT_TIMEOUT_MS (HAProxy likewise bounds a check's
+ * connect apart from its reply). A handshake costs CPU on both ends: with the check timeout of a
+ * 100 ms interval (50 ms) a busy agent host never finished one in time, and every retry added a
+ * handshake to its load (bench, starvation: N = 100 every 100 ms beside a 1000-agent farm, 1387
+ * failed checks of 1430 in 5 s, "no handshake within 50 ms"; with this budget, all UP and 140
+ * failed). The budget may outlast the interval: the next check then starts as this one ends.
+ * The request on the new session still gets the check timeout. It changes nothing when the
+ * check timeout is 1 s or more (intervals of 2 s and more by default). Below that, what it
+ * costs: a server gone without an answer (host off, packets dropped) that has no live
+ * connection fails each reconnect after 1 s, not after the check timeout, so a server that
+ * loses its connection while UP and then stays silent is seen DOWN after about
+ * `maxFailAttempts x max(interval, 1 s)` instead of `maxFailAttempts x interval`. Checks on a live
+ * connection (timeouts, missed reports), ICMP port unreachable (a killed agent on a live host)
+ * and refused handshakes fail as fast as before.
+ */
+export function connectTimeoutOf(timeoutMs: number): number {
+  return Math.max(timeoutMs, CONNECT_TIMEOUT_MS);
+}
+
 /** The timings of a config (the wire allows push intervals of 0 = off, or 100 ms and more). */
 export function timingsOf(config: Readonly<QhcpConfig>, timeoutSeconds: number): CheckTimings {
   const report = config.reportInterval * 1000;
+  const intervalMs = config.checkInterval * 1000;
+  const timeoutMs = timeoutSeconds * 1000;
   return {
-    intervalMs: config.checkInterval * 1000,
-    timeoutMs: timeoutSeconds * 1000,
+    intervalMs,
+    timeoutMs,
+    connectMs: connectTimeoutOf(timeoutMs),
     reconnectMs: config.reconnectInterval * 1000,
     reportMs: report > 0 ? Math.max(100, Math.round(report)) : 0,
   };
@@ -144,7 +176,9 @@ export class Checker {
     const fresh = !late && !(b.session && !b.session.isClosed && b.session.state === 'READY');
     const release = fresh ? await this.connectSlot() : undefined;
     const started = performance.now();
-    const deadline = started + timeoutMs;
+    // A new connection (handshake, HELLO, CONFIG_UPDATE) has its own budget; the request then
+    // gets the check timeout from when the session is ready (connectTimeoutOf).
+    let deadline = started + (fresh ? this.timings.connectMs : timeoutMs);
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
     let s: Session | undefined;
     try {
@@ -153,6 +187,7 @@ export class Checker {
       s = late ? b.session : await this.ensureSession(b, left);
       release?.();
       if (!late && s && reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
+      if (fresh) deadline = performance.now() + timeoutMs;
       const res = late ? await this.answerWithin(late, left()) : await this.healthRequest(b, s!, left());
       this.succeeded(b, res.body, late ? null : performance.now() - started);
     } catch (e) {
