@@ -11,13 +11,14 @@ import { connectTimeoutOf, timingsOf, CONNECT_TIMEOUT_MS } from '../core/health/
 import { createLogger } from '../core/util/log.ts';
 import type { Backend } from '../core/health/backend.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
+import { build } from '../core/testing/index.ts';
 import { ScriptedAgent } from './helpers/scripted-agent.ts';
 import { waitUntil } from './helpers/procs.ts';
 
 async function startLb(servers: string[], over: Partial<QhcpConfig>): Promise<LoadBalancer> {
   const { config } = buildConfig(undefined, undefined, { servers, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, defaults: false, plugins: [], ...over } as Partial<QhcpConfig>);
   const lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
-  await lb.loadPlugins([new RoundRobinPlugin()]);
+  await lb.loadPlugins([build(RoundRobinPlugin)]);
   await lb.start();
   return lb;
 }
