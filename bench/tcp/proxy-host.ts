@@ -12,6 +12,7 @@ import { buildConfig } from '../../core/config/config.ts';
 import { validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import TcpProxyPlugin from '../../plugins/proxy/tcp.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
+import { build } from '../../core/testing/index.ts';
 
 const ports = JSON.parse(process.argv[2]!) as { hello: number[]; source: number[] };
 
@@ -24,7 +25,7 @@ async function proxy(targets: number[]): Promise<number> {
   const opts = validateOptions(TcpProxyPlugin as unknown as PluginConstructor, { port: 0, maxConnections: 100_000, targets: Object.fromEntries(view.map((b, i) => [b.address, `127.0.0.1:${targets[i]}`])) }, 'tcp-proxy');
   const p = new TcpProxyPlugin(opts as never);
   p.apply(core);
-  new RoundRobinPlugin().apply(core);
+  build(RoundRobinPlugin).apply(core);
   await hooks.start.promise(core);
   hooks.sync.call({ view, changed: view, removed: [], initial: true, at: Date.now() });
   return p.port;

@@ -13,6 +13,7 @@ import { createLogger } from '../../core/util/log.ts';
 import type { QhcpPlugin } from '../../core/plugin/loader.ts';
 import type { SyncUpdate } from '../../core/plugin/hooks.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
+import { build } from '../../core/testing/index.ts';
 import HaproxySyncPlugin from '../../plugins/sync/haproxy.ts';
 import { validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
@@ -75,7 +76,7 @@ describe('sync hook: load balancer -> sync plugins -> real HAProxy', function ()
       {},
     ).config;
     lb = new LoadBalancer(config, quiet());
-    await lb.loadPlugins([recorder, haproxy, new RoundRobinPlugin()]);
+    await lb.loadPlugins([recorder, haproxy, build(RoundRobinPlugin)]);
     await lb.start();
 
     await waitUntil(() => updates.length > 0, 5000, 'the first sync call');

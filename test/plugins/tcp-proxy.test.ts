@@ -55,7 +55,7 @@ describe('proxy plugin tcp-proxy (real TCP backends)', function () {
     core = fakeCore('loadbalancer');
     proxy = build(TcpProxyPlugin, { port: 0, targets: targets ?? Object.fromEntries(A.map((a, i) => [a, `127.0.0.1:${echoes[i]!.port}`])), ...over });
     proxy.apply(core);
-    (balancer === 'rr' ? new RoundRobinPlugin() : build(LeastConnectionsPlugin)).apply(core);
+    (balancer === 'rr' ? build(RoundRobinPlugin) : build(LeastConnectionsPlugin)).apply(core);
     await core.hooks.start.promise(core);
     core.hooks.sync.call(update(A.map((a) => view(a))));
   };
