@@ -233,6 +233,14 @@ export class Channel implements ConnEvents {
 
   private readStreams(): void {
     const q = this.conn.q;
+    // The control stream first, without asking quiche for its readable set (an iterator object
+    // per call); the set is read only when something else is readable (a second stream, or
+    // control bytes left for later).
+    if (!q.isReadable()) return;
+    if (this.streamId !== undefined && q.streamReadable(this.streamId)) {
+      this.readControl(this.streamId);
+      if (this.closed || !q.isReadable()) return;
+    }
     for (const id of q.readable()) {
       if (this.streamId === undefined && (id & 3) === 0 && this.conn.isServer) this.streamId = id;
       if (id !== this.streamId) {
@@ -432,9 +440,13 @@ export class Channel implements ConnEvents {
 
   /** Queues one message on the control stream (ordered). */
   send(msg: Message): Promise<void> {
+    return this.sendFrame(encodeFrame(msg));
+  }
+
+  /** Queues one frame encoded by the codec (`encodeFrame`) on the control stream (ordered). */
+  sendFrame(frame: Buffer): Promise<void> {
     // No stream yet (the peer never opened one): the close code that follows carries the error.
     if (this.streamId === undefined || this.closed) return DONE;
-    const frame = encodeFrame(msg);
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
     return this.write(frame);
