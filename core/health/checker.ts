@@ -24,6 +24,14 @@ import { withTimeout } from '../util/timeout.ts';
  */
 const MAX_CONNECTING = 16;
 
+/** Push mode: an overdue report's port probe goes out this fraction of the report interval after it was due (at most half the timeout). */
+const PROBE_SLACK = 0.05;
+
+/** A failure that says nothing listens on the agent's port (the driver's words for ICMP port unreachable). */
+const PORT_UNREACHABLE = /ICMP port unreachable/;
+/** How long a connection attempt waits for that port's probe to come back before its handshake (ms). */
+const PROBE_WAIT_MS = 100;
+
 type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
 /** What a good answer carries: HEALTH_RESPONSE or HEALTH_REPORT body (verdict fields optional: older agents send none). */
 type Answer = { metrics: Metrics; ageMs: number };
@@ -237,7 +245,17 @@ export class Checker {
     if (this.stopping || b.removed) return;
     clearTimeout(b.timer);
     b.dueAt = Date.now() + b.reportMs;
-    b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
+    // First stage: a little after the report is due, probe the agent's port if it has not come
+    // (a killed agent answers with ICMP port unreachable, and the connection fails at once);
+    // second stage: the report timeout.
+    const probeAt = b.reportMs + Math.min(this.timings.timeoutMs / 2, b.reportMs * PROBE_SLACK);
+    if (probeAt < ms) {
+      b.timer = setTimeout(() => {
+        if (this.stopping || b.removed) return;
+        b.session?.channel.probePeer();
+        b.timer = setTimeout(() => this.reportMissed(b, ms), ms - probeAt);
+      }, probeAt);
+    } else b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
   }
 
   private reportMissed(b: Backend, ms: number): void {
@@ -311,6 +329,13 @@ export class Checker {
     if (prev && prev.state !== 'READY') prev.close('replaced');
     b.session = undefined;
     const { hooks, config } = this.host;
+    // The port answered ICMP port unreachable last time: ask it again (one datagram) before a
+    // handshake that would otherwise wait out its budget (a restarted agent answers nothing to it).
+    // ICMP comes back within a round trip; a live port (or a silent path) answers nothing, so the
+    // wait is short (PROBE_WAIT_MS) and the handshake goes ahead after it.
+    if (b.portClosed && this.socket && (await withTimeout(this.socket.portClosed(b.host, b.port), Math.min(PROBE_WAIT_MS, left() / 2), { value: false }))) {
+      throw new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${b.host}:${b.port}: connection refused (ICMP port unreachable)`);
+    }
     const token = await hooks.credentials.promise({ server: b.address, node: this.host.node });
     const reportMs = this.timings.reportMs;
     const channel = await connect({
@@ -377,14 +402,22 @@ export class Checker {
     const current = b.session === s;
     if (current) b.session = undefined;
     if (this.stopping || b.removed) return;
-    if (current && b.pushing && !b.checking) {
+    const pushLost = current && b.pushing && !b.checking;
+    if (pushLost) {
       // Push mode: the connection went away; the check loop takes over and reconnects.
       b.pushing = false;
       clearTimeout(b.timer);
-      this.schedule(b);
     }
     if (why.by !== 'local' && !(b.state === 'DRAINING' && b.shuttingDown)) b.lastError = why.error ? String(why.error) : `connection closed: ${why.reason}`;
+    // Push mode has no check in flight to fail: a connection lost to a transport failure (ICMP
+    // port unreachable after an overdue report's probe, ...) is the failed check itself.
+    if (pushLost && why.by === 'error') {
+      this.stats.checks++;
+      b.checks++;
+      this.failed(b, `connection lost: ${why.reason}`);
+    }
     this.host.health(b, 'closed', why.reason);
+    if (pushLost) this.schedule(b);
   }
 
   /**
@@ -395,6 +428,7 @@ export class Checker {
   private succeeded(b: Backend, body: Answer, latencyMs: number | null): void {
     const read = readVerdict(body, b.service);
     b.failures = 0;
+    b.portClosed = false;
     if (read.verdict === 'NOT_SERVING') b.successes = 0;
     else b.successes++;
     b.everChecked = true;
@@ -424,6 +458,7 @@ export class Checker {
     b.successes = 0;
     b.failures++;
     b.lastError = reason;
+    b.portClosed = PORT_UNREACHABLE.test(reason);
     this.host.hooks.checked.call(b, { ok: false, latencyMs: null, metrics: null, error: reason, at: Date.now() });
     this.host.health(b, 'check-failed', reason);
   }
