@@ -8,6 +8,7 @@ import { LoadBalancer } from '../core/roles/loadbalancer.ts';
 import { buildConfig, type QhcpConfig } from '../core/config/config.ts';
 import { createLogger } from '../core/util/log.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
+import { build } from '../core/testing/index.ts';
 import type { LbRequest, LbReply, LbEvent } from './lib/children.ts';
 
 /** Usually one; several when the benchmark plays many load balancers checking one agent. */
@@ -35,7 +36,7 @@ process.on('message', (m: LbRequest) => {
         const { config } = buildConfig(undefined, undefined, { loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, status: 'none', defaults: false, queryRate: 0, queryRateTotal: 0, ...files, ...m.flags } as Partial<QhcpConfig>);
         for (let i = 0; i < (m.instances ?? 1); i++) {
           const lb = new LoadBalancer(config, logger);
-          await lb.loadPlugins([new RoundRobinPlugin()]);
+          await lb.loadPlugins([build(RoundRobinPlugin)]);
           lb.hooks.transition.tap('bench', (t) => {
             process.send?.({ event: 'transition', lb: i, server: t.server, from: t.from, to: t.to, at: t.at, hr: performance.timeOrigin + performance.now(), reason: t.reason } satisfies LbEvent);
           });

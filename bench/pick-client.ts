@@ -1,24 +1,28 @@
 /**
  * PICK over QUIC: `clients` query connections (core/client/query.ts, as `qhcp pick` uses) to one load
- * balancer, each asking PICK back to back for `seconds`. Runs in its own process so the load
+ * balancer, each asking PICK back to back for `seconds`: one at a time (`inFlight` 1), or from
+ * `inFlight` concurrent callers sharing the connection, which the client pipelines (a proxy with
+ * many requests to place does this). Runs in its own process so the load
  * balancer's and the clients' CPU are measured apart. Driven over IPC.
  */
 import { performance } from 'node:perf_hooks';
 import { QueryClient } from '../core/client/query.ts';
 
-export type PickRequest = { id: number; cmd: 'run'; port: number; clients: number; seconds: number } | { id: number; cmd: 'stop' };
+export type PickRequest = { id: number; cmd: 'run'; port: number; clients: number; seconds: number; inFlight?: number } | { id: number; cmd: 'stop' };
 export type PickReply = { id: number; ok: boolean; error?: string; picks?: number; empty?: number; latenciesUs?: number[]; seconds?: number };
 
-async function run(port: number, clients: number, seconds: number): Promise<Omit<PickReply, 'id' | 'ok'>> {
+async function run(port: number, clients: number, seconds: number, inFlight: number): Promise<Omit<PickReply, 'id' | 'ok'>> {
   const qs: QueryClient[] = [];
-  for (let i = 0; i < clients; i++) qs.push(await QueryClient.open({ host: '127.0.0.1', port, timeoutMs: 10_000 }));
+  for (let i = 0; i < clients; i++) qs.push(await QueryClient.open({ host: '127.0.0.1', port, timeoutMs: 10_000, pipeline: inFlight }));
   const latencies: number[] = [];
   let picks = 0;
   let empty = 0;
   const started = performance.now();
   const end = started + seconds * 1000;
+  // Each connection's callers: `inFlight` loops on the same client.
+  const callers = qs.flatMap((q) => Array.from({ length: inFlight }, () => q));
   await Promise.all(
-    qs.map(async (q) => {
+    callers.map(async (q) => {
       while (performance.now() < end) {
         const t = performance.now();
         const r = await q.pick();
@@ -37,7 +41,7 @@ async function run(port: number, clients: number, seconds: number): Promise<Omit
 process.on('message', (m: PickRequest) => {
   void (async () => {
     try {
-      if (m.cmd === 'run') process.send!({ id: m.id, ok: true, ...(await run(m.port, m.clients, m.seconds)) });
+      if (m.cmd === 'run') process.send!({ id: m.id, ok: true, ...(await run(m.port, m.clients, m.seconds, m.inFlight ?? 1)) });
       else if (m.cmd === 'stop') {
         process.send!({ id: m.id, ok: true });
         process.exit(0);

@@ -237,7 +237,11 @@ async function main(): Promise<void> {
 
     await section('balance', async () => {
       res.picks = await inProcessPicks(ctx, [10, 1000]);
-      res.quicPicks = await quicPicks(ctx, ports.slice(0, 10), [1, 50]);
+      res.quicPicks = await quicPicks(ctx, ports.slice(0, 10), [
+        { clients: 1, inFlight: 1 },
+        { clients: 50, inFlight: 1 },
+        { clients: 50, inFlight: 16 },
+      ]);
     });
 
     await section('scale', async () => {

@@ -7,7 +7,7 @@
  * reported by path.
  */
 import { expect } from 'chai';
-import { CheckRunner, DEFAULT_SERVICE, outputLine, type CheckSpec } from '../core/check/runner.ts';
+import { CheckRunner, DEFAULT_SERVICE, outputLine, nextRunDelay, type CheckSpec } from '../core/check/runner.ts';
 import { buildChecks } from '../core/check/kinds.ts';
 import { ConfigError } from '../core/errors.ts';
 import { createLogger } from '../core/util/log.ts';
@@ -64,6 +64,16 @@ describe('check runner', function () {
     expect(a.runs).to.equal(1);
     expect(r.health()).to.deep.include({ verdict: 'NOT_SERVING', reason: 'scripted: connection refused' });
     await waitUntil(() => a.runs >= 5, 5000, 'five runs at a 20 ms interval');
+  });
+
+  it('spaces runs start to start: the time a run takes does not stretch the interval', () => {
+    // random 0.5 = no spread. A run that started at t=1000 and ended at t=1300: next at 2000.
+    expect(nextRunDelay(1000, 1300, 1000, 0.5)).to.equal(700);
+    // The spread stays ±10% of the interval around the start-to-start time.
+    expect(nextRunDelay(1000, 1000, 1000, 0)).to.equal(900);
+    expect(nextRunDelay(1000, 1000, 1000, 0.999999)).to.equal(1100);
+    // A run longer than its interval: the next one at once, never a negative or zero delay.
+    expect(nextRunDelay(1000, 2500, 1000, 0.5)).to.equal(1);
   });
 
   it('applies fall and rise: N consecutive bad runs to fail, M good ones to pass again', async () => {

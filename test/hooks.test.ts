@@ -18,6 +18,7 @@ import { Session } from '../core/protocol/session.ts';
 import { QueryClient } from '../core/client/query.ts';
 import { PeerError, PluginError } from '../core/errors.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
+import { build } from '../core/testing/index.ts';
 import type { QhcpPlugin } from '../core/plugin/loader.ts';
 import { waitUntil } from './helpers/procs.ts';
 
@@ -177,7 +178,7 @@ describe('hooks', function () {
       };
       const address = `127.0.0.1:${server.port}`;
       const lb = new LoadBalancer(lbConfig(server.port, { node: 'lb-under-test' }), capture().logger);
-      await lb.loadPlugins([recorder, new RoundRobinPlugin()]);
+      await lb.loadPlugins([recorder, build(RoundRobinPlugin)]);
       await lb.start();
       try {
         await waitUntil(() => lb.backends()[0]!.state === 'UP', 20_000, 'the server to be UP');
@@ -327,7 +328,7 @@ describe('hooks', function () {
       core.hooks.pick.tap('bad', () => {
         throw new Error('boom');
       });
-      const rr = new RoundRobinPlugin();
+      const rr = build(RoundRobinPlugin);
       rr.apply(core);
       const view = { address: 'a:1', state: 'UP' as const, metrics: {}, reportedAt: null, weight: 1, latencyMs: null, verdict: 'SERVING' as const, agentAdmin: 'READY' as const, adminState: 'READY' as const, reason: null };
       expect(core.hooks.pick.call({ servers: [view], key: undefined, now: 0 })).to.equal(view);
@@ -404,7 +405,7 @@ describe('hooks', function () {
       await server.start();
       expect(server.definitions.map((d) => d.name)).to.deep.equal(['x']);
       lb = new LoadBalancer(lbConfig(server.port), capture().logger);
-      await lb.loadPlugins([new RoundRobinPlugin()]);
+      await lb.loadPlugins([build(RoundRobinPlugin)]);
       await lb.start();
       const b = lb.records()[0]!;
       await waitUntil(() => b.state === 'UP' && b.checks >= 2, 20_000, 'two checks and UP');
@@ -425,7 +426,7 @@ describe('hooks', function () {
         },
       };
       lb = new LoadBalancer(lbConfig(server.port, { maxFailAttempts: 1 }), capture().logger);
-      await lb.loadPlugins([creds, new RoundRobinPlugin()]);
+      await lb.loadPlugins([creds, build(RoundRobinPlugin)]);
       await lb.start();
       const b = lb.records()[0]!;
       await waitUntil(() => b.state === 'DOWN', 20_000, 'the server to be DOWN');
@@ -456,7 +457,7 @@ describe('hooks', function () {
       expect(await pickOnce(lb.port, 'fine')).to.deep.equal({ server: null, reason: 'the balancer chose no server' });
       expect(cap.pluginErrors()[0]).to.include({ hook: 'pick', plugin: 'bad-balancer' });
       // The load balancer is unharmed: with a working balancer after the bad one, PICK answers.
-      new RoundRobinPlugin().apply(lb);
+      build(RoundRobinPlugin).apply(lb);
       expect((await pickOnce(lb.port)).server).to.equal(`127.0.0.1:${server.port}`);
     });
 

@@ -1,7 +1,9 @@
 /**
  * Balancing: how fast each strategy picks, in process (LoadBalancer.pick through the `pick`
  * hook, the path PICK takes), with 10 and 1000 UP backends; and PICK over QUIC from 1 and 50
- * clients to a running load balancer: queries per second and latency.
+ * clients to a running load balancer: queries per second, latency and the load balancer's CPU per
+ * PICK, each client asking one PICK at a time, and 50 clients each with 16 concurrent callers on
+ * its connection (the client pipelines them, as a proxy placing many requests would).
  */
 import { performance } from 'node:perf_hooks';
 import { LoadBalancer } from '../../core/roles/loadbalancer.ts';
@@ -23,10 +25,14 @@ export interface PickRate {
 
 export interface QuicPick {
   clients: number;
+  /** Concurrent callers per client connection (PICKs in flight on it; absent in older results: 1). */
+  inFlight?: number;
   qps: number;
   p50Us: number | null;
   p99Us: number | null;
   lbCpuPct: number;
+  /** The load balancer's CPU per PICK answered (microseconds). */
+  lbUsPerPick?: number;
   empty: number;
 }
 
@@ -78,7 +84,8 @@ export async function inProcessPicks(ctx: Ctx, sizes: number[]): Promise<PickRat
   return out;
 }
 
-export async function quicPicks(ctx: Ctx, ports: number[], clientCounts: number[]): Promise<QuicPick[]> {
+/** `cells`: client counts (one PICK in flight each) or { clients, inFlight }. */
+export async function quicPicks(ctx: Ctx, ports: number[], cells: Array<number | { clients: number; inFlight: number }>): Promise<QuicPick[]> {
   const lb: LbHost = new Helper('lb-host.ts');
   let up = 0;
   lb.onEvent = (e) => {
@@ -88,15 +95,17 @@ export async function quicPicks(ctx: Ctx, ports: number[], clientCounts: number[
   try {
     const { port } = await lb.request({ cmd: 'start', flags: { servers: ports.map((p) => `127.0.0.1:${p}`), checkInterval: 1, reconnectInterval: 1 } });
     await until(() => up >= ports.length, 30_000, 50);
-    for (const clients of clientCounts) {
+    for (const cell of cells) {
+      const { clients, inFlight } = typeof cell === 'number' ? { clients: cell, inFlight: 1 } : cell;
       const pc = new Helper<PickRequest, PickReply>('pick-client.ts');
       try {
         const a = sampleCpu(lb.pid);
-        const r = await pc.request({ cmd: 'run', port: port!, clients, seconds: ctx.full ? 10 : 3 }, 120_000);
+        const r = await pc.request({ cmd: 'run', port: port!, clients, seconds: ctx.full ? 10 : 3, inFlight }, 120_000);
         const b = sampleCpu(lb.pid);
         const s = summary(r.latenciesUs!);
-        out.push({ clients, qps: Math.round(r.picks! / r.seconds!), p50Us: s.p50, p99Us: s.p99, lbCpuPct: round((100 * (b.cpuS - a.cpuS)) / (b.wallS - a.wallS), 1), empty: r.empty! });
-        ctx.log(`  PICK over QUIC, ${clients} client(s): ${out.at(-1)!.qps} queries/s, p50 ${s.p50} us, p99 ${s.p99} us`);
+        const lbUsPerPick = Math.round(((b.cpuS - a.cpuS) * 1e6) / Math.max(1, r.picks!));
+        out.push({ clients, inFlight, qps: Math.round(r.picks! / r.seconds!), p50Us: s.p50, p99Us: s.p99, lbCpuPct: round((100 * (b.cpuS - a.cpuS)) / (b.wallS - a.wallS), 1), lbUsPerPick, empty: r.empty! });
+        ctx.log(`  PICK over QUIC, ${clients} client(s) x ${inFlight} in flight: ${out.at(-1)!.qps} queries/s, load balancer ${lbUsPerPick} us CPU per PICK, p50 ${s.p50} us, p99 ${s.p99} us`);
       } finally {
         await pc.stop(5000);
       }

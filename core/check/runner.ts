@@ -53,12 +53,25 @@ const MAX_OUTPUT = 200;
 /** Random spread of each check's interval: ±10%. */
 const JITTER = 0.1;
 
+/**
+ * Milliseconds from `now` until a check's next run: runs are spaced start to start (a fixed
+ * rate, as HAProxy's `inter`), so the time a run takes does not stretch every interval; a run
+ * that took longer than its interval is followed by the next one at once (1 ms). `random` in
+ * [0, 1) spreads the interval by ±JITTER.
+ */
+export function nextRunDelay(lastStartAt: number, now: number, intervalMs: number, random: number): number {
+  const spread = 1 + JITTER * (random * 2 - 1);
+  return Math.max(1, Math.round(lastStartAt + intervalMs * spread - now));
+}
+
 class RunningCheck implements CheckState {
   status: CheckStatus | undefined;
   output = '';
   lastRaw: CheckOutcome | undefined;
   runs = 0;
   lastRunAt: number | undefined;
+  /** When the last run started (its schedule counts from there). */
+  lastStartAt = 0;
   /** Consecutive runs on one side (worse / better) of `status`. */
   streak = 0;
   streakDir: 'worse' | 'better' | undefined;
@@ -197,19 +210,19 @@ export class CheckRunner {
 
   private schedule(c: RunningCheck): void {
     if (this.stopped) return;
-    const spread = 1 + JITTER * (this.random() * 2 - 1);
     c.timer = setTimeout(() => {
       void this.runOnce(c).then(() => {
         this.changed();
         this.schedule(c);
       });
-    }, Math.max(1, Math.round(c.spec.intervalMs * spread)));
+    }, nextRunDelay(c.lastStartAt, Date.now(), c.spec.intervalMs, this.random()));
     c.timer.unref();
   }
 
   /** One run of one check, bounded by its timeout; whatever happens it ends in an outcome. */
   private async runOnce(c: RunningCheck): Promise<void> {
     const spec = c.spec;
+    c.lastStartAt = Date.now();
     let outcome: CheckOutcome;
     if (c.inflight) {
       // The previous run outlived its timeout and ignored its AbortSignal: do not pile runs up.

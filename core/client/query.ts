@@ -13,7 +13,9 @@
  *   }
  *
  * Without `ca` the load balancer's certificate is not verified. Every request is bounded by
- * `timeoutMs`; failures are thrown as LocalError (connect), ProtocolError or PeerError.
+ * `timeoutMs`; failures are thrown as LocalError (connect), ProtocolError or PeerError. Calls made
+ * concurrently on one client share its connection: they are pipelined (`pipeline`, default 16
+ * written ahead) and each resolves with its own answer, in the order the calls were made.
  */
 import { connect } from '../transport/quic.ts';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
@@ -40,7 +42,17 @@ export interface QueryOptions {
   idleTimeoutMs?: number;
   /** QUIC PINGs this often keep an idle session open and find a dead peer within the idle timeout. */
   keepAliveMs?: number;
+  /**
+   * Requests (PICK, STATUS pages) written to the load balancer before their answers arrive, when
+   * the caller issues them concurrently (default 16; 1: one at a time). The load balancer answers
+   * in order; more concurrent calls than this wait in order. Each call still gets its own answer
+   * or error.
+   */
+  pipeline?: number;
 }
+
+/** Requests in flight on one query session by default (QueryOptions.pipeline). */
+export const DEFAULT_PIPELINE = 16;
 
 /**
  * A query session with a load balancer, past HELLO / ACK: what QueryClient and watch() build on.
@@ -63,7 +75,7 @@ export async function openQuerySession(
     ...(opts.idleTimeoutMs !== undefined ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
     ...(opts.keepAliveMs !== undefined ? { keepAliveMs: opts.keepAliveMs } : {}),
   });
-  const session = new Session(channel, { role: 'client', onMessage: handlers.onMessage ?? (() => {}), ...(handlers.onClose ? { onClose: handlers.onClose } : {}) });
+  const session = new Session(channel, { role: 'client', pipeline: opts.pipeline ?? DEFAULT_PIPELINE, onMessage: handlers.onMessage ?? (() => {}), ...(handlers.onClose ? { onClose: handlers.onClose } : {}) });
   const hello = { versions: [...SUPPORTED_VERSIONS], role: 'query' as const, node: `${hostname()}:query`, maxFrameBytes, ...(opts.token ? { token: opts.token } : {}) };
   const ack = (await session.request('HELLO', hello, timeoutMs)) as Extract<Message, { type: 'ACK' }>;
   if (!SUPPORTED_VERSIONS.includes(ack.body.version)) {

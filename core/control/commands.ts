@@ -9,9 +9,14 @@ import type { Command } from 'commander';
 import { LocalError } from '../errors.ts';
 import { controlRequest, defaultControlSocket, type ControlAnswer, type ControlRequest } from './socket.ts';
 import { sanitize } from '../util/sanitize.ts';
+import { parsePorts, waitForNoConnections } from './connections.ts';
 
 interface ControlOpts {
   socket?: string;
+  /** drain/maint: wait until no TCP connection to these local ports is left. */
+  waitPort?: number[];
+  /** seconds, with waitPort (default 60). */
+  waitTimeout?: number;
   config?: string;
   serverPort?: number;
   json?: boolean;
@@ -50,8 +55,27 @@ async function run(o: ControlOpts, req: ControlRequest): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  process.stdout.write((o.json ? JSON.stringify(a) : describeAnswer(a, req.cmd === 'health')) + '\n');
+  if (!o.waitPort) {
+    process.stdout.write((o.json ? JSON.stringify(a) : describeAnswer(a, req.cmd === 'health')) + '\n');
+    return;
+  }
+  // Drained at the load balancers; now the connections already open must finish.
+  if (!o.json) process.stdout.write(describeAnswer(a, false) + '\n');
+  const where = o.waitPort.map((p) => `:${p}`).join(', ');
+  const timeoutS = o.waitTimeout ?? 60;
+  const w = await waitForNoConnections(o.waitPort, timeoutS * 1000, (left) => {
+    if (!o.json && left > 0) process.stdout.write(`waiting: ${left} connection${left === 1 ? '' : 's'} to ${where}\n`);
+  });
+  if (o.json) process.stdout.write(JSON.stringify({ ...a, wait: w }) + '\n');
+  else if (w.left === 0) process.stdout.write(`no connection left to ${where} after ${(w.waitedMs / 1000).toFixed(1)} s\n`);
+  if (w.left > 0) {
+    process.stderr.write(`qhcp: ${w.left} connection${w.left === 1 ? '' : 's'} to ${where} still open after ${timeoutS} s\n`);
+    process.exitCode = EXIT_WAIT_TIMEOUT;
+  }
 }
+
+/** `--wait-port` gave up with connections still open (the drain itself took effect). */
+export const EXIT_WAIT_TIMEOUT = 3;
 
 /** Adds the control subcommands to the program. `num` parses numeric flags as the rest of the CLI does. */
 export function addControlCommands(program: Command, num: (flag: string, kind: 'int' | 'number') => (v: string) => number): void {
@@ -62,11 +86,19 @@ export function addControlCommands(program: Command, num: (flag: string, kind: '
       .option('--config <file>', 'configuration file the agent runs with')
       .option('--json', 'print the agent\'s answer as JSON')
       .option('--timeout <seconds>', 'give up after (default: 5)', num('--timeout', 'number'));
-  common(program.command('drain').description('tell the local agent to drain: load balancers stop sending new work, connections stay'))
+  const waiting = (c: Command) =>
+    c
+      .option('--wait-port <ports>', 'then wait until no established TCP connection to these local ports (e.g. 8080,8443) is left on this host (Linux)', parsePorts)
+      .option('--wait-timeout <seconds>', 'with --wait-port: give up after (default: 60; exit 3 if connections are left)', (v: string) => {
+        const n = num('--wait-timeout', 'number')(v);
+        if (n < 0 || n > 86400) throw new LocalError('QHCP_ERR_CLI_USAGE', `--wait-timeout: must be 0-86400 seconds, got ${v}`);
+        return n;
+      });
+  waiting(common(program.command('drain').description('tell the local agent to drain: load balancers stop sending new work, connections stay')))
     .option('--reason <text>', 'why (shown at the load balancers)')
-    .addHelpText('after', '\nExample (a deploy script):\n  qhcp drain --reason "deploy 1.4" && sleep 30 && ./deploy.sh && qhcp ready')
+    .addHelpText('after', '\nExample (a deploy script):\n  qhcp drain --reason "deploy 1.4" --wait-port 8080 --wait-timeout 120 && ./deploy.sh && qhcp ready')
     .action(async (o: ControlOpts & { reason?: string }) => run(o, { cmd: 'drain', ...(o.reason ? { reason: o.reason } : {}) }));
-  common(program.command('maint').description('put the local agent in maintenance: out of rotation until `qhcp ready`'))
+  waiting(common(program.command('maint').description('put the local agent in maintenance: out of rotation until `qhcp ready`')))
     .option('--reason <text>', 'why (shown at the load balancers)')
     .action(async (o: ControlOpts & { reason?: string }) => run(o, { cmd: 'maint', ...(o.reason ? { reason: o.reason } : {}) }));
   common(program.command('ready').description('return the local agent to service (after drain or maint)')).action(async (o: ControlOpts) => run(o, { cmd: 'ready' }));

@@ -79,6 +79,8 @@ export class Backend implements BackendView, HealthFacts {
   pushing = false;
   /** The report interval the agent agreed to (CONFIG_ACK). */
   reportMs = 0;
+  /** The last failure was ICMP port unreachable: the next connection attempt probes the port first. */
+  portClosed = false;
 
   constructor(
     readonly address: string,

@@ -4,10 +4,11 @@
  * answered with ERROR and the connection is closed; nothing else in the process is touched.
  * Timers (HELLO, response) are DFA events too.
  */
-import { Dfa, type Role, type State } from './dfa.ts';
+import { Dfa, CLIENT_TABLE, type Role, type State } from './dfa.ts';
 import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from '../errors.ts';
 import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
 import { Channel, type ChannelClose } from '../transport/quic.ts';
+import { encodeFrame, HEADER_BYTES } from './codec.ts';
 
 export type Direction = 'in' | 'out';
 
@@ -38,6 +39,14 @@ export interface SessionOptions<D extends object = object> {
    * nothing more from it, so QUIC flow control stops its requests.
    */
   stallMs?: number;
+  /**
+   * Client side: requests `request` may have written and not yet answered. When set, PICK, STATUS
+   * and HEALTH_REQUEST issued while others are outstanding are written at once, up to this many,
+   * and the rest wait here in order (docs/protocol.md, "Pipelining and backpressure"); the server
+   * answers in order and each answer must carry its request's `seq`. When not set, a request
+   * while another is outstanding is refused.
+   */
+  pipeline?: number;
 }
 
 export interface SessionEnd {
@@ -50,12 +59,21 @@ export interface SessionEnd {
 }
 
 type Pending = {
+  type: MessageName;
+  body: unknown;
   expect: MessageName;
   seq: number | undefined;
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
-  timer: NodeJS.Timeout;
+  timeoutMs: number;
+  /** When its answer is late (performance.now() ms); Infinity until it is written. */
+  deadline: number;
+  /** Written to the wire (ahead of the DFA when pipelined: see `advance`). */
+  written: boolean;
 };
+
+/** Requests a client may write while another is outstanding (answered in order by the server). */
+const PIPELINABLE: ReadonlySet<MessageName> = new Set(['PICK', 'STATUS', 'HEALTH_REQUEST']);
 
 /** Which response ends which request (for `request`). */
 const RESPONSE_OF: Partial<Record<MessageName, MessageName>> = {
@@ -78,7 +96,16 @@ export class Session<D extends object = object> {
   peer: { node?: string; subject?: string; role?: string } = {};
   /** Per-session application state (e.g. the metrics a load balancer asked for). */
   readonly data: D;
-  private pending: Pending | undefined;
+  /**
+   * Requests not yet answered, in order. The first is the one the DFA awaits; the ones after it
+   * were written early (pipelined, up to `pipeline` written) or wait their turn to be written.
+   */
+  private readonly pending: Pending[] = [];
+  /** One response timer for all of `pending`, armed for the first's deadline (re-checked when it fires). */
+  private responseTimer: NodeJS.Timeout | undefined;
+  private responseTimerAt = Infinity;
+  /** Written-ahead requests allowed (`pipeline`); 0 when not set: a second request is refused. */
+  private readonly pipelineDepth: number;
   private helloTimer: NodeJS.Timeout | undefined;
   private ended: SessionEnd | undefined;
   private readonly closeWaiters: Array<(e: SessionEnd) => void> = [];
@@ -94,6 +121,7 @@ export class Session<D extends object = object> {
     private readonly opts: SessionOptions<D>,
   ) {
     this.data = opts.data ?? ({} as D);
+    this.pipelineDepth = opts.pipeline === undefined ? 0 : Math.max(1, Math.floor(opts.pipeline));
     this.dfa = new Dfa(opts.role);
     if (opts.role === 'server') {
       const ms = opts.helloTimeoutMs ?? 5_000;
@@ -139,27 +167,40 @@ export class Session<D extends object = object> {
    */
   send<K extends MessageName>(type: K, body: Bodies[K]): void {
     if (this.ended) throw new LocalError('QHCP_ERR_CLOSED', `session closed; cannot send ${type}`);
-    if (this.peerMaxFrameBytes !== undefined && type !== 'ERROR') {
+    const msg = { type, body } as Message;
+    // Encoded once: the frame's size is what the peer's limit is checked against.
+    const frame = encodeFrame(msg);
+    if (!this.admit(type, frame.length - HEADER_BYTES)) return;
+    this.dfa.apply(`send:${type}`);
+    this.syncHold();
+    this.opts.observe?.('out', msg, this);
+    this.lastWrite = this.channel.sendFrame(frame);
+  }
+
+  /**
+   * Whether `type` may go out now under the peer's frame limit and the unread-output limits;
+   * when not, the session has failed (SLOW_CONSUMER, FRAME_TOO_LARGE).
+   */
+  private admit(type: MessageName, size: number): boolean {
+    if (type === 'ERROR') return true;
+    if (this.peerMaxFrameBytes !== undefined) {
       // The peer said how large a frame it accepts (HELLO / ACK maxFrameBytes): never send more.
-      const size = Buffer.byteLength(JSON.stringify(body));
       if (size > this.peerMaxFrameBytes) {
-        return this.fail(new ProtocolError('FRAME_TOO_LARGE', `${type} of ${size} bytes exceeds the peer's maxFrameBytes ${this.peerMaxFrameBytes}`));
+        this.fail(new ProtocolError('FRAME_TOO_LARGE', `${type} of ${size} bytes exceeds the peer's maxFrameBytes ${this.peerMaxFrameBytes}`));
+        return false;
       }
     }
     const u = this.opts.unread;
-    if (u && type !== 'ERROR') {
+    if (u) {
       const mine = this.channel.pendingBytes;
       if (mine > u.perConnection || (mine > 0 && Channel.totalPendingBytes > u.total)) {
         const where = mine > u.perConnection ? `${mine} bytes unread on this connection (limit ${u.perConnection})` : `${Channel.totalPendingBytes} bytes unread over all connections (limit ${u.total})`;
         this.opts.onViolation?.(new ProtocolError('SLOW_CONSUMER', where), this);
-        return this.fail(new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${where}`));
+        this.fail(new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${where}`));
+        return false;
       }
     }
-    const msg = { type, body } as Message;
-    this.dfa.apply(`send:${type}`);
-    this.syncHold();
-    this.opts.observe?.('out', msg, this);
-    this.lastWrite = this.channel.send(msg);
+    return true;
   }
 
   /**
@@ -180,24 +221,122 @@ export class Session<D extends object = object> {
   /**
    * Client side: sends a request and resolves with its response, or rejects on timeout
    * (ProtocolError RESPONSE_TIMEOUT, after which the session is closed), on an ERROR from the
-   * peer (PeerError) or when the session closes.
+   * peer (PeerError) or when the session closes. With `pipeline` above 1, PICK, STATUS and
+   * HEALTH_REQUEST issued while others are outstanding are written at once (up to `pipeline`
+   * written) and answered in order; TERMINATE gives up every request still outstanding.
    */
   request<K extends keyof typeof RESPONSE_OF & MessageName>(type: K, body: Bodies[K], timeoutMs: number): Promise<Message> {
     const expect = RESPONSE_OF[type]!;
     return new Promise<Message>((resolve, reject) => {
       if (this.ended) return reject(this.endError());
-      if (this.pending) return reject(new LocalError('QHCP_ERR_CLOSED', `a ${this.pending.expect} is already awaited`));
       const seq = (body as { seq?: number }).seq;
-      const timer = setTimeout(() => this.timeout('response', `no ${expect} within ${timeoutMs} ms`), timeoutMs);
-      this.pending = { expect, seq, resolve, reject, timer };
+      const p: Pending = { type, body, expect, seq, resolve, reject, timeoutMs, deadline: Infinity, written: false };
+      if (this.pending.length > 0) {
+        if (type === 'TERMINATE' && this.pipelineDepth > 0) {
+          // Sent now (the DFA allows it while a request is outstanding); the answers still coming are read and dropped.
+          this.abandon(new LocalError('QHCP_ERR_CLOSED', 'the session is terminating'));
+        } else if (this.pipelineDepth === 0 || !PIPELINABLE.has(type) || !PIPELINABLE.has(this.pending[0]!.type)) {
+          return reject(new LocalError('QHCP_ERR_CLOSED', `a ${this.pending[0]!.expect} is already awaited`));
+        } else if (CLIENT_TABLE.READY[`send:${type}`] === undefined || this.drained) {
+          return reject(new LocalError('QHCP_ERR_CLOSED', `${type} cannot be sent in state ${this.dfa.state}`));
+        } else {
+          this.pending.push(p);
+          this.writeAhead();
+          return;
+        }
+      }
+      this.pending.push(p);
       try {
         this.send(type, body);
       } catch (e) {
-        clearTimeout(timer);
-        this.pending = undefined;
-        reject(e as Error);
+        this.pending.pop();
+        return reject(e as Error);
       }
+      if (this.pending[0] !== p) return; // the send failed the session (and rejected it)
+      this.markWritten(p);
     });
+  }
+
+  /** Writes waiting pipelined requests, up to `pipeline` written; their DFA step comes in `advance`. */
+  private writeAhead(): void {
+    const n = Math.min(this.pending.length, this.pipelineDepth);
+    for (let i = 1; i < n; i++) {
+      const p = this.pending[i]!;
+      if (p.written) continue;
+      const frame = encodeFrame({ type: p.type, body: p.body } as Message);
+      if (!this.admit(p.type, frame.length - HEADER_BYTES)) return;
+      this.markWritten(p);
+      this.lastWrite = this.channel.sendFrame(frame);
+    }
+  }
+
+  private markWritten(p: Pending): void {
+    p.written = true;
+    p.deadline = performance.now() + p.timeoutMs;
+    if (p.deadline < this.responseTimerAt) this.armResponseTimer(p.deadline);
+  }
+
+  private armResponseTimer(at: number): void {
+    if (this.responseTimer) clearTimeout(this.responseTimer);
+    this.responseTimerAt = at;
+    this.responseTimer = setTimeout(this.onResponseTimer, Math.max(0, at - performance.now()));
+  }
+
+  /** The earliest deadline of a written request, checked; re-armed for the next when none is late. */
+  private readonly onResponseTimer = (): void => {
+    this.responseTimer = undefined;
+    this.responseTimerAt = Infinity;
+    let next = Infinity;
+    const now = performance.now();
+    for (const p of this.pending) {
+      if (!p.written) break;
+      if (p.deadline <= now + 1) return this.timeout('response', `no ${p.expect} within ${p.timeoutMs} ms`);
+      if (p.deadline < next) next = p.deadline;
+    }
+    if (next !== Infinity) this.armResponseTimer(next);
+  };
+
+  /**
+   * The first request was answered: the next one (written already when pipelined) takes its DFA
+   * step now, so the DFA sees send, answer, send, answer as the server does.
+   */
+  private advance(): void {
+    this.pending.shift();
+    if (this.pending.length === 0) {
+      if (this.responseTimer) clearTimeout(this.responseTimer);
+      this.responseTimer = undefined;
+      this.responseTimerAt = Infinity;
+      return;
+    }
+    const next = this.pending[0]!;
+    if (next.written) {
+      const msg = { type: next.type, body: next.body } as Message;
+      if (this.dfa.peek(`send:${next.type}`) === undefined) {
+        return this.abandon(new LocalError('QHCP_ERR_CLOSED', `${next.type} cannot be sent in state ${this.dfa.state}`));
+      }
+      this.dfa.apply(`send:${next.type}`);
+      this.opts.observe?.('out', msg, this);
+    } else {
+      try {
+        this.send(next.type, next.body as never);
+      } catch (e) {
+        this.pending.shift();
+        next.reject(e as Error);
+        return;
+      }
+      if (this.pending[0] !== next) return;
+      this.markWritten(next);
+    }
+    this.writeAhead();
+  }
+
+  /** Rejects every outstanding request with `err` (the peer drains, or we terminate). */
+  private abandon(err: Error): void {
+    const all = this.pending.splice(0);
+    if (this.responseTimer) clearTimeout(this.responseTimer);
+    this.responseTimer = undefined;
+    this.responseTimerAt = Infinity;
+    for (const p of all) p.reject(err);
   }
 
   /** Ends the session with ERROR `err` to the peer (when the DFA still allows sending). */
@@ -239,20 +378,15 @@ export class Session<D extends object = object> {
     if (msg.type === 'DRAIN') {
       // The peer drops requests that crossed its DRAIN (docs/protocol.md, "DRAIN"): stop waiting.
       this.drained = true;
-      const d = this.pending;
-      if (d) {
-        clearTimeout(d.timer);
-        this.pending = undefined;
-        d.reject(new LocalError('QHCP_ERR_CLOSED', `no ${d.expect} will come: the peer is draining`));
-      }
+      const d = this.pending[0];
+      if (d) this.abandon(new LocalError('QHCP_ERR_CLOSED', `no ${d.expect} will come: the peer is draining`));
     }
-    const p = this.pending;
+    const p = this.pending[0];
     if (p && msg.type === p.expect) {
       if (p.seq !== undefined && (msg.body as { seq?: number }).seq !== p.seq) {
         return this.violation(new ProtocolError('INVALID_MESSAGE', `${msg.type} seq ${(msg.body as { seq?: number }).seq} does not answer request seq ${p.seq}`));
       }
-      clearTimeout(p.timer);
-      this.pending = undefined;
+      this.advance();
       p.resolve(msg);
     }
     this.opts.onMessage(msg, this);
@@ -304,12 +438,7 @@ export class Session<D extends object = object> {
     this.ended = { by, code, reason, ...(error ? { error } : {}) };
     this.dfa.close();
     if (this.helloTimer) clearTimeout(this.helloTimer);
-    if (this.pending) {
-      clearTimeout(this.pending.timer);
-      const p = this.pending;
-      this.pending = undefined;
-      p.reject(this.endError());
-    }
+    if (this.pending.length > 0) this.abandon(this.endError());
     if (by !== 'local') void this.channel.close(0, 'peer closed');
     this.opts.onClose?.(this.ended, this);
     for (const w of this.closeWaiters.splice(0)) w(this.ended);

@@ -91,6 +91,11 @@ export class QueryLimiter {
     return c;
   }
 
+  /** No limit at all (both rates 0): queries need not go through `submit`. */
+  get unlimited(): boolean {
+    return this.limits.perConnection <= 0 && this.total === undefined;
+  }
+
   /**
    * Runs `answer` now when both buckets allow it, else queues it for later. Returns false (and
    * runs nothing) when the connection already has `maxWaiting` queries waiting: close it.

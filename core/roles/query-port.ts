@@ -148,7 +148,7 @@ export class QueryPort {
 
   private onQuery(msg: Message, s: Session<{ maxFrameBytes?: number }>, admitted = false): void {
     if (s.state === 'DRAINING') return;
-    if (!admitted && (msg.type === 'STATUS' || msg.type === 'PICK' || msg.type === 'WATCH')) {
+    if (!admitted && !this.limiter.unlimited && (msg.type === 'STATUS' || msg.type === 'PICK' || msg.type === 'WATCH')) {
       const later = () => {
         if (!s.isClosed) this.onQuery(msg, s, true);
       };

@@ -8,7 +8,7 @@ import { dirname, resolve } from 'node:path';
 import { createHooks, guardHooks, MetricsReport, type AlertEvent, type BackendView, type CoreLike, type MetricDefinition, type Transition } from '../plugin/hooks.ts';
 import { createLogger, type Logger } from '../util/log.ts';
 import { applyPlugins, validateOptions, type QhcpPlugin } from '../plugin/loader.ts';
-import { isPluginDefinition, type PluginDefinition } from '../plugin/define.ts';
+import { isPluginDefinition, type PluginBody, type PluginDefinition, type PluginOf } from '../plugin/define.ts';
 import { buildConfig, type QhcpConfig, type QhcpUserConfig } from '../config/config.ts';
 import type { FromSchema, ObjectSchema } from '../config/schema-types.ts';
 import type { Metrics } from '../protocol/messages.ts';
@@ -62,7 +62,7 @@ export function fakeCore(role: 'server' | 'loadbalancer', opts: FakeCoreOptions 
  * Takes a definePlugin() definition, or a plugin class with a static schema.
  * @throws ConfigError for options the schema refuses (the message the user would see)
  */
-export function build<S extends ObjectSchema>(definition: PluginDefinition<S>, options?: FromSchema<S, 'in'>): QhcpPlugin;
+export function build<S extends ObjectSchema, B extends PluginBody>(definition: PluginDefinition<S, B>, options?: FromSchema<S, 'in'>): PluginOf<B>;
 export function build<T extends QhcpPlugin>(ctor: { new (options: never, ...rest: never[]): T; schema?: object }, options?: Record<string, unknown>): T;
 export function build(factory: object, options: unknown = {}): QhcpPlugin {
   const opts = options as Record<string, unknown>;
@@ -72,7 +72,7 @@ export function build(factory: object, options: unknown = {}): QhcpPlugin {
 }
 
 /** Builds (see build) and applies a plugin to `core`, bounded by the plugin timeout as the core does. */
-export async function applyPlugin<S extends ObjectSchema>(core: FakeCore, definition: PluginDefinition<S>, options?: FromSchema<S, 'in'>): Promise<QhcpPlugin>;
+export async function applyPlugin<S extends ObjectSchema, B extends PluginBody>(core: FakeCore, definition: PluginDefinition<S, B>, options?: FromSchema<S, 'in'>): Promise<PluginOf<B>>;
 export async function applyPlugin<T extends QhcpPlugin>(core: FakeCore, ctor: { new (options: never, ...rest: never[]): T; schema?: object }, options?: Record<string, unknown>): Promise<T>;
 export async function applyPlugin(core: FakeCore, factory: object, options: unknown = {}): Promise<QhcpPlugin> {
   const plugin = build(factory as PluginDefinition<ObjectSchema>, options as Record<string, unknown>);

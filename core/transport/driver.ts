@@ -20,7 +20,8 @@
  */
 import { createSocket, type Socket, type RemoteInfo } from 'node:dgram';
 import { createHmac, randomBytes, randomFillSync } from 'node:crypto';
-import { isIPv4 } from 'node:net';
+import { isIP, isIPv4 } from 'node:net';
+import { lookup as dnsLookup, type LookupOptions } from 'node:dns';
 import quiche from '@matrixai/quic/native/quiche.js';
 import type { Connection as NativeConnection, Config as NativeConfig, Host as HostPort } from '@matrixai/quic/native/types.js';
 import { DeadlineHeap, type Timed } from './timers.ts';
@@ -123,6 +124,8 @@ export class Conn implements Timed {
   private keepAliveAt = Infinity;
   private quicheAt = Infinity;
   dirty = false;
+  /** quiche took packets this turn: `progress` runs once in the flush, however many came. */
+  received = false;
   /** Client side: checks the peer's certificate chain once the handshake is done; a reason refuses it. */
   verify: ((chain: Uint8Array[]) => string | undefined) | undefined;
   verifyProblem: string | undefined;
@@ -221,6 +224,17 @@ export interface ServerSide {
   loopbackWithoutRetry?: boolean;
 }
 
+/**
+ * The socket's name lookup: every address the driver sends to is an IP literal, which this
+ * answers at once. dgram's default (dns.lookup) answers a literal on the next tick, which cost
+ * a deferred call and two closures per datagram sent; names still go to dns.lookup.
+ */
+function literalLookup(host: string, opts: LookupOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  const family = isIP(host);
+  if (family !== 0) cb(null, host, family);
+  else dnsLookup(host, opts, cb as never);
+}
+
 /** Whether `host` (as a dual-stack socket reports it) is a loopback address. */
 export function isLoopback(host: string): boolean {
   const h = host.startsWith('::ffff:') ? host.slice(7) : host;
@@ -270,7 +284,7 @@ export class Endpoint {
    */
   static async open(host: string, port: number): Promise<Endpoint> {
     const v4 = isIPv4(host);
-    const socket = createSocket({ type: v4 ? 'udp4' : 'udp6', ipv6Only: false, recvBufferSize: SOCKET_BUFFER, sendBufferSize: SOCKET_BUFFER });
+    const socket = createSocket({ type: v4 ? 'udp4' : 'udp6', ipv6Only: false, recvBufferSize: SOCKET_BUFFER, sendBufferSize: SOCKET_BUFFER, lookup: literalLookup });
     await new Promise<void>((resolve, reject) => {
       const fail = (e: Error): void => reject(e);
       socket.once('error', fail);
@@ -389,19 +403,28 @@ export class Endpoint {
       // A packet quiche would not take (undecryptable, duplicate, or a fatal error, in which
       // case the connection is now closing and that is reported below).
     }
-    this.progress(conn);
+    // What the packets mean (streams, establishment, the end) is read once per connection at the
+    // end of this event-loop turn (flush): the datagrams a turn reads for one connection cost one
+    // pass over its streams, and the answers they cause leave in the same drain.
+    conn.received = true;
+    this.touch(conn);
   }
 
-  /** After quiche took packets or a timeout: establishment, streams, ids, the end. */
+  /** After quiche took packets or a timeout: establishment, streams, ids, the end; then a drain. */
   private progress(conn: Conn): void {
+    this.advance(conn);
+    this.touch(conn);
+  }
+
+  /** Establishment, streams, retired ids, the end: what quiche's new state means. */
+  private advance(conn: Conn, check = true): void {
     const q = conn.q;
     if (!conn.established && q.isEstablished() && !q.isClosed() && !q.isDraining()) this.onEstablished(conn);
     if (conn.established && !conn.end) {
       for (let id = q.retiredScidNext(); id !== null; id = q.retiredScidNext()) this.unroute(conn, id);
       conn.events?.progress();
     }
-    this.checkEnd(conn);
-    this.touch(conn);
+    if (check) this.checkEnd(conn);
   }
 
   private onEstablished(conn: Conn): void {
@@ -660,6 +683,15 @@ export class Endpoint {
           break;
         }
         const conn = this.dirty[i]!;
+        if (conn.finished) {
+          conn.dirty = false;
+          continue;
+        }
+        if (conn.received) {
+          conn.received = false;
+          // Still marked dirty: what the layer above writes now joins this drain.
+          this.advance(conn, false);
+        }
         conn.dirty = false;
         if (conn.finished) continue;
         if (this.drain(conn)) (again ??= []).push(conn);
@@ -737,41 +769,58 @@ export class Endpoint {
    * from a throw-away connected socket: one byte (which a live QUIC endpoint drops as too short
    * to be a packet); ECONNREFUSED back means nothing listens there any more, and the connection
    * fails at once instead of at its timeout. Bounded: one probe per connection per second, at
-   * most MAX_PROBES at once.
+   * most MAX_PROBES at once. The load balancer also asks for one when a pushed report is overdue
+   * (`probeSilent`): nothing else would make a silent agent's port answer.
    */
   private probe(conn: Conn, now: number): void {
-    if (this.probes >= MAX_PROBES || this.stopped) return;
     conn.probeAt = now;
-    this.probes++;
-    const remote = conn.remote;
-    const s = createSocket(remote.host.includes(':') ? 'udp6' : 'udp4');
-    let done = false;
-    const end = (): void => {
-      if (done) return;
-      done = true;
-      this.probes--;
-      clearTimeout(timer);
-      try {
-        s.close();
-      } catch {
-        /* closed */
-      }
-    };
-    const timer = setTimeout(end, PROBE_WAIT_MS);
-    timer.unref();
-    s.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ECONNREFUSED' && !conn.finished && !conn.end) {
-        this.stats.portsUnreachable++;
+    void this.probePort(conn.remote.host, conn.remote.port).then((refused) => {
+      if (refused && !conn.finished && !conn.end) {
         conn.failure ??= 'connection refused (ICMP port unreachable)';
         conn.close(false, 0x1);
         this.checkEnd(conn);
       }
-      end();
     });
-    s.connect(remote.port, remote.host, () => {
-      if (!done) s.send(PROBE, (err) => err && end());
+  }
+
+  /** Probes `conn`'s port now (see `probe`), unless probed within the last second; clients on a shared socket only. */
+  probeSilent(conn: Conn): void {
+    const now = performance.now();
+    if (!conn.isServer && !this.connectedTo && !conn.finished && !conn.end && now - conn.probeAt > PROBE_WAIT_MS) this.probe(conn, now);
+  }
+
+  /**
+   * One datagram to `host:port` from a throw-away connected socket: true when ICMP port
+   * unreachable comes back within PROBE_WAIT_MS (nothing listens there), false otherwise (an
+   * answer of any other kind, silence, or MAX_PROBES already in flight).
+   */
+  probePort(host: string, port: number): Promise<boolean> {
+    if (this.probes >= MAX_PROBES || this.stopped) return Promise.resolve(false);
+    this.probes++;
+    return new Promise((resolve) => {
+      const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+      let done = false;
+      const end = (refused: boolean): void => {
+        if (done) return;
+        done = true;
+        this.probes--;
+        clearTimeout(timer);
+        try {
+          s.close();
+        } catch {
+          /* closed */
+        }
+        if (refused) this.stats.portsUnreachable++;
+        resolve(refused);
+      };
+      const timer = setTimeout(() => end(false), PROBE_WAIT_MS);
+      timer.unref();
+      s.on('error', (e: NodeJS.ErrnoException) => end(e.code === 'ECONNREFUSED'));
+      s.connect(port, host, () => {
+        if (!done) s.send(PROBE, (err) => err && end(false));
+      });
+      s.unref();
     });
-    s.unref();
   }
 
   private readonly onSocketError = (e: NodeJS.ErrnoException): void => {

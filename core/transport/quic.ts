@@ -138,6 +138,14 @@ export class Channel implements ConnEvents {
     return this.closing || this.closedInfo !== undefined;
   }
 
+  /**
+   * The peer went silent when it should not have (a pushed report overdue): probe its port now;
+   * ICMP port unreachable fails the connection at once (driver.ts `probeSilent`; at most once a second).
+   */
+  probePeer(): void {
+    this.conn.ep.probeSilent(this.conn);
+  }
+
   /** Bytes written on the control stream that QUIC flow control has not taken yet (the peer is not reading). */
   get pendingBytes(): number {
     return this.outBytes;
@@ -233,6 +241,14 @@ export class Channel implements ConnEvents {
 
   private readStreams(): void {
     const q = this.conn.q;
+    // The control stream first, without asking quiche for its readable set (an iterator object
+    // per call); the set is read only when something else is readable (a second stream, or
+    // control bytes left for later).
+    if (!q.isReadable()) return;
+    if (this.streamId !== undefined && q.streamReadable(this.streamId)) {
+      this.readControl(this.streamId);
+      if (this.closed || !q.isReadable()) return;
+    }
     for (const id of q.readable()) {
       if (this.streamId === undefined && (id & 3) === 0 && this.conn.isServer) this.streamId = id;
       if (id !== this.streamId) {
@@ -432,9 +448,13 @@ export class Channel implements ConnEvents {
 
   /** Queues one message on the control stream (ordered). */
   send(msg: Message): Promise<void> {
+    return this.sendFrame(encodeFrame(msg));
+  }
+
+  /** Queues one frame encoded by the codec (`encodeFrame`) on the control stream (ordered). */
+  sendFrame(frame: Buffer): Promise<void> {
     // No stream yet (the peer never opened one): the close code that follows carries the error.
     if (this.streamId === undefined || this.closed) return DONE;
-    const frame = encodeFrame(msg);
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
     return this.write(frame);
@@ -661,6 +681,11 @@ export class ClientSocket {
 
   get stats(): Readonly<DriverStats> {
     return this.endpoint.stats;
+  }
+
+  /** True when `host:port` answers a probe with ICMP port unreachable (nothing listens there; driver.ts `probePort`). */
+  portClosed(host: string, port: number): Promise<boolean> {
+    return this.endpoint.probePort(host, port);
   }
 
   async close(): Promise<void> {

@@ -99,10 +99,11 @@ export function alertPayload(e: AlertEvent, suppressed: number): Record<string, 
 }
 
 /** JSON-schema property for `minIntervalMs`, shared by the alert plugins' schemas. */
-export const minIntervalSchema = (dflt: number) => ({
-  type: 'integer',
-  minimum: 0,
-  maximum: 86_400_000,
-  default: dflt,
-  description: 'least time between two alerts for the same server; transitions in between are held and counted (0: no damping)',
-});
+export const minIntervalSchema = <D extends number>(dflt: D) =>
+  ({
+    type: 'integer',
+    minimum: 0,
+    maximum: 86_400_000,
+    default: dflt,
+    description: 'least time between two alerts for the same server; transitions in between are held and counted (0: no damping)',
+  }) as const;

@@ -8,25 +8,14 @@
 import { safeJson } from '../../core/util/sanitize.ts';
 import { spawn } from 'node:child_process';
 import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'exec';
 const TAIL_BYTES = 2048;
-
-export interface ExecOptions {
-  command: string;
-  args?: string[];
-  env?: Record<string, string>;
-  cwd?: string;
-  timeoutMs?: number;
-  killGraceMs?: number;
-  queueSize?: number;
-  minIntervalMs?: number;
-  drainTimeoutMs?: number;
-}
 
 export interface ExecResult {
   code: number | null;
@@ -54,35 +43,34 @@ export function alertEnv(e: AlertEvent, suppressed: number): Record<string, stri
   return env;
 }
 
-export default class ExecAlertPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    required: ['command'],
-    properties: {
-      command: { type: 'string', minLength: 1, description: 'program to run (no shell)' },
-      args: { type: 'array', items: { type: 'string' }, default: [], description: 'its arguments' },
-      env: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'extra environment variables' },
-      cwd: { type: 'string', minLength: 1, description: 'working directory (default: the load balancer\'s)' },
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 3_600_000, default: 10_000, description: 'then SIGTERM to its process group' },
-      killGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 2000, description: 'after SIGTERM, then SIGKILL' },
-      minIntervalMs: minIntervalSchema(30_000),
-      ...queueOptionsSchema('finish'),
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'alert' as const;
-  readonly roles = ['loadbalancer' as const];
+const schema = {
+type: 'object',
+  additionalProperties: false,
+  required: ['command'],
+  properties: {
+    command: { type: 'string', minLength: 1, description: 'program to run (no shell)' },
+    args: { type: 'array', items: { type: 'string' }, default: [], description: 'its arguments' },
+    env: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'extra environment variables' },
+    cwd: { type: 'string', minLength: 1, description: 'working directory, relative to the config file\'s directory (default: the load balancer\'s working directory)' },
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 3_600_000, default: 10_000, description: 'then SIGTERM to its process group' },
+    killGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 2000, description: 'after SIGTERM, then SIGKILL' },
+    minIntervalMs: minIntervalSchema(30_000),
+    ...queueOptionsSchema('finish'),
+  },
+} as const;
+
+export type ExecOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a damper feeding a bounded queue of command runs. */
+export class ExecAlert {
   readonly stats = { runs: 0, failed: 0, timedOut: 0, dropped: 0 };
-  private readonly opts: Required<Omit<ExecOptions, 'cwd'>> & Pick<ExecOptions, 'cwd'>;
   private readonly queue: SerialQueue<{ event: AlertEvent; suppressed: number }>;
   readonly damper: Damper;
   private logger: CoreLike['logger'] | undefined;
   /** Results of the runs so far, newest last (at most 20; for tests and debugging). */
   readonly results: ExecResult[] = [];
 
-  constructor(options: ExecOptions) {
-    this.opts = withDefaults(ExecAlertPlugin.schema, options, 'exec');
+  constructor(private opts: ExecOptions) {
     this.queue = new SerialQueue(this.opts.queueSize, async (item) => void (await this.runOne(item.event, item.suppressed)), (_, n) => {
       this.stats.dropped = n;
       this.logger?.limited(`${PLUGIN_NAME}:dropped`, `${PLUGIN_NAME}: queue full (${this.opts.queueSize}), dropped the oldest alert`, { command: this.opts.command, dropped: n });
@@ -159,6 +147,15 @@ export default class ExecAlertPlugin implements QhcpPlugin {
 
   apply(core: CoreLike): void {
     this.logger = core.logger;
+    if (this.opts.cwd !== undefined) this.opts = { ...this.opts, cwd: core.resolvePath(this.opts.cwd) };
     tapDampedQueue(core, PLUGIN_NAME, { damper: this.damper, queue: this.queue }, this.opts.drainTimeoutMs, (left) => [`${PLUGIN_NAME}: stopping with alert commands unfinished`, { command: this.opts.command, unfinished: left }]);
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'alert',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new ExecAlert(options),
+});

@@ -5,37 +5,33 @@
  */
 import { sanitize, safeJson } from '../../core/util/sanitize.ts';
 import type { AlertEvent, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 
 const PLUGIN_NAME = 'log';
 
-export interface LogAlertOptions {
-  json?: boolean;
-  minIntervalMs?: number;
-}
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    json: { type: 'boolean', description: 'JSON lines (default: when stderr is not a terminal)' },
+    minIntervalMs: minIntervalSchema(0),
+  },
+} as const;
 
-export default class LogAlertPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      json: { type: 'boolean', description: 'JSON lines (default: when stderr is not a terminal)' },
-      minIntervalMs: minIntervalSchema(0),
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'alert' as const;
-  readonly roles = ['loadbalancer' as const];
+export type LogAlertOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: formats each alert and writes it (to stderr; `write` may be replaced, as tests do). */
+export class LogAlert {
   private readonly json: boolean;
   readonly damper: Damper;
+  /** Where lines go. */
+  write: (line: string) => void = (l) => process.stderr.write(l + '\n');
 
-  constructor(
-    options: LogAlertOptions = {},
-    private readonly write: (line: string) => void = (l) => process.stderr.write(l + '\n'),
-  ) {
+  constructor(options: LogAlertOptions) {
     this.json = options.json ?? !process.stderr.isTTY;
-    this.damper = new Damper(options.minIntervalMs ?? 0, (e, n) => this.write(this.format(e, n)));
+    this.damper = new Damper(options.minIntervalMs, (e, n) => this.write(this.format(e, n)));
   }
 
   format(e: AlertEvent, suppressed = 0): string {
@@ -57,3 +53,11 @@ export default class LogAlertPlugin implements QhcpPlugin {
     core.hooks.stop.tap(PLUGIN_NAME, () => this.damper.flush());
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'alert',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new LogAlert(options),
+});

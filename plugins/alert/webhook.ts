@@ -7,24 +7,14 @@
  */
 import { safeJson } from '../../core/util/sanitize.ts';
 import type { CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { errorText } from '../../core/errors.ts';
 import { Damper, alertPayload, minIntervalSchema } from './damper.ts';
 import { SerialQueue, queueOptionsSchema, tapDampedQueue } from './queue.ts';
 
 const PLUGIN_NAME = 'webhook';
 
-export interface WebhookOptions {
-  url: string;
-  headers?: Record<string, string>;
-  timeoutMs?: number;
-  retries?: number;
-  backoffMs?: number;
-  maxBackoffMs?: number;
-  queueSize?: number;
-  minIntervalMs?: number;
-  drainTimeoutMs?: number;
-}
 
 export interface WebhookStats {
   sent: number;
@@ -35,33 +25,32 @@ export interface WebhookStats {
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref());
 
-export default class WebhookAlertPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    required: ['url'],
-    properties: {
-      url: { type: 'string', pattern: '^https?://', description: 'where to POST (http or https)' },
-      headers: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'extra request headers (e.g. Authorization)' },
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 5000, description: 'per attempt' },
-      retries: { type: 'integer', minimum: 0, maximum: 20, default: 3, description: 'further attempts after a retryable failure' },
-      backoffMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 500, description: 'wait before the first retry; doubles each retry' },
-      maxBackoffMs: { type: 'integer', minimum: 0, maximum: 3_600_000, default: 30_000, description: 'longest wait between retries' },
-      minIntervalMs: minIntervalSchema(30_000),
-      ...queueOptionsSchema('deliver'),
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'alert' as const;
-  readonly roles = ['loadbalancer' as const];
+const schema = {
+type: 'object',
+  additionalProperties: false,
+  required: ['url'],
+  properties: {
+    url: { type: 'string', pattern: '^https?://', description: 'where to POST (http or https)' },
+    headers: { type: 'object', additionalProperties: { type: 'string' }, default: {}, description: 'extra request headers (e.g. Authorization)' },
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 5000, description: 'per attempt' },
+    retries: { type: 'integer', minimum: 0, maximum: 20, default: 3, description: 'further attempts after a retryable failure' },
+    backoffMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 500, description: 'wait before the first retry; doubles each retry' },
+    maxBackoffMs: { type: 'integer', minimum: 0, maximum: 3_600_000, default: 30_000, description: 'longest wait between retries' },
+    minIntervalMs: minIntervalSchema(30_000),
+    ...queueOptionsSchema('deliver'),
+  },
+} as const;
+
+export type WebhookOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a damper feeding a bounded delivery queue. */
+export class WebhookAlert {
   readonly stats: WebhookStats = { sent: 0, failed: 0, retries: 0, dropped: 0 };
-  private readonly opts: Required<WebhookOptions>;
   private readonly queue: SerialQueue<string>;
   readonly damper: Damper;
   private logger: CoreLike['logger'] | undefined;
 
-  constructor(options: WebhookOptions) {
-    this.opts = withDefaults(WebhookAlertPlugin.schema, options, 'webhook');
+  constructor(private readonly opts: WebhookOptions) {
     // Refuse a bad URL at start-up, not at the first alert.
     const u = new URL(this.opts.url);
     if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new Error(`webhook url must be http or https, got ${u.protocol}`);
@@ -129,3 +118,11 @@ export default class WebhookAlertPlugin implements QhcpPlugin {
     tapDampedQueue(core, PLUGIN_NAME, { damper: this.damper, queue: this.queue }, this.opts.drainTimeoutMs, (left) => [`${PLUGIN_NAME}: stopping with alerts undelivered`, { url: this.where(), undelivered: left }]);
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'alert',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new WebhookAlert(options),
+});

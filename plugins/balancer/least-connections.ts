@@ -8,9 +8,11 @@
  * closing moves only its server (the counts' change log), a pool change rebuilds it (O(N)).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { BalancerBody } from './body.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 import { connectionCounts, ConnectionCounts } from '../proxy/connections.ts';
 
@@ -83,50 +85,40 @@ export class LeastConnectionsPicker implements Picker {
   }
 }
 
-export default class LeastConnectionsPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      weighted: { type: 'boolean', default: false, description: 'compare connections / weight instead of connections' },
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    weighted: { type: 'boolean', default: false, description: 'compare connections / weight instead of connections' },
+  },
+} as const;
+
+export type LeastConnectionsOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a LeastConnectionsPicker per pool over the load balancer's connection counts (BalancerBody). */
+export class LeastConnections extends BalancerBody<LeastConnectionsPicker> {
   /** The load balancer's table once applied; a table of its own (all zero) before, e.g. in a client. */
   private counts = new ConnectionCounts();
-  private hooked: HookedPicker<LeastConnectionsPicker> | undefined;
 
-  constructor(private readonly options: { weighted?: boolean } = {}) {}
+  constructor(private readonly opts: LeastConnectionsOptions) {
+    super(PLUGIN_NAME);
+  }
 
-  /** State of its own for one pool (LocalBalancer), over the load balancer's connection counts. */
   picker(): LeastConnectionsPicker {
-    return new LeastConnectionsPicker(this.counts, this.options.weighted === true);
+    return new LeastConnectionsPicker(this.counts, this.opts.weighted);
   }
 
-  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
-  why = '';
-
-  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). `counts` replaces the table (tests). */
-  choose(servers: readonly BackendView[], counts?: ConnectionCounts): BackendView | undefined {
-    if (counts && counts !== this.counts) {
-      this.counts = counts;
-      this.hooked = undefined;
-    }
-    this.hooked ??= new HookedPicker(this.picker());
-    const r = this.hooked.pick(servers, Date.now());
-    this.why = r?.why ?? '';
-    return r?.server;
-  }
-
-  apply(core: CoreLike): void {
+  override apply(core: CoreLike): void {
     this.counts = connectionCounts(core);
-    this.hooked = undefined;
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
-      const chosen = this.choose(req.servers);
-      if (chosen) req.explain?.(this.why);
-      return chosen;
-    });
+    this.forgetHooked();
+    super.apply(core);
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new LeastConnections(options),
+});

@@ -8,20 +8,18 @@
  * O(log N) per pick: the servers sit in a heap by (load + pickCost x picks, last picked),
  * rebuilt (O(N)) when the pool or a report changes.
  */
-import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { BackendView } from '../../core/plugin/hooks.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { BalancerBody } from './body.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
 
 const PLUGIN_NAME = 'least-loaded';
 
-export interface LeastLoadedOptions extends Partial<LoadOptions> {
-  pickCost?: number;
-  maxShare?: number;
-}
-type Opts = LoadOptions & { pickCost: number; maxShare: number };
+type Opts = LoadOptions & { pickCost: number };
 
 /** Loads closer than this are a tie. */
 const TIE = 1e-12;
@@ -88,48 +86,33 @@ export class LeastLoadedPicker implements Picker {
   }
 }
 
-export default class LeastLoadedPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      ...LOAD_OPTIONS_SCHEMA,
-      pickCost: pickCostSchema(0.01),
-      maxShare: maxShareSchema,
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
-  private readonly opts: Opts;
-  /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked: HookedPicker<LeastLoadedPicker>;
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    ...LOAD_OPTIONS_SCHEMA,
+    pickCost: pickCostSchema(0.01),
+    maxShare: maxShareSchema,
+  },
+} as const;
 
-  constructor(options: LeastLoadedOptions = {}) {
-    this.opts = withDefaults(LeastLoadedPlugin.schema, options, 'least-loaded');
-    this.hooked = new HookedPicker(this.picker());
+export type LeastLoadedOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a LeastLoadedPicker per pool (BalancerBody). */
+export class LeastLoaded extends BalancerBody<LeastLoadedPicker> {
+  constructor(private readonly opts: LeastLoadedOptions) {
+    super(PLUGIN_NAME);
   }
 
-  /** State of its own for one pool (LocalBalancer). */
   picker(): LeastLoadedPicker {
     return new LeastLoadedPicker(this.opts, this.opts.maxShare);
   }
-
-  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
-  why = '';
-
-  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). */
-  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    const r = this.hooked.pick(servers, now);
-    this.why = r?.why ?? '';
-    return r?.server;
-  }
-
-  apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
-      const chosen = this.choose(req.servers, req.now);
-      if (chosen) req.explain?.(this.why);
-      return chosen;
-    });
-  }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new LeastLoaded(options),
+});

@@ -5,10 +5,12 @@
  * Stale reports count as unknown load (load.ts). O(1) per pick from loads read when the pool or
  * a report changes (O(N log N) then, for the share cap's fallback order).
  */
-import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { BackendView } from '../../core/plugin/hooks.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { BalancerBody } from './body.ts';
 import { LOAD_OPTIONS_SCHEMA, pickCostSchema, maxShareSchema, LoadState, ShareCap, type LoadOptions } from './load.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 
@@ -16,11 +18,7 @@ const PLUGIN_NAME = 'power-of-two';
 const WHY = (x: number, y: number) => (x === y ? `two sampled, equal load ${r3(x)}, coin toss` : `lower load of two sampled: ${r3(Math.min(x, y))} vs ${r3(Math.max(x, y))}`);
 const CAPPED = () => 'the pair at its share cap: least loaded below the cap';
 
-export interface PowerOfTwoOptions extends Partial<LoadOptions> {
-  pickCost?: number;
-  maxShare?: number;
-}
-type Opts = LoadOptions & { pickCost: number; maxShare: number };
+type Opts = LoadOptions & { pickCost: number };
 
 export class PowerOfTwoPicker implements Picker {
   private readonly state = new LoadState();
@@ -76,52 +74,37 @@ export class PowerOfTwoPicker implements Picker {
   }
 }
 
-export default class PowerOfTwoPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      ...LOAD_OPTIONS_SCHEMA,
-      pickCost: pickCostSchema(0),
-      maxShare: maxShareSchema,
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
-  private readonly opts: Opts;
-  /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked: HookedPicker<PowerOfTwoPicker>;
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    ...LOAD_OPTIONS_SCHEMA,
+    pickCost: pickCostSchema(0),
+    maxShare: maxShareSchema,
+  },
+} as const;
 
-  /** `random` returns [0, 1) like Math.random (tests pass a seeded one). */
-  constructor(
-    options: PowerOfTwoOptions = {},
-    private readonly random: () => number = Math.random,
-  ) {
-    this.opts = withDefaults(PowerOfTwoPlugin.schema, options, 'power-of-two');
-    this.hooked = new HookedPicker(this.picker());
+export type PowerOfTwoOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a PowerOfTwoPicker per pool (BalancerBody). */
+export class PowerOfTwo extends BalancerBody<PowerOfTwoPicker> {
+  /** Returns [0, 1) like Math.random; set before the first pick (tests set a seeded one). */
+  random: () => number = Math.random;
+
+  constructor(private readonly opts: PowerOfTwoOptions) {
+    super(PLUGIN_NAME);
   }
 
-  /** State of its own for one pool (LocalBalancer). O(1) per pick. */
+  /** O(1) per pick. */
   picker(): PowerOfTwoPicker {
     return new PowerOfTwoPicker(this.opts, this.opts.maxShare, this.random);
   }
-
-  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
-  why = '';
-
-  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). */
-  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    const r = this.hooked.pick(servers, now);
-    this.why = r?.why ?? '';
-    return r?.server;
-  }
-
-  apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
-      const chosen = this.choose(req.servers, req.now);
-      if (chosen) req.explain?.(this.why);
-      return chosen;
-    });
-  }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new PowerOfTwo(options),
+});

@@ -5,9 +5,10 @@
  * restart the rotation or give anyone a double turn. O(1) per pick (RotationPicker), O(N) per
  * change of the pool.
  */
-import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
-import { HookedPicker, type Picker, type PickResult } from '../../core/balance/picker.ts';
+import type { BackendView } from '../../core/plugin/hooks.ts';
+import type { Picker, PickResult } from '../../core/balance/picker.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
+import { BalancerBody } from './body.ts';
 
 const PLUGIN_NAME = 'round-robin';
 
@@ -51,31 +52,17 @@ export class RotationPicker implements Picker {
   }
 }
 
-export default class RoundRobinPlugin implements QhcpPlugin {
-  static schema = { type: 'object', additionalProperties: false, properties: {} };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
-  /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked = new HookedPicker(new RotationPicker());
-
-  constructor(_options: Record<string, unknown> = {}) {}
-
-  /** A rotation of its own for one pool (LocalBalancer). */
-  picker(): Picker {
+/** The plugin's body: a rotation per pool (BalancerBody). */
+export class RoundRobin extends BalancerBody<RotationPicker> {
+  picker(): RotationPicker {
     return new RotationPicker();
   }
-
-  /** The UP server after the last one picked (the pool read again when it is another array: HookedPicker). */
-  choose(servers: readonly BackendView[]): BackendView | undefined {
-    return this.hooked.pick(servers, Date.now())?.server;
-  }
-
-  apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
-      const chosen = this.choose(req.servers);
-      if (chosen) req.explain?.('next in rotation');
-      return chosen;
-    });
-  }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema: { type: 'object', additionalProperties: false, properties: {} },
+  setup: () => new RoundRobin(PLUGIN_NAME),
+});

@@ -12,10 +12,12 @@
  *     due every 1/weight (core/balance/edf.ts), O(log N) per pick. Same shares, as
  *     smooth (no server twice in a row while a lighter one waits longer than its period).
  */
-import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { BackendView } from '../../core/plugin/hooks.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import type { Picker, PickResult } from '../../core/balance/picker.ts';
-import { HookedPicker, Picked, r3 } from '../../core/balance/picker.ts';
+import { Picked, r3 } from '../../core/balance/picker.ts';
+import { BalancerBody } from './body.ts';
 import { Edf } from '../../core/balance/edf.ts';
 import { LOAD_OPTIONS_SCHEMA, maxShareSchema, ShareCap, loadsOf, reportedLoad, type LoadOptions } from './load.ts';
 import { metricNameSchema } from '../../core/protocol/messages.ts';
@@ -28,12 +30,7 @@ const MIN_LOAD_SHARE = 0.01;
 const MAX_CYCLE_WORK = 1 << 20;
 const WHY = (w: number, total: number) => `smooth weighted rotation, weight ${r3(w)} of total ${r3(total)}`;
 
-export interface WeightedRoundRobinOptions extends Partial<LoadOptions> {
-  weightFrom?: 'config' | 'metric' | 'load';
-  weightMetric?: string;
-  maxShare?: number;
-}
-type Opts = LoadOptions & { weightFrom: 'config' | 'metric' | 'load'; weightMetric: string; maxShare: number };
+type Opts = LoadOptions & { weightFrom: 'config' | 'metric' | 'load'; weightMetric: string };
 
 /** Each server's weight (never negative; all zero means equal), and when a report behind one goes stale. */
 export function weightsOf(servers: readonly BackendView[], now: number, o: Opts): { weights: number[]; expiresAt: number } {
@@ -136,50 +133,35 @@ export class WeightedRotationPicker implements Picker {
   }
 }
 
-export default class WeightedRoundRobinPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      weightFrom: { enum: ['config', 'metric', 'load'], default: 'config', description: 'where weights come from' },
-      weightMetric: { ...metricNameSchema, default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
-      ...LOAD_OPTIONS_SCHEMA,
-      maxShare: { ...maxShareSchema, description: `${maxShareSchema.description}; applies with weightFrom "metric" or "load" (reported figures), not to configured weights` },
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'balancer' as const;
-  readonly roles = ['loadbalancer' as const];
-  private readonly opts: Opts;
-  /** The state behind the `pick` hook (callers that pass the pool each time). */
-  private readonly hooked: HookedPicker<WeightedRotationPicker>;
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    weightFrom: { enum: ['config', 'metric', 'load'], default: 'config', description: 'where weights come from' },
+    weightMetric: { ...metricNameSchema, default: 'weight', description: 'with weightFrom "metric": the reported metric holding the weight' },
+    ...LOAD_OPTIONS_SCHEMA,
+    maxShare: { ...maxShareSchema, description: `${maxShareSchema.description}; applies with weightFrom "metric" or "load" (reported figures), not to configured weights` },
+  },
+} as const;
 
-  constructor(options: WeightedRoundRobinOptions = {}) {
-    this.opts = withDefaults(WeightedRoundRobinPlugin.schema, options, 'weighted-round-robin');
-    this.hooked = new HookedPicker(this.picker());
+export type WeightedRoundRobinOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: a WeightedRotationPicker per pool (BalancerBody). */
+export class WeightedRoundRobin extends BalancerBody<WeightedRotationPicker> {
+  constructor(private readonly opts: WeightedRoundRobinOptions) {
+    super(PLUGIN_NAME);
   }
 
-  /** A rotation of its own for one pool (LocalBalancer). */
   picker(): WeightedRotationPicker {
     // Configured weights are the operator's choice; reported ones are capped (load.ts ShareCap).
     return new WeightedRotationPicker(this.opts, this.opts.weightFrom === 'config' ? 1 : this.opts.maxShare);
   }
-
-  /** Why the last pick chose its server (PICK_RESPONSE `why`). */
-  why = '';
-
-  /** One pick on the `pick` hook's path (HookedPicker: the pool is read again when it comes as another array). */
-  choose(servers: readonly BackendView[], now: number): BackendView | undefined {
-    const r = this.hooked.pick(servers, now);
-    this.why = r?.why ?? '';
-    return r?.server;
-  }
-
-  apply(core: CoreLike): void {
-    core.hooks.pick.tap(PLUGIN_NAME, (req) => {
-      const chosen = this.choose(req.servers, req.now);
-      if (chosen) req.explain?.(this.why);
-      return chosen;
-    });
-  }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'balancer',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new WeightedRoundRobin(options),
+});

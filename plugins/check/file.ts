@@ -10,6 +10,7 @@
  * the first `maxReadBytes` bytes are read.
  */
 import { open, stat } from 'node:fs/promises';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
 import { ConfigError, errorText } from '../../core/errors.ts';
 import { firstLine, requireParentDirectory, MAX_REASON } from './common.ts';
@@ -17,11 +18,6 @@ import { sanitize } from '../../core/util/sanitize.ts';
 
 const TYPE = 'file';
 const MAX_READ = 4096;
-
-export interface FileCheckOptions {
-  path: string;
-  mustExist?: boolean;
-}
 
 const schema = {
   type: 'object',
@@ -36,6 +32,9 @@ const schema = {
     },
   },
 } as const;
+
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type FileCheckOptions = FromSchema<typeof schema>;
 
 /** The first line of the file (at most MAX_READ bytes read), '' for an empty file. */
 async function readFirstLine(path: string): Promise<string> {
@@ -53,7 +52,7 @@ function create(options: FileCheckOptions, ctx: CheckContext): Check {
   if (typeof options.path !== 'string' || options.path.length === 0) throw new ConfigError([`${TYPE}: path must be a non-empty string`]);
   const path = ctx.resolvePath(options.path);
   requireParentDirectory(path, `${TYPE}: path ${JSON.stringify(path)}`);
-  const mustExist = options.mustExist ?? false;
+  const mustExist = options.mustExist;
   const shown = sanitize(path, MAX_REASON);
 
   return {

@@ -22,7 +22,6 @@ import PowerOfTwoPlugin from '../../plugins/balancer/power-of-two.ts';
 import LeastConnectionsPlugin from '../../plugins/balancer/least-connections.ts';
 import LogAlertPlugin from '../../plugins/alert/log.ts';
 import { ConnectionCounts } from '../../plugins/proxy/connections.ts';
-import { validateOptions } from '../../core/plugin/loader.ts';
 import { backend, build, fakeCore, seeded } from '../plugins/fake-core.ts';
 
 
@@ -107,7 +106,7 @@ describe('core/balance', () => {
       ['weighted-round-robin', () => build(WeightedRoundRobinPlugin), (p: Chooser) => (s, now) => p.choose(s, now)],
       ['weighted-round-robin (load)', () => build(WeightedRoundRobinPlugin, { weightFrom: 'load' }), (p: Chooser) => (s, now) => p.choose(s, now)],
       ['least-loaded', () => build(LeastLoadedPlugin), (p: Chooser) => (s, now) => p.choose(s, now)],
-      ['power-of-two', () => new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, { pickCost: 0.01 }, 't'), seeded(9)), (p: Chooser) => (s, now) => p.choose(s, now)],
+      ['power-of-two', () => Object.assign(build(PowerOfTwoPlugin, { pickCost: 0.01 }), { random: seeded(9) }), (p: Chooser) => (s, now) => p.choose(s, now)],
       ['least-connections', lc, (p: ReturnType<typeof lc>) => (s) => p.choose(s)],
     ];
     for (const [name, make, chooser] of cases) {
@@ -318,7 +317,7 @@ describe('core/balance', () => {
       const logger = createLogger({ level: 'info', json: true, write: (l) => lines.push(l) });
       guardHooks(hooks, logger, 1000, new Map());
       const rr = build(RoundRobinPlugin);
-      const logPlugin = new LogAlertPlugin({ json: false }, (l) => lines.push(l));
+      const logPlugin = Object.assign(build(LogAlertPlugin, { json: false }), { write: (l: string) => void lines.push(l) });
       const records = four(['UP', 'UP', 'UP', 'UP']).map((x) => ({ ...x }));
       const host = { hooks, plugins: [rr, logPlugin], config: buildConfig({}, undefined, {}).config, logger, node: 'lb-t', records: () => records };
       const alerts: AlertEvent[] = [];

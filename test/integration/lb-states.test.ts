@@ -12,6 +12,7 @@ import { LoadBalancer } from '../../core/roles/loadbalancer.ts';
 import { buildConfig } from '../../core/config/config.ts';
 import { createLogger } from '../../core/util/log.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
+import { build } from '../../core/testing/index.ts';
 import type { ServerStatus } from '../../core/protocol/messages.ts';
 
 const picks = pickMany;
@@ -151,7 +152,7 @@ describe('LoadBalancer API: setAdmin, setWeight, addBackend, removeBackend (in-p
     agents.push(x, y);
     const { config } = buildConfig(undefined, undefined, { servers: [x.address], checkInterval: 30, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, defaults: false, plugins: [] });
     lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
-    await lb.loadPlugins([new RoundRobinPlugin()]);
+    await lb.loadPlugins([build(RoundRobinPlugin)]);
     const seen: string[] = [];
     lb.hooks.transition.tap('test', (t) => seen.push(`${t.server} ${t.from}->${t.to}: ${t.reason}`));
     await lb.start();

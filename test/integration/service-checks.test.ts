@@ -19,7 +19,8 @@ import { expect } from 'chai';
 import { connect } from '../../core/transport/quic.ts';
 import { Session } from '../../core/protocol/session.ts';
 import { SUPPORTED_VERSIONS, type Message } from '../../core/protocol/messages.ts';
-import { startServer, startLoadBalancer, runQhcp, stopAll, waitUntil, waitForState, statusOf, BIN, type QhcpProcess } from '../helpers/procs.ts';
+import { createServer, connect as tcpConnect, type Socket } from 'node:net';
+import { startServer, startLoadBalancer, runQhcp, stopAll, waitUntil, waitForState, statusOf, BIN, QhcpProcess } from '../helpers/procs.ts';
 
 type Of<K extends Message['type']> = Extract<Message, { type: K }>;
 
@@ -176,6 +177,50 @@ describe('service checks and the control channel (real processes)', function () 
     const none = await runQhcp(['drain', '--socket', join(dir, 'nobody-here.sock')], { cwd: dir, timeoutMs: 30_000 });
     expect(none.code).to.equal(1);
     expect(none.stderr).to.match(/no agent is listening there/);
+  });
+
+  it('qhcp drain --wait-port waits for the connections to the service to finish (exit 0), or gives up (exit 3)', async () => {
+    await startServer({ cwd: dir, args: agentArgs() });
+    // The "service": a TCP listener on loopback holding two client connections.
+    const service = createServer((s) => s.on('error', () => undefined));
+    await new Promise<void>((r) => service.listen(0, '127.0.0.1', () => r()));
+    const port = (service.address() as { port: number }).port;
+    const clients: Socket[] = [];
+    try {
+      for (let i = 0; i < 2; i++) {
+        const c = tcpConnect(port, '127.0.0.1');
+        await new Promise<void>((r, j) => c.once('connect', () => r()).once('error', j));
+        clients.push(c);
+      }
+      const drain = new QhcpProcess(['drain', '--reason', 'deploy', '--wait-port', String(port), '--wait-timeout', '60', '--socket', sock], { cwd: dir });
+      await drain.waitFor(/admin DRAIN \(deploy\)/, 30_000);
+      await drain.waitFor(/waiting: 2 connections to :\d+/, 30_000);
+      clients.shift()!.destroy();
+      await drain.waitFor(/waiting: 1 connection to :\d+/, 30_000);
+      expect(drain.running, 'still waiting while a connection is open').to.equal(true);
+      clients.shift()!.destroy();
+      const done = await drain.exited;
+      expect(done.code, drain.output).to.equal(0);
+      expect(drain.stdout).to.match(/no connection left to :\d+ after [\d.]+ s/);
+
+      // One connection that never ends: the wait gives up at its timeout, exit 3, and says so.
+      const stuck = tcpConnect(port, '127.0.0.1');
+      await new Promise<void>((r, j) => stuck.once('connect', () => r()).once('error', j));
+      clients.push(stuck);
+      const gaveUp = await ctl('drain', '--wait-port', `${port},65535`, '--wait-timeout', '0.5');
+      expect(gaveUp.code, gaveUp.stderr).to.equal(3);
+      expect(gaveUp.stderr).to.match(/1 connection to :\d+, :65535 still open after 0\.5 s/);
+      const answer = JSON.parse(gaveUp.stdout) as { ok: boolean; health: { admin: string }; wait: { ports: number[]; left: number } };
+      expect(answer.health.admin).to.equal('DRAIN');
+      expect(answer.wait).to.deep.include({ ports: [port, 65535], left: 1 });
+
+      const bad = await runQhcp(['drain', '--wait-port', '8080,x', '--socket', sock], { cwd: dir, timeoutMs: 30_000 });
+      expect(bad.code).to.equal(2);
+      expect(bad.stderr).to.match(/--wait-port: a port or a comma list of ports/);
+    } finally {
+      for (const c of clients) c.destroy();
+      await new Promise((r) => service.close(r));
+    }
   });
 
   it('the control socket refuses another user', async function () {

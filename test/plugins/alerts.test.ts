@@ -63,7 +63,7 @@ describe('alert plugins', () => {
     it('writes one readable line per transition, or one JSON line', async () => {
       for (const json of [false, true]) {
         const lines: string[] = [];
-        const p = new LogAlertPlugin(validateOptions(LogAlertPlugin, { json }, 't'), (l) => lines.push(l));
+        const p = Object.assign(build(LogAlertPlugin, { json }), { write: (l: string) => void lines.push(l) });
         const core = fakeCore('loadbalancer');
         p.apply(core);
         await core.hooks.alert.promise(transition('10.0.0.1:4243', 'UP', 'DOWN', '3 consecutive failed checks'));
@@ -82,7 +82,7 @@ describe('alert plugins', () => {
 
     it('says how many transitions damping suppressed', async () => {
       const lines: string[] = [];
-      const p = new LogAlertPlugin(validateOptions(LogAlertPlugin, { json: false, minIntervalMs: 60_000 }, 't'), (l) => lines.push(l));
+      const p = Object.assign(build(LogAlertPlugin, { json: false, minIntervalMs: 60_000 }), { write: (l: string) => void lines.push(l) });
       const core = fakeCore('loadbalancer');
       p.apply(core);
       for (const [f, t] of [['UP', 'DOWN'], ['DOWN', 'UP'], ['UP', 'DOWN'], ['DOWN', 'UP']] as const) await core.hooks.alert.promise(transition('s', f, t));

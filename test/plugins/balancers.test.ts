@@ -175,7 +175,7 @@ describe('balancer plugins', () => {
     const liar = (n: number): Server[] => [{ address: 'liar', loadScore: 0, metrics: { capacity: 1e9 } }, ...Array.from({ length: n - 1 }, (_, i) => ({ address: `h${i}`, loadScore: 0.9, metrics: { capacity: 1 } }))];
     const cases: Array<[string, () => QhcpPlugin]> = [
       ['least-loaded', () => build(LeastLoadedPlugin, { pickCost: 0 })],
-      ['power-of-two', () => new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, {}, 't'), seeded(3))],
+      ['power-of-two', () => Object.assign(build(PowerOfTwoPlugin, {}), { random: seeded(3) })],
       ['weighted-round-robin (weightFrom metric)', () => build(WeightedRoundRobinPlugin, { weightFrom: 'metric', weightMetric: 'capacity' })],
     ];
     for (const [name, make] of cases) {
@@ -198,7 +198,7 @@ describe('balancer plugins', () => {
 
   describe('power-of-two', () => {
     it('prefers the less loaded: never the most loaded, the least loaded about 2/3 of picks with 3 servers', () => {
-      const core = withPlugin(new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, {}, 't'), seeded(42)));
+      const core = withPlugin(Object.assign(build(PowerOfTwoPlugin, {}), { random: seeded(42) }));
       const { counts } = simulate(core, [{ address: 'idle', loadScore: 0.1 }, { address: 'mid', loadScore: 0.5 }, { address: 'busy', loadScore: 0.9 }], 9000);
       expect(counts.busy).to.equal(0);
       expect(share(counts, 'idle')).to.be.closeTo(2 / 3, 0.03);
@@ -206,13 +206,13 @@ describe('balancer plugins', () => {
     });
 
     it('spreads picks evenly over equally loaded servers', () => {
-      const core = withPlugin(new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, {}, 't'), seeded(7)));
+      const core = withPlugin(Object.assign(build(PowerOfTwoPlugin, {}), { random: seeded(7) }));
       const { counts } = simulate(core, [{ address: 'a', loadScore: 0.4 }, { address: 'b', loadScore: 0.4 }, { address: 'c', loadScore: 0.4 }, { address: 'd', loadScore: 0.4 }], 8000);
       for (const k of ['a', 'b', 'c', 'd']) expect(share(counts, k), k).to.be.closeTo(0.25, 0.03);
     });
 
     it('counts a stale report as unknown load', () => {
-      const core = withPlugin(new PowerOfTwoPlugin(validateOptions(PowerOfTwoPlugin, { maxReportAgeMs: 1000 }, 't'), seeded(3)));
+      const core = withPlugin(Object.assign(build(PowerOfTwoPlugin, { maxReportAgeMs: 1000 }), { random: seeded(3) }));
       const { counts } = simulate(core, [{ address: 'stale-idle', loadScore: 0, stale: true }, { address: 'b', loadScore: 0.2 }, { address: 'c', loadScore: 0.6 }], 6000);
       // unknown = 0.4: it beats c and loses to b, like a middle server (about 1/3), instead of
       // winning every pair it is in (2/3) as a fresh 0 would.
