@@ -370,6 +370,7 @@ export class Checker {
       throw new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`);
     }
     s.peer = { node: ack.body.node, role: ack.body.role };
+    b.name = ack.body.node;
     const exp = token ? tokenExpiry(token) : undefined;
     if (exp !== undefined) {
       const issued = Date.now();
