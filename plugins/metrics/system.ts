@@ -2,102 +2,28 @@
  * system-metrics: CPU (overall and per core), memory, load averages, disk use per mount, network
  * throughput, process count, uptime, and a derived `loadScore` (0..1) for load-aware balancers.
  *
- * Every source is read in the background (sampler.ts: node:os, /proc on Linux, systeminformation
- * for memory and disks, and for network and processes off Linux), each on its own
- * interval with its own timeout; the core's sampler calls `collect`, which only copies the cached
- * values with the time each was read, so the report's age is that of its oldest value. A source
- * that fails or hangs (a stuck disk) drops only its own metrics.
+ * Every source is read in the background (sampler.ts; readers.ts: /proc and statfs on Linux,
+ * node:os and systeminformation elsewhere), each on its own interval with its own timeout; the
+ * core's sampler calls `collect`, which only copies the cached values with the time each was
+ * read, so the report's age is that of its oldest value. A source that fails or hangs (a stuck
+ * disk) drops only its own metrics.
  */
-import os from 'node:os';
-import { readFile, readdir } from 'node:fs/promises';
-import si from 'systeminformation';
 import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
 import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
 import { Sampler, type Source, type Values } from './sampler.ts';
+import { systemReaders, type DiskUse, type NetCounters, type SystemReaders } from './readers.ts';
 
 const PLUGIN_NAME = 'system-metrics';
 
-/** What the plugin reads; systeminformation and node:os by default, fakes in tests. */
-export interface SystemReaders {
-  currentLoad(): Promise<{ currentLoad: number; cpus: Array<{ load: number }> }>;
-  mem(): Promise<{ total: number; available: number }>;
-  loadavg(): number[];
-  fsSize(): Promise<Array<{ mount: string; use: number | null; size: number }>>;
-  networkStats(): Promise<Array<{ iface: string; rx_bytes: number; tx_bytes: number }>>;
-  processes(): Promise<{ all: number }>;
-  uptime(): number;
-  cores(): number;
+/** `f(x)` now when `x` is a value, after it settles when it is a promise (synchronous readers stay synchronous). */
+function then<T, R>(x: T | Promise<T>, f: (v: T) => R): R | Promise<R> {
+  return typeof (x as Promise<T> | null)?.then === 'function' ? (x as Promise<T>).then(f) : f(x as T);
 }
-
-/**
- * CPU busy % since the previous call, overall and per core, from os.cpus() tick counters.
- * systeminformation's currentLoad() spawns `cat /proc/stat` on every call, which alone cost
- * the idle agent about 1% of a core at one reading per second (docs/benchmarks.md).
- */
-export function cpuLoadReader(read: () => os.CpuInfo[] = os.cpus): SystemReaders['currentLoad'] {
-  const ticks = (t: os.CpuInfo['times']) => ({ busy: t.user + t.nice + t.sys + t.irq, total: t.user + t.nice + t.sys + t.irq + t.idle });
-  let prev = read().map((c) => ticks(c.times));
-  return async () => {
-    const now = read().map((c) => ticks(c.times));
-    let busy = 0;
-    let total = 0;
-    const cpus = now.map((t, i) => {
-      const p = prev[i] ?? { busy: 0, total: 0 };
-      const db = t.busy - p.busy;
-      const dt = t.total - p.total;
-      busy += db;
-      total += dt;
-      return { load: dt > 0 ? (100 * db) / dt : 0 };
-    });
-    prev = now;
-    return { currentLoad: total > 0 ? (100 * busy) / total : 0, cpus };
-  };
-}
-
-/**
- * Byte counters per interface from the text of Linux's /proc/net/dev (two header lines, then
- * `iface: rx_bytes rx_packets ... (8 receive fields) tx_bytes ...`). Lines that do not parse are
- * skipped.
- */
-export function parseProcNetDev(text: string): Array<{ iface: string; rx_bytes: number; tx_bytes: number }> {
-  const out: Array<{ iface: string; rx_bytes: number; tx_bytes: number }> = [];
-  for (const line of text.split('\n')) {
-    const colon = line.indexOf(':');
-    if (colon < 0) continue;
-    const iface = line.slice(0, colon).trim();
-    const f = line.slice(colon + 1).trim().split(/\s+/);
-    const rx = Number(f[0]);
-    const tx = Number(f[8]);
-    if (!iface || f.length < 9 || !Number.isFinite(rx) || !Number.isFinite(tx)) continue;
-    out.push({ iface, rx_bytes: rx, tx_bytes: tx });
-  }
-  return out;
-}
-
-const LINUX = process.platform === 'linux';
-
-/**
- * On Linux the network and process counts are one file read or one directory listing: on every
- * call systeminformation's networkStats() runs child processes (about 1% of a core for the idle
- * agent at one reading per second, docs/benchmarks.md) and processes() runs `ps`.
- */
-export const SYSTEM_READERS: SystemReaders = {
-  currentLoad: cpuLoadReader(),
-  mem: () => si.mem(),
-  // systeminformation reports only the 1-minute average (divided by cores); node:os has all three.
-  loadavg: () => os.loadavg(),
-  fsSize: () => si.fsSize(),
-  networkStats: LINUX ? async () => parseProcNetDev(await readFile('/proc/net/dev', 'utf8')) : () => si.networkStats('*'),
-  processes: LINUX ? async () => ({ all: (await readdir('/proc')).filter((n) => n.charCodeAt(0) >= 48 && n.charCodeAt(0) <= 57).length }) : () => si.processes(),
-  // si.time() costs ~5 ms of CPU per call (it looks up the time zone); the kernel's uptime is free.
-  uptime: () => os.uptime(),
-  cores: () => os.availableParallelism(),
-};
 
 export const SOURCE_NAMES = ['cpu', 'memory', 'load', 'disk', 'network', 'processes', 'uptime'] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
 
-/** Slow sources (`df`; `ps` off Linux) default to a longer interval. */
+/** Slow sources (disks: a statfs per mount, `df` off Linux; processes: a /proc listing, `ps` off Linux) default to a longer interval. */
 const SLOW_SOURCES: ReadonlySet<SourceName> = new Set(['disk', 'processes']);
 
 interface SourceOptions {
@@ -146,7 +72,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
     additionalProperties: false,
     properties: {
       intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
-      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (disk runs `df`; processes lists /proc on Linux, runs `ps` elsewhere)' },
+      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (on Linux a statfs per mount and a /proc listing; elsewhere `df` and `ps`)' },
       timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
       sources: {
         type: 'object',
@@ -191,7 +117,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
 
   constructor(
     options: SystemMetricsOptions = {},
-    private readonly readers: SystemReaders = SYSTEM_READERS,
+    private readonly readers: SystemReaders = systemReaders(),
   ) {
     this.opts = withDefaults(SystemMetricsPlugin.schema, options, 'system-metrics');
     this.cores = Math.max(1, readers.cores());
@@ -234,35 +160,33 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   }
 
   /** One reading of one source (runs in the background sampler only). */
-  private async read(name: SourceName): Promise<Values> {
+  private read(name: SourceName): Values | Promise<Values> {
     const r = this.readers;
     switch (name) {
-      case 'cpu': {
-        const l = await r.currentLoad();
-        const out: Values = { cpu: round(l.currentLoad, 1) };
-        if (this.opts.perCore) l.cpus.slice(0, this.opts.maxCores).forEach((c, i) => (out[`cpu.core${i}`] = round(c.load, 1)));
-        return out;
-      }
-      case 'memory': {
-        const m = await r.mem();
-        return m.total > 0 ? { memory: round((100 * (m.total - m.available)) / m.total, 1) } : {};
-      }
+      case 'cpu':
+        return then(r.currentLoad(), (l) => {
+          const out: Values = { cpu: round(l.currentLoad, 1) };
+          if (this.opts.perCore) for (let i = 0; i < l.cpus.length && i < this.opts.maxCores; i++) out[`cpu.core${i}`] = round(l.cpus[i]!.load, 1);
+          return out;
+        });
+      case 'memory':
+        return then(r.mem(), (m): Values => (m.total > 0 ? { memory: round((100 * (m.total - m.available)) / m.total, 1) } : {}));
       case 'load': {
         const [l1, l5, l15] = r.loadavg();
         return { load1: round(l1!, 2), load5: round(l5!, 2), load15: round(l15!, 2) };
       }
       case 'disk':
-        return this.readDisks(await r.fsSize());
+        return then(r.fsSize(), (list) => this.readDisks(list));
       case 'network':
-        return this.readNetwork(await r.networkStats());
+        return then(r.networkStats(), (list) => this.readNetwork(list));
       case 'processes':
-        return { processes: (await r.processes()).all };
+        return then(r.processes(), (p) => ({ processes: p.all }));
       case 'uptime':
         return { uptime: Math.round(r.uptime()) };
     }
   }
 
-  private readDisks(list: Array<{ mount: string; use: number | null; size: number }>): Values {
+  private readDisks(list: DiskUse[]): Values {
     const out: Values = {};
     const wanted = this.opts.mounts ? new Set(this.opts.mounts) : undefined;
     for (const fs of list) {
@@ -284,7 +208,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   }
 
   /** Bytes/s over all selected interfaces since the previous reading (none on the first). */
-  private readNetwork(list: Array<{ iface: string; rx_bytes: number; tx_bytes: number }>): Values {
+  private readNetwork(list: NetCounters[]): Values {
     const wanted = this.opts.interfaces ? new Set(this.opts.interfaces) : undefined;
     let rx = 0;
     let tx = 0;
@@ -341,7 +265,10 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
       // timeout: a source that hangs from the start must not abort start-up.
       await this.sampler.start(Math.min(1000, (core.config.pluginTimeout * 1000) / 2));
     });
-    core.hooks.stop.tap(PLUGIN_NAME, () => this.sampler.stop());
+    core.hooks.stop.tap(PLUGIN_NAME, () => {
+      this.sampler.stop();
+      this.readers.close?.();
+    });
     core.hooks.metricDefinitions.tap(PLUGIN_NAME, (defs) => [...defs, ...this.definitions()]);
     core.hooks.collect.tap(PLUGIN_NAME, (report) => this.collect(report));
   }
