@@ -9,7 +9,8 @@
  * disk) drops only its own metrics.
  */
 import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { Sampler, type Source, type Values } from './sampler.ts';
 import { systemReaders, type DiskUse, type NetCounters, type SystemReaders } from './readers.ts';
 
@@ -26,25 +27,6 @@ export type SourceName = (typeof SOURCE_NAMES)[number];
 /** Slow sources (disks: a statfs per mount, `df` off Linux; processes: a /proc listing, `ps` off Linux) default to a longer interval. */
 const SLOW_SOURCES: ReadonlySet<SourceName> = new Set(['disk', 'processes']);
 
-interface SourceOptions {
-  enabled?: boolean;
-  intervalMs?: number;
-  timeoutMs?: number;
-}
-
-export interface SystemMetricsOptions {
-  intervalMs?: number;
-  slowIntervalMs?: number;
-  timeoutMs?: number;
-  sources?: Partial<Record<SourceName, SourceOptions>>;
-  perCore?: boolean;
-  maxCores?: number;
-  mounts?: string[];
-  maxMounts?: number;
-  interfaces?: string[];
-  loadScore?: { combine?: 'max' | 'mean'; weights?: { cpu?: number; memory?: number; load?: number } };
-}
-
 const sourceSchema = {
   type: 'object',
   additionalProperties: false,
@@ -54,7 +36,46 @@ const sourceSchema = {
     timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, description: 'this source\'s read timeout (default: timeoutMs)' },
   },
 } as const;
-const weight = (d: number, of: string) => ({ type: 'number', minimum: 0, maximum: 100, default: d, description: `weight of ${of} in loadScore (0: left out)` });
+const weight = <D extends number>(d: D, of: string) => ({ type: 'number', minimum: 0, maximum: 100, default: d, description: `weight of ${of} in loadScore (0: left out)` }) as const;
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
+    slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (on Linux a statfs per mount and a /proc listing; elsewhere `df` and `ps`)' },
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
+    sources: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description: `per-source settings, by source: ${SOURCE_NAMES.join(', ')}`,
+      properties: { cpu: sourceSchema, memory: sourceSchema, load: sourceSchema, disk: sourceSchema, network: sourceSchema, processes: sourceSchema, uptime: sourceSchema },
+    },
+    perCore: { type: 'boolean', default: true, description: 'report `cpu.core<N>`' },
+    maxCores: { type: 'integer', minimum: 0, maximum: 128, default: 64, description: 'at most this many `cpu.core<N>` metrics (a report holds at most 256 metrics)' },
+    mounts: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'mount points to report (default: all local file systems)' },
+    maxMounts: { type: 'integer', minimum: 0, maximum: 64, default: 16, description: 'at most this many `disk.<mount>.usedPct` metrics' },
+    interfaces: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'interfaces summed into `net.*` (default: all but loopback)' },
+    loadScore: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        combine: { enum: ['max', 'mean'], default: 'max', description: 'max of the weighted inputs, or their weighted mean' },
+        weights: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: { cpu: weight(1, 'cpu/100'), memory: weight(1, 'memory/100'), load: weight(1, 'load1/cores') },
+        },
+      },
+    },
+  },
+} as const;
+
+/** The options, validated with defaults filled in. */
+export type SystemMetricsOptions = FromSchema<typeof schema>;
 
 /** A metric name from a mount point: `/` -> `root`, `/var/lib` -> `var_lib` (the metric-name pattern). */
 export function mountKey(mount: string): string {
@@ -66,48 +87,9 @@ const LOOPBACK = /^(lo\d*|Loopback.*)$/i;
 const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;
 const clamp01 = (v: number) => Math.min(1, Math.max(0, v));
 
-export default class SystemMetricsPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
-      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (on Linux a statfs per mount and a /proc listing; elsewhere `df` and `ps`)' },
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
-      sources: {
-        type: 'object',
-        additionalProperties: false,
-        default: {},
-        description: `per-source settings, by source: ${SOURCE_NAMES.join(', ')}`,
-        properties: Object.fromEntries(SOURCE_NAMES.map((n) => [n, sourceSchema])),
-      },
-      perCore: { type: 'boolean', default: true, description: 'report `cpu.core<N>`' },
-      maxCores: { type: 'integer', minimum: 0, maximum: 128, default: 64, description: 'at most this many `cpu.core<N>` metrics (a report holds at most 256 metrics)' },
-      mounts: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'mount points to report (default: all local file systems)' },
-      maxMounts: { type: 'integer', minimum: 0, maximum: 64, default: 16, description: 'at most this many `disk.<mount>.usedPct` metrics' },
-      interfaces: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'interfaces summed into `net.*` (default: all but loopback)' },
-      loadScore: {
-        type: 'object',
-        additionalProperties: false,
-        default: {},
-        properties: {
-          combine: { enum: ['max', 'mean'], default: 'max', description: 'max of the weighted inputs, or their weighted mean' },
-          weights: {
-            type: 'object',
-            additionalProperties: false,
-            default: {},
-            properties: { cpu: weight(1, 'cpu/100'), memory: weight(1, 'memory/100'), load: weight(1, 'load1/cores') },
-          },
-        },
-      },
-    },
-  };
-
-  readonly name = PLUGIN_NAME;
-  readonly family = 'metrics' as const;
-  readonly roles = ['server' as const];
+/** The plugin's body: the background sampler of its sources and what `collect` copies from it. */
+export class SystemMetrics {
   readonly sampler: Sampler;
-  private readonly opts: Required<Omit<SystemMetricsOptions, 'mounts' | 'interfaces' | 'sources' | 'loadScore'>> & SystemMetricsOptions;
   private readonly cores: number;
   /** Enabled sources and their read interval (ms). */
   private readonly intervals = new Map<SourceName, number>();
@@ -115,15 +97,15 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   private prevNet: { rx: number; tx: number; at: number } | undefined;
   private logger: CoreLike['logger'] | undefined;
 
+  /** `readers`: the real machine by default, fakes in tests. */
   constructor(
-    options: SystemMetricsOptions = {},
+    private readonly opts: SystemMetricsOptions,
     private readonly readers: SystemReaders = systemReaders(),
   ) {
-    this.opts = withDefaults(SystemMetricsPlugin.schema, options, 'system-metrics');
     this.cores = Math.max(1, readers.cores());
     const sources: Source[] = [];
     for (const name of SOURCE_NAMES) {
-      const o = options.sources?.[name] ?? {};
+      const o = opts.sources[name] ?? {};
       if (o.enabled === false) continue;
       const intervalMs = o.intervalMs ?? (SLOW_SOURCES.has(name) ? this.opts.slowIntervalMs : this.opts.intervalMs);
       this.intervals.set(name, intervalMs);
@@ -232,14 +214,14 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
    * no fresh value are left out; with none left there is no loadScore.
    */
   loadScore(values: Values): number | undefined {
-    const ls = this.opts.loadScore ?? {};
-    const w = { cpu: 1, memory: 1, load: 1, ...ls.weights };
+    const ls = this.opts.loadScore;
+    const w = ls.weights;
     const inputs: Array<[number, number]> = [];
     if (w.cpu > 0 && values.cpu !== undefined) inputs.push([w.cpu, clamp01(values.cpu / 100)]);
     if (w.memory > 0 && values.memory !== undefined) inputs.push([w.memory, clamp01(values.memory / 100)]);
     if (w.load > 0 && values.load1 !== undefined) inputs.push([w.load, clamp01(values.load1 / this.cores)]);
     if (inputs.length === 0) return undefined;
-    const score = (ls.combine ?? 'max') === 'max' ? Math.max(...inputs.map(([wi, x]) => wi * x)) : inputs.reduce((s, [wi, x]) => s + wi * x, 0) / inputs.reduce((s, [wi]) => s + wi, 0);
+    const score = ls.combine === 'max' ? Math.max(...inputs.map(([wi, x]) => wi * x)) : inputs.reduce((s, [wi, x]) => s + wi * x, 0) / inputs.reduce((s, [wi]) => s + wi, 0);
     return round(clamp01(score), 3);
   }
 
@@ -273,3 +255,11 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
     core.hooks.collect.tap(PLUGIN_NAME, (report) => this.collect(report));
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'metrics',
+  roles: ['server'],
+  schema,
+  setup: (options) => new SystemMetrics(options),
+});

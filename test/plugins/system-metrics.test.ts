@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import SystemMetricsPlugin, { mountKey } from '../../plugins/metrics/system.ts';
+import systemMetrics, { mountKey, SystemMetrics, type SystemMetricsOptions } from '../../plugins/metrics/system.ts';
 import { cpuLoadReader, diskUse, osCpuTicks, parseMeminfo, parseMounts, parseProcNetDev, parseProcStat, ProcFile, systemReaders, type CpuTicks, type SystemReaders } from '../../plugins/metrics/readers.ts';
 import { MetricsReport } from '../../core/plugin/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
@@ -39,21 +39,21 @@ function fakeReaders(over: Partial<SystemReaders> = {}) {
   return { readers, calls };
 }
 
-function collect(p: SystemMetricsPlugin): MetricsReport {
+function collect(p: SystemMetrics): MetricsReport {
   const r = new MetricsReport();
   p.collect(r);
   return r;
 }
 
 describe('system-metrics plugin', () => {
-  const started: SystemMetricsPlugin[] = [];
+  const started: SystemMetrics[] = [];
   afterEach(() => {
     for (const p of started.splice(0)) p.sampler.stop();
   });
 
   async function startPlugin(options: Record<string, unknown>, readers: SystemReaders) {
     const core = fakeCore('server');
-    const p = new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, options, 'test'), readers);
+    const p = new SystemMetrics(validateOptions(systemMetrics, options, 'test') as SystemMetricsOptions, readers);
     started.push(p);
     p.apply(core);
     await core.hooks.start.promise(core);
@@ -131,7 +131,7 @@ describe('system-metrics plugin', () => {
 
   it('loadScore: max or weighted mean, weight 0 leaves an input out, load is per core', () => {
     const { readers } = fakeReaders();
-    const score = (opts: Record<string, unknown>, values: Record<string, number>) => new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, opts, 't'), readers).loadScore(values);
+    const score = (opts: Record<string, unknown>, values: Record<string, number>) => new SystemMetrics(validateOptions(systemMetrics, opts, 't') as SystemMetricsOptions, readers).loadScore(values);
     expect(score({}, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.6);
     expect(score({ loadScore: { combine: 'mean' } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.433);
     expect(score({ loadScore: { combine: 'mean', weights: { cpu: 2, memory: 0, load: 1 } } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.3);
@@ -164,10 +164,10 @@ describe('system-metrics plugin', () => {
   });
 
   it('rejects unknown or out-of-range options', () => {
-    expect(() => validateOptions(SystemMetricsPlugin, { intervalMs: 5 }, 'p')).to.throw(ConfigError, /intervalMs/);
-    expect(() => validateOptions(SystemMetricsPlugin, { sources: { gpu: {} } }, 'p')).to.throw(ConfigError, /gpu: is not a known option/);
-    expect(() => validateOptions(SystemMetricsPlugin, { loadScore: { combine: 'sum' } }, 'p')).to.throw(ConfigError, /combine/);
-    const filled = validateOptions(SystemMetricsPlugin, {}, 'p');
+    expect(() => validateOptions(systemMetrics, { intervalMs: 5 }, 'p')).to.throw(ConfigError, /intervalMs/);
+    expect(() => validateOptions(systemMetrics, { sources: { gpu: {} } }, 'p')).to.throw(ConfigError, /gpu: is not a known option/);
+    expect(() => validateOptions(systemMetrics, { loadScore: { combine: 'sum' } }, 'p')).to.throw(ConfigError, /combine/);
+    const filled = validateOptions(systemMetrics, {}, 'p');
     expect(filled).to.deep.include({ intervalMs: 1000, timeoutMs: 2000, loadScore: { combine: 'max', weights: { cpu: 1, memory: 1, load: 1 } } });
   });
 
@@ -195,7 +195,7 @@ describe('system-metrics plugin', () => {
       timers++;
       return real(...a);
     }) as typeof setInterval;
-    let p: SystemMetricsPlugin;
+    let p: SystemMetrics;
     try {
       ({ p } = await startPlugin({ intervalMs: 60_000, slowIntervalMs: 120_000 }, readers));
     } finally {
@@ -331,9 +331,9 @@ describe('system-metrics readers (readers.ts)', () => {
     this.timeout(30_000);
     const { execFileSync } = await import('node:child_process');
     const script = [
-      "import Plugin from './plugins/metrics/system.ts';",
+      "import { SystemMetrics } from './plugins/metrics/system.ts';",
       "import { createRequire } from 'node:module';",
-      'const p = new Plugin({});',
+      "const p = new SystemMetrics({ intervalMs: 1000, slowIntervalMs: 30000, timeoutMs: 2000, sources: {}, perCore: true, maxCores: 64, maxMounts: 16, loadScore: { combine: 'max', weights: { cpu: 1, memory: 1, load: 1 } } });",
       "p.collect({ set() {} });",
       "const loaded = Object.keys(createRequire(import.meta.url).cache).filter((k) => k.includes('systeminformation'));",
       'p.sampler.stop();',
