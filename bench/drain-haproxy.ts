@@ -20,7 +20,6 @@ import { LoadBalancer } from '../core/roles/loadbalancer.ts';
 import { AgentServer } from '../core/roles/agent.ts';
 import { controlRequest } from '../core/control/socket.ts';
 import { createLogger } from '../core/util/log.ts';
-import { validateOptions, type PluginConstructor } from '../core/plugin/loader.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import { build } from '../core/testing/index.ts';
 import HaproxySyncPlugin from '../plugins/sync/haproxy.ts';
@@ -154,10 +153,10 @@ async function main(): Promise<void> {
     const address = `127.0.0.1:${agent.port}`;
     const control = agent.controlSocket!;
     // The agent is s0; s1 and s2 have no agent (DOWN for qhcp): only s0 is watched.
-    const opts = validateOptions(HaproxySyncPlugin as unknown as PluginConstructor, { socket, backends: ['web'], targets: { [address]: `127.0.0.1:${svc[0]}` }, weightFrom: 'none' }, 'haproxy');
+    const sync = build(HaproxySyncPlugin, { socket, backends: ['web'], targets: { [address]: `127.0.0.1:${svc[0]}` }, weightFrom: 'none' });
     const lbCfg = buildConfig({ servers: [address], loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, checkInterval: 1, checkTimeout: 0.5, status: 'none' }, undefined, {}).config;
     lb = new LoadBalancer(lbCfg, quiet());
-    await lb.loadPlugins([new HaproxySyncPlugin(opts as never), build(RoundRobinPlugin)]);
+    await lb.loadPlugins([sync, build(RoundRobinPlugin)]);
     await lb.start();
     const up = await until(socket, (a) => (a & DRAIN_BITS) === 0, performance.now());
     if (up === null) throw new Error('HAProxy never showed s0 ready');

@@ -14,7 +14,7 @@ export type { QhcpConfig, QhcpUserConfig, ServerEntry, PluginEntry, ConfigKey } 
 export type { FromSchema, ObjectSchema } from './config/schema-types.ts';
 export type { QhcpPlugin, PluginConstructor, Family, RoleName } from './plugin/loader.ts';
 export { definePlugin } from './plugin/define.ts';
-export type { PluginSpec, PluginDefinition, PluginUse } from './plugin/define.ts';
+export type { PluginSpec, PluginDefinition, PluginUse, PluginBody, PluginOf, OptionsOf } from './plugin/define.ts';
 export { METRIC_NAME, METRIC_NAME_PATTERN, metricNameSchema as METRIC_NAME_SCHEMA } from './protocol/messages.ts';
 export { MetricsReport } from './plugin/hooks.ts';
 export type {

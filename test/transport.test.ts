@@ -12,7 +12,8 @@ import { Session } from '../core/protocol/session.ts';
 import { encodeFrame } from '../core/protocol/codec.ts';
 import { WIRE_ERRORS, PeerError } from '../core/errors.ts';
 import { createLogger } from '../core/util/log.ts';
-import SystemMetricsPlugin from '../plugins/metrics/system.ts';
+import systemMetrics from '../plugins/metrics/system.ts';
+import { build } from '../core/testing/index.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 /** A raw peer: a channel with no session, recording what the server sends and how it closes. */
@@ -51,7 +52,7 @@ describe('Transport and Session over QUIC', function () {
   before(async () => {
     const { config } = buildConfig({ serverIp: '127.0.0.1', serverPort: 0, helloTimeout: 0.5 }, undefined, {});
     server = new AgentServer(config, createLogger({ level: 'silent' }));
-    await server.loadPlugins([new SystemMetricsPlugin()]);
+    await server.loadPlugins([build(systemMetrics)]);
     await server.start();
     port = server.port;
   });

@@ -3,6 +3,7 @@
  * /proc), CPU per backend per interval, RSS, and whether it keeps up. The same cell for qhcp
  * (poll or push, against an agent farm) and for HAProxy (check + agent-check against TCP agents).
  */
+import { readFileSync } from 'node:fs';
 import { Helper, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
 import { sampleCpu, rssMb, sleep } from './proc.ts';
@@ -39,10 +40,12 @@ export interface QhcpCostOptions {
   upWithinMs?: number;
   /** Recorded with the cell: the farm behind `ports`. */
   farm?: { agents: number; processes: number };
+  /** Node flags for the load balancer's process (e.g. --cpu-prof to profile it). */
+  execArgv?: string[];
 }
 
 export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: number, mode: 'poll' | 'push', opts: QhcpCostOptions = {}): Promise<CostCell> {
-  const lb: LbHost = new Helper('lb-host.ts');
+  const lb: LbHost = new Helper('lb-host.ts', [], opts.execArgv ?? []);
   const up = new Set<string>();
   // The load balancer's own timestamp of the transition that made every backend UP, first time.
   let allUpAt = 0;
@@ -106,28 +109,66 @@ export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: 
   }
 }
 
+/** HAProxy's global maxconn in the bench config (bench/lib/haproxy.ts); it reserves two descriptors per connection. */
+const HAPROXY_MAXCONN = 4096;
+/** Descriptors HAProxy 2.6 reserves per server with check + agent-check (10,000 servers ask for 30,014 + 2 x maxconn). */
+const HAPROXY_FDS_PER_SERVER = 3;
+
+/** This process's hard limit on open files (HAProxy raises its soft limit up to it, never past it). */
+function hardFdLimit(): number {
+  try {
+    const m = /^Max open files\s+\S+\s+(\d+)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m ? Number(m[1]) : Infinity;
+  } catch {
+    return Infinity;
+  }
+}
+
+/**
+ * HAProxy processes needed for `n` servers: one, unless its descriptor reservation passes the
+ * hard limit, which only a privileged process can raise (no CAP_SYS_RESOURCE here: N = 10,000
+ * failed "Cannot raise FD limit to 38217, limit is 20000"). Then the servers are split over
+ * processes whose CPU and RSS are summed (each process adds its own base, ~5-10 MB).
+ */
+export function haproxyProcessesFor(n: number, limit = hardFdLimit()): number {
+  const perProcess = Math.floor((limit - 2 * HAPROXY_MAXCONN - 500) / HAPROXY_FDS_PER_SERVER);
+  return perProcess > 0 ? Math.max(1, Math.ceil(n / perProcess)) : 1;
+}
+
 export async function haproxyCost(ctx: Ctx, info: HaproxyInfo, ports: number[], n: number, intervalS: number, upWithinMs = 10_000): Promise<CostCell> {
-  const h = new Haproxy(info, {
-    ports: ports.slice(0, n),
-    intervalMs: Math.round(intervalS * 1000),
-    timeoutMs: Math.round(intervalS * 1000 * CHECK.timeoutFraction),
-    fall: CHECK.fall,
-    rise: CHECK.rise,
-    listenPort: await freeTcpPort(),
-  });
+  const k = haproxyProcessesFor(n);
+  const per = Math.ceil(n / k);
+  const hs: Haproxy[] = [];
+  for (let i = 0; i < k; i++) {
+    hs.push(
+      new Haproxy(info, {
+        ports: ports.slice(i * per, Math.min(n, (i + 1) * per)),
+        intervalMs: Math.round(intervalS * 1000),
+        timeoutMs: Math.round(intervalS * 1000 * CHECK.timeoutFraction),
+        fall: CHECK.fall,
+        rise: CHECK.rise,
+        listenPort: await freeTcpPort(),
+      }),
+    );
+  }
+  const upCount = async () => (await Promise.all(hs.map((h) => h.states()))).reduce((s, st) => s + (st.UP ?? 0), 0);
+  const cpu = () => {
+    const x = hs.map((h) => sampleCpu(h.pid));
+    return { cpuS: x.reduce((s, v) => s + v.cpuS, 0), wallS: x[0]!.wallS };
+  };
   const t0 = Date.now();
   try {
-    await h.start();
+    for (const h of hs) await h.start();
     // Servers start UP; give every server its first checks (spread over one interval).
     await sleep(intervalS * 1000 * 2);
-    const allUp = await until(async () => ((await h.states()).UP ?? 0) === n, upWithinMs, 200);
+    const allUp = await until(async () => (await upCount()) === n, upWithinMs, 200);
     const upAfterS = allUp ? round((Date.now() - t0) / 1000, 1) : null;
     await sleep(ctx.settle * 1000);
-    const a = sampleCpu(h.pid);
+    const a = cpu();
     await sleep(ctx.window * 1000);
-    const b = sampleCpu(h.pid);
-    const rss = rssMb(h.pid);
-    const states = await h.states();
+    const b = cpu();
+    const rss = round(hs.reduce((s, h) => s + rssMb(h.pid), 0), 1);
+    const up = await upCount();
     const wall = b.wallS - a.wallS;
     const expected = Math.round((n * wall) / intervalS);
     const cpuS = b.cpuS - a.cpuS;
@@ -144,10 +185,10 @@ export async function haproxyCost(ctx: Ctx, info: HaproxyInfo, ports: number[], 
       expected,
       late: null,
       failed: null,
-      keepsUp: (states.UP ?? 0) === n,
-      note: 'two checks per backend per interval (check + agent-check)',
+      keepsUp: up === n,
+      note: `two checks per backend per interval (check + agent-check)${k > 1 ? `; ${k} HAProxy processes (the open-files hard limit, ${hardFdLimit()}, is below one process's reservation for ${n} servers), CPU and RSS summed` : ''}`,
     };
   } finally {
-    await h.stop();
+    await Promise.all(hs.map((h) => h.stop()));
   }
 }

@@ -9,7 +9,6 @@ import { resolve } from 'node:path';
 import { createHooks, guardHooks, type BackendView, type CoreLike } from '../../core/plugin/hooks.ts';
 import { createLogger } from '../../core/util/log.ts';
 import { buildConfig } from '../../core/config/config.ts';
-import { validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import TcpProxyPlugin from '../../plugins/proxy/tcp.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import { build } from '../../core/testing/index.ts';
@@ -22,8 +21,7 @@ async function proxy(targets: number[]): Promise<number> {
   guardHooks(hooks, logger, 2000, new Map());
   const core: CoreLike = { role: 'loadbalancer', hooks, logger, node: 'bench', config: buildConfig({}, undefined, {}).config, configDir: process.cwd(), resolvePath: (p) => resolve(p) };
   const view: BackendView[] = targets.map((_, i) => ({ address: `127.0.0.1:${20000 + i}`, state: 'UP', metrics: {}, reportedAt: Date.now(), weight: 1, latencyMs: null, verdict: 'SERVING', agentAdmin: 'READY', adminState: 'READY', reason: null }) as unknown as BackendView);
-  const opts = validateOptions(TcpProxyPlugin as unknown as PluginConstructor, { port: 0, maxConnections: 100_000, targets: Object.fromEntries(view.map((b, i) => [b.address, `127.0.0.1:${targets[i]}`])) }, 'tcp-proxy');
-  const p = new TcpProxyPlugin(opts as never);
+  const p = build(TcpProxyPlugin, { port: 0, maxConnections: 100_000, targets: Object.fromEntries(view.map((b, i) => [b.address, `127.0.0.1:${targets[i]}`])) });
   p.apply(core);
   build(RoundRobinPlugin).apply(core);
   await hooks.start.promise(core);

@@ -432,6 +432,8 @@ export class ClusterNode {
       b.failures = win.failures;
       b.successes = win.successes;
       b.checks = Math.max(b.checks, cands.reduce((n, c) => n + c.checks, 0));
+      // The agent's name from whichever member knows it (the metrics' `name` label on members that do not check it).
+      b.name = win.name ?? cands.find((c) => c.name)?.name ?? b.name;
       if (win.reportedAt !== null) b.everChecked = true;
       this.base.set(b.address, win.state);
       this.host.refreshed(b);
@@ -476,7 +478,7 @@ export class ClusterNode {
 
 /** A shadow's state as shared. */
 export function resultOf(b: Backend): SharedResult {
-  const name = b.session?.peer?.node;
+  const name = b.name ?? b.session?.peer?.node;
   return {
     b: b.address,
     state: b.state,

@@ -63,6 +63,11 @@ export class Backend implements BackendView, HealthFacts {
   everChecked = false;
   /** In a load balancer group (core/cluster/): the members whose results decided the state now. */
   checkedBy: string[] | undefined;
+  /**
+   * The agent's node name (its ACK), as last known: from our own connection, or in a group from
+   * the members that check it (the metrics' `name` label; it stays known between connections).
+   */
+  name: string | undefined;
   /** Removed from the load balancer: its loops stop and nothing writes it any more. */
   removed = false;
 
@@ -79,6 +84,8 @@ export class Backend implements BackendView, HealthFacts {
   pushing = false;
   /** The report interval the agent agreed to (CONFIG_ACK). */
   reportMs = 0;
+  /** The last failure was ICMP port unreachable: the next connection attempt probes the port first. */
+  portClosed = false;
 
   constructor(
     readonly address: string,

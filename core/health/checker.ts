@@ -24,6 +24,14 @@ import { withTimeout } from '../util/timeout.ts';
  */
 const MAX_CONNECTING = 16;
 
+/** Push mode: an overdue report's port probe goes out this fraction of the report interval after it was due (at most half the timeout). */
+const PROBE_SLACK = 0.05;
+
+/** A failure that says nothing listens on the agent's port (the driver's words for ICMP port unreachable). */
+const PORT_UNREACHABLE = /ICMP port unreachable/;
+/** How long a connection attempt waits for that port's probe to come back before its handshake (ms). */
+const PROBE_WAIT_MS = 100;
+
 type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
 /** What a good answer carries: HEALTH_RESPONSE or HEALTH_REPORT body (verdict fields optional: older agents send none). */
 type Answer = { metrics: Metrics; ageMs: number };
@@ -38,6 +46,11 @@ export interface CheckStats {
 export interface CheckTimings {
   intervalMs: number;
   timeoutMs: number;
+  /**
+   * A new connection's own budget: handshake, HELLO and (push mode) CONFIG_UPDATE, after which
+   * the check's request still gets `timeoutMs` (connectTimeoutOf).
+   */
+  connectMs: number;
   reconnectMs: number;
   /** Push mode: agents send HEALTH_REPORT every this many ms; 0 = poll with HEALTH_REQUEST. */
   reportMs: number;
@@ -54,12 +67,39 @@ export interface CheckerHost {
   health(b: Backend, event: HealthEvent, detail?: string): void;
 }
 
+/** The floor of a new connection's budget (connectTimeoutOf). */
+export const CONNECT_TIMEOUT_MS = 1000;
+
+/**
+ * How long a new connection may take (QUIC handshake + HELLO + CONFIG_UPDATE) before its check
+ * fails: the check timeout, but at least CONNECT_TIMEOUT_MS (HAProxy likewise bounds a check's
+ * connect apart from its reply). A handshake costs CPU on both ends: with the check timeout of a
+ * 100 ms interval (50 ms) a busy agent host never finished one in time, and every retry added a
+ * handshake to its load (bench, starvation: N = 100 every 100 ms beside a 1000-agent farm, 1387
+ * failed checks of 1430 in 5 s, "no handshake within 50 ms"; with this budget, all UP and 140
+ * failed). The budget may outlast the interval: the next check then starts as this one ends.
+ * The request on the new session still gets the check timeout. It changes nothing when the
+ * check timeout is 1 s or more (intervals of 2 s and more by default). Below that, what it
+ * costs: a server gone without an answer (host off, packets dropped) that has no live
+ * connection fails each reconnect after 1 s, not after the check timeout, so a server that
+ * loses its connection while UP and then stays silent is seen DOWN after about
+ * `maxFailAttempts x max(interval, 1 s)` instead of `maxFailAttempts x interval`. Checks on a live
+ * connection (timeouts, missed reports), ICMP port unreachable (a killed agent on a live host)
+ * and refused handshakes fail as fast as before.
+ */
+export function connectTimeoutOf(timeoutMs: number): number {
+  return Math.max(timeoutMs, CONNECT_TIMEOUT_MS);
+}
+
 /** The timings of a config (the wire allows push intervals of 0 = off, or 100 ms and more). */
 export function timingsOf(config: Readonly<QhcpConfig>, timeoutSeconds: number): CheckTimings {
   const report = config.reportInterval * 1000;
+  const intervalMs = config.checkInterval * 1000;
+  const timeoutMs = timeoutSeconds * 1000;
   return {
-    intervalMs: config.checkInterval * 1000,
-    timeoutMs: timeoutSeconds * 1000,
+    intervalMs,
+    timeoutMs,
+    connectMs: connectTimeoutOf(timeoutMs),
     reconnectMs: config.reconnectInterval * 1000,
     reportMs: report > 0 ? Math.max(100, Math.round(report)) : 0,
   };
@@ -144,7 +184,9 @@ export class Checker {
     const fresh = !late && !(b.session && !b.session.isClosed && b.session.state === 'READY');
     const release = fresh ? await this.connectSlot() : undefined;
     const started = performance.now();
-    const deadline = started + timeoutMs;
+    // A new connection (handshake, HELLO, CONFIG_UPDATE) has its own budget; the request then
+    // gets the check timeout from when the session is ready (connectTimeoutOf).
+    let deadline = started + (fresh ? this.timings.connectMs : timeoutMs);
     const left = () => Math.max(1, Math.round(deadline - performance.now()));
     let s: Session | undefined;
     try {
@@ -153,6 +195,7 @@ export class Checker {
       s = late ? b.session : await this.ensureSession(b, left);
       release?.();
       if (!late && s && reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
+      if (fresh) deadline = performance.now() + timeoutMs;
       const res = late ? await this.answerWithin(late, left()) : await this.healthRequest(b, s!, left());
       this.succeeded(b, res.body, late ? null : performance.now() - started);
     } catch (e) {
@@ -202,7 +245,17 @@ export class Checker {
     if (this.stopping || b.removed) return;
     clearTimeout(b.timer);
     b.dueAt = Date.now() + b.reportMs;
-    b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
+    // First stage: a little after the report is due, probe the agent's port if it has not come
+    // (a killed agent answers with ICMP port unreachable, and the connection fails at once);
+    // second stage: the report timeout.
+    const probeAt = b.reportMs + Math.min(this.timings.timeoutMs / 2, b.reportMs * PROBE_SLACK);
+    if (probeAt < ms) {
+      b.timer = setTimeout(() => {
+        if (this.stopping || b.removed) return;
+        b.session?.channel.probePeer();
+        b.timer = setTimeout(() => this.reportMissed(b, ms), ms - probeAt);
+      }, probeAt);
+    } else b.timer = setTimeout(() => this.reportMissed(b, ms), ms);
   }
 
   private reportMissed(b: Backend, ms: number): void {
@@ -276,6 +329,13 @@ export class Checker {
     if (prev && prev.state !== 'READY') prev.close('replaced');
     b.session = undefined;
     const { hooks, config } = this.host;
+    // The port answered ICMP port unreachable last time: ask it again (one datagram) before a
+    // handshake that would otherwise wait out its budget (a restarted agent answers nothing to it).
+    // ICMP comes back within a round trip; a live port (or a silent path) answers nothing, so the
+    // wait is short (PROBE_WAIT_MS) and the handshake goes ahead after it.
+    if (b.portClosed && this.socket && (await withTimeout(this.socket.portClosed(b.host, b.port), Math.min(PROBE_WAIT_MS, left() / 2), { value: false }))) {
+      throw new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${b.host}:${b.port}: connection refused (ICMP port unreachable)`);
+    }
     const token = await hooks.credentials.promise({ server: b.address, node: this.host.node });
     const reportMs = this.timings.reportMs;
     const channel = await connect({
@@ -310,6 +370,7 @@ export class Checker {
       throw new ProtocolError('UNSUPPORTED_REQUEST', `peer is a ${ack.body.role}, not an agent`);
     }
     s.peer = { node: ack.body.node, role: ack.body.role };
+    b.name = ack.body.node;
     const exp = token ? tokenExpiry(token) : undefined;
     if (exp !== undefined) {
       const issued = Date.now();
@@ -342,14 +403,22 @@ export class Checker {
     const current = b.session === s;
     if (current) b.session = undefined;
     if (this.stopping || b.removed) return;
-    if (current && b.pushing && !b.checking) {
+    const pushLost = current && b.pushing && !b.checking;
+    if (pushLost) {
       // Push mode: the connection went away; the check loop takes over and reconnects.
       b.pushing = false;
       clearTimeout(b.timer);
-      this.schedule(b);
     }
     if (why.by !== 'local' && !(b.state === 'DRAINING' && b.shuttingDown)) b.lastError = why.error ? String(why.error) : `connection closed: ${why.reason}`;
+    // Push mode has no check in flight to fail: a connection lost to a transport failure (ICMP
+    // port unreachable after an overdue report's probe, ...) is the failed check itself.
+    if (pushLost && why.by === 'error') {
+      this.stats.checks++;
+      b.checks++;
+      this.failed(b, `connection lost: ${why.reason}`);
+    }
     this.host.health(b, 'closed', why.reason);
+    if (pushLost) this.schedule(b);
   }
 
   /**
@@ -360,6 +429,7 @@ export class Checker {
   private succeeded(b: Backend, body: Answer, latencyMs: number | null): void {
     const read = readVerdict(body, b.service);
     b.failures = 0;
+    b.portClosed = false;
     if (read.verdict === 'NOT_SERVING') b.successes = 0;
     else b.successes++;
     b.everChecked = true;
@@ -389,6 +459,7 @@ export class Checker {
     b.successes = 0;
     b.failures++;
     b.lastError = reason;
+    b.portClosed = PORT_UNREACHABLE.test(reason);
     this.host.hooks.checked.call(b, { ok: false, latencyMs: null, metrics: null, error: reason, at: Date.now() });
     this.host.health(b, 'check-failed', reason);
   }

@@ -72,6 +72,9 @@ export function createApp(opts: AppOptions): App {
       onLoopback = isLoopback(bound.address);
     }
     if (!onLoopback) return;
+    // HTTP/1.0 may omit Host (1.1 may not: Node answers 400 first). Browsers always send one, so
+    // a request without it is no rebinding page's: it is served (plain scripts, old monitors).
+    if (req.headers.host === undefined && req.raw.httpVersion === '1.0') return;
     const host = hostOf(req.headers.host);
     if (host === undefined || !isLoopback(host)) {
       throw new HttpError(421, 'MISDIRECTED_REQUEST', `Host ${JSON.stringify(String(req.headers.host ?? '').slice(0, 100))} is not a loopback name; this listener is on loopback and serves only localhost, 127.0.0.0/8 and [::1]`);

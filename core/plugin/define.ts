@@ -117,6 +117,9 @@ export function definePlugin<const S extends ObjectSchema, B extends PluginBody 
   return definition;
 }
 
+/** The options a user writes for a definition (`OptionsOf<typeof jwt>`): required ones required, defaulted ones optional. */
+export type OptionsOf<D> = D extends PluginDefinition<infer S, infer _B> ? FromSchema<S, 'in'> : never;
+
 /** Whether `x` came from definePlugin. */
 export function isPluginDefinition(x: unknown): x is PluginDefinition<ObjectSchema, PluginBody> {
   return typeof x === 'function' && typeof (x as { create?: unknown }).create === 'function' && typeof (x as { pluginName?: unknown }).pluginName === 'string';

@@ -244,6 +244,8 @@ export interface CoreLike {
   readonly configDir: string;
   /** A path from the config (a plugin option) made absolute against configDir; absolute paths are kept. */
   resolvePath(path: string): string;
+  /** The UDP port the role listens on, once listening (a server's; 0 or absent before). */
+  readonly port?: number;
 }
 
 export function createHooks() {

@@ -802,41 +802,58 @@ export class Endpoint {
    * from a throw-away connected socket: one byte (which a live QUIC endpoint drops as too short
    * to be a packet); ECONNREFUSED back means nothing listens there any more, and the connection
    * fails at once instead of at its timeout. Bounded: one probe per connection per second, at
-   * most MAX_PROBES at once.
+   * most MAX_PROBES at once. The load balancer also asks for one when a pushed report is overdue
+   * (`probeSilent`): nothing else would make a silent agent's port answer.
    */
   private probe(conn: Conn, now: number): void {
-    if (this.probes >= MAX_PROBES || this.stopped) return;
     conn.probeAt = now;
-    this.probes++;
-    const remote = conn.remote;
-    const s = createSocket(remote.host.includes(':') ? 'udp6' : 'udp4');
-    let done = false;
-    const end = (): void => {
-      if (done) return;
-      done = true;
-      this.probes--;
-      clearTimeout(timer);
-      try {
-        s.close();
-      } catch {
-        /* closed */
-      }
-    };
-    const timer = setTimeout(end, PROBE_WAIT_MS);
-    timer.unref();
-    s.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ECONNREFUSED' && !conn.finished && !conn.end) {
-        this.stats.portsUnreachable++;
+    void this.probePort(conn.remote.host, conn.remote.port).then((refused) => {
+      if (refused && !conn.finished && !conn.end) {
         conn.failure ??= 'connection refused (ICMP port unreachable)';
         conn.close(false, 0x1);
         this.checkEnd(conn);
       }
-      end();
     });
-    s.connect(remote.port, remote.host, () => {
-      if (!done) s.send(PROBE, (err) => err && end());
+  }
+
+  /** Probes `conn`'s port now (see `probe`), unless probed within the last second; clients on a shared socket only. */
+  probeSilent(conn: Conn): void {
+    const now = performance.now();
+    if (!conn.isServer && !this.connectedTo && !conn.finished && !conn.end && now - conn.probeAt > PROBE_WAIT_MS) this.probe(conn, now);
+  }
+
+  /**
+   * One datagram to `host:port` from a throw-away connected socket: true when ICMP port
+   * unreachable comes back within PROBE_WAIT_MS (nothing listens there), false otherwise (an
+   * answer of any other kind, silence, or MAX_PROBES already in flight).
+   */
+  probePort(host: string, port: number): Promise<boolean> {
+    if (this.probes >= MAX_PROBES || this.stopped) return Promise.resolve(false);
+    this.probes++;
+    return new Promise((resolve) => {
+      const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+      let done = false;
+      const end = (refused: boolean): void => {
+        if (done) return;
+        done = true;
+        this.probes--;
+        clearTimeout(timer);
+        try {
+          s.close();
+        } catch {
+          /* closed */
+        }
+        if (refused) this.stats.portsUnreachable++;
+        resolve(refused);
+      };
+      const timer = setTimeout(() => end(false), PROBE_WAIT_MS);
+      timer.unref();
+      s.on('error', (e: NodeJS.ErrnoException) => end(e.code === 'ECONNREFUSED'));
+      s.connect(port, host, () => {
+        if (!done) s.send(PROBE, (err) => err && end(false));
+      });
+      s.unref();
     });
-    s.unref();
   }
 
   private readonly onSocketError = (e: NodeJS.ErrnoException): void => {

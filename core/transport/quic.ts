@@ -155,6 +155,14 @@ export class Channel implements ConnEvents {
     return this.closing || this.closedInfo !== undefined;
   }
 
+  /**
+   * The peer went silent when it should not have (a pushed report overdue): probe its port now;
+   * ICMP port unreachable fails the connection at once (driver.ts `probeSilent`; at most once a second).
+   */
+  probePeer(): void {
+    this.conn.ep.probeSilent(this.conn);
+  }
+
   /** Bytes written on the control stream that QUIC flow control has not taken yet (the peer is not reading). */
   get pendingBytes(): number {
     return this.outBytes;
@@ -665,6 +673,11 @@ export class ClientSocket {
 
   get stats(): Readonly<DriverStats> {
     return this.endpoint.stats;
+  }
+
+  /** True when `host:port` answers a probe with ICMP port unreachable (nothing listens there; driver.ts `probePort`). */
+  portClosed(host: string, port: number): Promise<boolean> {
+    return this.endpoint.probePort(host, port);
   }
 
   async close(): Promise<void> {

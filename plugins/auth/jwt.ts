@@ -18,75 +18,55 @@ import { dirname, resolve } from 'node:path';
 import { SignJWT, jwtVerify, decodeProtectedHeader, createLocalJWKSet, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose';
 import { ConfigError, errorText, type WireErrorName } from '../../core/errors.ts';
 import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 
 const PLUGIN_NAME = 'jwt';
 
 export type JwtAlg = 'HS256' | 'EdDSA' | 'ES256';
-export const JWT_ALGS: readonly JwtAlg[] = ['HS256', 'EdDSA', 'ES256'];
+export const JWT_ALGS = ['HS256', 'EdDSA', 'ES256'] as const satisfies readonly JwtAlg[];
 
 /** RFC 7518 3.2: an HS256 key at least as long as the hash. */
 export const MIN_SECRET_BYTES = 32;
 
-export interface JwtOptions {
-  alg?: JwtAlg;
-  secretFile?: string;
-  secretEnv?: string;
-  privateKeyFile?: string;
-  publicKeyFile?: string;
-  jwksFile?: string;
-  kid?: string;
-  issuer?: string;
-  audience?: string;
-  subject?: string;
-  ttlSeconds?: number;
-  clockToleranceSeconds?: number;
-  maxTokenAgeSeconds?: number;
-  maxTokenBytes?: number;
-  required?: boolean;
-  verifyQueries?: boolean;
-  queryAudience?: string;
-  maxReplayCache?: number;
-}
-
 type SignKey = Uint8Array | KeyObject;
 type VerifyKey = Uint8Array | KeyObject | JWTVerifyGetKey;
 
-const file = (what: string) => ({ type: 'string', minLength: 1, description: what });
+const file = (what: string) => ({ type: 'string', minLength: 1, description: what }) as const;
 
-export default class JwtAuthPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      alg: { enum: [...JWT_ALGS], default: 'HS256', description: 'signing algorithm; the only one a server accepts' },
-      secretFile: file('HS256: file holding the shared secret (both roles)'),
-      secretEnv: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'HS256: environment variable holding the shared secret (both roles)' },
-      privateKeyFile: file('EdDSA/ES256: PEM private key (load balancer)'),
-      publicKeyFile: file('EdDSA/ES256: PEM public key (server)'),
-      jwksFile: file('server: JSON Web Key Set file of accepted keys (instead of a secret or public key)'),
-      kid: { type: 'string', minLength: 1, maxLength: 256, description: 'key id put in the token header (selects the key in a JWKS)' },
-      issuer: { type: 'string', minLength: 1, default: 'qhcp-loadbalancer', description: 'iss the load balancer signs and the server requires' },
-      audience: {
-        type: 'string',
-        minLength: 1,
-        description: 'a fixed aud for every agent (not recommended: a token captured by one agent is then accepted by all). Default: per agent: the load balancer signs aud = the agent address it dials (host:port), an agent accepts only its own addresses and node name',
-      },
-      subject: { type: 'string', minLength: 1, description: 'sub the load balancer signs (default: its node name)' },
-      ttlSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 60, description: 'lifetime of a signed token' },
-      clockToleranceSeconds: { type: 'integer', minimum: 0, maximum: 600, default: 30, description: 'clock skew allowed when checking exp, nbf and iat' },
-      maxTokenAgeSeconds: { type: 'integer', minimum: 1, maximum: 31_536_000, default: 600, description: 'server: reject tokens issued (iat) longer ago than this' },
-      maxTokenBytes: { type: 'integer', minimum: 64, maximum: 16_384, default: 4096, description: 'server: longer tokens are rejected unparsed' },
-      required: { type: 'boolean', default: true, description: 'server: reject a HELLO without a token (false: accept it, still reject bad ones)' },
-      verifyQueries: { type: 'boolean', default: false, description: 'load balancer: query clients (qhcp status/pick) must present a token too, with aud queryAudience (qhcp status --token-file)' },
-      queryAudience: { type: 'string', minLength: 1, default: 'qhcp-query', description: 'the aud of query clients\' tokens' },
-      maxReplayCache: { type: 'integer', minimum: 100, maximum: 10_000_000, default: 100_000, description: 'token ids (jti) remembered until their expiry, so a replayed token is refused; when full, the oldest is forgotten' },
+const schema = {
+type: 'object',
+  additionalProperties: false,
+  properties: {
+    alg: { enum: JWT_ALGS, default: 'HS256', description: 'signing algorithm; the only one a server accepts' },
+    secretFile: file('HS256: file holding the shared secret (both roles)'),
+    secretEnv: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$', description: 'HS256: environment variable holding the shared secret (both roles)' },
+    privateKeyFile: file('EdDSA/ES256: PEM private key (load balancer)'),
+    publicKeyFile: file('EdDSA/ES256: PEM public key (server)'),
+    jwksFile: file('server: JSON Web Key Set file of accepted keys (instead of a secret or public key)'),
+    kid: { type: 'string', minLength: 1, maxLength: 256, description: 'key id put in the token header (selects the key in a JWKS)' },
+    issuer: { type: 'string', minLength: 1, default: 'qhcp-loadbalancer', description: 'iss the load balancer signs and the server requires' },
+    audience: {
+      type: 'string',
+      minLength: 1,
+      description: 'a fixed aud for every agent (not recommended: a token captured by one agent is then accepted by all). Default: per agent: the load balancer signs aud = the agent address it dials (host:port), an agent accepts only its own addresses and node name',
     },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'auth' as const;
-  readonly roles = ['server' as const, 'loadbalancer' as const];
-  private readonly opts: Required<Pick<JwtOptions, 'alg' | 'issuer' | 'ttlSeconds' | 'clockToleranceSeconds' | 'maxTokenAgeSeconds' | 'maxTokenBytes' | 'required' | 'verifyQueries' | 'queryAudience' | 'maxReplayCache'>> & JwtOptions;
+    subject: { type: 'string', minLength: 1, description: 'sub the load balancer signs (default: its node name)' },
+    ttlSeconds: { type: 'integer', minimum: 1, maximum: 86_400, default: 60, description: 'lifetime of a signed token' },
+    clockToleranceSeconds: { type: 'integer', minimum: 0, maximum: 600, default: 30, description: 'clock skew allowed when checking exp, nbf and iat' },
+    maxTokenAgeSeconds: { type: 'integer', minimum: 1, maximum: 31_536_000, default: 600, description: 'server: reject tokens issued (iat) longer ago than this' },
+    maxTokenBytes: { type: 'integer', minimum: 64, maximum: 16_384, default: 4096, description: 'server: longer tokens are rejected unparsed' },
+    required: { type: 'boolean', default: true, description: 'server: reject a HELLO without a token (false: accept it, still reject bad ones)' },
+    verifyQueries: { type: 'boolean', default: false, description: 'load balancer: query clients (qhcp status/pick) must present a token too, with aud queryAudience (qhcp status --token-file)' },
+    queryAudience: { type: 'string', minLength: 1, default: 'qhcp-query', description: 'the aud of query clients\' tokens' },
+    maxReplayCache: { type: 'integer', minimum: 100, maximum: 10_000_000, default: 100_000, description: 'token ids (jti) remembered until their expiry, so a replayed token is refused; when full, the oldest is forgotten' },
+  },
+} as const;
+
+export type JwtOptions = FromSchema<typeof schema>;
+
+/** The plugin's body: signs (load balancer) and verifies (server, and query clients) tokens. */
+export class JwtAuth {
   private signKey: SignKey | undefined;
   private verifyKey: VerifyKey | undefined;
   /** The audiences this process accepts (an agent: its own names; set at apply). */
@@ -95,9 +75,8 @@ export default class JwtAuthPlugin implements QhcpPlugin {
   private readonly seen = new Map<string, number>();
 
   /** Checks that the options name key material that fits the algorithm. @throws Error */
-  constructor(options: JwtOptions = {}) {
-    this.opts = withDefaults(JwtAuthPlugin.schema, options, 'jwt');
-    const o = this.opts;
+  constructor(private readonly opts: JwtOptions) {
+    const o = opts;
     if (o.secretFile && o.secretEnv) throw new Error('jwt: give secretFile or secretEnv, not both');
     if (o.alg === 'HS256') {
       if (o.privateKeyFile || o.publicKeyFile) throw new Error('jwt: privateKeyFile/publicKeyFile are for EdDSA or ES256; HS256 uses secretFile or secretEnv');
@@ -250,6 +229,14 @@ export default class JwtAuthPlugin implements QhcpPlugin {
   }
 }
 
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'auth',
+  roles: ['server', 'loadbalancer'],
+  schema,
+  setup: (options) => new JwtAuth(options),
+});
+
 function deny(kind: WireErrorName, reason: string): AuthVerdict {
   return { ok: false, kind, reason };
 }
@@ -338,11 +325,10 @@ function loadJwks(path: string): JWTVerifyGetKey {
  * another address or port and is refused.
  */
 export function agentNames(core: CoreLike): string[] {
-  const c = core as CoreLike & { port?: number; config?: { serverIp?: string } };
-  const port = c.port;
+  const port = core.port;
   const names = [core.node];
   if (!port) return names;
-  const ip = c.config?.serverIp ?? '0.0.0.0';
+  const ip = core.config.serverIp;
   const hosts = ip === '0.0.0.0' || ip === '::' ? ['localhost', hostname(), ...Object.values(networkInterfaces()).flatMap((l) => (l ?? []).map((a) => a.address))] : [ip];
   for (const h of hosts) names.push(`${h.includes(':') ? `[${h}]` : h}:${port}`);
   return names;

@@ -17,6 +17,7 @@ import { X509Certificate } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type * as Peculiar from '@peculiar/x509';
 import { definePlugin } from '../../core/plugin/define.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import { ConfigError, LocalError, errorText, type WireErrorName } from '../../core/errors.ts';
 import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
 import { caCertificates, chainProblem, checkPair, parseChain, readPem, subjectText } from '../../core/transport/tls.ts';
@@ -63,7 +64,8 @@ const schema = {
   },
 } as const;
 
-type Options = { caFile?: string; certFile?: string; keyFile?: string; allowedNames?: readonly string[]; allowedSubjects?: readonly string[]; crlFile?: string; revokedSerials?: readonly string[]; requireClientAuth: boolean };
+export type MtlsOptions = FromSchema<typeof schema>;
+type Options = MtlsOptions;
 
 /** Serial numbers compared as lowercase hex without colons or leading zeros. */
 export const normalizeSerial = (s: string): string => s.replace(/:/g, '').toLowerCase().replace(/^0+(?=.)/, '');
@@ -283,7 +285,6 @@ export default definePlugin({
   roles: ['server', 'loadbalancer'],
   schema,
   apply(core, options) {
-    const o = options as Options;
-    return core.role === 'loadbalancer' ? applyLoadBalancer(core, o) : applyServer(core, o);
+    return core.role === 'loadbalancer' ? applyLoadBalancer(core, options) : applyServer(core, options);
   },
 });

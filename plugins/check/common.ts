@@ -3,11 +3,11 @@
  * network errors (including Node's AggregateError from dual-stack connects, whose message is
  * empty), the first line of a bounded output, and create-time path checks that throw ConfigError.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { ConfigError, errorText } from '../../core/errors.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
-import type { CheckOutcome } from '../../core/check/types.ts';
+import type { CheckContext, CheckOutcome } from '../../core/check/types.ts';
 
 /** Longest reason a kind returns (the wire allows 256 characters; the runner may cut further). */
 export const MAX_REASON = 200;
@@ -64,4 +64,31 @@ export function requireDirectory(path: string, what: string): void {
 /** @throws ConfigError when the directory that would hold `path` does not exist. */
 export function requireParentDirectory(path: string, what: string): void {
   requireDirectory(dirname(path), what);
+}
+
+/** JSON-schema properties of a check's TLS files and name (http, grpc: each adds its own switch). */
+export const TLS_FILES_SCHEMA = {
+  ca: { type: 'string', minLength: 1, description: 'PEM file of the CA(s) to trust, relative to the config file' },
+  cert: { type: 'string', minLength: 1, description: 'PEM client certificate file (mutual TLS)' },
+  key: { type: 'string', minLength: 1, description: 'PEM client key file (mutual TLS)' },
+} as const;
+
+/**
+ * Reads a check's TLS files (paths relative to the config file) at create time.
+ * @throws ConfigError naming the file that cannot be read, or a cert without its key
+ */
+export function readTlsFiles(ctx: CheckContext, type: string, tls: { ca?: string; cert?: string; key?: string }): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  if ((tls.cert === undefined) !== (tls.key === undefined)) throw new ConfigError([`${type}: tls.cert and tls.key go together`]);
+  const out: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const what of ['ca', 'cert', 'key'] as const) {
+    const file = tls[what];
+    if (!file) continue;
+    const path = ctx.resolvePath(file);
+    try {
+      out[what] = readFileSync(path);
+    } catch (e) {
+      throw new ConfigError([`${type}: tls.${what} ${JSON.stringify(path)} cannot be read: ${errorText(e)}`]);
+    }
+  }
+  return out;
 }

@@ -16,6 +16,7 @@ import { spawn } from 'node:child_process';
 import { accessSync, statSync, constants } from 'node:fs';
 import { delimiter, isAbsolute, join, resolve } from 'node:path';
 import { ConfigError, errorText } from '../../core/errors.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
 import { abortedOutcome, firstLine, requireDirectory, MAX_REASON } from './common.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
@@ -24,14 +25,6 @@ const TYPE = 'exec';
 const SHELL = '/bin/sh';
 /** After the command exits, how long its output pipes may stay open (held by a leftover child). */
 const CLOSE_GRACE_MS = 200;
-
-export interface ExecCheckOptions {
-  command: string | string[];
-  shell?: boolean;
-  cwd?: string;
-  env?: Record<string, string>;
-  maxOutputBytes?: number;
-}
 
 const schema = {
   type: 'object',
@@ -51,6 +44,9 @@ const schema = {
     maxOutputBytes: { type: 'integer', minimum: 64, maximum: 65_536, default: 4096, description: 'output bytes read at most; the rest is discarded' },
   },
 } as const;
+
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type ExecCheckOptions = FromSchema<typeof schema>;
 
 function isExecutableFile(path: string): boolean {
   try {
@@ -87,11 +83,11 @@ function killGroup(pid: number | undefined): void {
 }
 
 function create(options: ExecCheckOptions, ctx: CheckContext): Check {
-  const shell = options.shell ?? false;
+  const shell = options.shell;
   const cwd = ctx.resolvePath(options.cwd ?? '.');
   requireDirectory(cwd, `${TYPE}: cwd`);
-  const env = { ...process.env, ...(options.env ?? {}) };
-  const maxOutput = options.maxOutputBytes ?? 4096;
+  const env = { ...process.env, ...options.env };
+  const maxOutput = options.maxOutputBytes;
   let program: string;
   let args: string[];
   if (shell) {

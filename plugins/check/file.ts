@@ -8,8 +8,16 @@
  * The path is relative to the config file. Its directory must exist when the check is created
  * (a typo there would otherwise be a flag nobody can ever raise); the file itself need not. Only
  * the first `maxReadBytes` bytes are read.
+ *
+ * The check also watches the file's directory (fs.watch: inotify on Linux), so a flag raised or
+ * lowered is acted on within milliseconds, not at the next interval; the interval stays the
+ * fallback where watching is not possible (some network file systems), and the runner bounds how
+ * often a busy directory can make it run.
  */
+import { watch as watchDir, type FSWatcher } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
 import { ConfigError, errorText } from '../../core/errors.ts';
 import { firstLine, requireParentDirectory, MAX_REASON } from './common.ts';
@@ -17,11 +25,6 @@ import { sanitize } from '../../core/util/sanitize.ts';
 
 const TYPE = 'file';
 const MAX_READ = 4096;
-
-export interface FileCheckOptions {
-  path: string;
-  mustExist?: boolean;
-}
 
 const schema = {
   type: 'object',
@@ -36,6 +39,9 @@ const schema = {
     },
   },
 } as const;
+
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type FileCheckOptions = FromSchema<typeof schema>;
 
 /** The first line of the file (at most MAX_READ bytes read), '' for an empty file. */
 async function readFirstLine(path: string): Promise<string> {
@@ -53,10 +59,30 @@ function create(options: FileCheckOptions, ctx: CheckContext): Check {
   if (typeof options.path !== 'string' || options.path.length === 0) throw new ConfigError([`${TYPE}: path must be a non-empty string`]);
   const path = ctx.resolvePath(options.path);
   requireParentDirectory(path, `${TYPE}: path ${JSON.stringify(path)}`);
-  const mustExist = options.mustExist ?? false;
+  const mustExist = options.mustExist;
   const shown = sanitize(path, MAX_REASON);
+  const name = basename(path);
+  let watcher: FSWatcher | undefined;
 
   return {
+    watch(changed: () => void): void {
+      try {
+        watcher = watchDir(dirname(path), { persistent: false }, (_event, file) => {
+          // Another file in the directory is not our business; no name given (some platforms): maybe ours.
+          if (file === null || file === name) changed();
+        });
+        watcher.on('error', (e) => {
+          ctx.logger.warn('file check: watching stopped; checking on the interval only', { path: shown, error: errorText(e) });
+          watcher?.close();
+        });
+      } catch (e) {
+        ctx.logger.warn('file check: cannot watch the directory; checking on the interval only', { path: shown, error: errorText(e) });
+      }
+    },
+    close(): void {
+      watcher?.close();
+      watcher = undefined;
+    },
     async run(): Promise<CheckOutcome> {
       let present: boolean;
       let isFile = false;

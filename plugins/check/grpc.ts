@@ -10,19 +10,13 @@
  * run dials afresh, so a server that comes back is seen at once instead of after grpc-js's
  * reconnect backoff.
  */
-import { readFileSync } from 'node:fs';
 import { ConfigError, errorText } from '../../core/errors.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
-import { abortedOutcome, MAX_REASON } from './common.ts';
+import { abortedOutcome, readTlsFiles, TLS_FILES_SCHEMA, MAX_REASON } from './common.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
 
 const TYPE = 'grpc';
-
-export interface GrpcCheckOptions {
-  address: string;
-  service?: string;
-  tls?: { enabled?: boolean; ca?: string; cert?: string; key?: string; servername?: string };
-}
 
 const schema = {
   type: 'object',
@@ -36,14 +30,15 @@ const schema = {
       additionalProperties: false,
       properties: {
         enabled: { type: 'boolean', default: false, description: 'use TLS (with the system CAs unless ca is given)' },
-        ca: { type: 'string', minLength: 1, description: 'PEM file of the CA(s) to trust, relative to the config file' },
-        cert: { type: 'string', minLength: 1, description: 'PEM client certificate file (mutual TLS)' },
-        key: { type: 'string', minLength: 1, description: 'PEM client key file (mutual TLS)' },
+        ...TLS_FILES_SCHEMA,
         servername: { type: 'string', minLength: 1, description: 'TLS server name if not the address host' },
       },
     },
   },
 } as const;
+
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type GrpcCheckOptions = FromSchema<typeof schema>;
 
 /** grpc.health.v1 as a protobuf.js JSON descriptor (the .proto inline, no file to ship or find). */
 export const HEALTH_PROTO = {
@@ -96,15 +91,6 @@ export function loadHealth(): NonNullable<typeof loaded> {
   return loaded;
 }
 
-function readPem(ctx: CheckContext, file: string, what: string): Buffer {
-  const path = ctx.resolvePath(file);
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new ConfigError([`${TYPE}: tls.${what} ${JSON.stringify(path)} cannot be read: ${errorText(e)}`]);
-  }
-}
-
 /** Checks a host:port address (the common form); grpc-js URI targets (dns:, unix:, ipv4:) pass as they are. */
 function checkAddress(address: string): void {
   if (typeof address !== 'string' || address.length === 0) throw new ConfigError([`${TYPE}: address must be a non-empty string`]);
@@ -117,13 +103,11 @@ function checkAddress(address: string): void {
 
 function create(options: GrpcCheckOptions, ctx: CheckContext): Check {
   checkAddress(options.address);
-  const service = options.service ?? '';
-  const tls = options.tls ?? {};
-  if ((tls.cert === undefined) !== (tls.key === undefined)) throw new ConfigError([`${TYPE}: tls.cert and tls.key go together`]);
+  const service = options.service;
+  const tls: Partial<NonNullable<GrpcCheckOptions['tls']>> = options.tls ?? {};
+  const files = readTlsFiles(ctx, TYPE, tls);
   const useTls = tls.enabled === true || tls.ca !== undefined || tls.cert !== undefined;
-  const pem = useTls
-    ? { ca: tls.ca ? readPem(ctx, tls.ca, 'ca') : null, cert: tls.cert ? readPem(ctx, tls.cert, 'cert') : null, key: tls.key ? readPem(ctx, tls.key, 'key') : null }
-    : undefined;
+  const pem = useTls ? { ca: files.ca ?? null, cert: files.cert ?? null, key: files.key ?? null } : undefined;
   let client: HealthClient | undefined;
   const drop = () => {
     client?.close();

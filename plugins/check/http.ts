@@ -10,29 +10,15 @@
  * Reasons: `HTTP 200`, `HTTP 503`, `connect ECONNREFUSED 127.0.0.1:8080`, `body did not match
  * /ok/`, `body did not contain "ok"`, `timed out after 1000 ms`.
  */
-import { readFileSync } from 'node:fs';
 import { Agent, interceptors, type Dispatcher } from 'undici';
 import { ConfigError, errorText } from '../../core/errors.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
-import { abortedOutcome, networkErrorText, MAX_REASON } from './common.ts';
+import { abortedOutcome, networkErrorText, readTlsFiles, TLS_FILES_SCHEMA, MAX_REASON } from './common.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
 
 const TYPE = 'http';
 const STATUS_RANGE = '^[1-5][0-9]{2}(-[1-5][0-9]{2})?$';
-
-export interface HttpCheckOptions {
-  url: string;
-  method?: 'GET' | 'HEAD';
-  expectStatus?: string[];
-  warningStatus?: string[];
-  bodyContains?: string;
-  bodyMatches?: string;
-  headers?: Record<string, string>;
-  followRedirects?: boolean;
-  maxRedirects?: number;
-  maxBodyBytes?: number;
-  tls?: { ca?: string; cert?: string; key?: string; servername?: string; insecure?: boolean };
-}
 
 const schema = {
   type: 'object',
@@ -64,15 +50,16 @@ const schema = {
       type: 'object',
       additionalProperties: false,
       properties: {
-        ca: { type: 'string', minLength: 1, description: 'PEM file of the CA(s) to trust, relative to the config file' },
-        cert: { type: 'string', minLength: 1, description: 'PEM client certificate file (mutual TLS)' },
-        key: { type: 'string', minLength: 1, description: 'PEM client key file (mutual TLS)' },
+        ...TLS_FILES_SCHEMA,
         servername: { type: 'string', minLength: 1, description: 'TLS server name (SNI and certificate check) if not the URL host' },
         insecure: { type: 'boolean', default: false, description: 'skip certificate verification (logged as a warning once)' },
       },
     },
   },
 } as const;
+
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type HttpCheckOptions = FromSchema<typeof schema>;
 
 type Range = [number, number];
 
@@ -87,15 +74,6 @@ function parseRanges(list: readonly string[], what: string): Range[] {
 }
 
 const inRanges = (status: number, ranges: Range[]) => ranges.some(([lo, hi]) => status >= lo && status <= hi);
-
-function readPem(ctx: CheckContext, file: string, what: string): Buffer {
-  const path = ctx.resolvePath(file);
-  try {
-    return readFileSync(path);
-  } catch (e) {
-    throw new ConfigError([`${TYPE}: tls.${what} ${JSON.stringify(path)} cannot be read: ${errorText(e)}`]);
-  }
-}
 
 /** Reads at most `limit` bytes of a body, then drops the rest (the connection closes anyway). */
 async function readBounded(body: Dispatcher.ResponseData['body'], limit: number): Promise<string> {
@@ -123,10 +101,10 @@ function create(options: HttpCheckOptions, ctx: CheckContext): Check {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new ConfigError([`${TYPE}: url ${JSON.stringify(options.url)} is not http:// or https://`]);
   }
-  const method = options.method ?? 'GET';
+  const method = options.method;
   if (method !== 'GET' && method !== 'HEAD') throw new ConfigError([`${TYPE}: method ${JSON.stringify(method)} is not GET or HEAD`]);
-  const expect = parseRanges(options.expectStatus ?? ['200-399'], 'expectStatus');
-  const warn = parseRanges(options.warningStatus ?? [], 'warningStatus');
+  const expect = parseRanges(options.expectStatus, 'expectStatus');
+  const warn = parseRanges(options.warningStatus, 'warningStatus');
   let regex: RegExp | undefined;
   if (options.bodyMatches !== undefined) {
     try {
@@ -139,22 +117,19 @@ function create(options: HttpCheckOptions, ctx: CheckContext): Check {
   if ((regex !== undefined || options.bodyContains !== undefined) && method === 'HEAD') {
     throw new ConfigError([`${TYPE}: a body match needs method GET (HEAD has no body)`]);
   }
-  const maxBody = options.maxBodyBytes ?? 65_536;
-  const tls = options.tls ?? {};
+  const maxBody = options.maxBodyBytes;
+  const tls: Partial<NonNullable<HttpCheckOptions['tls']>> = options.tls ?? {};
   const connect = {
-    ...(tls.ca ? { ca: readPem(ctx, tls.ca, 'ca') } : {}),
-    ...(tls.cert ? { cert: readPem(ctx, tls.cert, 'cert') } : {}),
-    ...(tls.key ? { key: readPem(ctx, tls.key, 'key') } : {}),
+    ...readTlsFiles(ctx, TYPE, tls),
     ...(tls.servername ? { servername: tls.servername } : {}),
     rejectUnauthorized: !tls.insecure,
   };
-  if ((tls.cert === undefined) !== (tls.key === undefined)) throw new ConfigError([`${TYPE}: tls.cert and tls.key go together`]);
   if (tls.insecure && url.protocol === 'https:') {
     ctx.logger.warn(`${TYPE} check: TLS certificate verification is OFF for ${url.origin} (tls.insecure)`);
   }
-  const headers: Record<string, string> = { 'user-agent': 'qhcp-check', ...(options.headers ?? {}) };
+  const headers: Record<string, string> = { 'user-agent': 'qhcp-check', ...options.headers };
   const agent = new Agent({ connect, connections: 1 });
-  const dispatcher: Dispatcher = options.followRedirects ? agent.compose(interceptors.redirect({ maxRedirections: options.maxRedirects ?? 5 })) : agent;
+  const dispatcher: Dispatcher = options.followRedirects ? agent.compose(interceptors.redirect({ maxRedirections: options.maxRedirects })) : agent;
 
   return {
     async run(signal: AbortSignal): Promise<CheckOutcome> {

@@ -8,15 +8,11 @@
  */
 import { Socket } from 'node:net';
 import { ConfigError } from '../../core/errors.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
 import { abortedOutcome, networkErrorText } from './common.ts';
 
 const TYPE = 'tcp';
-
-export interface TcpCheckOptions {
-  host?: string;
-  port: number;
-}
 
 const schema = {
   type: 'object',
@@ -28,8 +24,11 @@ const schema = {
   },
 } as const;
 
+/** The options of one check, as validated (defaults filled in from the schema). */
+export type TcpCheckOptions = FromSchema<typeof schema>;
+
 function create(options: TcpCheckOptions, _ctx: CheckContext): Check {
-  const host = options.host ?? '127.0.0.1';
+  const host = options.host;
   const port = options.port;
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw new ConfigError([`${TYPE}: port ${JSON.stringify(port)} is not an integer in 1..65535`]);
   if (typeof host !== 'string' || host.length === 0) throw new ConfigError([`${TYPE}: host must be a non-empty string`]);

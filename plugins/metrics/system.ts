@@ -2,122 +2,30 @@
  * system-metrics: CPU (overall and per core), memory, load averages, disk use per mount, network
  * throughput, process count, uptime, and a derived `loadScore` (0..1) for load-aware balancers.
  *
- * Every source is read in the background (sampler.ts: node:os, /proc on Linux, systeminformation
- * for memory and disks, and for network and processes off Linux), each on its own
- * interval with its own timeout; the core's sampler calls `collect`, which only copies the cached
- * values with the time each was read, so the report's age is that of its oldest value. A source
- * that fails or hangs (a stuck disk) drops only its own metrics.
+ * Every source is read in the background (sampler.ts; readers.ts: /proc and statfs on Linux,
+ * node:os and systeminformation elsewhere), each on its own interval with its own timeout; the
+ * core's sampler calls `collect`, which only copies the cached values with the time each was
+ * read, so the report's age is that of its oldest value. A source that fails or hangs (a stuck
+ * disk) drops only its own metrics.
  */
-import os from 'node:os';
-import { readFile, readdir } from 'node:fs/promises';
-import si from 'systeminformation';
 import type { CoreLike, MetricDefinition, MetricsReport } from '../../core/plugin/hooks.ts';
-import { withDefaults, type QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { Sampler, type Source, type Values } from './sampler.ts';
+import { systemReaders, type DiskUse, type NetCounters, type SystemReaders } from './readers.ts';
 
 const PLUGIN_NAME = 'system-metrics';
 
-/** What the plugin reads; systeminformation and node:os by default, fakes in tests. */
-export interface SystemReaders {
-  currentLoad(): Promise<{ currentLoad: number; cpus: Array<{ load: number }> }>;
-  mem(): Promise<{ total: number; available: number }>;
-  loadavg(): number[];
-  fsSize(): Promise<Array<{ mount: string; use: number | null; size: number }>>;
-  networkStats(): Promise<Array<{ iface: string; rx_bytes: number; tx_bytes: number }>>;
-  processes(): Promise<{ all: number }>;
-  uptime(): number;
-  cores(): number;
+/** `f(x)` now when `x` is a value, after it settles when it is a promise (synchronous readers stay synchronous). */
+function then<T, R>(x: T | Promise<T>, f: (v: T) => R): R | Promise<R> {
+  return typeof (x as Promise<T> | null)?.then === 'function' ? (x as Promise<T>).then(f) : f(x as T);
 }
-
-/**
- * CPU busy % since the previous call, overall and per core, from os.cpus() tick counters.
- * systeminformation's currentLoad() spawns `cat /proc/stat` on every call, which alone cost
- * the idle agent about 1% of a core at one reading per second (docs/benchmarks.md).
- */
-export function cpuLoadReader(read: () => os.CpuInfo[] = os.cpus): SystemReaders['currentLoad'] {
-  const ticks = (t: os.CpuInfo['times']) => ({ busy: t.user + t.nice + t.sys + t.irq, total: t.user + t.nice + t.sys + t.irq + t.idle });
-  let prev = read().map((c) => ticks(c.times));
-  return async () => {
-    const now = read().map((c) => ticks(c.times));
-    let busy = 0;
-    let total = 0;
-    const cpus = now.map((t, i) => {
-      const p = prev[i] ?? { busy: 0, total: 0 };
-      const db = t.busy - p.busy;
-      const dt = t.total - p.total;
-      busy += db;
-      total += dt;
-      return { load: dt > 0 ? (100 * db) / dt : 0 };
-    });
-    prev = now;
-    return { currentLoad: total > 0 ? (100 * busy) / total : 0, cpus };
-  };
-}
-
-/**
- * Byte counters per interface from the text of Linux's /proc/net/dev (two header lines, then
- * `iface: rx_bytes rx_packets ... (8 receive fields) tx_bytes ...`). Lines that do not parse are
- * skipped.
- */
-export function parseProcNetDev(text: string): Array<{ iface: string; rx_bytes: number; tx_bytes: number }> {
-  const out: Array<{ iface: string; rx_bytes: number; tx_bytes: number }> = [];
-  for (const line of text.split('\n')) {
-    const colon = line.indexOf(':');
-    if (colon < 0) continue;
-    const iface = line.slice(0, colon).trim();
-    const f = line.slice(colon + 1).trim().split(/\s+/);
-    const rx = Number(f[0]);
-    const tx = Number(f[8]);
-    if (!iface || f.length < 9 || !Number.isFinite(rx) || !Number.isFinite(tx)) continue;
-    out.push({ iface, rx_bytes: rx, tx_bytes: tx });
-  }
-  return out;
-}
-
-const LINUX = process.platform === 'linux';
-
-/**
- * On Linux the network and process counts are one file read or one directory listing: on every
- * call systeminformation's networkStats() runs child processes (about 1% of a core for the idle
- * agent at one reading per second, docs/benchmarks.md) and processes() runs `ps`.
- */
-export const SYSTEM_READERS: SystemReaders = {
-  currentLoad: cpuLoadReader(),
-  mem: () => si.mem(),
-  // systeminformation reports only the 1-minute average (divided by cores); node:os has all three.
-  loadavg: () => os.loadavg(),
-  fsSize: () => si.fsSize(),
-  networkStats: LINUX ? async () => parseProcNetDev(await readFile('/proc/net/dev', 'utf8')) : () => si.networkStats('*'),
-  processes: LINUX ? async () => ({ all: (await readdir('/proc')).filter((n) => n.charCodeAt(0) >= 48 && n.charCodeAt(0) <= 57).length }) : () => si.processes(),
-  // si.time() costs ~5 ms of CPU per call (it looks up the time zone); the kernel's uptime is free.
-  uptime: () => os.uptime(),
-  cores: () => os.availableParallelism(),
-};
 
 export const SOURCE_NAMES = ['cpu', 'memory', 'load', 'disk', 'network', 'processes', 'uptime'] as const;
 export type SourceName = (typeof SOURCE_NAMES)[number];
 
-/** Slow sources (`df`; `ps` off Linux) default to a longer interval. */
+/** Slow sources (disks: a statfs per mount, `df` off Linux; processes: a /proc listing, `ps` off Linux) default to a longer interval. */
 const SLOW_SOURCES: ReadonlySet<SourceName> = new Set(['disk', 'processes']);
-
-interface SourceOptions {
-  enabled?: boolean;
-  intervalMs?: number;
-  timeoutMs?: number;
-}
-
-export interface SystemMetricsOptions {
-  intervalMs?: number;
-  slowIntervalMs?: number;
-  timeoutMs?: number;
-  sources?: Partial<Record<SourceName, SourceOptions>>;
-  perCore?: boolean;
-  maxCores?: number;
-  mounts?: string[];
-  maxMounts?: number;
-  interfaces?: string[];
-  loadScore?: { combine?: 'max' | 'mean'; weights?: { cpu?: number; memory?: number; load?: number } };
-}
 
 const sourceSchema = {
   type: 'object',
@@ -128,7 +36,46 @@ const sourceSchema = {
     timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, description: 'this source\'s read timeout (default: timeoutMs)' },
   },
 } as const;
-const weight = (d: number, of: string) => ({ type: 'number', minimum: 0, maximum: 100, default: d, description: `weight of ${of} in loadScore (0: left out)` });
+const weight = <D extends number>(d: D, of: string) => ({ type: 'number', minimum: 0, maximum: 100, default: d, description: `weight of ${of} in loadScore (0: left out)` }) as const;
+
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
+    slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (on Linux a statfs per mount and a /proc listing; elsewhere `df` and `ps`)' },
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
+    sources: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description: `per-source settings, by source: ${SOURCE_NAMES.join(', ')}`,
+      properties: { cpu: sourceSchema, memory: sourceSchema, load: sourceSchema, disk: sourceSchema, network: sourceSchema, processes: sourceSchema, uptime: sourceSchema },
+    },
+    perCore: { type: 'boolean', default: true, description: 'report `cpu.core<N>`' },
+    maxCores: { type: 'integer', minimum: 0, maximum: 128, default: 64, description: 'at most this many `cpu.core<N>` metrics (a report holds at most 256 metrics)' },
+    mounts: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'mount points to report (default: all local file systems)' },
+    maxMounts: { type: 'integer', minimum: 0, maximum: 64, default: 16, description: 'at most this many `disk.<mount>.usedPct` metrics' },
+    interfaces: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'interfaces summed into `net.*` (default: all but loopback)' },
+    loadScore: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        combine: { enum: ['max', 'mean'], default: 'max', description: 'max of the weighted inputs, or their weighted mean' },
+        weights: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: { cpu: weight(1, 'cpu/100'), memory: weight(1, 'memory/100'), load: weight(1, 'load1/cores') },
+        },
+      },
+    },
+  },
+} as const;
+
+/** The options, validated with defaults filled in. */
+export type SystemMetricsOptions = FromSchema<typeof schema>;
 
 /** A metric name from a mount point: `/` -> `root`, `/var/lib` -> `var_lib` (the metric-name pattern). */
 export function mountKey(mount: string): string {
@@ -140,48 +87,9 @@ const LOOPBACK = /^(lo\d*|Loopback.*)$/i;
 const round = (v: number, digits: number) => Math.round(v * 10 ** digits) / 10 ** digits;
 const clamp01 = (v: number) => Math.min(1, Math.max(0, v));
 
-export default class SystemMetricsPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      intervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 1000, description: 'how often each fast source is read' },
-      slowIntervalMs: { type: 'integer', minimum: 50, maximum: 3_600_000, default: 30000, description: 'how often disk and processes are read (disk runs `df`; processes lists /proc on Linux, runs `ps` elsewhere)' },
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'a read taking longer drops that source\'s metrics' },
-      sources: {
-        type: 'object',
-        additionalProperties: false,
-        default: {},
-        description: `per-source settings, by source: ${SOURCE_NAMES.join(', ')}`,
-        properties: Object.fromEntries(SOURCE_NAMES.map((n) => [n, sourceSchema])),
-      },
-      perCore: { type: 'boolean', default: true, description: 'report `cpu.core<N>`' },
-      maxCores: { type: 'integer', minimum: 0, maximum: 128, default: 64, description: 'at most this many `cpu.core<N>` metrics (a report holds at most 256 metrics)' },
-      mounts: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'mount points to report (default: all local file systems)' },
-      maxMounts: { type: 'integer', minimum: 0, maximum: 64, default: 16, description: 'at most this many `disk.<mount>.usedPct` metrics' },
-      interfaces: { type: 'array', items: { type: 'string', minLength: 1 }, maxItems: 64, description: 'interfaces summed into `net.*` (default: all but loopback)' },
-      loadScore: {
-        type: 'object',
-        additionalProperties: false,
-        default: {},
-        properties: {
-          combine: { enum: ['max', 'mean'], default: 'max', description: 'max of the weighted inputs, or their weighted mean' },
-          weights: {
-            type: 'object',
-            additionalProperties: false,
-            default: {},
-            properties: { cpu: weight(1, 'cpu/100'), memory: weight(1, 'memory/100'), load: weight(1, 'load1/cores') },
-          },
-        },
-      },
-    },
-  };
-
-  readonly name = PLUGIN_NAME;
-  readonly family = 'metrics' as const;
-  readonly roles = ['server' as const];
+/** The plugin's body: the background sampler of its sources and what `collect` copies from it. */
+export class SystemMetrics {
   readonly sampler: Sampler;
-  private readonly opts: Required<Omit<SystemMetricsOptions, 'mounts' | 'interfaces' | 'sources' | 'loadScore'>> & SystemMetricsOptions;
   private readonly cores: number;
   /** Enabled sources and their read interval (ms). */
   private readonly intervals = new Map<SourceName, number>();
@@ -189,15 +97,15 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   private prevNet: { rx: number; tx: number; at: number } | undefined;
   private logger: CoreLike['logger'] | undefined;
 
+  /** `readers`: the real machine by default, fakes in tests. */
   constructor(
-    options: SystemMetricsOptions = {},
-    private readonly readers: SystemReaders = SYSTEM_READERS,
+    private readonly opts: SystemMetricsOptions,
+    private readonly readers: SystemReaders = systemReaders(),
   ) {
-    this.opts = withDefaults(SystemMetricsPlugin.schema, options, 'system-metrics');
     this.cores = Math.max(1, readers.cores());
     const sources: Source[] = [];
     for (const name of SOURCE_NAMES) {
-      const o = options.sources?.[name] ?? {};
+      const o = opts.sources[name] ?? {};
       if (o.enabled === false) continue;
       const intervalMs = o.intervalMs ?? (SLOW_SOURCES.has(name) ? this.opts.slowIntervalMs : this.opts.intervalMs);
       this.intervals.set(name, intervalMs);
@@ -234,35 +142,33 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   }
 
   /** One reading of one source (runs in the background sampler only). */
-  private async read(name: SourceName): Promise<Values> {
+  private read(name: SourceName): Values | Promise<Values> {
     const r = this.readers;
     switch (name) {
-      case 'cpu': {
-        const l = await r.currentLoad();
-        const out: Values = { cpu: round(l.currentLoad, 1) };
-        if (this.opts.perCore) l.cpus.slice(0, this.opts.maxCores).forEach((c, i) => (out[`cpu.core${i}`] = round(c.load, 1)));
-        return out;
-      }
-      case 'memory': {
-        const m = await r.mem();
-        return m.total > 0 ? { memory: round((100 * (m.total - m.available)) / m.total, 1) } : {};
-      }
+      case 'cpu':
+        return then(r.currentLoad(), (l) => {
+          const out: Values = { cpu: round(l.currentLoad, 1) };
+          if (this.opts.perCore) for (let i = 0; i < l.cpus.length && i < this.opts.maxCores; i++) out[`cpu.core${i}`] = round(l.cpus[i]!.load, 1);
+          return out;
+        });
+      case 'memory':
+        return then(r.mem(), (m): Values => (m.total > 0 ? { memory: round((100 * (m.total - m.available)) / m.total, 1) } : {}));
       case 'load': {
         const [l1, l5, l15] = r.loadavg();
         return { load1: round(l1!, 2), load5: round(l5!, 2), load15: round(l15!, 2) };
       }
       case 'disk':
-        return this.readDisks(await r.fsSize());
+        return then(r.fsSize(), (list) => this.readDisks(list));
       case 'network':
-        return this.readNetwork(await r.networkStats());
+        return then(r.networkStats(), (list) => this.readNetwork(list));
       case 'processes':
-        return { processes: (await r.processes()).all };
+        return then(r.processes(), (p) => ({ processes: p.all }));
       case 'uptime':
         return { uptime: Math.round(r.uptime()) };
     }
   }
 
-  private readDisks(list: Array<{ mount: string; use: number | null; size: number }>): Values {
+  private readDisks(list: DiskUse[]): Values {
     const out: Values = {};
     const wanted = this.opts.mounts ? new Set(this.opts.mounts) : undefined;
     for (const fs of list) {
@@ -284,7 +190,7 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
   }
 
   /** Bytes/s over all selected interfaces since the previous reading (none on the first). */
-  private readNetwork(list: Array<{ iface: string; rx_bytes: number; tx_bytes: number }>): Values {
+  private readNetwork(list: NetCounters[]): Values {
     const wanted = this.opts.interfaces ? new Set(this.opts.interfaces) : undefined;
     let rx = 0;
     let tx = 0;
@@ -308,14 +214,14 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
    * no fresh value are left out; with none left there is no loadScore.
    */
   loadScore(values: Values): number | undefined {
-    const ls = this.opts.loadScore ?? {};
-    const w = { cpu: 1, memory: 1, load: 1, ...ls.weights };
+    const ls = this.opts.loadScore;
+    const w = ls.weights;
     const inputs: Array<[number, number]> = [];
     if (w.cpu > 0 && values.cpu !== undefined) inputs.push([w.cpu, clamp01(values.cpu / 100)]);
     if (w.memory > 0 && values.memory !== undefined) inputs.push([w.memory, clamp01(values.memory / 100)]);
     if (w.load > 0 && values.load1 !== undefined) inputs.push([w.load, clamp01(values.load1 / this.cores)]);
     if (inputs.length === 0) return undefined;
-    const score = (ls.combine ?? 'max') === 'max' ? Math.max(...inputs.map(([wi, x]) => wi * x)) : inputs.reduce((s, [wi, x]) => s + wi * x, 0) / inputs.reduce((s, [wi]) => s + wi, 0);
+    const score = ls.combine === 'max' ? Math.max(...inputs.map(([wi, x]) => wi * x)) : inputs.reduce((s, [wi, x]) => s + wi * x, 0) / inputs.reduce((s, [wi]) => s + wi, 0);
     return round(clamp01(score), 3);
   }
 
@@ -341,8 +247,19 @@ export default class SystemMetricsPlugin implements QhcpPlugin {
       // timeout: a source that hangs from the start must not abort start-up.
       await this.sampler.start(Math.min(1000, (core.config.pluginTimeout * 1000) / 2));
     });
-    core.hooks.stop.tap(PLUGIN_NAME, () => this.sampler.stop());
+    core.hooks.stop.tap(PLUGIN_NAME, () => {
+      this.sampler.stop();
+      this.readers.close?.();
+    });
     core.hooks.metricDefinitions.tap(PLUGIN_NAME, (defs) => [...defs, ...this.definitions()]);
     core.hooks.collect.tap(PLUGIN_NAME, (report) => this.collect(report));
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'metrics',
+  roles: ['server'],
+  schema,
+  setup: (options) => new SystemMetrics(options),
+});

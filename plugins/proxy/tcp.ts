@@ -20,24 +20,13 @@
  */
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { TARGET_SCHEMA, checkTargets, intentOf, targetOf, type TargetOptions } from '../sync/common.ts';
 import { connectionCounts, type ConnectionCounts } from './connections.ts';
 
 const PLUGIN_NAME = 'tcp-proxy';
-
-export interface TcpProxyOptions extends TargetOptions {
-  host: string;
-  port: number;
-  idleTimeoutMs: number;
-  connectTimeoutMs: number;
-  retries: number;
-  degraded: 'fallback' | 'always' | 'never';
-  maxConnections: number;
-  stopGraceMs: number;
-  outlier: { consecutiveFailures: number; baseEjectionMs: number; maxEjectionMs: number; maxEjectedPercent: number };
-}
 
 export interface TcpProxyStats {
   accepted: number;
@@ -60,36 +49,37 @@ interface Outlier {
   decayedTo: number;
 }
 
-export default class TcpProxyPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      host: { type: 'string', minLength: 1, maxLength: 253, default: '127.0.0.1', description: 'address to listen on' },
-      port: { type: 'integer', minimum: 0, maximum: 65535, default: 0, description: 'TCP port to listen on (0: any free port, logged)' },
-      ...TARGET_SCHEMA,
-      idleTimeoutMs: { type: 'integer', minimum: 10, maximum: 86_400_000, default: 60_000, description: 'a connection with no bytes either way this long is closed' },
-      connectTimeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'time to connect to a backend before trying another' },
-      degraded: { enum: ['fallback', 'always', 'never'], default: 'fallback', description: 'DEGRADED backends: only when no UP one can take the connection ("fallback"), like UP ones ("always"), or never' },
-      retries: { type: 'integer', minimum: 0, maximum: 10, default: 2, description: 'other backends tried after a failed connect' },
-      maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 10_000, description: 'client connections at once at most (more are refused)' },
-      stopGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1000, description: 'on stop, time open connections get to finish before they are closed' },
-      outlier: {
-        type: 'object',
-        additionalProperties: false,
-        default: {},
-        properties: {
-          consecutiveFailures: { type: 'integer', minimum: 1, maximum: 1000, default: 3, description: 'failed connects in a row that eject a backend' },
-          baseEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 10_000, description: 'first ejection time; each further ejection multiplies it, each baseEjectionMs spent not ejected divides the multiplier down by one again' },
-          maxEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 300_000, description: 'an ejection never lasts longer' },
-          maxEjectedPercent: { type: 'integer', minimum: 0, maximum: 100, default: 50, description: 'share of backends ejected at once at most (at least one; 0: never eject)' },
-        },
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host: { type: 'string', minLength: 1, maxLength: 253, default: '127.0.0.1', description: 'address to listen on' },
+    port: { type: 'integer', minimum: 0, maximum: 65535, default: 0, description: 'TCP port to listen on (0: any free port, logged)' },
+    ...TARGET_SCHEMA,
+    idleTimeoutMs: { type: 'integer', minimum: 10, maximum: 86_400_000, default: 60_000, description: 'a connection with no bytes either way this long is closed' },
+    connectTimeoutMs: { type: 'integer', minimum: 10, maximum: 600_000, default: 2000, description: 'time to connect to a backend before trying another' },
+    degraded: { enum: ['fallback', 'always', 'never'], default: 'fallback', description: 'DEGRADED backends: only when no UP one can take the connection ("fallback"), like UP ones ("always"), or never' },
+    retries: { type: 'integer', minimum: 0, maximum: 10, default: 2, description: 'other backends tried after a failed connect' },
+    maxConnections: { type: 'integer', minimum: 1, maximum: 1_000_000, default: 10_000, description: 'client connections at once at most (more are refused)' },
+    stopGraceMs: { type: 'integer', minimum: 0, maximum: 600_000, default: 1000, description: 'on stop, time open connections get to finish before they are closed' },
+    outlier: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        consecutiveFailures: { type: 'integer', minimum: 1, maximum: 1000, default: 3, description: 'failed connects in a row that eject a backend' },
+        baseEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 10_000, description: 'first ejection time; each further ejection multiplies it, each baseEjectionMs spent not ejected divides the multiplier down by one again' },
+        maxEjectionMs: { type: 'integer', minimum: 1, maximum: 86_400_000, default: 300_000, description: 'an ejection never lasts longer' },
+        maxEjectedPercent: { type: 'integer', minimum: 0, maximum: 100, default: 50, description: 'share of backends ejected at once at most (at least one; 0: never eject)' },
       },
     },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'proxy' as const;
-  readonly roles = ['loadbalancer' as const];
+  },
+} as const;
+
+export type TcpProxyOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class TcpProxy {
   readonly stats: TcpProxyStats = { accepted: 0, active: 0, noBackend: 0, connectFailures: 0, ejections: 0, idleClosed: 0, backendErrors: 0 };
   private view: readonly BackendView[] = [];
   private server: Server | undefined;
@@ -307,6 +297,14 @@ export default class TcpProxyPlugin implements QhcpPlugin {
   }
 }
 
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'proxy',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new TcpProxy(options),
+});
+
 const CONN = Symbol('tcp-proxy connection');
 type ConnSocket = Socket & { [CONN]: Conn };
 
@@ -321,7 +319,7 @@ class Conn {
   /** Backends already tried (only after a failed connect). */
   tried: Set<string> | undefined;
   constructor(
-    readonly proxy: TcpProxyPlugin,
+    readonly proxy: TcpProxy,
     readonly client: Socket,
   ) {}
 }

@@ -9,39 +9,31 @@
  * within `resyncIntervalMs`.
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { Reconciler, RETRY_SCHEMA, SyncCommandError, TARGET_SCHEMA, checkTargets, eligible, formatAddress, targetOf, type TargetOptions } from './common.ts';
 
 const PLUGIN_NAME = 'caddy';
 
-export interface CaddySyncOptions extends TargetOptions {
-  admin: string;
-  id?: string;
-  path?: string;
-  timeoutMs: number;
-  resyncIntervalMs: number;
-  retryMinMs: number;
-  retryMaxMs: number;
-}
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    admin: { type: 'string', pattern: '^https?://', maxLength: 1000, default: 'http://127.0.0.1:2019', description: 'Caddy\'s admin endpoint (its `admin.listen`)' },
+    id: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,200}$', description: 'the `@id` of the reverse_proxy handler (one of id or path)' },
+    path: { type: 'string', pattern: '^[A-Za-z0-9_./-]{1,1000}$', description: 'or the handler\'s config path, e.g. apps/http/servers/srv0/routes/0/handle/0' },
+    ...TARGET_SCHEMA,
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'time for one admin API request' },
+    resyncIntervalMs: { type: 'integer', minimum: 100, maximum: 3_600_000, default: 5000, description: 'compare with Caddy this often even without changes' },
+    ...RETRY_SCHEMA,
+  },
+} as const;
 
-export default class CaddySyncPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      admin: { type: 'string', pattern: '^https?://', maxLength: 1000, default: 'http://127.0.0.1:2019', description: 'Caddy\'s admin endpoint (its `admin.listen`)' },
-      id: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,200}$', description: 'the `@id` of the reverse_proxy handler (one of id or path)' },
-      path: { type: 'string', pattern: '^[A-Za-z0-9_./-]{1,1000}$', description: 'or the handler\'s config path, e.g. apps/http/servers/srv0/routes/0/handle/0' },
-      ...TARGET_SCHEMA,
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'time for one admin API request' },
-      resyncIntervalMs: { type: 'integer', minimum: 100, maximum: 3_600_000, default: 5000, description: 'compare with Caddy this often even without changes' },
-      ...RETRY_SCHEMA,
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'sync' as const;
-  readonly roles = ['loadbalancer' as const];
+export type CaddySyncOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class CaddySync {
   private view: readonly BackendView[] = [];
   private reconciler: Reconciler | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -130,3 +122,11 @@ export default class CaddySyncPlugin implements QhcpPlugin {
     this.updates++;
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'sync',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new CaddySync(options),
+});

@@ -9,7 +9,8 @@
  * changed (then with a new `version_info`).
  */
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { Reconciler, RETRY_SCHEMA, SyncCommandError, TARGET_SCHEMA, WEIGHT_SCHEMA, checkTargets, intentOf, targetOf, weightPercent, writeAtomic, type TargetOptions, type WeightOptions } from './common.ts';
 
@@ -17,13 +18,6 @@ const PLUGIN_NAME = 'envoy-eds';
 export const CLA_TYPE = 'type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment';
 
 export type EnvoyHealth = 'UNKNOWN' | 'HEALTHY' | 'UNHEALTHY' | 'DRAINING' | 'DEGRADED';
-
-export interface EnvoyEdsOptions extends TargetOptions, WeightOptions {
-  file: string;
-  cluster: string;
-  retryMinMs: number;
-  retryMaxMs: number;
-}
 
 /** Envoy's health_status for one backend. */
 export function envoyHealth(b: BackendView): EnvoyHealth {
@@ -40,22 +34,23 @@ export function envoyHealth(b: BackendView): EnvoyHealth {
   }
 }
 
-export default class EnvoyEdsPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    required: ['file', 'cluster'],
-    properties: {
-      file: { type: 'string', minLength: 1, maxLength: 4096, description: 'the EDS file Envoy reads (path_config_source.path); written by rename' },
-      cluster: { type: 'string', minLength: 1, maxLength: 200, description: 'the Envoy cluster\'s name (cluster_name; the cluster has type EDS)' },
-      ...TARGET_SCHEMA,
-      ...WEIGHT_SCHEMA,
-      ...RETRY_SCHEMA,
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'sync' as const;
-  readonly roles = ['loadbalancer' as const];
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['file', 'cluster'],
+  properties: {
+    file: { type: 'string', minLength: 1, maxLength: 4096, description: 'the EDS file Envoy reads (path_config_source.path); written by rename' },
+    cluster: { type: 'string', minLength: 1, maxLength: 200, description: 'the Envoy cluster\'s name (cluster_name; the cluster has type EDS)' },
+    ...TARGET_SCHEMA,
+    ...WEIGHT_SCHEMA,
+    ...RETRY_SCHEMA,
+  },
+} as const;
+
+export type EnvoyEdsOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class EnvoyEds {
   private view: readonly BackendView[] = [];
   private reconciler: Reconciler | undefined;
   private written: string | undefined;
@@ -116,3 +111,11 @@ export default class EnvoyEdsPlugin implements QhcpPlugin {
     this.written = body;
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'sync',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new EnvoyEds(options),
+});

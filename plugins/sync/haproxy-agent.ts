@@ -11,7 +11,8 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { sanitize } from '../../core/util/sanitize.ts';
 import { WEIGHT_SCHEMA, intentOf, weightPercent, type WeightOptions } from './common.ts';
 
@@ -19,37 +20,29 @@ const PLUGIN_NAME = 'haproxy-agent';
 /** The longest request line read (a backend name); longer is malformed. */
 const MAX_REQUEST = 256;
 
-export interface HaproxyAgentOptions extends WeightOptions {
-  host: string;
-  port: number;
-  names: Record<string, string>;
-  requestTimeoutMs: number;
-  requestGapMs: number;
-  maxConnections: number;
-}
-
-export default class HaproxyAgentPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    properties: {
-      host: { type: 'string', minLength: 1, maxLength: 253, default: '127.0.0.1', description: 'address to listen on for HAProxy\'s agent checks' },
-      port: { type: 'integer', minimum: 0, maximum: 65535, default: 4249, description: 'TCP port to listen on (0: any free port, logged)' },
-      names: {
-        type: 'object',
-        additionalProperties: { type: 'string', minLength: 1, maxLength: 300, description: 'a qhcp backend address' },
-        default: {},
-        description: 'aliases: agent-send name -> qhcp backend address (a backend\'s own address always works)',
-      },
-      ...WEIGHT_SCHEMA,
-      requestTimeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'a connection that sends nothing this long gets `down #unknown backend`' },
-      requestGapMs: { type: 'integer', minimum: 1, maximum: 10_000, default: 50, description: 'a request without a newline is complete after this much silence' },
-      maxConnections: { type: 'integer', minimum: 1, maximum: 100_000, default: 256, description: 'agent-check connections open at once at most' },
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    host: { type: 'string', minLength: 1, maxLength: 253, default: '127.0.0.1', description: 'address to listen on for HAProxy\'s agent checks' },
+    port: { type: 'integer', minimum: 0, maximum: 65535, default: 4249, description: 'TCP port to listen on (0: any free port, logged)' },
+    names: {
+      type: 'object',
+      additionalProperties: { type: 'string', minLength: 1, maxLength: 300, description: 'a qhcp backend address' },
+      default: {},
+      description: 'aliases: agent-send name -> qhcp backend address (a backend\'s own address always works)',
     },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'sync' as const;
-  readonly roles = ['loadbalancer' as const];
+    ...WEIGHT_SCHEMA,
+    requestTimeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'a connection that sends nothing this long gets `down #unknown backend`' },
+    requestGapMs: { type: 'integer', minimum: 1, maximum: 10_000, default: 50, description: 'a request without a newline is complete after this much silence' },
+    maxConnections: { type: 'integer', minimum: 1, maximum: 100_000, default: 256, description: 'agent-check connections open at once at most' },
+  },
+} as const;
+
+export type HaproxyAgentOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class HaproxyAgent {
   private view = new Map<string, BackendView>();
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
@@ -152,3 +145,11 @@ export default class HaproxyAgentPlugin implements QhcpPlugin {
     }
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'sync',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new HaproxyAgent(options),
+});

@@ -11,7 +11,8 @@
  * change, after a failure's retry, and every `resyncIntervalMs`.
  */
 import type { BackendView, CoreLike, SyncUpdate } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { ConfigError } from '../../core/errors.ts';
 import {
   Reconciler,
@@ -30,55 +31,45 @@ import { ADMIN_FDRAIN, ADMIN_FMAINT, haproxyCommand, parseServersState, parseSoc
 
 const PLUGIN_NAME = 'haproxy';
 
-export interface HaproxySyncOptions extends TargetOptions, WeightOptions {
-  socket: string;
-  backends: string[];
-  servers: Record<string, string | string[]>;
-  health: boolean;
-  timeoutMs: number;
-  resyncIntervalMs: number;
-  retryMinMs: number;
-  retryMaxMs: number;
-}
-
 const SERVER_REF = '^[A-Za-z0-9_.:-]{1,100}/[A-Za-z0-9_.:-]{1,100}$';
 
-export default class HaproxySyncPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    required: ['socket'],
-    properties: {
-      socket: { type: 'string', minLength: 1, maxLength: 1000, description: 'HAProxy\'s stats socket (level admin): a Unix socket path (/... or ./...) or TCP host:port' },
-      backends: {
-        type: 'array',
-        items: { type: 'string', pattern: '^[A-Za-z0-9_.:-]{1,100}$', description: 'an HAProxy backend name' },
-        default: [],
-        description: 'HAProxy backends whose servers are matched by address (empty: all)',
-      },
-      servers: {
-        type: 'object',
-        additionalProperties: {
-          anyOf: [
-            { type: 'string', pattern: SERVER_REF },
-            { type: 'array', items: { type: 'string', pattern: SERVER_REF }, maxItems: 100 },
-          ],
-          description: '"backend/server" or a list of them',
-        },
-        default: {},
-        description: 'name map: qhcp backend address -> "haproxyBackend/server" (or a list); others are matched by target address',
-      },
-      ...TARGET_SCHEMA,
-      ...WEIGHT_SCHEMA,
-      health: { type: 'boolean', default: true, description: 'DOWN backends get `health down` (and `health up` when they recover); false: DOWN is put in maint instead' },
-      timeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'time for one command (connect, send, answer)' },
-      resyncIntervalMs: { type: 'integer', minimum: 100, maximum: 3_600_000, default: 5000, description: 'compare with HAProxy this often even without changes (brings a restarted HAProxy back in step)' },
-      ...RETRY_SCHEMA,
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['socket'],
+  properties: {
+    socket: { type: 'string', minLength: 1, maxLength: 1000, description: 'HAProxy\'s stats socket (level admin): a Unix socket path (/... or ./...) or TCP host:port' },
+    backends: {
+      type: 'array',
+      items: { type: 'string', pattern: '^[A-Za-z0-9_.:-]{1,100}$', description: 'an HAProxy backend name' },
+      default: [],
+      description: 'HAProxy backends whose servers are matched by address (empty: all)',
     },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'sync' as const;
-  readonly roles = ['loadbalancer' as const];
+    servers: {
+      type: 'object',
+      additionalProperties: {
+        anyOf: [
+          { type: 'string', pattern: SERVER_REF },
+          { type: 'array', items: { type: 'string', pattern: SERVER_REF }, maxItems: 100 },
+        ],
+        description: '"backend/server" or a list of them',
+      },
+      default: {},
+      description: 'name map: qhcp backend address -> "haproxyBackend/server" (or a list); others are matched by target address',
+    },
+    ...TARGET_SCHEMA,
+    ...WEIGHT_SCHEMA,
+    health: { type: 'boolean', default: true, description: 'DOWN backends get `health down` (and `health up` when they recover); false: DOWN is put in maint instead' },
+    timeoutMs: { type: 'integer', minimum: 10, maximum: 60_000, default: 2000, description: 'time for one command (connect, send, answer)' },
+    resyncIntervalMs: { type: 'integer', minimum: 100, maximum: 3_600_000, default: 5000, description: 'compare with HAProxy this often even without changes (brings a restarted HAProxy back in step)' },
+    ...RETRY_SCHEMA,
+  },
+} as const;
+
+export type HaproxySyncOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class HaproxySync {
   private readonly socket: SocketSpec;
   private view: readonly BackendView[] = [];
   private reconciler: Reconciler | undefined;
@@ -219,6 +210,14 @@ export default class HaproxySyncPlugin implements QhcpPlugin {
     return out;
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'sync',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new HaproxySync(options),
+});
 
 function sameHost(a: string, b: string): boolean {
   const strip = (h: string) => h.replace(/^\[|\]$/g, '').toLowerCase();

@@ -10,23 +10,12 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { BackendView, CoreLike } from '../../core/plugin/hooks.ts';
-import type { QhcpPlugin } from '../../core/plugin/loader.ts';
+import type { FromSchema } from '../../core/config/schema-types.ts';
+import { definePlugin } from '../../core/plugin/define.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { Reconciler, RETRY_SCHEMA, SyncCommandError, TARGET_SCHEMA, WEIGHT_SCHEMA, checkTargets, formatAddress, intentOf, targetOf, weightPercent, writeAtomic, type TargetOptions, type WeightOptions } from './common.ts';
 
 const PLUGIN_NAME = 'nginx';
-
-export interface NginxSyncOptions extends TargetOptions, WeightOptions {
-  file: string;
-  upstream: string;
-  directives: string[];
-  reloadCommand: string[];
-  testCommand: string[];
-  minReloadIntervalMs: number;
-  commandTimeoutMs: number;
-  retryMinMs: number;
-  retryMaxMs: number;
-}
 
 const ARGV = { type: 'array', items: { type: 'string', minLength: 1, maxLength: 4096, description: 'one argument' }, maxItems: 64 } as const;
 
@@ -41,27 +30,28 @@ export function runArgv(argv: string[], timeoutMs: number): Promise<string> {
   });
 }
 
-export default class NginxSyncPlugin implements QhcpPlugin {
-  static schema = {
-    type: 'object',
-    additionalProperties: false,
-    required: ['file', 'upstream'],
-    properties: {
-      file: { type: 'string', minLength: 1, maxLength: 4096, description: 'the include file to write (nginx must `include` it inside `http { }`)' },
-      upstream: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,100}$', description: 'the upstream block\'s name (proxy_pass http://NAME)' },
-      directives: { ...ARGV, items: { type: 'string', pattern: '^[^{};\\n]{1,500}$', description: 'a directive without ;' }, default: [], description: 'extra directives inside the upstream block, e.g. "least_conn", "keepalive 16"' },
-      reloadCommand: { ...ARGV, minItems: 1, default: ['nginx', '-s', 'reload'], description: 'argv run after the file changed (no shell)' },
-      testCommand: { ...ARGV, default: [], description: 'argv run before the reload (e.g. ["nginx", "-t"]); on failure the previous file is put back; [] = none' },
-      minReloadIntervalMs: { type: 'integer', minimum: 0, maximum: 3_600_000, default: 1000, description: 'at most one reload per this interval; changes in between wait for the next one' },
-      commandTimeoutMs: { type: 'integer', minimum: 100, maximum: 600_000, default: 10_000, description: 'time for the test and reload commands' },
-      ...TARGET_SCHEMA,
-      ...WEIGHT_SCHEMA,
-      ...RETRY_SCHEMA,
-    },
-  };
-  readonly name = PLUGIN_NAME;
-  readonly family = 'sync' as const;
-  readonly roles = ['loadbalancer' as const];
+const schema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['file', 'upstream'],
+  properties: {
+    file: { type: 'string', minLength: 1, maxLength: 4096, description: 'the include file to write (nginx must `include` it inside `http { }`)' },
+    upstream: { type: 'string', pattern: '^[A-Za-z0-9_.-]{1,100}$', description: 'the upstream block\'s name (proxy_pass http://NAME)' },
+    directives: { ...ARGV, items: { type: 'string', pattern: '^[^{};\\n]{1,500}$', description: 'a directive without ;' }, default: [], description: 'extra directives inside the upstream block, e.g. "least_conn", "keepalive 16"' },
+    reloadCommand: { ...ARGV, minItems: 1, default: ['nginx', '-s', 'reload'], description: 'argv run after the file changed (no shell)' },
+    testCommand: { ...ARGV, default: [], description: 'argv run before the reload (e.g. ["nginx", "-t"]); on failure the previous file is put back; [] = none' },
+    minReloadIntervalMs: { type: 'integer', minimum: 0, maximum: 3_600_000, default: 1000, description: 'at most one reload per this interval; changes in between wait for the next one' },
+    commandTimeoutMs: { type: 'integer', minimum: 100, maximum: 600_000, default: 10_000, description: 'time for the test and reload commands' },
+    ...TARGET_SCHEMA,
+    ...WEIGHT_SCHEMA,
+    ...RETRY_SCHEMA,
+  },
+} as const;
+
+export type NginxSyncOptions = FromSchema<typeof schema>;
+
+/** The plugin's body (definePlugin below). */
+export class NginxSync {
   private view: readonly BackendView[] = [];
   private reconciler: Reconciler | undefined;
   /** The text nginx was last reloaded with (undefined: not yet). */
@@ -144,3 +134,11 @@ export default class NginxSyncPlugin implements QhcpPlugin {
     this.applied = text;
   }
 }
+
+export default definePlugin({
+  name: PLUGIN_NAME,
+  family: 'sync',
+  roles: ['loadbalancer'],
+  schema,
+  setup: (options) => new NginxSync(options),
+});

@@ -22,7 +22,6 @@ import PowerOfTwoPlugin from '../../plugins/balancer/power-of-two.ts';
 import LeastConnectionsPlugin from '../../plugins/balancer/least-connections.ts';
 import LogAlertPlugin from '../../plugins/alert/log.ts';
 import { ConnectionCounts } from '../../plugins/proxy/connections.ts';
-import { validateOptions } from '../../core/plugin/loader.ts';
 import { backend, build, fakeCore, seeded } from '../plugins/fake-core.ts';
 
 

@@ -20,6 +20,8 @@ export class ScriptedAgent {
   readonly log: string[] = [];
   /** Delay before answering a HEALTH_REQUEST (ms). */
   answerDelayMs = 0;
+  /** Delay before answering a HELLO (ms): a slow connection set-up. */
+  helloDelayMs = 0;
   /** Called with the request count when a HEALTH_REQUEST arrives (before it is answered). */
   onRequest: ((n: number) => void) | undefined;
 
@@ -63,9 +65,12 @@ export class ScriptedAgent {
   private onMessage(msg: Message, s: Session): void {
     this.log.push(msg.type);
     switch (msg.type) {
-      case 'HELLO':
-        s.send('ACK', { version: 1, node: 'scripted-agent', role: 'agent', metrics: [] });
+      case 'HELLO': {
+        const ack = () => s.trySend('ACK', { version: 1, node: 'scripted-agent', role: 'agent', metrics: [] });
+        if (this.helloDelayMs > 0) setTimeout(ack, this.helloDelayMs);
+        else ack();
         return;
+      }
       case 'HEALTH_REQUEST': {
         this.onRequest?.(this.answered + 1);
         const answer = () => {

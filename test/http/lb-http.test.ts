@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { mkdtempSync, writeFileSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
-import { createServer } from 'node:net';
+import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LbHttp } from '../../core/http/loadbalancer.ts';
@@ -358,6 +358,19 @@ describe('LbHttp (HTTP listener of the load balancer)', () => {
           // The same request to a listener bound beyond loopback: it relies on its token, not on Host.
           expect((await get(bad, wideAt!.port)).status, `${bad} on 0.0.0.0`).to.equal(200);
         }
+        // Raw requests: HTTP/1.0 without Host is served (no browser omits it, so no rebinding page
+        // sent it); HTTP/1.0 with a foreign Host is not; HTTP/1.1 without Host is refused by Node (400).
+        const raw = (text: string) =>
+          new Promise<string>((resolve, reject) => {
+            const c = connect(at!.port, '127.0.0.1', () => c.end(text));
+            let out = '';
+            c.on('data', (d: Buffer) => (out += d.toString('latin1')));
+            c.on('end', () => resolve(out.split('\r\n')[0]!));
+            c.on('error', reject);
+          });
+        expect(await raw('GET /api/status HTTP/1.0\r\n\r\n')).to.match(/^HTTP\/1\.[01] 200 /);
+        expect(await raw('GET /api/status HTTP/1.0\r\nHost: evil.example\r\n\r\n')).to.match(/^HTTP\/1\.[01] 421 /);
+        expect(await raw('GET /api/status HTTP/1.1\r\nConnection: close\r\n\r\n')).to.match(/^HTTP\/1\.1 400 /);
       } finally {
         await web.close();
         await wide.close();

@@ -168,6 +168,15 @@ describe('load balancer group through Redis (three members, ten agents)', functi
     for (const v of rest) expect(v).to.deep.equal(first);
     expect(await metric('qhcp_cluster_members')).to.equal(3);
     expect(await metric('qhcp_cluster_fallback')).to.equal(0);
+    // lb-a names every agent, those only the other members check included (their results carry
+    // the name): in /api/status (read from the records now) and in the metrics' `name` label.
+    const api = (await (await fetch(`http://127.0.0.1:${httpPort}/api/status`)).json()) as { backends: Array<{ address: string; name: string | null }> };
+    for (const a of agents) expect(api.backends.find((b) => b.address === a.address)?.name, `${a.address} name (checked by ${owners(a.address, names, R).join(',')})`).to.equal(a.server.node);
+    const text = await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text();
+    for (const a of agents) {
+      const line = text.split('\n').find((l) => l.startsWith('qhcp_backend_weight{') && l.includes(`backend="${a.address}"`));
+      expect(/name="([^"]*)"/.exec(line ?? '')?.[1], `${a.address} name label (checked by ${owners(a.address, names, R).join(',')})`).to.equal(a.server.node);
+    }
   });
 
   it('kill -9 of a member: its agents go to the others with no DOWN, every agent covered again', async () => {

@@ -69,6 +69,15 @@ describe('push mode: reports instead of polls', function () {
     await waitForState(lb.port, first.address, 'UP');
     first.proc.signal('SIGKILL');
     await first.proc.exited;
+    // The first failed check: the overdue report's port probe saw ICMP port unreachable and the
+    // connection failed (or, had the probe been lost, the report timeout). It stands for one
+    // interval (0.4 s) before the next check, so status is read often enough to see it.
+    const one = await waitUntil(async () => {
+      const st = await statusOf(lb.port, first.address);
+      return st.failures > 0 ? st : undefined;
+    }, 10_000, 'the first failed check', 10);
+    expect(one.failures, 'the first failed check seen').to.equal(1);
+    expect(one.lastError).to.match(/^(connection lost: connection refused \(ICMP port unreachable\)|REPORT_TIMEOUT: no HEALTH_REPORT within \d+ ms)$/);
     const down = await waitForState(lb.port, first.address, 'DOWN', 20_000);
     expect(down.failures).to.equal(3);
     // A missing report, or (once the port probe has seen ICMP port unreachable and the connection

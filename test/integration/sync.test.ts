@@ -15,7 +15,6 @@ import type { SyncUpdate } from '../../core/plugin/hooks.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import { build } from '../../core/testing/index.ts';
 import HaproxySyncPlugin from '../../plugins/sync/haproxy.ts';
-import { validateOptions, type PluginConstructor } from '../../core/plugin/loader.ts';
 import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
 const quiet = () => createLogger({ level: 'warn', json: true, write: () => {} });
@@ -64,12 +63,11 @@ describe('sync hook: load balancer -> sync plugins -> real HAProxy', function ()
     const addresses = agents.map((a) => `127.0.0.1:${a.port}`);
     const updates: SyncUpdate[] = [];
     const recorder: QhcpPlugin = { name: 'recorder', apply: (core) => core.hooks.sync.tap('recorder', (u) => void updates.push(u)) };
-    const haproxyOpts = validateOptions(HaproxySyncPlugin as unknown as PluginConstructor, {
+    const haproxy = build(HaproxySyncPlugin, {
       socket: h.socket,
       targets: Object.fromEntries(addresses.map((a, i) => [a, `127.0.0.1:${http[i]!.port}`])),
       weightFrom: 'none',
-    }, 'haproxy');
-    const haproxy = new HaproxySyncPlugin(haproxyOpts as never);
+    });
     const config = buildConfig(
       { servers: addresses, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, checkInterval: 0.3, checkTimeout: 0.25, reconnectInterval: 0.3, pluginTimeout: 0.5, status: 'none' },
       undefined,

@@ -6,14 +6,18 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CompactSign, SignJWT, exportJWK } from 'jose';
-import JwtAuthPlugin, { type JwtOptions } from '../../plugins/auth/jwt.ts';
+import JwtAuthPlugin from '../../plugins/auth/jwt.ts';
+import type { OptionsOf } from '../../core/plugin/define.ts';
+import { build } from '../../core/testing/index.ts';
 import { ConfigError, WIRE_ERRORS } from '../../core/errors.ts';
-import { validateOptions, applyPlugins, type PluginConstructor } from '../../core/plugin/loader.ts';
+import { validateOptions, applyPlugins } from '../../core/plugin/loader.ts';
 import type { AuthVerdict } from '../../core/plugin/hooks.ts';
 import { fakeCore, type FakeCore } from './fake-core.ts';
 
 const b64url = (o: unknown) => Buffer.from(JSON.stringify(o)).toString('base64url');
 const nowS = () => Math.floor(Date.now() / 1000);
+
+type JwtOptions = OptionsOf<typeof JwtAuthPlugin>;
 
 describe('jwt auth plugin', () => {
   let dir: string;
@@ -27,9 +31,9 @@ describe('jwt auth plugin', () => {
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
-  function make(options: JwtOptions): JwtAuthPlugin {
+  function make(options: JwtOptions) {
     // A fixed audience: these unit tests have no agent address (per-agent audiences: test/robustness/audience.test.ts).
-    return new JwtAuthPlugin(validateOptions(JwtAuthPlugin as unknown as PluginConstructor, { audience: 'qhcp-server', ...options } as Record<string, unknown>, 'test') as JwtOptions);
+    return build(JwtAuthPlugin, { audience: 'qhcp-server', ...options });
   }
 
   /** A load balancer core and a server core with the plugin applied to each. */
@@ -221,8 +225,8 @@ describe('jwt auth plugin', () => {
       expect(() => make({ secretFile, privateKeyFile: 'k.pem' })).to.throw(/HS256 uses secretFile/);
       expect(() => make({ alg: 'EdDSA', secretFile })).to.throw(/key pair/);
       expect(() => make({ alg: 'ES256' })).to.throw(/privateKeyFile/);
-      expect(() => validateOptions(JwtAuthPlugin as unknown as PluginConstructor, { alg: 'none', secretFile }, 'p')).to.throw(ConfigError, /alg: must be one of "HS256", "EdDSA", "ES256"/);
-      expect(() => validateOptions(JwtAuthPlugin as unknown as PluginConstructor, { token: 'abc' }, 'p')).to.throw(ConfigError, /token: is not a known option/);
+      expect(() => validateOptions(JwtAuthPlugin, { alg: 'none', secretFile }, 'p')).to.throw(ConfigError, /alg: must be one of "HS256", "EdDSA", "ES256"/);
+      expect(() => validateOptions(JwtAuthPlugin, { token: 'abc' }, 'p')).to.throw(ConfigError, /token: is not a known option/);
     });
 
     it('fails at apply when the role lacks its key: a load balancer needs a signing key', async () => {

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import CaddySyncPlugin from '../../plugins/sync/caddy.ts';
+import CaddySyncPlugin, { type CaddySync } from '../../plugins/sync/caddy.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
 import { Child, closeAll, freePort, gets, expectOnly, httpBackends, httpGet, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
@@ -25,7 +25,7 @@ describe('sync plugin caddy (real Caddy, real HTTP traffic)', function () {
   let admin: number;
   let front: number;
   let core: FakeCore;
-  let plugin: CaddySyncPlugin;
+  let plugin: CaddySync;
   const A = ['127.0.0.1:5501', '127.0.0.1:5502', '127.0.0.1:5503'];
 
   const fullConfig = () => ({

@@ -9,7 +9,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ajv } from 'ajv';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import EnvoyEdsPlugin from '../../plugins/sync/envoy-eds.ts';
+import EnvoyEdsPlugin, { type EnvoyEds } from '../../plugins/sync/envoy-eds.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
 import { removeDir, tempDir, waitUntil } from '../helpers/proxies.ts';
 
@@ -27,7 +27,7 @@ interface Lb {
 describe('sync plugin envoy-eds (file checked against the proto JSON shape)', () => {
   let dir: string;
   let core: FakeCore;
-  let plugin: EnvoyEdsPlugin;
+  let plugin: EnvoyEds;
   const validate = new Ajv({ allErrors: true, strict: false }).compile(schema);
   const read = () => JSON.parse(readFileSync(plugin.options.file, 'utf8')) as { version_info: string; resources: Array<{ cluster_name: string; endpoints: Array<{ lb_endpoints: Lb[] }> }> };
 

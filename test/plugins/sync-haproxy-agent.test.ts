@@ -7,7 +7,7 @@
 import { expect } from 'chai';
 import { createConnection } from 'node:net';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import HaproxyAgentPlugin from '../../plugins/sync/haproxy-agent.ts';
+import HaproxyAgentPlugin, { type HaproxyAgent } from '../../plugins/sync/haproxy-agent.ts';
 import { haproxyCommand, parseServersState } from '../../plugins/sync/haproxy-cli.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
 import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
@@ -43,7 +43,7 @@ describe('sync plugin haproxy-agent', function () {
 
   describe('the agent grammar on raw TCP', () => {
     let core: FakeCore;
-    let plugin: HaproxyAgentPlugin;
+    let plugin: HaproxyAgent;
     before(async () => {
       core = fakeCore('loadbalancer');
       plugin = build(HaproxyAgentPlugin, { port: 0, names: { web1: '10.0.0.1:4243' }, requestTimeoutMs: 300 });
@@ -95,7 +95,7 @@ describe('sync plugin haproxy-agent', function () {
     let http: NamedBackend[];
     let front: number;
     let core: FakeCore;
-    let plugin: HaproxyAgentPlugin;
+    let plugin: HaproxyAgent;
     const A = ['127.0.0.1:5201', '127.0.0.1:5202', '127.0.0.1:5203'];
 
     before(async function () {

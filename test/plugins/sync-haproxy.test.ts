@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import HaproxySyncPlugin from '../../plugins/sync/haproxy.ts';
+import HaproxySyncPlugin, { type HaproxySync } from '../../plugins/sync/haproxy.ts';
 import { haproxyCommand, parseServersState } from '../../plugins/sync/haproxy-cli.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
 import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
@@ -23,7 +23,7 @@ describe('sync plugin haproxy (real HAProxy, real HTTP traffic)', function () {
   let backends: NamedBackend[];
   let front: number;
   let core: FakeCore;
-  let plugin: HaproxySyncPlugin;
+  let plugin: HaproxySync;
   const A = ['127.0.0.1:5101', '127.0.0.1:5102', '127.0.0.1:5103'];
 
   const config = () =>

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import NginxSyncPlugin from '../../plugins/sync/nginx.ts';
+import NginxSyncPlugin, { type NginxSync } from '../../plugins/sync/nginx.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
 import { Child, closeAll, freePort, gets, expectOnly, httpBackends, removeDir, sleep, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
@@ -24,7 +24,7 @@ describe('sync plugin nginx (real nginx, real HTTP traffic)', function () {
   let nginx: Child | undefined;
   let front: number;
   let core: FakeCore;
-  let plugin: NginxSyncPlugin;
+  let plugin: NginxSync;
   let nginxArgs: string[];
   const A = ['127.0.0.1:5401', '127.0.0.1:5402', '127.0.0.1:5403'];
 

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
-import SystemMetricsPlugin, { cpuLoadReader, mountKey, parseProcNetDev, SYSTEM_READERS, type SystemReaders } from '../../plugins/metrics/system.ts';
-import type { CpuInfo } from 'node:os';
+import systemMetrics, { mountKey, SystemMetrics, type SystemMetricsOptions } from '../../plugins/metrics/system.ts';
+import { cpuLoadReader, diskUse, osCpuTicks, parseMeminfo, parseMounts, parseProcNetDev, parseProcStat, ProcFile, systemReaders, type CpuTicks, type SystemReaders } from '../../plugins/metrics/readers.ts';
 import { MetricsReport } from '../../core/plugin/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { validateOptions } from '../../core/plugin/loader.ts';
@@ -39,21 +39,21 @@ function fakeReaders(over: Partial<SystemReaders> = {}) {
   return { readers, calls };
 }
 
-function collect(p: SystemMetricsPlugin): MetricsReport {
+function collect(p: SystemMetrics): MetricsReport {
   const r = new MetricsReport();
   p.collect(r);
   return r;
 }
 
 describe('system-metrics plugin', () => {
-  const started: SystemMetricsPlugin[] = [];
+  const started: SystemMetrics[] = [];
   afterEach(() => {
     for (const p of started.splice(0)) p.sampler.stop();
   });
 
   async function startPlugin(options: Record<string, unknown>, readers: SystemReaders) {
     const core = fakeCore('server');
-    const p = new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, options, 'test'), readers);
+    const p = new SystemMetrics(validateOptions(systemMetrics, options, 'test') as SystemMetricsOptions, readers);
     started.push(p);
     p.apply(core);
     await core.hooks.start.promise(core);
@@ -131,7 +131,7 @@ describe('system-metrics plugin', () => {
 
   it('loadScore: max or weighted mean, weight 0 leaves an input out, load is per core', () => {
     const { readers } = fakeReaders();
-    const score = (opts: Record<string, unknown>, values: Record<string, number>) => new SystemMetricsPlugin(validateOptions(SystemMetricsPlugin, opts, 't'), readers).loadScore(values);
+    const score = (opts: Record<string, unknown>, values: Record<string, number>) => new SystemMetrics(validateOptions(systemMetrics, opts, 't') as SystemMetricsOptions, readers).loadScore(values);
     expect(score({}, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.6);
     expect(score({ loadScore: { combine: 'mean' } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.433);
     expect(score({ loadScore: { combine: 'mean', weights: { cpu: 2, memory: 0, load: 1 } } }, { cpu: 20, memory: 60, load1: 1 })).to.equal(0.3);
@@ -164,16 +164,16 @@ describe('system-metrics plugin', () => {
   });
 
   it('rejects unknown or out-of-range options', () => {
-    expect(() => validateOptions(SystemMetricsPlugin, { intervalMs: 5 }, 'p')).to.throw(ConfigError, /intervalMs/);
-    expect(() => validateOptions(SystemMetricsPlugin, { sources: { gpu: {} } }, 'p')).to.throw(ConfigError, /gpu: is not a known option/);
-    expect(() => validateOptions(SystemMetricsPlugin, { loadScore: { combine: 'sum' } }, 'p')).to.throw(ConfigError, /combine/);
-    const filled = validateOptions(SystemMetricsPlugin, {}, 'p');
+    expect(() => validateOptions(systemMetrics, { intervalMs: 5 }, 'p')).to.throw(ConfigError, /intervalMs/);
+    expect(() => validateOptions(systemMetrics, { sources: { gpu: {} } }, 'p')).to.throw(ConfigError, /gpu: is not a known option/);
+    expect(() => validateOptions(systemMetrics, { loadScore: { combine: 'sum' } }, 'p')).to.throw(ConfigError, /combine/);
+    const filled = validateOptions(systemMetrics, {}, 'p');
     expect(filled).to.deep.include({ intervalMs: 1000, timeoutMs: 2000, loadScore: { combine: 'max', weights: { cpu: 1, memory: 1, load: 1 } } });
   });
 
-  it('reads the real machine through systeminformation', async function () {
+  it('reads the real machine', async function () {
     this.timeout(20_000);
-    const { core, p } = await startPlugin({ slowIntervalMs: 60_000 }, SYSTEM_READERS);
+    const { core, p } = await startPlugin({ slowIntervalMs: 60_000 }, systemReaders());
     // Start-up waits at most 1 s for the first readings; on a busy machine some come later.
     const want = ['cpu', 'memory', 'load1', 'load5', 'load15', 'loadScore', 'uptime', 'processes'];
     await waitUntil(() => want.every((k) => k in collect(p).values), 15_000, `metrics ${want.join(',')}`);
@@ -186,10 +186,42 @@ describe('system-metrics plugin', () => {
     for (const k of Object.keys(v)) expect(k).to.match(METRIC_NAME);
     await core.hooks.stop.promise(core);
   });
+
+  it('synchronous readers are stored at once; sources of one interval share one timer', async () => {
+    const { readers } = fakeReaders({ currentLoad: () => ({ currentLoad: 10, cpus: [] }), mem: () => ({ total: 10, available: 5 }) });
+    const real = globalThis.setInterval;
+    let timers = 0;
+    globalThis.setInterval = ((...a: Parameters<typeof setInterval>) => {
+      timers++;
+      return real(...a);
+    }) as typeof setInterval;
+    let p: SystemMetrics;
+    try {
+      ({ p } = await startPlugin({ intervalMs: 60_000, slowIntervalMs: 120_000 }, readers));
+    } finally {
+      globalThis.setInterval = real;
+    }
+    // Seven sources on two intervals.
+    expect(timers).to.equal(2);
+    expect(collect(p).values).to.include({ cpu: 10, memory: 50 });
+  });
+
+  it('a synchronous reader that throws drops its own metrics and is logged', async () => {
+    const { readers } = fakeReaders({
+      mem: () => {
+        throw new Error('EACCES');
+      },
+    });
+    const { core, p } = await startPlugin({}, readers);
+    expect(collect(p).values).to.not.have.property('memory');
+    expect(collect(p).values).to.include({ cpu: 40 });
+    expect(p.sampler.status().find((s) => s.name === 'memory')).to.include({ failures: 1, lastError: 'EACCES' });
+    expect(core.logged(/memory read failed/)[0]).to.include({ source: 'memory', error: 'EACCES' });
+  });
 });
 
-describe('parseProcNetDev', () => {
-  it('reads receive and transmit bytes per interface and skips the headers and broken lines', () => {
+describe('system-metrics readers (readers.ts)', () => {
+  it('parseProcNetDev reads receive and transmit bytes per interface and skips the headers and broken lines', () => {
     const text = [
       'Inter-|   Receive                                                |  Transmit',
       ' face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed',
@@ -204,11 +236,71 @@ describe('parseProcNetDev', () => {
     ]);
   });
 
-  it('the Linux readers count network bytes and processes without a child process', async function () {
+  it('parseProcStat reads the per-core lines only: busy is all but idle and iowait', () => {
+    const text = ['cpu  30 0 10 100 5 0 0 0 0 0', 'cpu0 10 1 2 50 3 4 5 6 7 0', 'cpu1 20 0 8 50 2 0 0 0 0 0', 'intr 1 2 3', 'cpu9 1 1 1 1 1 1 1 1', ''].join('\n');
+    expect(parseProcStat(text)).to.deep.equal([
+      // busy = user 10 + nice 1 + system 2 + irq 4 + softirq 5 + steal 6 (guest 7 is inside user)
+      { busy: 28, total: 81 },
+      { busy: 28, total: 80 },
+    ]);
+    expect(parseProcStat('cpu  1 2 3 4\n')).to.deep.equal([]);
+  });
+
+  it('parseMeminfo reads MemTotal and MemAvailable in bytes, or estimates it on old kernels', () => {
+    expect(parseMeminfo('MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    400 kB\n')).to.deep.equal({ total: 1024_000, available: 409_600 });
+    expect(parseMeminfo('MemTotal: 1000 kB\nMemFree: 100 kB\nBuffers: 50 kB\nCached: 150 kB\nSwapCached: 999 kB\n')).to.deep.equal({ total: 1024_000, available: 300 * 1024 });
+    expect(parseMeminfo('')).to.deep.equal({ total: 0, available: 0 });
+  });
+
+  it('parseMounts keeps local block devices once each, at the shortest path, unescaped', () => {
+    const text = [
+      'proc /proc proc rw 0 0',
+      'tmpfs /dev/shm tmpfs rw 0 0',
+      '/dev/vda / ext4 rw 0 0',
+      '/dev/vda /etc/hosts ext4 rw 0 0',
+      '/dev/vdb /mnt/my\\040data xfs rw 0 0',
+      'server:/export /mnt/nfs nfs4 rw 0 0',
+      '//server/share /mnt/smb cifs rw 0 0',
+      '/dev/loop0 /snap/core squashfs ro 0 0',
+      '/dev/vdc /srv ext4 rw 0 0',
+      '/dev/vdd /srv ext4 rw 0 0',
+      '',
+    ].join('\n');
+    expect(parseMounts(text)).to.deep.equal(['/', '/mnt/my data', '/srv']);
+  });
+
+  it('diskUse computes used % as df does (reserved blocks count as not available)', () => {
+    // 1000 blocks, 400 free of which 300 usable by anyone: used 600 / (600 + 300)
+    expect(diskUse('/', { bsize: 4096, blocks: 1000, bfree: 400, bavail: 300 })).to.deep.equal({ mount: '/', use: 66.67, size: 4_096_000 });
+    expect(diskUse('/x', { bsize: 4096, blocks: 0, bfree: 0, bavail: 0 })).to.deep.equal({ mount: '/x', use: null, size: 0 });
+  });
+
+  it('ProcFile reads from the start each time, grows its buffer for a long file, and reopens after a failure', async () => {
+    const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { tmpdir } = await import('node:os');
+    const dir = mkdtempSync(join(tmpdir(), 'qhcp-procfile-'));
+    const file = join(dir, 'f');
+    const f = new ProcFile(file);
+    try {
+      expect(() => f.read()).to.throw(/ENOENT/);
+      writeFileSync(file, 'one');
+      expect(f.read()).to.equal('one');
+      expect(f.read()).to.equal('one');
+      const long = 'x'.repeat(10_000);
+      writeFileSync(file, long);
+      expect(f.read()).to.equal(long);
+    } finally {
+      f.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the Linux readers read everything without a child process', async function () {
     if (process.platform !== 'linux') this.skip();
     this.timeout(20_000);
     // Every child process (exec, execFile, spawn) goes through ChildProcess.prototype.spawn.
-    const { ChildProcess } = await import('node:child_process');
+    const { ChildProcess, execFile } = await import('node:child_process');
     const proto = ChildProcess.prototype as unknown as { spawn: (...a: unknown[]) => unknown };
     const orig = proto.spawn;
     let spawned = 0;
@@ -216,44 +308,86 @@ describe('parseProcNetDev', () => {
       spawned++;
       return orig.apply(this, a);
     };
+    const r = systemReaders();
     try {
-      const [net, procs] = await Promise.all([SYSTEM_READERS.networkStats(), SYSTEM_READERS.processes()]);
+      const [cpu, mem, disks, net, procs] = await Promise.all([r.currentLoad(), r.mem(), r.fsSize(), r.networkStats(), r.processes()]);
       expect(spawned).to.equal(0);
+      expect(cpu.cpus.length).to.equal(osCpuTicks().length);
+      expect(mem.total).to.be.greaterThan(mem.available);
+      expect(disks.some((d) => d.size > 0 && d.use !== null)).to.equal(true, JSON.stringify(disks));
       expect(net.some((n) => n.iface === 'lo')).to.equal(true);
       expect(procs.all).to.be.greaterThan(1);
-      // The counter does see a child process: systeminformation's own reader runs some.
-      const si = (await import('systeminformation')).default;
-      await si.networkStats('*');
-      expect(spawned).to.be.greaterThan(0);
+      // The counter does see a child process.
+      await new Promise((resolve) => execFile(process.execPath, ['-e', '0'], resolve));
+      expect(spawned).to.equal(1);
     } finally {
       proto.spawn = orig;
+      r.close?.();
     }
+  });
+
+  it('on Linux the plugin never loads systeminformation', async function () {
+    if (process.platform !== 'linux') this.skip();
+    this.timeout(30_000);
+    const { execFileSync } = await import('node:child_process');
+    const script = [
+      "import { SystemMetrics } from './plugins/metrics/system.ts';",
+      "import { createRequire } from 'node:module';",
+      "const p = new SystemMetrics({ intervalMs: 1000, slowIntervalMs: 30000, timeoutMs: 2000, sources: {}, perCore: true, maxCores: 64, maxMounts: 16, loadScore: { combine: 'max', weights: { cpu: 1, memory: 1, load: 1 } } });",
+      "p.collect({ set() {} });",
+      "const loaded = Object.keys(createRequire(import.meta.url).cache).filter((k) => k.includes('systeminformation'));",
+      'p.sampler.stop();',
+      'console.log(JSON.stringify(loaded));',
+    ].join('\n');
+    const { ROOT } = await import('../helpers/procs.ts');
+    const out = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8', timeout: 25_000 });
+    expect(JSON.parse(out)).to.deep.equal([]);
   });
 });
 
 describe('cpuLoadReader', () => {
-  const cpu = (user: number, idle: number): CpuInfo => ({ model: 'x', speed: 1, times: { user, nice: 0, sys: 0, irq: 0, idle } });
+  const core = (busy: number, idle: number): CpuTicks => ({ busy, total: busy + idle });
 
-  it('reports busy % since the previous reading, overall and per core, from tick counters', async () => {
+  it('reports busy % since the previous reading, overall and per core, from tick counters', () => {
     const readings = [
-      [cpu(100, 100), cpu(100, 100)],
-      [cpu(150, 150), cpu(190, 110)], // core 0: 50 busy of 100; core 1: 90 of 100
+      [core(100, 100), core(100, 100)],
+      [core(150, 150), core(190, 110)], // core 0: 50 busy of 100; core 1: 90 of 100
     ];
     let i = 0;
     const read = cpuLoadReader(() => readings[Math.min(i++, readings.length - 1)]!);
-    const r = await read();
+    const r = read();
     expect(r.cpus.map((c) => c.load)).to.deep.equal([50, 90]);
     expect(r.currentLoad).to.equal(70);
     // No ticks since: 0 %, not NaN.
-    const again = await read();
+    const again = read();
     expect(again.currentLoad).to.equal(0);
   });
 
-  it('reads the real counters without a child process and stays within 0..100', async () => {
-    const read = cpuLoadReader();
-    await new Promise((r) => setTimeout(r, 50));
-    const r = await read();
-    expect(r.currentLoad).to.be.within(0, 100);
-    for (const c of r.cpus) expect(c.load).to.be.within(0, 100);
+  it('a counter that went back reads 0 for that core and leaves the total to the others', () => {
+    const readings = [
+      [core(100, 100), core(100, 100)],
+      [core(10, 10), core(150, 150)],
+    ];
+    let i = 0;
+    const read = cpuLoadReader(() => readings[i++]!);
+    const r = read();
+    expect(r.cpus.map((c) => c.load)).to.deep.equal([0, 50]);
+    expect(r.currentLoad).to.equal(50);
+  });
+
+  it('reads the real counters (both ways) and stays within 0..100', async () => {
+    const readers = systemReaders();
+    try {
+      for (const read of [cpuLoadReader(osCpuTicks), () => readers.currentLoad()]) {
+        await read();
+        await new Promise((r) => setTimeout(r, 50));
+        const r = await read();
+        expect(r.currentLoad).to.be.within(0, 100);
+        expect(r.cpus.length).to.equal(osCpuTicks().length);
+        for (const c of r.cpus) expect(c.load).to.be.within(0, 100);
+      }
+    } finally {
+      readers.close?.();
+    }
   });
 });

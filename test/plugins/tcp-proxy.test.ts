@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { createConnection, createServer, type Socket, type Server } from 'node:net';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
-import TcpProxyPlugin from '../../plugins/proxy/tcp.ts';
+import TcpProxyPlugin, { type TcpProxy } from '../../plugins/proxy/tcp.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import LeastConnectionsPlugin from '../../plugins/balancer/least-connections.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
@@ -48,7 +48,7 @@ describe('proxy plugin tcp-proxy (real TCP backends)', function () {
   let echoes: EchoBackend[];
   const A = ['127.0.0.1:5301', '127.0.0.1:5302', '127.0.0.1:5303'];
   let core: FakeCore;
-  let proxy: TcpProxyPlugin;
+  let proxy: TcpProxy;
   const clients: Client[] = [];
 
   const start = async (balancer: 'rr' | 'lc', over: Record<string, unknown> = {}, targets?: Record<string, string>) => {

@@ -155,7 +155,7 @@ describe('check kind: grpc', () => {
       });
     }
     it('accepts grpc-js target URIs and IPv6', () => {
-      for (const address of ['dns:///localhost:50051', 'unix:/run/app.sock', '[::1]:50051', 'localhost:50051']) grpcKind.create({ address }, ctx).close?.();
+      for (const address of ['dns:///localhost:50051', 'unix:/run/app.sock', '[::1]:50051', 'localhost:50051']) grpcKind.create({ address, service: '' }, ctx).close?.();
     });
   });
 });

@@ -249,7 +249,7 @@ describe('check kind: http', () => {
     ];
     for (const [what, options, message] of bad) {
       it(what, () => {
-        expect(() => http.create(options as never, ctx)).to.throw(ConfigError, message);
+        expect(() => http.create(validated(http, options), ctx)).to.throw(ConfigError, message);
       });
     }
     it('a reason never carries raw control characters from the config', async () => {

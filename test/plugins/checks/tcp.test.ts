@@ -113,7 +113,7 @@ describe('check kind: tcp', () => {
   describe('options that cannot work are config errors at creation', () => {
     for (const port of [0, 65536, -1, 1.5]) {
       it(`port ${port}`, () => {
-        expect(() => tcp.create({ port }, ctx)).to.throw(ConfigError, /port .* is not an integer in 1\.\.65535/);
+        expect(() => tcp.create({ host: '127.0.0.1', port }, ctx)).to.throw(ConfigError, /port .* is not an integer in 1\.\.65535/);
       });
     }
     it('is rejected by the schema as well', () => {

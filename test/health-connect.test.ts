@@ -1,0 +1,69 @@
+/**
+ * A new connection's own budget (core/health/checker.ts connectTimeoutOf): handshake + HELLO get
+ * at least 1 s even when the check timeout is shorter, and the request on the new session still
+ * gets the check timeout. In-process load balancer, scripted agent or a silent UDP port.
+ */
+import { createSocket, type Socket } from 'node:dgram';
+import { expect } from 'chai';
+import { LoadBalancer } from '../core/roles/loadbalancer.ts';
+import { buildConfig, type QhcpConfig } from '../core/config/config.ts';
+import { connectTimeoutOf, timingsOf, CONNECT_TIMEOUT_MS } from '../core/health/checker.ts';
+import { createLogger } from '../core/util/log.ts';
+import type { Backend } from '../core/health/backend.ts';
+import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
+import { build } from '../core/testing/index.ts';
+import { ScriptedAgent } from './helpers/scripted-agent.ts';
+import { waitUntil } from './helpers/procs.ts';
+
+async function startLb(servers: string[], over: Partial<QhcpConfig>): Promise<LoadBalancer> {
+  const { config } = buildConfig(undefined, undefined, { servers, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, defaults: false, plugins: [], ...over } as Partial<QhcpConfig>);
+  const lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
+  await lb.loadPlugins([build(RoundRobinPlugin)]);
+  await lb.start();
+  return lb;
+}
+
+describe('load balancer: a new connection has its own budget (connect timeout)', function () {
+  this.timeout(30_000);
+  let lb: LoadBalancer | undefined;
+  let agent: ScriptedAgent | undefined;
+  let hole: Socket | undefined;
+  afterEach(async () => {
+    await lb?.stop();
+    lb = undefined;
+    await agent?.stop();
+    agent = undefined;
+    hole?.close();
+    hole = undefined;
+  });
+
+  it('is the check timeout, at least 1 s', () => {
+    expect(connectTimeoutOf(50)).to.equal(CONNECT_TIMEOUT_MS);
+    expect(connectTimeoutOf(5000)).to.equal(5000);
+    const { config } = buildConfig(undefined, undefined, { servers: ['127.0.0.1:1'], checkInterval: 0.1, defaults: false, plugins: [] });
+    expect(timingsOf(config, 0.05)).to.include({ intervalMs: 100, timeoutMs: 50, connectMs: 1000 });
+  });
+
+  it('a HELLO answered after 300 ms with a 100 ms check timeout: UP, no failed check; the request keeps the check timeout', async () => {
+    const a = (agent = await ScriptedAgent.start());
+    a.helloDelayMs = 300;
+    lb = await startLb([a.address], { checkInterval: 0.4, checkTimeout: 0.1, riseAttempts: 2 });
+    const view = (): Backend => lb!.records()[0]!;
+    await waitUntil(() => view().state === 'UP', 10_000, 'UP');
+    expect(lb.stats.failedChecks, 'failed checks').to.equal(0);
+    // The session is up: a request slower than the check timeout still fails the check.
+    a.answerDelayMs = 250;
+    await waitUntil(() => view().failures > 0, 10_000, 'a failed check');
+    expect(view().lastError ?? '').to.match(/^RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 100 ms$/);
+  });
+
+  it('a port that never answers fails the check after the connect budget, named in the error', async () => {
+    hole = createSocket('udp4');
+    await new Promise<void>((r) => hole!.bind(0, '127.0.0.1', () => r()));
+    const address = `127.0.0.1:${hole.address().port}`;
+    lb = await startLb([address], { checkInterval: 0.2, checkTimeout: 0.1, maxFailAttempts: 1 });
+    const view = (): Backend => lb!.records()[0]!;
+    await waitUntil(() => view().failures > 0, 10_000, 'a failed check');
+    expect(view().lastError ?? '').to.match(/^cannot connect to 127\.0\.0\.1:\d+: no handshake within (9\d\d|1000) ms$/);
+  });
+});
