@@ -7,7 +7,7 @@
  * reported by path.
  */
 import { expect } from 'chai';
-import { CheckRunner, DEFAULT_SERVICE, outputLine, nextRunDelay, type CheckSpec } from '../core/check/runner.ts';
+import { CheckRunner, DEFAULT_SERVICE, outputLine, nextRunDelay, WATCH_GAP_MS, type CheckSpec } from '../core/check/runner.ts';
 import { buildChecks } from '../core/check/kinds.ts';
 import { ConfigError } from '../core/errors.ts';
 import { createLogger } from '../core/util/log.ts';
@@ -74,6 +74,31 @@ describe('check runner', function () {
     expect(nextRunDelay(1000, 1000, 1000, 0.999999)).to.equal(1100);
     // A run longer than its interval: the next one at once, never a negative or zero delay.
     expect(nextRunDelay(1000, 2500, 1000, 0.5)).to.equal(1);
+  });
+
+  it('runs a check early when it says its outcome moved (watch), at most once per WATCH_GAP_MS', async () => {
+    const a = new Scripted();
+    let changed: (() => void) | undefined;
+    const watching: Check = { run: () => a.run(), watch: (cb) => (changed = cb) };
+    const r = runner([spec(watching, { intervalMs: 60_000 })], [DEFAULT_SERVICE]);
+    await r.start();
+    expect(a.runs).to.equal(1);
+    expect(changed, 'watch registered after the first run').to.be.a('function');
+    a.set('maint', 'deploying');
+    changed!();
+    await waitUntil(() => r.health().admin === 'MAINT', 5000, 'MAINT long before the 60 s interval');
+    // A storm of notifications: bounded by the gap, not one run each.
+    const before = a.runs;
+    const t0 = Date.now();
+    for (let i = 0; i < 1000; i++) changed!();
+    await sleep(350);
+    const ran = a.runs - before;
+    const bound = Math.ceil((Date.now() - t0) / WATCH_GAP_MS) + 1;
+    expect(ran, `${ran} runs for 1000 notifications`).to.be.within(1, bound);
+    await r.stop();
+    changed!();
+    await sleep(WATCH_GAP_MS + 50);
+    expect(a.runs - before, 'stopped: a notification runs nothing').to.equal(ran);
   });
 
   it('applies fall and rise: N consecutive bad runs to fail, M good ones to pass again', async () => {

@@ -156,6 +156,26 @@ describe('the npm package, installed from its tarball', function () {
       const picked = pick.stdout.trim().split('\n');
       expect(picked).to.have.length(2);
       for (const p of picked) expect(ports.map((x) => `127.0.0.1:${x}`)).to.include(p);
+
+      // status/pick run as one bundled file (scripts/bundle-cli.mjs): the address from a config
+      // file (the config loader is loaded from dist/ beside the bundle), a config error reported
+      // as one (one ConfigError class for both), anything else handed to the full command line.
+      const withConfig = join(work, 'with-config');
+      mkdirSync(withConfig);
+      writeFileSync(join(withConfig, 'qhcp.config.json'), JSON.stringify({ loadbalancerHost: '127.0.0.1', loadbalancerPort: lbPort }));
+      const fromConfig = await qhcp(['status', '--json'], withConfig);
+      expect(fromConfig.code, fromConfig.stderr).to.equal(0);
+      expect((JSON.parse(fromConfig.stdout) as { servers: unknown[] }).servers).to.have.length(2);
+      const unknown = await qhcp(['status', '--bogus'], withConfig);
+      expect([unknown.code, unknown.stderr]).to.deep.equal([2, "qhcp: unknown option '--bogus'\n"]);
+      const help = await qhcp(['pick', '--help'], withConfig);
+      expect([help.code, help.stdout.includes('ask a load balancer which server to use')]).to.deep.equal([0, true]);
+      const brokenConfig = join(work, 'broken-config');
+      mkdirSync(brokenConfig);
+      writeFileSync(join(brokenConfig, 'qhcp.config.json'), '{ "loadbalancerPort": ');
+      const broken = await qhcp(['status'], brokenConfig);
+      expect(broken.code, broken.stderr).to.equal(2);
+      expect(broken.stderr, "a config error, not an unexpected one").to.match(/^qhcp: (?!unexpected).*qhcp\.config\.json/);
     } finally {
       for (const p of procs.reverse()) await p.stop();
     }

@@ -12,6 +12,7 @@ import { RetryTokens, TokenLedger } from '../core/transport/retry.ts';
 import { DeadlineHeap } from '../core/transport/timers.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
+import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
 import { MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
@@ -68,8 +69,8 @@ describe('Transport driver (quiche, our own)', function () {
     return l;
   }
 
-  async function dial(port: number, extra: Partial<Parameters<typeof connect>[0]> = {}): Promise<Channel> {
-    const ch = await connect({ host: '127.0.0.1', port, timeoutMs: 10_000, ...extra });
+  async function dial(port: number, extra: Partial<Parameters<typeof connect>[0]> = {}): Promise<RawChannel> {
+    const ch = await connectRaw({ host: '127.0.0.1', port, timeoutMs: 10_000, ...extra });
     clients.push(ch);
     return ch;
   }

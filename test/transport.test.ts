@@ -6,7 +6,8 @@
 import { expect } from 'chai';
 import { AgentServer } from '../core/roles/agent.ts';
 import { buildConfig } from '../core/config/config.ts';
-import { connect, type Channel, type ChannelClose } from '../core/transport/quic.ts';
+import { connect, type ChannelClose } from '../core/transport/quic.ts';
+import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
 import { Session } from '../core/protocol/session.ts';
 import { encodeFrame } from '../core/protocol/codec.ts';
 import { WIRE_ERRORS, PeerError } from '../core/errors.ts';
@@ -16,8 +17,8 @@ import { build } from '../core/testing/index.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 /** A raw peer: a channel with no session, recording what the server sends and how it closes. */
-async function rawPeer(port: number): Promise<{ ch: Channel; got: Message[]; closed: Promise<ChannelClose> }> {
-  const ch = await connect({ host: '127.0.0.1', port, timeoutMs: 5000 });
+async function rawPeer(port: number): Promise<{ ch: RawChannel; got: Message[]; closed: Promise<ChannelClose> }> {
+  const ch = await connectRaw({ host: '127.0.0.1', port, timeoutMs: 5000 });
   const got: Message[] = [];
   const closed = new Promise<ChannelClose>((resolve) =>
     ch.setHandler({ message: (m) => got.push(m), protocolError: () => {}, ended: () => {}, closed: resolve }),
@@ -27,7 +28,8 @@ async function rawPeer(port: number): Promise<{ ch: Channel; got: Message[]; clo
 
 /** An honest checker session: HELLO then HEALTH_REQUESTs. */
 async function honest(port: number): Promise<Session> {
-  const s = new Session(await connect({ host: '127.0.0.1', port, timeoutMs: 5000 }), { role: 'client', onMessage: () => {} });
+  // A RawChannel underneath: one test sends a second HELLO past the session's DFA.
+  const s = new Session(await connectRaw({ host: '127.0.0.1', port, timeoutMs: 5000 }), { role: 'client', onMessage: () => {} });
   const ack = await s.request('HELLO', { versions: [1], role: 'checker', node: 'test' }, 5000);
   expect(ack.type).to.equal('ACK');
   return s;
@@ -107,7 +109,7 @@ describe('Transport and Session over QUIC', function () {
 
   it('rejects a second HELLO with UNEXPECTED_MESSAGE (PeerError on the client)', async () => {
     const s = await honest(port);
-    await s.channel.sendRaw(encodeFrame({ type: 'HELLO', body: { versions: [1], role: 'checker', node: 'again' } }));
+    await (s.channel as RawChannel).sendRaw(encodeFrame({ type: 'HELLO', body: { versions: [1], role: 'checker', node: 'again' } }));
     const end = await s.closed();
     expect(end.error).to.be.instanceOf(PeerError);
     expect(end.code).to.equal(WIRE_ERRORS.UNEXPECTED_MESSAGE.wire);

@@ -52,6 +52,8 @@ const STATUSES = new Set<CheckStatus>(['passing', 'warning', 'critical', 'maint'
 const MAX_OUTPUT = 200;
 /** Random spread of each check's interval: ±10%. */
 const JITTER = 0.1;
+/** A check that watches (Check.watch) runs early at most once per this many ms. */
+export const WATCH_GAP_MS = 100;
 
 /**
  * Milliseconds from `now` until a check's next run: runs are spaced start to start (a fixed
@@ -72,6 +74,10 @@ class RunningCheck implements CheckState {
   lastRunAt: number | undefined;
   /** When the last run started (its schedule counts from there). */
   lastStartAt = 0;
+  /** A scheduled run is in progress (its end schedules the next). */
+  looping = false;
+  /** The check said its outcome may have moved (Check.watch): the next run comes early. */
+  kicked = false;
   /** Consecutive runs on one side (worse / better) of `status`. */
   streak = 0;
   streakDir: 'worse' | 'better' | undefined;
@@ -184,6 +190,14 @@ export class CheckRunner {
     await Promise.all(this.checks.map((c) => this.runOnce(c)));
     this.changed();
     for (const c of this.checks) this.schedule(c);
+    for (const c of this.checks) {
+      if (!c.spec.check.watch) continue;
+      try {
+        c.spec.check.watch(() => this.kick(c));
+      } catch (e) {
+        this.logger.warn('check watch failed; the check still runs on its interval', { check: c.spec.path, error: errorText(e) });
+      }
+    }
   }
 
   /** Stops every schedule, aborts runs in progress, closes the checks (each bounded to 2 s). */
@@ -210,13 +224,30 @@ export class CheckRunner {
 
   private schedule(c: RunningCheck): void {
     if (this.stopped) return;
+    const delay = c.kicked ? Math.max(1, c.lastStartAt + WATCH_GAP_MS - Date.now()) : nextRunDelay(c.lastStartAt, Date.now(), c.spec.intervalMs, this.random());
+    c.kicked = false;
     c.timer = setTimeout(() => {
+      c.looping = true;
       void this.runOnce(c).then(() => {
+        c.looping = false;
         this.changed();
         this.schedule(c);
       });
-    }, nextRunDelay(c.lastStartAt, Date.now(), c.spec.intervalMs, this.random()));
+    }, delay);
     c.timer.unref();
+  }
+
+  /**
+   * A check said its outcome may have moved before its next run (Check.watch: the file check
+   * sees its flag file appear): run it early, at most one run per WATCH_GAP_MS, so a file touched
+   * in a loop costs no more than that. Its schedule then counts from that run.
+   */
+  private kick(c: RunningCheck): void {
+    if (this.stopped) return;
+    c.kicked = true;
+    if (c.looping) return; // the run in progress schedules the early one when it ends
+    clearTimeout(c.timer);
+    this.schedule(c);
   }
 
   /** One run of one check, bounded by its timeout; whatever happens it ends in an outcome. */

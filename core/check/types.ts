@@ -24,6 +24,13 @@ export interface Check {
   run(signal: AbortSignal): Promise<CheckOutcome>;
   /** Release sockets, channels, files. */
   close?(): void | Promise<void>;
+  /**
+   * Optional: `changed` is to be called when the outcome may have moved before the next run (the
+   * file check watches its flag file's directory). The runner then runs the check early, at most
+   * once per 100 ms; the interval stays the fallback, so a watch that misses events costs only
+   * speed. Called once, after the first run.
+   */
+  watch?(changed: () => void): void;
 }
 
 /** What a check kind gets besides its options. */

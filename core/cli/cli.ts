@@ -5,23 +5,19 @@
  * line `qhcp: <problem>` and exit 2; no stack traces.
  */
 import { packageInfo } from '../util/package-info.ts';
-import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { Command, CommanderError, Option } from 'commander';
 import { optionMeta, CONFIG_SCHEMA, DEFAULT_LOADBALANCER_PORT, checkTimeoutOf, type ConfigKey, type QhcpUserConfig } from '../config/schema.ts';
 import type { LoadedConfig } from '../config/config.ts';
-import { ConfigError, LocalError, PluginError, QhcpError, PeerError, ProtocolError, errorText } from '../errors.ts';
+import { ConfigError, LocalError, errorText } from '../errors.ts';
 import { parseAddress } from '../util/address.ts';
 import { createLogger, type Level } from '../util/log.ts';
-import { render, resolveFormat, StatusPrinter } from './status.ts';
-import { sanitize, safeJson } from '../util/sanitize.ts';
+import { resolveFormat, StatusPrinter } from './status.ts';
+import { EXIT_USAGE, fail, queryTarget, readToken, runPick, runStatus, type PickOpts, type QueryOpts, type StatusOpts } from './query.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { addControlCommands } from '../control/commands.ts';
-import { mayHoldConfig } from '../config/places.ts';
 
-
-/** Exit codes: 0 ok, 1 runtime failure, 2 usage/configuration. */
-export const EXIT_USAGE = 2;
+export { EXIT_USAGE, queryTarget };
 
 function num(flag: string, kind: 'int' | 'number') {
   return (v: string): number => {
@@ -290,79 +286,6 @@ async function runLoadBalancer(o: CommonOpts & Record<string, unknown>): Promise
   untilSignal(() => lb.stop(), logger, reload);
 }
 
-interface QueryOpts {
-  address?: string;
-  config?: string;
-  json?: boolean;
-  certFile?: string;
-  serverName?: string;
-  timeout?: number;
-  tokenFile?: string;
-}
-
-/** The token in a file (a JWT, one line); never from a flag, which other users can see. */
-function readToken(file: string): string {
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? errorText(e)})`);
-  }
-  const token = text.trim();
-  if (!token || /\s/.test(token)) throw new LocalError('QHCP_ERR_CLI_USAGE', `--token-file ${file}: expected one token on one line`);
-  return token;
-}
-
-/**
- * Where `qhcp status` / `qhcp pick` ask: the flags, else the load balancer's query address and
- * CA from the config file when one is found (a wildcard listen address means this host), else
- * 127.0.0.1:4242. Only the four keys are read from the file; they are checked by type.
- */
-export async function queryTarget(o: QueryOpts, cwd = process.cwd()): Promise<{ address: string; caFile?: string; serverName?: string; from: string }> {
-  let address = o.address;
-  let caFile = o.certFile;
-  let serverName = o.serverName;
-  let from = 'flags';
-  // A directory without any config file: the config machinery (cosmiconfig, ajv) is not loaded.
-  // With --address alone a config file is still read, for its caFile: skipping it would connect
-  // without verifying the load balancer that the operator's config says to verify.
-  if ((!address || !caFile) && (o.config !== undefined || mayHoldConfig(cwd))) {
-    const { findConfigFile } = await import('../config/config.ts');
-    const { data, file } = await findConfigFile({ ...(o.config ? { file: o.config } : {}), cwd });
-    const c = (data && typeof data === 'object' ? data : {}) as Record<string, unknown>;
-    if (file) {
-      const str = (k: string) => (typeof c[k] === 'string' && c[k] !== '' ? (c[k] as string) : undefined);
-      if (!address && (str('loadbalancerHost') !== undefined || Number.isInteger(c.loadbalancerPort))) {
-        const host = str('loadbalancerHost') ?? '127.0.0.1';
-        const local = host === '0.0.0.0' ? '127.0.0.1' : host === '::' ? '::1' : host;
-        const port = Number.isInteger(c.loadbalancerPort) ? (c.loadbalancerPort as number) : DEFAULT_LOADBALANCER_PORT;
-        address = isIP(local) === 6 ? `[${local}]:${port}` : `${local}:${port}`;
-        from = `config file ${file}`;
-      }
-      if (!caFile && str('caFile')) {
-        const { resolve, dirname } = await import('node:path');
-        caFile = resolve(dirname(file), str('caFile')!);
-      }
-      serverName ??= str('serverName');
-    }
-  }
-  return { address: address ?? `127.0.0.1:${DEFAULT_LOADBALANCER_PORT}`, ...(caFile ? { caFile } : {}), ...(serverName ? { serverName } : {}), from };
-}
-
-async function openQuery(o: QueryOpts) {
-  const target = await queryTarget(o);
-  const a = parseAddress(target.address, DEFAULT_LOADBALANCER_PORT);
-  const [{ QueryClient }, { readPem }] = await Promise.all([import('../client/query.ts'), import('../transport/tls.ts')]);
-  return QueryClient.open({
-    host: a.host,
-    port: a.port,
-    timeoutMs: (o.timeout ?? 5) * 1000,
-    ...(target.caFile ? { ca: readPem(target.caFile, 'certificate') } : {}),
-    ...(target.serverName ? { serverName: target.serverName } : {}),
-    ...(o.tokenFile ? { token: readToken(o.tokenFile) } : {}),
-  });
-}
-
 function queryOptions(cmd: Command): Command {
   return cmd
     .option('--address <host:port>', 'load balancer query address (default: loadbalancerHost:loadbalancerPort from the config file when one is found, else "127.0.0.1:4242")')
@@ -399,37 +322,14 @@ Seed (Go prototype) form, single dash:
   queryOptions(program.command('status').description("print a load balancer's view of its servers"))
     .option('--service <name>', 'only the servers that name this service (host:4243/web)')
     .addHelpText('after', '\nExample:\n  qhcp status --address 127.0.0.1:4242 --json\n  qhcp status --service web')
-    .action(async (o: QueryOpts & { service?: string }) => {
-      const q = await openQuery(o);
-      try {
-        const st = await q.status(o.service);
-        // Peer text (addresses, errors) is escaped: JSON as \uNNNN (lossless), the table as \xNN.
-        process.stdout.write((o.json ? safeJson(st, 2) : render('table', st.servers, Date.now())) + '\n');
-      } finally {
-        await q.close();
-      }
-    });
+    .action(async (o: StatusOpts) => runStatus(o));
 
   queryOptions(program.command('pick').description('ask a load balancer which server to use'))
     .option('--key <key>', 'affinity key passed to the balancer')
     .option('--count <n>', 'ask n times over one connection (default: 1)', num('--count', 'int'))
     .option('--service <name>', 'choose among the servers that name this service (host:4243/web)')
     .addHelpText('after', '\nExample:\n  qhcp pick --address 127.0.0.1:4242 --count 6 --json')
-    .action(async (o: QueryOpts & { key?: string; count?: number; service?: string }) => {
-      const q = await openQuery(o);
-      let none = false;
-      try {
-        const n = Math.max(1, Math.min(o.count ?? 1, 100_000));
-        for (let i = 0; i < n; i++) {
-          const r = await q.pick(o.key, o.service);
-          if (!r.server) none = true;
-          process.stdout.write((o.json ? safeJson(r) : r.server === null ? `none: ${sanitize(r.reason ?? '', 1024)}` : sanitize(r.server, 300)) + '\n');
-        }
-      } finally {
-        await q.close();
-      }
-      if (none) process.exitCode = 3;
-    });
+    .action(async (o: PickOpts) => runPick(o));
 
   queryOptions(program.command('watch').description("follow a load balancer's view: print every change as it happens"))
     .option('--service <name>', 'only the servers that name this service (host:4243/web)')
@@ -522,26 +422,6 @@ Seed (Go prototype) form, single dash:
     });
 
   return program;
-}
-
-/** Prints a usage/config error as one line (or one line per config problem) and exits 2. */
-function fail(e: unknown): never {
-  if (e instanceof ConfigError) {
-    // One problem (the usual bad flag value) fits on one line; several are listed below.
-    process.stderr.write(e.problems.length === 1 ? `qhcp: invalid configuration: ${e.problems[0]}\n` : `qhcp: invalid configuration:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
-    process.exit(EXIT_USAGE);
-  }
-  if (e instanceof LocalError && e.code !== 'QHCP_ERR_CONNECT' && e.code !== 'QHCP_ERR_CONTROL' && !(e instanceof PluginError)) {
-    process.stderr.write(`qhcp: ${e.message}\n`);
-    process.exit(EXIT_USAGE);
-  }
-  if (e instanceof QhcpError || e instanceof PeerError || e instanceof ProtocolError) {
-    process.stderr.write(`qhcp: ${sanitize(e instanceof PeerError ? e.toString() : e.message, 2000)}\n`);
-    process.exit(1);
-  }
-  process.stderr.write(`qhcp: unexpected error: ${errorText(e)}\n`);
-  if (process.env.QHCP_DEBUG) console.error(e);
-  process.exit(1);
 }
 
 export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {

@@ -3,6 +3,7 @@
  * process started with the seed's flags and in-memory self-signed certificates. Ctrl-C stops
  * the load balancer (TERMINATE to each server) and then the servers (DRAIN), by PID.
  */
+import { withTimeout } from '../util/timeout.ts';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { packageInfo } from '../util/package-info.ts';
@@ -103,9 +104,9 @@ export async function runDemo(opts: { checkInterval: number; tcpProxy?: number }
     stopping = true;
     const exited = (c: ChildProcess) => (c.exitCode !== null || c.signalCode !== null ? Promise.resolve() : new Promise<void>((r) => c.once('exit', () => r())));
     lb.kill('SIGTERM');
-    await Promise.race([exited(lb), new Promise((r) => setTimeout(r, 5000))]);
+    await withTimeout(exited(lb), 5000, { value: undefined });
     for (const c of children) if (c !== lb) c.kill('SIGTERM');
-    await Promise.race([Promise.all(children.map(exited)), new Promise((r) => setTimeout(r, 8000))]);
+    await withTimeout(Promise.all(children.map(exited)), 8000, { value: undefined });
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     for (const f of cleanups) f();
     process.exit(0);

@@ -8,6 +8,9 @@ if (args.length === 1 && ['--version', '-v', '-version'].includes(args[0]!)) {
   // `qhcp --version` prints what commander would, without loading it (or anything else).
   const { packageInfo } = await import('../util/package-info.ts');
   process.stdout.write(`${packageInfo().version}\n`);
+} else if ((args[0] === 'status' || args[0] === 'pick') && (await (await import('./fast.ts')).runQueryCommand(args))) {
+  // `qhcp status` / `qhcp pick` ran without commander (core/cli/query.ts); anything it does not
+  // take as it is (help, a bad flag) falls through to the full command line below.
 } else {
   const { main } = await import('./cli.ts');
   await main();

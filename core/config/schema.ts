@@ -8,9 +8,9 @@ import type { PluginUse } from '../plugin/define.ts';
 import type { FromSchema } from './schema-types.ts';
 import { PANIC_THRESHOLD_DEFAULT, SLOW_START_SCHEMA } from '../balance/options.ts';
 
-/** Default UDP ports (docs/protocol.md, "Transport"). */
-export const DEFAULT_SERVER_PORT = 4243;
-export const DEFAULT_LOADBALANCER_PORT = 4242;
+import { DEFAULT_LOADBALANCER_PORT, DEFAULT_SERVER_PORT } from './ports.ts';
+
+export { DEFAULT_LOADBALANCER_PORT, DEFAULT_SERVER_PORT };
 
 /** A plugin in the config's list: a built-in name, [name or module, options], {name|module, options}, or an inline plugin object. */
 export type PluginEntry =

@@ -133,13 +133,14 @@ export class Session<D extends object = object> {
       protocolError: (e) => this.violation(e),
       ended: () => this.end('peer', 0, 'control stream ended'),
       closed: (info) => this.onChannelClosed(info),
-      stalled: (bytes, ms) => {
-        const err = new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${bytes} bytes unread, none taken for ${ms} ms`);
+      slowConsumer: (why) => {
+        const err = new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${why}`);
         this.opts.onViolation?.(err, this);
         this.fail(err);
       },
     });
-    if (opts.stallMs !== undefined) channel.stallMs = opts.stallMs;
+    // One slow-consumer rule, kept by the channel, which knows what the peer owes (quic.ts ConsumerLimits).
+    if (opts.unread) channel.consumer = { ...opts.unread, ...(opts.stallMs !== undefined ? { stallMs: opts.stallMs } : {}) };
   }
 
   /** The largest frame payload the peer accepts, when it said so in HELLO or ACK (`maxFrameBytes`). */
@@ -178,29 +179,14 @@ export class Session<D extends object = object> {
   }
 
   /**
-   * Whether `type` may go out now under the peer's frame limit and the unread-output limits;
-   * when not, the session has failed (SLOW_CONSUMER, FRAME_TOO_LARGE).
+   * Whether `type` may go out under the peer's frame limit; when not, the session has failed
+   * (FRAME_TOO_LARGE). What the peer has not read is the channel's rule (`slowConsumer`).
    */
   private admit(type: MessageName, size: number): boolean {
-    if (type === 'ERROR') return true;
-    if (this.peerMaxFrameBytes !== undefined) {
-      // The peer said how large a frame it accepts (HELLO / ACK maxFrameBytes): never send more.
-      if (size > this.peerMaxFrameBytes) {
-        this.fail(new ProtocolError('FRAME_TOO_LARGE', `${type} of ${size} bytes exceeds the peer's maxFrameBytes ${this.peerMaxFrameBytes}`));
-        return false;
-      }
-    }
-    const u = this.opts.unread;
-    if (u) {
-      const mine = this.channel.pendingBytes;
-      if (mine > u.perConnection || (mine > 0 && Channel.totalPendingBytes > u.total)) {
-        const where = mine > u.perConnection ? `${mine} bytes unread on this connection (limit ${u.perConnection})` : `${Channel.totalPendingBytes} bytes unread over all connections (limit ${u.total})`;
-        this.opts.onViolation?.(new ProtocolError('SLOW_CONSUMER', where), this);
-        this.fail(new ProtocolError('SLOW_CONSUMER', `the peer does not read its answers: ${where}`));
-        return false;
-      }
-    }
-    return true;
+    // The peer said how large a frame it accepts (HELLO / ACK maxFrameBytes): never send more.
+    if (type === 'ERROR' || this.peerMaxFrameBytes === undefined || size <= this.peerMaxFrameBytes) return true;
+    this.fail(new ProtocolError('FRAME_TOO_LARGE', `${type} of ${size} bytes exceeds the peer's maxFrameBytes ${this.peerMaxFrameBytes}`));
+    return false;
   }
 
   /**

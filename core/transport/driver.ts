@@ -256,6 +256,11 @@ export class Endpoint {
   private resetBudget = RESETS_PER_SECOND;
   private resetWindow = 0;
   private dirty: Conn[] = [];
+  /** Connections quiche took packets for since their last read (and a spare list to swap in). */
+  private arrived: Conn[] = [];
+  private arrivedSpare: Conn[] = [];
+  /** The next flush drains at once: the one before only read what had arrived. */
+  private drainNext = false;
   private flushing = false;
   private flushScheduled = false;
   private arena = Buffer.allocUnsafe(64 * 1024);
@@ -276,6 +281,12 @@ export class Endpoint {
     this.recvInfo = { from: { host: '', port: 0 }, to: { host: local.host, port: local.port } };
     socket.on('message', this.onMessage);
     socket.on('error', this.onSocketError);
+    // Closed under us (a test playing kill -9 closes it directly): nothing may touch it again.
+    socket.on('close', () => {
+      this.stopped = true;
+      this.socketClosed = true;
+      this.timers.disarm();
+    });
   }
 
   /**
@@ -406,8 +417,32 @@ export class Endpoint {
     // What the packets mean (streams, establishment, the end) is read once per connection at the
     // end of this event-loop turn (flush): the datagrams a turn reads for one connection cost one
     // pass over its streams, and the answers they cause leave in the same drain.
-    conn.received = true;
+    if (!conn.received) {
+      conn.received = true;
+      this.arrived.push(conn);
+    }
     this.touch(conn);
+  }
+
+  /**
+   * Reads what arrived for each connection since the last read (`recvOn`); each is left to
+   * drain. Returns whether a client connection was among them.
+   */
+  private readArrived(): boolean {
+    if (this.arrived.length === 0) return false;
+    const list = this.arrived;
+    this.arrived = this.arrivedSpare;
+    let client = false;
+    for (const conn of list) {
+      conn.received = false;
+      if (conn.finished) continue;
+      if (!conn.isServer) client = true;
+      this.advance(conn, false);
+      this.touch(conn);
+    }
+    list.length = 0;
+    this.arrivedSpare = list;
+    return client;
   }
 
   /** After quiche took packets or a timeout: establishment, streams, ids, the end; then a drain. */
@@ -669,6 +704,23 @@ export class Endpoint {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.stopped && this.socketClosed) return;
+    if (this.arrived.length > 0 && !this.drainNext) {
+      // Two steps when a client connection read something: read now, drain in the next turn's
+      // check phase. A client's caller (QueryClient, the checker) writes its next request in
+      // promise continuations, which run after this callback: the request then leaves in the
+      // same datagram as the acknowledgement of the answer, not one datagram after it. A server
+      // answers within the read, so its connections drain in this turn.
+      this.flushScheduled = true;
+      this.drainNext = true;
+      if (this.readArrived()) {
+        setImmediate(this.flush);
+        return;
+      }
+      this.flushScheduled = false;
+    }
+    this.drainNext = false;
+    // Anything that arrived since is read and drained now.
+    this.readArrived();
     this.flushing = true;
     const now = performance.now();
     let i = 0;
@@ -683,15 +735,6 @@ export class Endpoint {
           break;
         }
         const conn = this.dirty[i]!;
-        if (conn.finished) {
-          conn.dirty = false;
-          continue;
-        }
-        if (conn.received) {
-          conn.received = false;
-          // Still marked dirty: what the layer above writes now joins this drain.
-          this.advance(conn, false);
-        }
         conn.dirty = false;
         if (conn.finished) continue;
         if (this.drain(conn)) (again ??= []).push(conn);
@@ -848,6 +891,7 @@ export class Endpoint {
       conn.close(true, code, reason);
       this.endLocal(conn, code, reason);
     }
+    this.drainNext = true;
     this.flush();
     if (this.inFlight > 0) {
       await new Promise<void>((resolve) => {

@@ -8,7 +8,7 @@ import { lookup } from 'node:dns/promises';
 import { isIP, isIPv4 } from 'node:net';
 import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { ProtocolError, LocalError, errorText } from '../errors.ts';
-import type { Message } from '../protocol/messages.ts';
+import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
 import { Endpoint, quiche, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
@@ -32,10 +32,10 @@ export interface ChannelHandler {
   /** The control stream ended cleanly (FIN) on a frame boundary. */
   ended(): void;
   /**
-   * We owe the peer more than WRITE_HIGH_WATER bytes and it has taken none of them for
-   * `stallMs` (see Channel.stallMs): it asks and does not read.
+   * The peer does not read what we owe it (`Channel.consumer`): `why` says how. The frame that
+   * found it so was not queued; the session ends with ERROR 302 SLOW_CONSUMER.
    */
-  stalled?(pendingBytes: number, ms: number): void;
+  slowConsumer?(why: string): void;
   closed(info: ChannelClose): void;
 }
 
@@ -45,6 +45,21 @@ export interface ChannelLimits {
 
 /** Bytes written but not yet taken by QUIC flow control above which we stop reading the peer. */
 const WRITE_HIGH_WATER = 128 * 1024;
+/** The ERROR frame's type byte: an ERROR is queued whatever is owed (it ends the session). */
+const ERROR_TYPE = MESSAGE_TYPES.ERROR;
+
+/**
+ * The slow-consumer rule, one for every channel (docs/operations.md, "Limits"): what we owe a
+ * peer (written, not yet taken by QUIC flow control) is bounded in bytes and in time. A frame
+ * written while we owe it more than `perConnection`, or while every channel together owes more
+ * than `total`, is refused; a peer owed more than the read high-water mark (128 KiB, where we stop
+ * reading its requests) that takes none of it for `stallMs` is reported too.
+ */
+export interface ConsumerLimits {
+  perConnection: number;
+  total: number;
+  stallMs?: number;
+}
 /** Bytes read from one control stream per turn before other connections get theirs. */
 const READ_SLICE = 64 * 1024;
 const DONE = Promise.resolve();
@@ -66,7 +81,7 @@ const streamError = (e: unknown, kind: 'StreamReset' | 'StreamStopped'): number 
 
 /** One QUIC connection and its control stream. */
 export class Channel implements ConnEvents {
-  private streamId: number | undefined;
+  protected streamId: number | undefined;
   private readonly decoder: FrameDecoder;
   private closing = false;
   private closedInfo: ChannelClose | undefined;
@@ -80,7 +95,8 @@ export class Channel implements ConnEvents {
   private outTotal = 0;
   private taken: Array<{ end: number; resolve: () => void }> = [];
   private streamDone = false;
-  private readStopped = false;
+  /** Reading the control stream stopped for good (test peers: test/helpers/raw-channel.ts). */
+  protected readStopped = false;
   private moreToRead = false;
   /**
    * Decoded but not yet delivered, in order: frames wait here while the layer above holds
@@ -94,16 +110,17 @@ export class Channel implements ConnEvents {
   private held = false;
   private pumping = false;
   private reading = false;
-  /** Set by the session: a peer owed more than WRITE_HIGH_WATER that reads nothing this long is reported stalled. */
-  stallMs: number | undefined;
+  /** Set by the session: the slow-consumer rule for this channel (none: unbounded, a client). */
+  consumer: ConsumerLimits | undefined;
   private stallTimer: NodeJS.Timeout | undefined;
+  /** When the peer last took bytes while we owed it more than the high-water mark (performance.now()). */
+  private movedAt = 0;
   private extraStreams: Set<number> | undefined;
-  private nextLocalStream = 4;
   /** Bytes and frames received and sent, for metrics. */
   readonly counters = { framesIn: 0, framesOut: 0, bytesIn: 0, bytesOut: 0 };
 
   constructor(
-    private readonly conn: Conn,
+    protected readonly conn: Conn,
     limits: ChannelLimits,
     private readonly onExtraStream?: (ch: Channel) => void,
   ) {
@@ -280,7 +297,7 @@ export class Channel implements ConnEvents {
     this.onExtraStream?.(this);
   }
 
-  private readControl(id: number): void {
+  protected readControl(id: number): void {
     if (this.reading) return;
     this.reading = true;
     try {
@@ -364,7 +381,7 @@ export class Channel implements ConnEvents {
    * Queues bytes on the control stream and hands what flow control allows to quiche now.
    * Resolves once quiche has taken all of them (at once, unless the peer is not reading).
    */
-  private write(bytes: Buffer): Promise<void> {
+  protected write(bytes: Buffer): Promise<void> {
     this.conn.ep.touch(this.conn);
     if (this.out.length === 0) {
       const n = this.streamSend(bytes);
@@ -374,7 +391,7 @@ export class Channel implements ConnEvents {
     this.out.push(bytes);
     this.outBytes += bytes.length;
     Channel.totalPendingBytes += bytes.length;
-    this.watchStall(false);
+    if (this.outBytes > WRITE_HIGH_WATER) this.watchStall(false);
     return new Promise<void>((resolve) => this.taken.push({ end: this.outTotal + this.outBytes, resolve }));
   }
 
@@ -390,7 +407,7 @@ export class Channel implements ConnEvents {
   }
 
   /** Forgets queued bytes (the stream or connection is gone); their writers are released. */
-  private dropOut(): void {
+  protected dropOut(): void {
     this.out = [];
     this.outTotal += this.outBytes;
     Channel.totalPendingBytes -= this.outBytes;
@@ -400,24 +417,42 @@ export class Channel implements ConnEvents {
   }
 
   /**
-   * Keeps the stall timer: running while we owe more than WRITE_HIGH_WATER, restarted whenever
-   * the peer takes bytes (`moved`), stopped once we owe less.
+   * The time half of the slow-consumer rule: a timer runs while we owe more than WRITE_HIGH_WATER;
+   * bytes taken by the peer (`moved`) only note the time, and the timer, when it fires, waits on
+   * from there (one timer per stall, not one per packet).
    */
   private watchStall(moved: boolean): void {
-    if (this.stallMs === undefined) return;
+    const ms = this.consumer?.stallMs;
+    if (ms === undefined) return;
     if (this.outBytes <= WRITE_HIGH_WATER || this.closed) {
       if (this.stallTimer) clearTimeout(this.stallTimer);
       this.stallTimer = undefined;
       return;
     }
-    if (this.stallTimer && !moved) return;
-    if (this.stallTimer) clearTimeout(this.stallTimer);
-    const ms = this.stallMs;
+    if (moved || !this.stallTimer) this.movedAt = performance.now();
+    if (!this.stallTimer) this.armStall(ms);
+  }
+
+  private armStall(waitMs: number): void {
     this.stallTimer = setTimeout(() => {
       this.stallTimer = undefined;
-      if (!this.closed && this.outBytes > WRITE_HIGH_WATER) this.emit((h) => h.stalled?.(this.outBytes, ms));
-    }, ms);
+      const ms = this.consumer?.stallMs;
+      if (this.closed || ms === undefined || this.outBytes <= WRITE_HIGH_WATER) return;
+      const quiet = performance.now() - this.movedAt;
+      if (quiet + 1 < ms) return this.armStall(ms - quiet);
+      this.emit((h) => h.slowConsumer?.(`${this.outBytes} bytes unread, none taken for ${ms} ms`));
+    }, waitMs);
     this.stallTimer.unref?.();
+  }
+
+  /** The bytes half of the slow-consumer rule, before a frame is queued: why it may not be, or undefined. */
+  private overLimit(frame: Buffer): string | undefined {
+    const c = this.consumer;
+    if (!c || frame[1] === ERROR_TYPE) return undefined;
+    const mine = this.outBytes;
+    if (mine > c.perConnection) return `${mine} bytes unread on this connection (limit ${c.perConnection})`;
+    if (mine > 0 && Channel.totalPendingBytes > c.total) return `${Channel.totalPendingBytes} bytes unread over all connections (limit ${c.total})`;
+    return undefined;
   }
 
   private flushOut(): void {
@@ -439,7 +474,7 @@ export class Channel implements ConnEvents {
       this.outOffset = 0;
     }
     while (this.taken.length > 0 && this.taken[0]!.end <= this.outTotal) this.taken.shift()!.resolve();
-    this.watchStall(this.outTotal !== totalBefore);
+    if (wasHigh || this.stallTimer) this.watchStall(this.outTotal !== totalBefore);
     if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) {
       if (this.waiting > 0) this.pump();
       else this.readControl(this.streamId);
@@ -455,57 +490,14 @@ export class Channel implements ConnEvents {
   sendFrame(frame: Buffer): Promise<void> {
     // No stream yet (the peer never opened one): the close code that follows carries the error.
     if (this.streamId === undefined || this.closed) return DONE;
+    const over = this.overLimit(frame);
+    if (over !== undefined) {
+      this.emit((h) => h.slowConsumer?.(over));
+      return DONE;
+    }
     this.counters.framesOut++;
     this.counters.bytesOut += frame.length;
     return this.write(frame);
-  }
-
-  /**
-   * Writes bytes as they are, bypassing codec and DFA. For tests and fuzzing of peers only:
-   * the production paths always go through `send`.
-   */
-  async sendRaw(bytes: Uint8Array): Promise<void> {
-    if (this.streamId === undefined) throw new LocalError('QHCP_ERR_CLOSED', 'no control stream');
-    if (this.closed) return;
-    return this.write(Buffer.from(bytes));
-  }
-
-  /** Tests only: stops reading the control stream for good (a peer that never reads its answers). */
-  pauseReading(): void {
-    this.readStopped = true;
-  }
-
-  /** Tests only: reads again after pauseReading (a slow reader catching up). */
-  resumeReading(): void {
-    this.readStopped = false;
-    if (this.streamId === undefined || this.closed) return;
-    this.readControl(this.streamId);
-    // Send the flow-control credit the read freed.
-    this.conn.ep.touch(this.conn);
-  }
-
-  /** Tests only: opens another bidirectional stream and writes `bytes` on it (EXTRA_STREAM). */
-  async openExtraStream(bytes: Uint8Array): Promise<void> {
-    const id = this.nextLocalStream;
-    this.nextLocalStream += 4;
-    try {
-      this.conn.q.streamSend(id, bytes, false);
-    } catch {
-      /* the peer allows no more streams, or the connection is going away */
-    }
-    this.conn.ep.touch(this.conn);
-  }
-
-  /** Tests only: resets the control stream's sending side (RESET_STREAM), e.g. inside a frame. */
-  async resetStream(): Promise<void> {
-    if (this.streamId === undefined) return;
-    this.dropOut();
-    try {
-      this.conn.q.streamShutdown(this.streamId, quiche.Shutdown.Write, 0);
-    } catch {
-      /* already closed */
-    }
-    this.conn.ep.touch(this.conn);
   }
 
   /** Closes the connection with a QUIC application code and reason (idempotent). */
@@ -708,6 +700,8 @@ export interface ConnectOptions {
   logKeys?: string;
   /** Tests only: offer this ALPN instead of qhcp/1 (a wrong-ALPN peer). */
   alpn?: string;
+  /** Tests only: build the channel as this subclass (test/helpers/raw-channel.ts: a peer that misbehaves). */
+  channelType?: typeof Channel;
   /** Share this socket instead of binding one for the connection. */
   socket?: ClientSocket;
   /** Flow-control window we grant the server (bytes; default 256 KiB per stream). Tests: a slow reader. */
@@ -805,7 +799,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
     if (!opts.socket) void ep.close();
     throw fail(describeEnd(end, conn, opts.timeoutMs ?? 5_000));
   }
-  return new Channel(conn, { maxFrameBytes });
+  return new (opts.channelType ?? Channel)(conn, { maxFrameBytes });
 }
 
 /**

@@ -8,8 +8,15 @@
  * The path is relative to the config file. Its directory must exist when the check is created
  * (a typo there would otherwise be a flag nobody can ever raise); the file itself need not. Only
  * the first `maxReadBytes` bytes are read.
+ *
+ * The check also watches the file's directory (fs.watch: inotify on Linux), so a flag raised or
+ * lowered is acted on within milliseconds, not at the next interval; the interval stays the
+ * fallback where watching is not possible (some network file systems), and the runner bounds how
+ * often a busy directory can make it run.
  */
+import { watch as watchDir, type FSWatcher } from 'node:fs';
 import { open, stat } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import type { FromSchema } from '../../core/config/schema-types.ts';
 import type { Check, CheckContext, CheckKind, CheckOutcome } from '../../core/check/types.ts';
 import { ConfigError, errorText } from '../../core/errors.ts';
@@ -54,8 +61,28 @@ function create(options: FileCheckOptions, ctx: CheckContext): Check {
   requireParentDirectory(path, `${TYPE}: path ${JSON.stringify(path)}`);
   const mustExist = options.mustExist;
   const shown = sanitize(path, MAX_REASON);
+  const name = basename(path);
+  let watcher: FSWatcher | undefined;
 
   return {
+    watch(changed: () => void): void {
+      try {
+        watcher = watchDir(dirname(path), { persistent: false }, (_event, file) => {
+          // Another file in the directory is not our business; no name given (some platforms): maybe ours.
+          if (file === null || file === name) changed();
+        });
+        watcher.on('error', (e) => {
+          ctx.logger.warn('file check: watching stopped; checking on the interval only', { path: shown, error: errorText(e) });
+          watcher?.close();
+        });
+      } catch (e) {
+        ctx.logger.warn('file check: cannot watch the directory; checking on the interval only', { path: shown, error: errorText(e) });
+      }
+    },
+    close(): void {
+      watcher?.close();
+      watcher = undefined;
+    },
     async run(): Promise<CheckOutcome> {
       let present: boolean;
       let isFile = false;

@@ -4,6 +4,7 @@
  * atomic file writes, and the Reconciler that does a plugin's I/O off the check path: one run at
  * a time, coalesced, retried with exponential backoff, every failure logged with its command.
  */
+import { metricNameSchema } from '../../core/protocol/messages.ts';
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import type { BackendView } from '../../core/plugin/hooks.ts';
@@ -60,7 +61,7 @@ export interface WeightOptions {
 
 export const WEIGHT_SCHEMA = {
   weightFrom: { enum: ['load', 'weight', 'none'], default: 'load', description: '"load": weight = 100% x (1 - load) x the backend\'s weight factor; "weight": the weight factor only; "none": never set weights' },
-  metric: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_.:-]{0,127}$', default: 'loadScore', description: 'the reported metric that holds the load (0..1)' },
+  metric: { ...metricNameSchema, default: 'loadScore', description: 'the reported metric that holds the load (0..1)' },
   maxReportAgeMs: { type: 'integer', minimum: 100, maximum: 86_400_000, default: 30_000, description: 'an older report counts as unknown load (the weight factor alone applies)' },
   minWeightPercent: { type: 'integer', minimum: 1, maximum: 100, default: 1, description: 'a ready backend keeps at least this share of its weight' },
 } as const;

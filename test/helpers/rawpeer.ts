@@ -3,7 +3,8 @@
  * and no DFA, so it can send anything (bytes, out-of-order frames, extra streams, resets) and
  * record exactly what the other side answers and how it closes the connection.
  */
-import { connect, ClientSocket, type Channel, type ChannelClose } from '../../core/transport/quic.ts';
+import { ClientSocket, type ChannelClose } from '../../core/transport/quic.ts';
+import { connectRaw, type RawChannel } from './raw-channel.ts';
 import { encodeFrame, HEADER_BYTES } from '../../core/protocol/codec.ts';
 import { MESSAGE_TYPES, type Message, type MessageName } from '../../core/protocol/messages.ts';
 import type { ProtocolError } from '../../core/errors.ts';
@@ -49,7 +50,7 @@ export class RawPeer {
   closeInfo: ChannelClose | undefined;
   readonly closed: Promise<ChannelClose>;
 
-  private constructor(readonly channel: Channel) {
+  private constructor(readonly channel: RawChannel) {
     this.closed = new Promise<ChannelClose>((resolve) =>
       channel.setHandler({
         message: (m) => this.received.push(m),
@@ -66,7 +67,7 @@ export class RawPeer {
   /** Connects (QUIC handshake + control stream). @throws LocalError QHCP_ERR_CONNECT */
   static async open(opts: RawPeerOptions): Promise<RawPeer> {
     const socket = opts.localHost ? await ClientSocket.open(opts.localHost) : undefined;
-    const ch = await connect({
+    const ch = await connectRaw({
       host: opts.host ?? '127.0.0.1',
       port: opts.port,
       timeoutMs: opts.timeoutMs ?? 5000,

@@ -6,6 +6,7 @@ import file from '../../../plugins/check/file.ts';
 import { ConfigError } from '../../../core/errors.ts';
 import { isClean } from '../../../core/util/sanitize.ts';
 import { make, runFor, testContext, validated } from './helpers.ts';
+import { waitUntil } from '../../helpers/procs.ts';
 
 describe('check kind: file', () => {
   const dir = realpathSync(mkdtempSync(join(tmpdir(), 'qhcp-file-check-')));
@@ -26,6 +27,30 @@ describe('check kind: file', () => {
     expect(await runFor(c, 1000)).to.deep.equal({ status: 'maint', output: `maintenance file ${path}` });
     unlinkSync(path);
     expect(await runFor(c, 1000)).to.deep.equal({ status: 'passing', output: 'no maintenance file' });
+  });
+
+  it('tells the runner when its flag file appears or goes, and not for other files in the directory', async () => {
+    const sub = join(dir, 'watched');
+    mkdirSync(sub);
+    const c = make(file, { path: 'watched/maint' }, ctx);
+    let calls = 0;
+    c.watch!(() => calls++);
+    try {
+      writeFileSync(join(sub, 'other'), 'x');
+      await new Promise((r) => setTimeout(r, 200));
+      expect(calls, 'another file').to.equal(0);
+      writeFileSync(join(sub, 'maint'), 'deploying');
+      await waitUntil(() => calls > 0, 5000, 'a call for the flag file');
+      const n = calls;
+      unlinkSync(join(sub, 'maint'));
+      await waitUntil(() => calls > n, 5000, 'a call for its removal');
+    } finally {
+      await c.close?.();
+    }
+    const after = calls;
+    writeFileSync(join(sub, 'maint'), 'again');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(calls, 'closed: no more calls').to.equal(after);
   });
 
   it('escapes control characters in the file and reads only its start', async () => {
