@@ -213,16 +213,26 @@ export class ProcFile {
   }
 }
 
-/** Linux: /proc and statfs(2). */
+/** The first `n` numbers of a /proc text of space-separated fields (/proc/loadavg, /proc/uptime). */
+export function leadingNumbers(text: string, n: number): number[] {
+  return text.trim().split(/\s+/, n).map(Number);
+}
+
+/**
+ * Linux: /proc and statfs(2). The load averages and the uptime come from their /proc files kept
+ * open too: os.loadavg() and os.uptime() open, read and close them on every call.
+ */
 function linuxReaders(): SystemReaders {
   const stat = new ProcFile('/proc/stat');
   const meminfo = new ProcFile('/proc/meminfo');
   const netdev = new ProcFile('/proc/net/dev');
+  const loadavg = new ProcFile('/proc/loadavg');
+  const uptime = new ProcFile('/proc/uptime');
   let cpu: (() => CpuLoad) | undefined;
   return {
     currentLoad: () => (cpu ??= cpuLoadReader(() => parseProcStat(stat.read())))(),
     mem: () => parseMeminfo(meminfo.read()),
-    loadavg: () => os.loadavg(),
+    loadavg: () => leadingNumbers(loadavg.read(), 3),
     fsSize: async () => {
       const mounts = parseMounts(await readFile('/proc/self/mounts', 'latin1'));
       // A mount this process may not look at (EACCES) is left out, not the whole source.
@@ -231,12 +241,10 @@ function linuxReaders(): SystemReaders {
     },
     networkStats: () => parseProcNetDev(netdev.read()),
     processes: async () => ({ all: (await readdir('/proc')).filter((n) => n.charCodeAt(0) >= 48 && n.charCodeAt(0) <= 57).length }),
-    uptime: () => os.uptime(),
+    uptime: () => leadingNumbers(uptime.read(), 1)[0]!,
     cores: () => os.availableParallelism(),
     close: () => {
-      stat.close();
-      meminfo.close();
-      netdev.close();
+      for (const f of [stat, meminfo, netdev, loadavg, uptime]) f.close();
     },
   };
 }

@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import systemMetrics, { mountKey, SystemMetrics, type SystemMetricsOptions } from '../../plugins/metrics/system.ts';
-import { cpuLoadReader, diskUse, osCpuTicks, parseMeminfo, parseMounts, parseProcNetDev, parseProcStat, ProcFile, systemReaders, type CpuTicks, type SystemReaders } from '../../plugins/metrics/readers.ts';
+import { cpuLoadReader, diskUse, leadingNumbers, osCpuTicks, parseMeminfo, parseMounts, parseProcNetDev, parseProcStat, ProcFile, systemReaders, type CpuTicks, type SystemReaders } from '../../plugins/metrics/readers.ts';
 import { MetricsReport } from '../../core/plugin/hooks.ts';
 import { ConfigError } from '../../core/errors.ts';
 import { validateOptions } from '../../core/plugin/loader.ts';
@@ -267,6 +267,21 @@ describe('system-metrics readers (readers.ts)', () => {
       '',
     ].join('\n');
     expect(parseMounts(text)).to.deep.equal(['/', '/mnt/my data', '/srv']);
+  });
+
+  it('leadingNumbers reads /proc/loadavg and /proc/uptime; the Linux readers agree with node:os', async function () {
+    expect(leadingNumbers('0.52 0.58 0.59 2/345 6789\n', 3)).to.deep.equal([0.52, 0.58, 0.59]);
+    expect(leadingNumbers('350735.47 234388.90\n', 1)).to.deep.equal([350735.47]);
+    if (process.platform !== 'linux') return;
+    const { loadavg, uptime } = await import('node:os');
+    const r = systemReaders();
+    try {
+      const [l1] = r.loadavg();
+      expect(Math.abs(l1! - loadavg()[0]!)).to.be.below(1);
+      expect(Math.abs(r.uptime() - uptime())).to.be.below(5);
+    } finally {
+      r.close?.();
+    }
   });
 
   it('diskUse computes used % as df does (reserved blocks count as not available)', () => {
