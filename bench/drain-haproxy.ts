@@ -9,12 +9,9 @@
  * to show it ready again, and repeat: REPS bounded repetitions, each bounded by TIMEOUT_MS.
  * Writes bench/results/drain-latest.json (and a dated copy). Target: < 100 ms.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createConnection, createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { buildConfig } from '../core/config/config.ts';
 import { LoadBalancer } from '../core/roles/loadbalancer.ts';
 import { AgentServer } from '../core/roles/agent.ts';
@@ -23,10 +20,10 @@ import { createLogger } from '../core/util/log.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import { build } from '../core/testing/index.ts';
 import HaproxySyncPlugin from '../plugins/sync/haproxy.ts';
-import { ensureHaproxy } from './lib/haproxy.ts';
-import { loadAverage, machine, sleep, type RunInfo } from './lib/proc.ts';
-
-const ROOT = fileURLToPath(new URL('../', import.meta.url));
+import { ensureHaproxy, Haproxy } from './lib/haproxy.ts';
+import { endRun, sleep, startRun, writeResults, type RunInfo } from './lib/proc.ts';
+import { runBench } from './lib/children.ts';
+import { freeTcpPort } from './lib/ctx.ts';
 const full = process.argv.includes('--full');
 const REPS = full ? 30 : 10;
 const POLL_MS = 5;
@@ -50,39 +47,9 @@ export interface DrainResults extends RunInfo {
 
 const quiet = () => createLogger({ level: 'warn', json: true, write: (l) => process.stderr.write(`${l}\n`) });
 
-function freePort(): Promise<number> {
-  return new Promise((r) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => r(p));
-    });
-  });
-}
-
-/** One command on HAProxy's admin socket; its whole answer. */
-function haproxyCommand(socket: string, cmd: string, timeoutMs = 1000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const s = createConnection(socket);
-    let out = '';
-    const t = setTimeout(() => s.destroy(new Error(`no answer to "${cmd}"`)), timeoutMs);
-    s.setEncoding('utf8');
-    s.on('connect', () => s.write(`${cmd}\n`));
-    s.on('data', (d: string) => (out += d));
-    s.on('error', (e) => {
-      clearTimeout(t);
-      reject(e);
-    });
-    s.on('close', () => {
-      clearTimeout(t);
-      resolve(out);
-    });
-  });
-}
-
 /** srv_admin_state of backend `be`, server `srv`, from `show servers state` (undefined: not listed). */
-async function adminState(socket: string, be: string, srv: string): Promise<number | undefined> {
-  const out = await haproxyCommand(socket, `show servers state ${be}`);
+async function adminState(h: Haproxy, be: string, srv: string): Promise<number | undefined> {
+  const out = await h.command(`show servers state ${be}`);
   for (const line of out.split('\n')) {
     const f = line.split(' ');
     // be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
@@ -92,9 +59,9 @@ async function adminState(socket: string, be: string, srv: string): Promise<numb
 }
 
 /** Polls every POLL_MS until `want(state)`; ms since `t0`, or null after TIMEOUT_MS. */
-async function until(socket: string, want: (admin: number) => boolean, t0: number): Promise<number | null> {
+async function until(h: Haproxy, want: (admin: number) => boolean, t0: number): Promise<number | null> {
   for (let i = 0; i < TIMEOUT_MS / POLL_MS && performance.now() - t0 < TIMEOUT_MS; i++) {
-    const a = await adminState(socket, 'web', 's0').catch(() => undefined);
+    const a = await adminState(h, 'web', 's0').catch(() => undefined);
     if (a !== undefined && want(a)) return Math.round((performance.now() - t0) * 10) / 10;
     await sleep(POLL_MS);
   }
@@ -108,43 +75,37 @@ async function main(): Promise<void> {
   const log = (s: string) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
   const hp = ensureHaproxy(log);
   if (typeof hp === 'string') throw new Error(hp);
-  const loadavgStart = loadAverage();
+  const run = startRun(t0);
   const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-drain-'));
-  const socket = join(dir, 'admin.sock');
-  let haproxy: ChildProcess | undefined;
+  let h: Haproxy | undefined;
   let agent: AgentServer | undefined;
   let lb: LoadBalancer | undefined;
-  const stop = async () => {
-    await lb?.stop().catch(() => {});
-    await agent?.stop().catch(() => {});
-    if (haproxy?.pid && haproxy.exitCode === null) haproxy.kill('SIGKILL');
-    rmSync(dir, { recursive: true, force: true });
-  };
-  process.once('SIGINT', () => void stop().then(() => process.exit(130)));
   try {
     // HAProxy's servers need not answer: the figure is HAProxy's admin state, not traffic.
-    const front = await freePort();
-    const svc = [await freePort(), await freePort(), await freePort()];
-    const cfg = [
-      'global',
-      `  stats socket ${socket} mode 600 level admin`,
-      '  nbthread 1',
-      'defaults',
-      '  mode http',
-      '  timeout connect 1s',
-      '  timeout client 10s',
-      '  timeout server 10s',
-      'frontend fe',
-      `  bind 127.0.0.1:${front}`,
-      '  default_backend web',
-      'backend web',
-      '  balance roundrobin',
-      ...svc.map((p, i) => `  server s${i} 127.0.0.1:${p}`),
-      '',
-    ].join('\n');
-    writeFileSync(join(dir, 'haproxy.cfg'), cfg);
-    haproxy = spawn(hp.path, ['-db', '-f', join(dir, 'haproxy.cfg')], { stdio: ['ignore', 'ignore', 'pipe'] });
-    for (let i = 0; i < 100 && (await haproxyCommand(socket, 'show info').catch(() => '')) === ''; i++) await sleep(100);
+    const front = await freeTcpPort();
+    const svc = [await freeTcpPort(), await freeTcpPort(), await freeTcpPort()];
+    h = new Haproxy(hp, {
+      config: (socket) =>
+        [
+          'global',
+          `  stats socket ${socket} mode 600 level admin`,
+          '  nbthread 1',
+          'defaults',
+          '  mode http',
+          '  timeout connect 1s',
+          '  timeout client 10s',
+          '  timeout server 10s',
+          'frontend fe',
+          `  bind 127.0.0.1:${front}`,
+          '  default_backend web',
+          'backend web',
+          '  balance roundrobin',
+          ...svc.map((p, i) => `  server s${i} 127.0.0.1:${p}`),
+          '',
+        ].join('\n'),
+    });
+    await h.start();
+    const socket = h.socket;
 
     const agentCfg = buildConfig({ serverIp: '127.0.0.1', serverPort: 0, sampleInterval: 1, drainGrace: 1, controlSocket: join(dir, 'agent.sock') }, undefined, {}).config;
     agent = new AgentServer(agentCfg, quiet());
@@ -158,7 +119,7 @@ async function main(): Promise<void> {
     lb = new LoadBalancer(lbCfg, quiet());
     await lb.loadPlugins([sync, build(RoundRobinPlugin)]);
     await lb.start();
-    const up = await until(socket, (a) => (a & DRAIN_BITS) === 0, performance.now());
+    const up = await until(h, (a) => (a & DRAIN_BITS) === 0, performance.now());
     if (up === null) throw new Error('HAProxy never showed s0 ready');
     // Wait until the load balancer has the agent UP (the sync plugin has then set s0 ready).
     for (let i = 0; i < 200 && lb.backends().find((b) => b.address === address)?.state !== 'UP'; i++) await sleep(50);
@@ -170,23 +131,19 @@ async function main(): Promise<void> {
       let t = performance.now();
       const a = await controlRequest(control, { cmd: 'drain', reason: 'bench' });
       if (!a.ok) throw new Error(`qhcp drain: ${a.error}`);
-      drainMs.push(await until(socket, (x) => (x & DRAIN_BITS) !== 0, t));
+      drainMs.push(await until(h, (x) => (x & DRAIN_BITS) !== 0, t));
       t = performance.now();
       const b = await controlRequest(control, { cmd: 'ready' });
       if (!b.ok) throw new Error(`qhcp ready: ${b.error}`);
-      readyMs.push(await until(socket, (x) => (x & DRAIN_BITS) === 0, t));
+      readyMs.push(await until(h, (x) => (x & DRAIN_BITS) === 0, t));
       log(`round ${r + 1}: drain ${drainMs.at(-1) ?? 'timeout'} ms, ready ${readyMs.at(-1) ?? 'timeout'} ms`);
       await sleep(200);
     }
     const ok = drainMs.filter((x): x is number => x !== null);
-    const res: DrainResults = {
+    const res: DrainResults = endRun({
+      ...run,
       version: 1,
       mode: full ? 'full' : 'quick',
-      startedAt: new Date(t0).toISOString(),
-      durationS: Math.round((Date.now() - t0) / 1000),
-      machine: machine(),
-      loadavgStart,
-      loadavgEnd: loadAverage(),
       haproxy: hp.version,
       settings: { reps: REPS, pollMs: POLL_MS, timeoutMs: TIMEOUT_MS },
       drainMs,
@@ -194,21 +151,17 @@ async function main(): Promise<void> {
       median: pct(ok, 0.5),
       p90: pct(ok, 0.9),
       max: ok.length ? Math.max(...ok) : null,
-    };
-    mkdirSync(`${ROOT}bench/results`, { recursive: true });
-    const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
-    writeFileSync(`${ROOT}bench/results/drain-${stamp}-${res.mode}.json`, JSON.stringify(res, null, 2) + '\n');
-    writeFileSync(`${ROOT}bench/results/drain-latest.json`, JSON.stringify(res, null, 2) + '\n');
+    } satisfies DrainResults, t0);
+    writeResults('drain', res);
     log(`drain -> HAProxy drain: median ${res.median} ms, p90 ${res.p90} ms, max ${res.max} ms (${drainMs.length - ok.length} timeouts); wrote bench/results/drain-latest.json`);
   } finally {
-    await stop();
+    await lb?.stop().catch(() => {});
+    await agent?.stop().catch(() => {});
+    await h?.stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (e) => {
-    process.stderr.write(`${(e as Error).stack ?? e}\n`);
-    process.exit(1);
-  },
-);
+// HAProxy is ended by PID on exit, Ctrl-C or an error (runBench); the agent and load balancer live in this process.
+await runBench('drain-haproxy', main);
+process.exit(0);

@@ -11,13 +11,13 @@
  * Every child is ended by PID at the end or on Ctrl-C; every loop is bounded in time.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createConnection, createServer } from 'node:net';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createConnection } from 'node:net';
+import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { ensureHaproxy } from './lib/haproxy.ts';
-import { machine, loadAverage, sampleCpu, cpuPercent, sleep, type RunInfo } from './lib/proc.ts';
+import { ensureHaproxy, Haproxy } from './lib/haproxy.ts';
+import { endRun, sampleCpu, cpuPercent, sleep, startRun, writeResults, type RunInfo } from './lib/proc.ts';
+import { stopChildren } from './lib/children.ts';
+import { freeTcpPort } from './lib/ctx.ts';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const full = process.argv.includes('--full');
@@ -61,9 +61,11 @@ function start(cmd: string, args: string[]): ChildProcess {
   });
   return c;
 }
+/** Ends this script's own children and HAProxy (spawnTracked), by PID. */
 function stopAll(): void {
   stopping = true;
   for (const c of children) c.kill('SIGKILL');
+  stopChildren();
 }
 process.on('SIGINT', () => {
   stopAll();
@@ -146,7 +148,7 @@ async function main(): Promise<void> {
   const log = (s: string) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)} s] ${s}\n`);
   const hp = ensureHaproxy(log);
   if (typeof hp === 'string') throw new Error(hp);
-  const loadavgStart = loadAverage();
+  const run = startRun(t0);
   const tsx = ['--import', 'tsx'];
   const backends = start(process.execPath, [...tsx, 'bench/tcp/backends.ts', '3', String(SOURCE_MB)]);
   const ports = JSON.parse(await firstLine(backends, 30_000)) as { hello: number[]; source: number[] };
@@ -154,39 +156,32 @@ async function main(): Promise<void> {
   const qPorts = JSON.parse(await firstLine(qhcp, 30_000)) as { hello: number; source: number };
   const pipe = start(process.execPath, [...tsx, 'bench/tcp/node-pipe.ts', JSON.stringify(ports)]);
   const pPorts = JSON.parse(await firstLine(pipe, 30_000)) as { hello: number; source: number };
-  const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-tcp-'));
-  const freePort = async () =>
-    new Promise<number>((r) => {
-      const srv = createServer();
-      srv.listen(0, '127.0.0.1', () => {
-        const p = (srv.address() as { port: number }).port;
-        srv.close(() => r(p));
-      });
-    });
-  const hHello = await freePort();
-  const hSource = await freePort();
-  const cfg = [
-    'global',
-    '  maxconn 4000',
-    '  nbthread 1',
-    'defaults',
-    '  mode tcp',
-    '  timeout connect 2s',
-    '  timeout client 30s',
-    '  timeout server 30s',
-    'listen hello',
-    `  bind 127.0.0.1:${hHello}`,
-    '  balance roundrobin',
-    ...ports.hello.map((p, i) => `  server h${i} 127.0.0.1:${p}`),
-    'listen source',
-    `  bind 127.0.0.1:${hSource}`,
-    '  balance roundrobin',
-    ...ports.source.map((p, i) => `  server s${i} 127.0.0.1:${p}`),
-    '',
-  ].join('\n');
-  writeFileSync(join(dir, 'haproxy.cfg'), cfg);
-  const haproxy = start(hp.path, ['-db', '-f', join(dir, 'haproxy.cfg')]);
-  await sleep(1000);
+  const hHello = await freeTcpPort();
+  const hSource = await freeTcpPort();
+  const haproxy = new Haproxy(hp, {
+    config: (socket) =>
+      [
+        'global',
+        '  maxconn 4000',
+        '  nbthread 1',
+        `  stats socket ${socket} mode 600 level admin`,
+        'defaults',
+        '  mode tcp',
+        '  timeout connect 2s',
+        '  timeout client 30s',
+        '  timeout server 30s',
+        'listen hello',
+        `  bind 127.0.0.1:${hHello}`,
+        '  balance roundrobin',
+        ...ports.hello.map((p, i) => `  server h${i} 127.0.0.1:${p}`),
+        'listen source',
+        `  bind 127.0.0.1:${hSource}`,
+        '  balance roundrobin',
+        ...ports.source.map((p, i) => `  server s${i} 127.0.0.1:${p}`),
+        '',
+      ].join('\n'),
+  });
+  await haproxy.start();
   log(`backends ${JSON.stringify(ports)}; qhcp tcp-proxy ${qPorts.hello}/${qPorts.source}; HAProxy ${hp.version} ${hHello}/${hSource}`);
 
   const targets: Array<{ target: TcpRow['target']; hello: number; source: number; pid: number | undefined }> = [
@@ -225,25 +220,18 @@ async function main(): Promise<void> {
       throughputMBs: median(xs.map((x) => x.throughputMBs)),
     };
   });
-  const res: TcpResults = {
+  const res: TcpResults = endRun({
+    ...run,
     version: 1,
     mode: full ? 'full' : 'quick',
-    startedAt: new Date(t0).toISOString(),
-    durationS: Math.round((Date.now() - t0) / 1000),
-    machine: machine(),
-    loadavgStart,
-    loadavgEnd: loadAverage(),
     haproxy: hp.version,
     settings: { windowMs: WINDOW_MS, rounds: ROUNDS, concurrency: CONCURRENCY, streams: STREAMS, sourceMb: SOURCE_MB },
     rows,
     rounds,
-  };
+  } satisfies TcpResults, t0);
+  await haproxy.stop();
   stopAll();
-  rmSync(dir, { recursive: true, force: true });
-  mkdirSync(`${ROOT}bench/results`, { recursive: true });
-  const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
-  writeFileSync(`${ROOT}bench/results/tcp-proxy-${stamp}-${res.mode}.json`, JSON.stringify(res, null, 2) + '\n');
-  writeFileSync(`${ROOT}bench/results/tcp-proxy-latest.json`, JSON.stringify(res, null, 2) + '\n');
+  writeResults('tcp-proxy', res);
   const { writeReport } = await import('./report.ts');
   writeReport(JSON.parse(readFileSync(`${ROOT}bench/results/latest.json`, 'utf8')));
   log('wrote bench/results/tcp-proxy-latest.json and docs/benchmarks.md');

@@ -35,6 +35,7 @@ export type {
 } from './plugin/hooks.ts';
 export { QhcpError, ProtocolError, PeerError, LocalError, ConfigError, PluginError, WIRE_ERRORS, LOCAL_ERRORS, errorText } from './errors.ts';
 export type { WireErrorName, LocalErrorCode } from './errors.ts';
+export type { Picker, PickResult } from './balance/picker.ts';
 export type { CheckKind, Check, CheckOutcome, CheckStatus, CheckContext, CommonCheckOptions, Verdict, AgentAdmin } from './check/types.ts';
 export type { Metrics, ServerStatus, Message } from './protocol/messages.ts';
 export type { Logger } from './util/log.ts';

@@ -98,6 +98,16 @@ describe('status view', () => {
       expect(renderTable([], NOW).split('\n')).to.have.length(2);
     });
 
+    it('adds a CHECKED BY column (before REASON) when some server says which group members checked it', () => {
+      const group = [server({ checkedBy: ['lb-1', 'lb-2'] }), server({ address: '127.0.0.1:4244', state: 'DOWN', reason: 'gone', checkedBy: [] }), server({ address: '127.0.0.1:4245' })];
+      const [, header, ...rows] = renderTable(group, NOW).split('\n');
+      expect(header!.split(/\s{2,}/).slice(-3)).to.deep.equal(['IN STATE', 'CHECKED BY', 'REASON']);
+      expect(rows[0]).to.match(/\s1m15s\s+lb-1,lb-2$/);
+      expect(rows[1]).to.match(/\s-\s+gone$/);
+      expect(rows[2]).to.match(/\s1m15s\s+-$/);
+      expect(renderTable(SERVERS, NOW).split('\n')[1]).not.to.include('CHECKED BY');
+    });
+
     it('shows a slow-start weight as "effective of configured", and panic mode in the title; lines and JSON carry both', () => {
       const pool = [server({ weight: 2, effectiveWeight: 0.35, panic: true }), server({ address: '127.0.0.1:4244', state: 'DOWN', panic: true })];
       const [title, , first] = renderTable(pool, NOW).split('\n');

@@ -28,15 +28,11 @@ import { createServer, type Server } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
+import { Helper, spawnTracked, endChild, startAgent, Waiter, BIN, type AgentChild, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
-import { summary, sleep, machine, loadAverage, type RunInfo } from './proc.ts';
+import { summary, sleep, loadAverage, startRun, endRun, type RunInfo } from './proc.ts';
 import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
 import { controlRequest } from '../../core/control/socket.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 
 export type AdminCase = 'drain' | 'ready' | 'maint-file' | 'file-gone' | 'cli-drain';
 export type AdminImpl = 'qhcp-poll' | 'qhcp-push' | 'haproxy';
@@ -97,13 +93,9 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
     }
   };
   const res: AdminResult = {
+    ...startRun(t0),
     version: 1,
-    startedAt: new Date().toISOString(),
     finishedAt: '',
-    durationS: 0,
-    machine: machine(),
-    loadavgStart: loadAverage(),
-    loadavgEnd: [],
     uptime: [up()],
     haproxy: typeof hap === 'string' ? { skipped: hap } : { version: hap.version },
     settings: { runs, cliRuns, lbCheckIntervalS: 1, pushReportIntervalS: 1, fileIntervalS },
@@ -134,33 +126,16 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
   /** The backend's last transitions (bounded), to say what happened when a change was never seen. */
   const trail: string[] = [];
   const trailText = () => trail.slice(-4).join(' | ');
-  const listeners = new Set<(e: Ev) => void>();
-  const next = (to: string, timeoutMs: number) =>
-    new Promise<Ev | undefined>((resolve) => {
-      const f = (e: Ev) => {
-        if (e.to !== to) return;
-        clearTimeout(t);
-        listeners.delete(f);
-        resolve(e);
-      };
-      const t = setTimeout(() => {
-        listeners.delete(f);
-        resolve(undefined);
-      }, timeoutMs);
-      listeners.add(f);
-    });
+  const events = new Waiter<Ev>();
+  const next = (to: string, timeoutMs: number) => events.next((e) => e.to === to, timeoutMs);
 
-  let agent: ChildProcess | undefined;
-  let agentLog = '';
+  let agent: AgentChild | undefined;
   let service: Server | undefined;
   let h: Haproxy | undefined;
   const over = () => Date.now() - t0 > budgetMs;
   try {
-    let listening = false;
-    agent = spawnTracked(process.execPath, [BIN, 'server', '--config', configFile, '--server-ip', '127.0.0.1', '--server-port', String(agentPort)], {
+    agent = await startAgent(['--config', configFile, '--server-ip', '127.0.0.1', '--server-port', String(agentPort)], {
       onLine: (line) => {
-        agentLog = (agentLog + line + '\n').slice(-5000);
-        if (/server listening/.test(line)) listening = true;
         if (line.includes('health changed')) {
           try {
             const o = JSON.parse(line) as { time: string; admin: string };
@@ -172,7 +147,6 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
         }
       },
     });
-    if (!(await until(() => listening || agent!.exitCode !== null, 30_000, 20)) || !listening) throw new Error(`qhcp server did not start: ${agentLog.slice(-1500)}`);
 
     // Push first, then poll: the first run (2026-11-29 10:11) went poll first and saw poll slower; the order tells load drift from the mode.
     for (const mode of ['push', 'poll'] as const) {
@@ -183,7 +157,7 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
         if (e.server !== agentAddress) return;
         trail.push(`${new Date(e.at).toISOString().slice(11, 23)} ${e.from}->${e.to} (${e.reason.slice(0, 100)})`);
         if (trail.length > 20) trail.splice(0, trail.length - 20);
-        for (const f of [...listeners]) f({ to: e.to, at: e.hr ?? e.at });
+        events.emit({ to: e.to, at: e.hr ?? e.at });
       };
       try {
         const first = next('UP', 30_000);
@@ -306,13 +280,11 @@ export async function adminLatency(ctx: Ctx, hap: HaproxyInfo | string, opts: { 
   } finally {
     await h?.stop().catch(() => {});
     if (service) await new Promise<void>((r) => service!.close(() => r()));
-    if (agent) await endChild(agent, 3000);
+    if (agent) await endChild(agent.child, 3000);
     rmSync(dir, { recursive: true, force: true });
   }
   for (const c of res.cells) c.summary = { seen: stats(c.seen), afterReturn: stats(c.afterReturn), toPush: stats(c.toPush), pushToLb: stats(c.pushToLb) };
   res.uptime.push(up());
-  res.loadavgEnd = loadAverage();
   res.finishedAt = new Date().toISOString();
-  res.durationS = Math.round((Date.now() - t0) / 1000);
-  return res;
+  return endRun(res, t0);
 }

@@ -11,6 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { selfSigned } from '../../core/transport/tls.ts';
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
+/** The `qhcp` command. */
+export const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 
 export type FarmRequest =
   | { id: number; cmd: 'start'; count: number; ports?: number[]; sampleInterval?: number; drainGrace?: number; idleTimeout?: number }
@@ -200,6 +202,63 @@ export function spawnTracked(cmd: string, args: string[], opts: { onLine?: (line
     child.stderr!.resume();
   }
   return child;
+}
+
+/** A real `qhcp server` child; `log()` is the tail of its output. */
+export interface AgentChild {
+  child: ChildProcess;
+  log(): string;
+}
+
+/**
+ * Starts `qhcp server <args>` and resolves once it logs "server listening" (within `timeoutMs`);
+ * when it exits or stays silent it is ended and this throws with its last output.
+ */
+export async function startAgent(args: string[], opts: { onLine?: (line: string, at: number) => void; cwd?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<AgentChild> {
+  let log = '';
+  let listening = false;
+  const child = spawnTracked(process.execPath, [BIN, 'server', ...args], {
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+    ...(opts.env ? { env: opts.env } : {}),
+    onLine: (line, at) => {
+      log = (log + line + '\n').slice(-5000);
+      if (line.includes('server listening')) listening = true;
+      opts.onLine?.(line, at);
+    },
+  });
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  while (!listening && child.exitCode === null && child.signalCode === null && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  if (!listening) {
+    await endChild(child, 1000);
+    throw new Error(`qhcp server did not start: ${log.slice(-1500)}`);
+  }
+  return { child, log: () => log };
+}
+
+/** Events (a load balancer's transitions) waited for one at a time. */
+export class Waiter<E> {
+  private readonly waiting = new Set<(e: E) => void>();
+
+  emit(e: E): void {
+    for (const f of [...this.waiting]) f(e);
+  }
+
+  /** The first event from now on that `match` accepts, or undefined after `timeoutMs`. */
+  next(match: (e: E) => boolean, timeoutMs: number): Promise<E | undefined> {
+    return new Promise((resolve) => {
+      const f = (e: E) => {
+        if (!match(e)) return;
+        clearTimeout(t);
+        this.waiting.delete(f);
+        resolve(e);
+      };
+      const t = setTimeout(() => {
+        this.waiting.delete(f);
+        resolve(undefined);
+      }, timeoutMs);
+      this.waiting.add(f);
+    });
+  }
 }
 
 /** Waits until a child has exited (SIGKILL after `graceMs` if a SIGTERM was not enough). */

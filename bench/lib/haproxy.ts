@@ -49,6 +49,11 @@ export interface HaproxyOptions {
   httpCheck?: string;
 }
 
+/** A config of a section's own (its listeners and servers); given the stats socket's path, which it must declare in `global`. */
+export interface HaproxyConfig {
+  config: (statsSocket: string) => string;
+}
+
 export class Haproxy {
   readonly dir = mkdtempSync(join(tmpdir(), 'qhcp-haproxy-'));
   child: ChildProcess | undefined;
@@ -58,7 +63,7 @@ export class Haproxy {
 
   constructor(
     private readonly info: HaproxyInfo,
-    private readonly opts: HaproxyOptions,
+    private readonly opts: HaproxyOptions | HaproxyConfig,
   ) {}
 
   get pid(): number {
@@ -69,6 +74,7 @@ export class Haproxy {
   }
 
   config(): string {
+    if ('config' in this.opts) return this.opts.config(this.socket);
     const o = this.opts;
     const lines = [
       'global',

@@ -2,7 +2,8 @@
  * Process accounting from /proc: CPU time (utime + stime) and resident memory of one PID,
  * sampled at the start and end of a window, so every figure is a delta over the same seconds.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { cpus, loadavg, totalmem, release, hostname } from 'node:os';
 
 export interface CpuSample {
@@ -67,6 +68,33 @@ export interface RunInfo {
   machine: Record<string, unknown>;
   loadavgStart: number[];
   loadavgEnd: number[];
+}
+
+/** The RunInfo header of a results file, taken at the start of a run (`endRun` fills the end). */
+export function startRun(t0 = Date.now()): RunInfo {
+  return { startedAt: new Date(t0).toISOString(), durationS: 0, machine: machine(), loadavgStart: loadAverage(), loadavgEnd: [] };
+}
+
+/** Fills the end of a run's header: its duration since `t0` and the load average now. */
+export function endRun<R extends RunInfo>(res: R, t0: number): R {
+  res.durationS = Math.round((Date.now() - t0) / 1000);
+  res.loadavgEnd = loadAverage();
+  return res;
+}
+
+/**
+ * Writes a section's results as bench/results/<name>-<start time>[-<mode>].json and
+ * <name>-latest.json (what bench/report.ts reads); returns the dated file's path in the repo.
+ */
+export function writeResults(name: string, res: RunInfo & { mode?: string }): string {
+  const dir = fileURLToPath(new URL('../results/', import.meta.url));
+  mkdirSync(dir, { recursive: true });
+  const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
+  const file = `${name}-${stamp}${res.mode ? `-${res.mode}` : ''}.json`;
+  const json = JSON.stringify(res, null, 2) + '\n';
+  writeFileSync(dir + file, json);
+  writeFileSync(`${dir}${name}-latest.json`, json);
+  return `bench/results/${file}`;
 }
 
 export function machine(): Record<string, unknown> {

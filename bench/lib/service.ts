@@ -16,15 +16,11 @@ import { createServer, type Server } from 'node:http';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
+import { Helper, endChild, startAgent, Waiter, type AgentChild, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
-import { summary, sleep, machine, loadAverage, type RunInfo } from './proc.ts';
+import { summary, sleep, startRun, endRun, type RunInfo } from './proc.ts';
 import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
 import { CHECK } from './cost.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 
 export type Failure = '503' | 'stopped';
 export type Impl = 'qhcp' | 'haproxy';
@@ -103,13 +99,9 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
   // The phase of each check cycle against the failure is random (0..interval): a median needs runs.
   const runs = ctx.full ? 20 : ctx.runs;
   const res: ServiceResult = {
+    ...startRun(t0),
     version: 1,
-    startedAt: new Date().toISOString(),
     finishedAt: '',
-    durationS: 0,
-    machine: machine(),
-    loadavgStart: loadAverage(),
-    loadavgEnd: [],
     haproxy: typeof hap === 'string' ? { skipped: hap } : { version: hap.version },
     settings: { intervalS, timeoutS, fall: CHECK.fall, rise: CHECK.rise, runs, lbCheckIntervalS: intervalS },
     boundDownMs: Math.round(CHECK.fall * intervalS * 1000),
@@ -129,25 +121,10 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
   };
   const impls: Impl[] = typeof hap === 'string' ? ['qhcp'] : ['qhcp', 'haproxy'];
 
-  const listeners = new Set<(e: Ev) => void>();
-  const emit = (e: Ev) => {
-    for (const f of [...listeners]) f(e);
-  };
+  const events = new Waiter<Ev>();
+  const emit = (e: Ev) => events.emit(e);
   /** Resolves with the first event of `impl` reaching `to` (bounded), or undefined. */
-  const next = (impl: Impl, to: Ev['to'], timeoutMs: number) =>
-    new Promise<Ev | undefined>((resolve) => {
-      const f = (e: Ev) => {
-        if (e.impl !== impl || e.to !== to) return;
-        clearTimeout(t);
-        listeners.delete(f);
-        resolve(e);
-      };
-      const t = setTimeout(() => {
-        listeners.delete(f);
-        resolve(undefined);
-      }, timeoutMs);
-      listeners.add(f);
-    });
+  const next = (impl: Impl, to: Ev['to'], timeoutMs: number) => events.next((e) => e.impl === impl && e.to === to, timeoutMs);
 
   const service = new Service();
   await service.start();
@@ -159,19 +136,11 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     configFile,
     JSON.stringify({ checks: [{ type: 'http', url: `http://127.0.0.1:${service.port}/health`, interval: intervalS, timeout: timeoutS, fall: CHECK.fall, rise: CHECK.rise }] }, null, 2),
   );
-  let agent: ChildProcess | undefined;
-  let agentLog = '';
+  let agent: AgentChild | undefined;
   const lb: LbHost = new Helper('lb-host.ts');
   let h: Haproxy | undefined;
   try {
-    let listening = false;
-    agent = spawnTracked(process.execPath, [BIN, 'server', '--config', configFile, '--server-ip', '127.0.0.1', '--server-port', String(agentPort)], {
-      onLine: (line) => {
-        agentLog = (agentLog + line + '\n').slice(-5000);
-        if (/server listening/.test(line)) listening = true;
-      },
-    });
-    if (!(await until(() => listening || agent!.exitCode !== null, 30_000, 20)) || !listening) throw new Error(`qhcp server did not start: ${agentLog.slice(-1500)}`);
+    agent = await startAgent(['--config', configFile, '--server-ip', '127.0.0.1', '--server-port', String(agentPort)]);
     lb.onEvent = (raw) => {
       const e = raw as LbEvent;
       if (e.server !== agentAddress) return;
@@ -234,7 +203,7 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
   } finally {
     await lb.stop(10_000).catch(() => {});
     await h?.stop().catch(() => {});
-    if (agent) await endChild(agent, 3000);
+    if (agent) await endChild(agent.child, 3000);
     await service.stop();
     rmSync(dir, { recursive: true, force: true });
   }
@@ -242,8 +211,6 @@ export async function serviceFailure(ctx: Ctx, hap: HaproxyInfo | string, interv
     const afterFirst = c.down.length === c.firstCheck.length ? c.down.map((d, i) => d - c.firstCheck[i]!) : [];
     c.summary = { down: summary(c.down), up: summary(c.up), firstCheck: summary(c.firstCheck), afterFirst: summary(afterFirst) };
   }
-  res.loadavgEnd = loadAverage();
   res.finishedAt = new Date().toISOString();
-  res.durationS = Math.round((Date.now() - t0) / 1000);
-  return res;
+  return endRun(res, t0);
 }

@@ -58,8 +58,15 @@ function panicText(servers: readonly ServerStatus[]): string {
 }
 
 const COLUMNS = ['SERVER', 'STATE', 'VERDICT', 'ADMIN', 'WEIGHT', 'CPU', 'MEM', 'LOAD1', 'SCORE', 'LATENCY', 'FAILS', 'IN STATE', 'REASON'] as const;
+/** In a load balancer group (`cluster`): the members that checked each server, before REASON. */
+const CHECKED_BY = 'CHECKED BY';
 
-function row(s: ServerStatus, now: number): string[] {
+/** The members that checked `s` ("lb-1,lb-2"; "-" when none did). */
+function checkedByText(s: ServerStatus): string {
+  return s.checkedBy?.map((m) => sanitize(m, 128)).join(',') || '-';
+}
+
+function row(s: ServerStatus, now: number, checkedBy: boolean): string[] {
   const m = s.metrics;
   // Address and last error come from the network (a load balancer, through it an agent).
   return [
@@ -75,17 +82,21 @@ function row(s: ServerStatus, now: number): string[] {
     s.latencyMs === null ? '-' : `${s.latencyMs.toFixed(1)}ms`,
     String(s.failures),
     duration(now - s.since),
+    ...(checkedBy ? [checkedByText(s)] : []),
     reasonText(s),
   ];
 }
 
 /** A fixed-width table with a header line. */
 export function renderTable(servers: readonly ServerStatus[], now = Date.now(), title?: string): string {
-  const rows = servers.map((s) => row(s, now));
-  const widths = COLUMNS.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i]!.length)));
+  // The CHECKED BY column only when some server has the field (a load balancer in a group).
+  const checkedBy = servers.some((s) => s.checkedBy !== undefined);
+  const columns: readonly string[] = checkedBy ? [...COLUMNS.slice(0, -1), CHECKED_BY, COLUMNS.at(-1)!] : COLUMNS;
+  const rows = servers.map((s) => row(s, now, checkedBy));
+  const widths = columns.map((c, i) => Math.max(c.length, ...rows.map((r) => r[i]!.length)));
   const fmt = (cells: readonly string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ').trimEnd();
   const head = title ?? `qhcp load balancer - ${countText(servers)}${panicText(servers)} - ${new Date(now).toISOString()}`;
-  return [head, fmt(COLUMNS), ...rows.map(fmt)].join('\n');
+  return [head, fmt(columns), ...rows.map(fmt)].join('\n');
 }
 
 /** "2/3 UP" plus the other states present: "2/4 UP, 1 DEGRADED, 1 DOWN". */
@@ -118,7 +129,7 @@ export function renderLine(s: ServerStatus, now = Date.now()): string {
   if (s.panic) parts.push('panic=true');
   if (s.state !== 'UP' && s.state !== 'UNKNOWN' && s.reason) parts.push(`reason=${safeJson(sanitize(s.reason, 300))}`);
   if (s.lastError) parts.push(`last_error=${safeJson(sanitize(s.lastError, 300))}`);
-  if (s.checkedBy !== undefined) parts.push(`checked_by=${s.checkedBy.map((m) => sanitize(m, 128)).join(',') || '-'}`);
+  if (s.checkedBy !== undefined) parts.push(`checked_by=${checkedByText(s)}`);
   return parts.join(' ');
 }
 

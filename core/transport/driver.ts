@@ -424,19 +424,25 @@ export class Endpoint {
     this.touch(conn);
   }
 
-  /** Reads what arrived for each connection since the last read (`recvOn`); each is left to drain. */
-  private readArrived(): void {
-    if (this.arrived.length === 0) return;
+  /**
+   * Reads what arrived for each connection since the last read (`recvOn`); each is left to
+   * drain. Returns whether a client connection was among them.
+   */
+  private readArrived(): boolean {
+    if (this.arrived.length === 0) return false;
     const list = this.arrived;
     this.arrived = this.arrivedSpare;
+    let client = false;
     for (const conn of list) {
       conn.received = false;
       if (conn.finished) continue;
+      if (!conn.isServer) client = true;
       this.advance(conn, false);
       this.touch(conn);
     }
     list.length = 0;
     this.arrivedSpare = list;
+    return client;
   }
 
   /** After quiche took packets or a timeout: establishment, streams, ids, the end; then a drain. */
@@ -699,14 +705,18 @@ export class Endpoint {
     this.flushScheduled = false;
     if (this.stopped && this.socketClosed) return;
     if (this.arrived.length > 0 && !this.drainNext) {
-      // Two steps: read what arrived now, drain in the next turn's check phase. The layer above
-      // answers in promise continuations, which run after this callback: they then leave in the
-      // same datagram as the acknowledgement of what they answer, not one datagram after it.
-      this.drainNext = true;
+      // Two steps when a client connection read something: read now, drain in the next turn's
+      // check phase. A client's caller (QueryClient, the checker) writes its next request in
+      // promise continuations, which run after this callback: the request then leaves in the
+      // same datagram as the acknowledgement of the answer, not one datagram after it. A server
+      // answers within the read, so its connections drain in this turn.
       this.flushScheduled = true;
-      setImmediate(this.flush);
-      this.readArrived();
-      return;
+      this.drainNext = true;
+      if (this.readArrived()) {
+        setImmediate(this.flush);
+        return;
+      }
+      this.flushScheduled = false;
     }
     this.drainNext = false;
     // Anything that arrived since is read and drained now.

@@ -62,9 +62,8 @@ describe('docs/plugins-builtin.md', () => {
     for (const [name, path] of Object.entries(BUILTIN_PLUGINS)) {
       const ctor = ((await import(new URL(`../../core/plugin/${path}.ts`, import.meta.url).href)) as { default: PluginConstructor | PluginDefinition<ObjectSchema> }).default;
       const opts = validateOptions(ctor, MINIMAL[name] ?? {}, name);
-      // Every built-in is written with definePlugin, as a third-party plugin is (system-metrics,
-      // owned by another change, may still be a class with a static schema).
-      if (name !== 'system-metrics') expect(isPluginDefinition(ctor), `${name} is a definePlugin() definition`).to.equal(true);
+      // Every built-in is written with definePlugin, as a third-party plugin is.
+      expect(isPluginDefinition(ctor), `${name} is a definePlugin() definition`).to.equal(true);
       const p = isPluginDefinition(ctor) ? ctor.create(opts as never) : new ctor(opts);
       expect(p.name).to.equal(name);
       expect(p.family).to.be.oneOf(['metrics', 'auth', 'balancer', 'alert', 'sync', 'proxy']);
@@ -80,5 +79,21 @@ describe('docs/plugins-builtin.md', () => {
       await check.close?.();
     }
     expect(await loadBuiltinCheckKind('toString')).to.equal(undefined);
+  });
+});
+
+describe('docs/plugins.md and docs/examples import from the package only', () => {
+  /** Every module specifier in `text` (import ... from '...', import('...')). */
+  const specifiers = (text: string) => [...text.matchAll(/\bfrom\s+'([^']+)'|\bimport\(\s*'([^']+)'\s*\)/g)].map((m) => m[1] ?? m[2]!);
+  const allowed = (s: string) => s === 'qhcp' || s === 'qhcp/client' || s === 'qhcp/testing' || s.startsWith('node:') || /^\.\/[\w.-]+\.ts$/.test(s);
+
+  it("names 'qhcp', 'qhcp/client', 'qhcp/testing', node: modules and the examples themselves, nothing inside the package", async () => {
+    const { readdirSync } = await import('node:fs');
+    const files = ['docs/plugins.md', 'docs/client.md', ...readdirSync(new URL('../../docs/examples/', import.meta.url)).map((f) => `docs/examples/${f}`)];
+    for (const f of files) {
+      const found = specifiers(readFileSync(new URL(`../../${f}`, import.meta.url), 'utf8'));
+      expect(found.filter((s) => !allowed(s)), f).to.deep.equal([]);
+      if (f === 'docs/plugins.md') expect(found).to.include('qhcp');
+    }
   });
 });
