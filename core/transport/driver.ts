@@ -826,10 +826,14 @@ export class Endpoint {
     });
   }
 
-  /** Probes `conn`'s port now (see `probe`), unless probed within the last second; clients on a shared socket only. */
+  /**
+   * Probes `conn`'s port now (see `probe`), unless probed within the last second and silent
+   * since (a peer heard from after the last probe gets a new one: a late report under load must
+   * not use up the probe of the next, missing one); clients on a shared socket only.
+   */
   probeSilent(conn: Conn): void {
     const now = performance.now();
-    if (!conn.isServer && !this.connectedTo && !conn.finished && !conn.end && now - conn.probeAt > PROBE_WAIT_MS) this.probe(conn, now);
+    if (!conn.isServer && !this.connectedTo && !conn.finished && !conn.end && (now - conn.probeAt > PROBE_WAIT_MS || conn.lastRecvAt > conn.probeAt)) this.probe(conn, now);
   }
 
   /**

@@ -11,7 +11,7 @@
  * Key material comes from files or environment variables named in the config, never from
  * flags. Each role loads only what it needs (a server never needs the private key).
  */
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { hostname, networkInterfaces } from 'node:os';
 import { createPrivateKey, createPublicKey, randomUUID, type KeyObject } from 'node:crypto';
 import { dirname, resolve } from 'node:path';
@@ -20,6 +20,7 @@ import { ConfigError, errorText, type WireErrorName } from '../../core/errors.ts
 import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
 import type { FromSchema } from '../../core/config/schema-types.ts';
 import { definePlugin } from '../../core/plugin/define.ts';
+import { warnIfReadableByOthers } from '../../core/util/key-file.ts';
 
 const PLUGIN_NAME = 'jwt';
 
@@ -276,13 +277,9 @@ function readText(path: string, option: string): string {
   }
 }
 
-/** A secret or private key readable by group or others deserves a warning (like ssh gives). */
+/** A secret or private key readable by group or others deserves a warning (core/util/key-file.ts). */
 function warnIfShared(path: string, core: CoreLike): void {
-  try {
-    if (process.platform !== 'win32' && (statSync(path).mode & 0o077) !== 0) core.logger.warn('jwt: key file is readable by other users; chmod 600 it', { file: path });
-  } catch {
-    /* readText already reported it */
-  }
+  warnIfReadableByOthers(path, 'jwt', core.logger);
 }
 
 /** Loads a PEM key (PKCS#8, SPKI or SEC1 EC) and checks it fits the algorithm. @throws ConfigError */

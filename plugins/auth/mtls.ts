@@ -17,6 +17,7 @@ import { X509Certificate } from 'node:crypto';
 import { createRequire } from 'node:module';
 import type * as Peculiar from '@peculiar/x509';
 import { definePlugin } from '../../core/plugin/define.ts';
+import { warnIfReadableByOthers } from '../../core/util/key-file.ts';
 import type { FromSchema } from '../../core/config/schema-types.ts';
 import { ConfigError, LocalError, errorText, type WireErrorName } from '../../core/errors.ts';
 import type { AuthVerdict, CoreLike } from '../../core/plugin/hooks.ts';
@@ -269,11 +270,7 @@ function applyLoadBalancer(core: CoreLike, o: Options): void {
   } catch (e) {
     throw fileError(e, 'certFile/keyFile');
   }
-  try {
-    if (process.platform !== 'win32' && (statSync(keyFile).mode & 0o077) !== 0) core.logger.warn('mtls: key file is readable by other users; chmod 600 it', { file: keyFile });
-  } catch {
-    /* read above */
-  }
+  warnIfReadableByOthers(keyFile, 'mtls', core.logger);
   core.hooks.tls.tap(NAME, (s) => ({ ...s, clientCert: { cert, key } }));
   const leaf = new X509Certificate(cert);
   core.logger.info('mtls: presenting a client certificate to servers', { subject: subjectText(leaf), expires: leaf.validTo });

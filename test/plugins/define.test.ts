@@ -80,3 +80,24 @@ describe('definePlugin: built-ins and plugin bodies', () => {
     }
   });
 });
+
+describe('auth plugins: a key file readable by others is a warning naming the file and its mode', () => {
+  it('mtls (load balancer certFile/keyFile)', async () => {
+    const { makeCerts } = await import('../helpers/certs.ts');
+    const { chmodSync } = await import('node:fs');
+    const { default: mtls } = await import('../../plugins/auth/mtls.ts');
+    const certs = makeCerts();
+    try {
+      const core = fakeCore('loadbalancer');
+      await applyPlugin(core, mtls, { certFile: certs.cert, keyFile: certs.key });
+      expect(core.logged(/readable by other users/)).to.deep.equal([]);
+      chmodSync(certs.key, 0o644);
+      const open = fakeCore('loadbalancer');
+      await applyPlugin(open, mtls, { certFile: certs.cert, keyFile: certs.key });
+      const [w] = open.logged(/readable by other users/);
+      expect(w).to.include({ msg: 'mtls: key file is readable by other users (mode 644); chmod 600 it', file: certs.key });
+    } finally {
+      certs.remove();
+    }
+  });
+});
