@@ -95,7 +95,7 @@ export const CONFIG_SCHEMA = {
     maxFailAttempts: opt({ type: 'integer', minimum: 1, maximum: 1000, default: 3 }, 'Load balancer: consecutive failed checks before a server is DOWN.', { flag: LB }),
     riseAttempts: opt({ type: 'integer', minimum: 1, maximum: 1000, default: 1 }, 'Load balancer: consecutive good checks before a DOWN server is UP again.', { flag: LB }),
     checkInterval: opt(seconds(0.01, 86400, 10), 'Load balancer: time between checks of a server, and between status prints.', { kind: 'seconds', flag: LB }),
-    checkTimeout: opt({ type: 'number', minimum: 0.005, maximum: 3600 }, 'Load balancer: a check (connect, HELLO, HEALTH_REQUEST) that takes longer fails. Must be shorter than checkInterval.', {
+    checkTimeout: opt({ type: 'number', minimum: 0.005, maximum: 3600 }, 'Load balancer: a check (HEALTH_REQUEST, or a pushed report) that takes longer fails; a new connection (handshake, HELLO) gets this but at least 1 s. Must be shorter than checkInterval.', {
       kind: 'seconds',
       flag: LB,
       defaultText: 'half of checkInterval, at most 5',
