@@ -99,6 +99,8 @@ export async function quicPicks(ctx: Ctx, ports: number[], cells: Array<number |
       const { clients, inFlight } = typeof cell === 'number' ? { clients: cell, inFlight: 1 } : cell;
       const pc = new Helper<PickRequest, PickReply>('pick-client.ts');
       try {
+        // Connections first: their handshakes are not PICKs.
+        await pc.request({ cmd: 'open', port: port!, clients, inFlight }, 120_000);
         const a = sampleCpu(lb.pid);
         const r = await pc.request({ cmd: 'run', port: port!, clients, seconds: ctx.full ? 10 : 3, inFlight }, 120_000);
         const b = sampleCpu(lb.pid);
