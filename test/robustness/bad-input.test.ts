@@ -90,7 +90,9 @@ for (const t of TARGETS) {
 
     before(async () => {
       const hello = ['--hello-timeout', String(HELLO_TIMEOUT_S)];
-      rig = await startRig({ serverArgs: hello, lbArgs: hello });
+      // The query port's default rate (100 queries/s) would make the 3000-request burst take
+      // 30 s; the rate limiter has tests of its own (query-flood.test.ts).
+      rig = await startRig({ serverArgs: hello, lbArgs: [...hello, '--query-rate', '3000', '--query-rate-total', '6000'] });
       port = t.role === 'server' ? rig.serverPort : rig.lbPort;
     });
 
