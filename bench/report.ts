@@ -71,7 +71,7 @@ function targets(res: Results): string[] {
     const want = impl === 'qhcp-push' ? TARGETS.pushVsHaproxy : TARGETS.pollVsHaproxy;
     rows.push([`LB CPU per backend per interval ≤ ${want}× HAProxy's (N = 1000, 1 s), ${impl}`, `${c.usPerBackendInterval} µs vs ${hap?.usPerBackendInterval ?? '–'} µs (${ratio(c.usPerBackendInterval, hap?.usPerBackendInterval)})`, hap ? yes(c.usPerBackendInterval <= want * hap.usPerBackendInterval) : '–']);
     rows.push([`1000 backends at 1 s on < half a core, ${impl}`, `${c.cpuPct}% of one core${c.keepsUp ? '' : ', does not keep up'}`, yes(c.cpuPct < TARGETS.halfCorePct && c.keepsUp)]);
-    rows.push([`LB RSS ≤ ${TARGETS.rssMb} MB at 1000 backends, ${impl}`, `${c.rssMb} MB (HAProxy ${hap?.rssMb ?? '–'} MB)`, yes(c.rssMb <= TARGETS.rssMb)]);
+    rows.push([`LB RSS ≤ ${TARGETS.rssMb} MB at 1000 backends, ${impl}`, `${c.rssMb} MB (HAProxy ${hap?.rssMb ?? '–'} MB)${c.runtime === 'tsx' ? ' (run through tsx, not compiled)' : ''}`, yes(c.rssMb <= TARGETS.rssMb)]);
     rows.push([`1000 backends all UP within ${TARGETS.allUpS} s of the load balancer's start, ${impl}`, c.upAfterS !== null ? `${c.upAfterS} s` : c.note ?? 'not all UP', yes(c.upAfterS !== null && c.upAfterS <= TARGETS.allUpS)]);
   }
   for (const impl of ['qhcp-poll', 'qhcp-push'] as const) {
@@ -106,9 +106,16 @@ function targets(res: Results): string[] {
     rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second, ${a.mode}`, `${a.cpuPct}% CPU, ${a.rssMb} MB${a.runtime === 'tsx' ? ' (run through tsx, not compiled)' : ''}`, yes(a.cpuPct <= TARGETS.agentCpuPct && a.rssMb <= TARGETS.agentRssMb)]);
   }
   if (!res.agent.some((x) => x.loadBalancers === 1)) rows.push([`agent ≤ ${TARGETS.agentCpuPct}% CPU and ≤ ${TARGETS.agentRssMb} MB RSS at one check per second`, 'not measured in this run (`--only agent`)', '–']);
-  const picks50 = res.quicPicks.find((q) => q.clients === 50);
-  if (!picks50) rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, 'not measured in this run (`--only balance`)', '–']);
-  else rows.push([`PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`, `${picks50.qps.toLocaleString('en')} queries/s (p50 ${picks50.p50Us ?? '–'} µs, load balancer ${r1(picks50.lbCpuPct)}% CPU)`, yes(picks50.qps >= TARGETS.quicPicks50)]);
+  // Fifty clients: the best of their cases (one PICK at a time each, or several in flight on one
+  // connection, as the public client does for concurrent callers); each case is shown.
+  const fifty = res.quicPicks.filter((q) => q.clients === 50);
+  const label = `PICK over QUIC from 50 clients ≥ ${TARGETS.quicPicks50.toLocaleString('en')} queries/s`;
+  if (fifty.length === 0) rows.push([label, 'not measured in this run (`--only balance`)', '–']);
+  else {
+    const best = Math.max(...fifty.map((q) => q.qps));
+    const cases = fifty.map((q) => `${q.qps.toLocaleString('en')} queries/s with ${q.inFlight ?? 1} in flight per client (load balancer ${q.lbUsPerPick ?? '–'} µs CPU per PICK, ${r1(q.lbCpuPct)}% CPU)`);
+    rows.push([label, cases.join('; '), yes(best >= TARGETS.quicPicks50)]);
+  }
   return table(['Target', 'Measured', 'Met'], rows);
 }
 
@@ -498,6 +505,7 @@ export function render(res: Results): string {
     '## Load balancer cost',
     '',
     'Each cell: CPU in % of one core · CPU microseconds per backend per check interval · RSS.',
+    `The qhcp load balancer runs ${res.cost.some((c) => c.runtime === 'dist') ? 'compiled, as it ships (dist/: bench/lib/compiled.ts transpiles the bench host and points it at dist/; before 2026-11-29 16:00 it ran through tsx, whose loader added about 35 MB of RSS)' : 'from the sources through tsx'}.`,
     '"behind" marks a load balancer that does not keep up (fewer than 90% of the checks the interval implies, more than 1% started over 10% late, or failed checks while every backend is healthy).',
     'qhcp poll sends a HEALTH_REQUEST per check; qhcp push (`--report-interval`) has each agent send a HEALTH_REPORT per interval, each report one check.',
     'HAProxy runs one thread and does two checks per backend per interval (`check` and `agent-check`).',
@@ -551,11 +559,11 @@ export function render(res: Results): string {
       res.picks.map((p) => [p.strategy, p.n, p.picksPerS?.toLocaleString('en') ?? `– (${p.note ?? ''})`, p.nsPerPick ?? '–']),
     ),
     '',
-    'PICK over QUIC (the query port, one connection per client, requests back to back, 10 backends):',
+    'PICK over QUIC (the query port, one connection per client through the public client `qhcp/client`, 10 backends; "in flight" is how many PICKs each client keeps outstanding on its connection: 1 = back to back, more = concurrent callers, pipelined in order; connections are opened before the load balancer\'s CPU is sampled):',
     '',
     ...table(
-      ['clients', 'queries/s', 'p50 µs', 'p99 µs', 'load balancer CPU %'],
-      res.quicPicks.map((q) => [q.clients, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct)]),
+      ['clients', 'in flight', 'queries/s', 'p50 µs', 'p99 µs', 'load balancer CPU %', 'LB µs CPU per PICK'],
+      res.quicPicks.map((q) => [q.clients, q.inFlight ?? 1, q.qps.toLocaleString('en'), q.p50Us ?? '–', q.p99Us ?? '–', r1(q.lbCpuPct), q.lbUsPerPick ?? '–']),
     ),
     '',
     '## The floor: QUIC alone',

@@ -8,13 +8,13 @@
  * tens of MB of RSS), in an empty working directory (no qhcp.config.ts: the repo's example config
  * adds a custom plugin), with certificate files (no in-memory certificate generation).
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { selfSigned } from '../../core/transport/tls.ts';
 import { Helper, endChild, startAgent, ROOT, type AgentChild, type LbHost, type LbEvent } from './children.ts';
 import { sampleCpu, rssMb, sleep } from './proc.ts';
+import { buildDist } from './compiled.ts';
 import { freeUdpPort, until, round, type Ctx } from './ctx.ts';
 
 /**
@@ -23,12 +23,6 @@ import { freeUdpPort, until, round, type Ctx } from './ctx.ts';
  * 2026-11-29 with per-thread schedstat); an agent runs for days, so the idle row is its steady state.
  */
 const IDLE_SETTLE_S = 30;
-
-/** `npm run build` (bounded); the reason when it failed. */
-function buildDist(): string | undefined {
-  const r = spawnSync(process.platform === 'win32' ? 'npm.cmd' : 'npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8', timeout: 300_000 });
-  return r.status === 0 ? undefined : `npm run build failed (${r.status ?? r.signal}): ${(r.stderr || r.stdout || '').slice(-300)}`;
-}
 
 export interface AgentCell {
   mode: 'poll' | 'push' | 'idle';

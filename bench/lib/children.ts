@@ -3,6 +3,7 @@
  * host), plain processes (haproxy, `qhcp server`), all registered so that `stopChildren` ends
  * exactly what this run started, by PID, on success, failure or Ctrl-C.
  */
+import { compiledHost } from './compiled.ts';
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -63,10 +64,15 @@ export class Helper<Req extends { id: number }, Rep extends { id: number }> {
   /** Called for IPC messages that are not replies (events). */
   onEvent: ((e: unknown) => void) | undefined;
 
+  /** How the helper runs: the compiled dist/ (as qhcp ships) or the sources through tsx (bench/lib/compiled.ts). */
+  readonly runtime: 'dist' | 'tsx';
+
   constructor(file: string, args: string[] = [], execArgv: string[] = []) {
-    this.child = fork(fileURLToPath(new URL(`../${file}`, import.meta.url)), args, {
+    const compiled = compiledHost(file);
+    this.runtime = compiled ? 'dist' : 'tsx';
+    this.child = fork(compiled ?? fileURLToPath(new URL(`../${file}`, import.meta.url)), args, {
       cwd: ROOT,
-      execArgv: ['--import', 'tsx', ...execArgv],
+      execArgv: compiled ? execArgv : ['--import', 'tsx', ...execArgv],
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
     });
     live.add(this.child);

@@ -29,6 +29,8 @@ export interface CostCell {
   keepsUp: boolean;
   /** The agents on the other side (qhcp): how many the farm hosted in all, over how many processes. */
   farm?: { agents: number; processes: number };
+  /** qhcp: how the load balancer ran, compiled as it ships (`dist`) or from the sources through tsx (bench/lib/compiled.ts). */
+  runtime?: 'dist' | 'tsx';
   note?: string;
 }
 
@@ -102,6 +104,7 @@ export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: 
       failed: s.failedChecks!,
       keepsUp,
       ...(opts.farm ? { farm: opts.farm } : {}),
+      runtime: lb.runtime,
       ...(allUp ? {} : { note: `only ${up.size} of ${n} came UP within ${Math.round((opts.upWithinMs ?? 20_000 + n * 60) / 1000)} s` }),
     };
   } finally {
