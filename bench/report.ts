@@ -459,7 +459,7 @@ function optimizationSection(): string[] {
   const v = (x: number | string) => (typeof x === 'number' ? x.toLocaleString('en') : x);
   log.changes.forEach((c, i) => {
     lines.push(`${i + 1}. **${c.change}** (${c.where}). ${c.why}${c.note ? ` ${c.note}` : ''}`, '');
-    lines.push(...table(['figure', 'before', 'after'], c.figures.map((f) => [f.what, v(f.before), v(f.after)])).map((l) => `   ${l}`), '');
+    if (c.figures.length) lines.push(...table(['figure', 'before', 'after'], c.figures.map((f) => [f.what, v(f.before), v(f.after)])).map((l) => `   ${l}`), '');
   });
   return lines;
 }

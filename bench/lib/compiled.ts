@@ -8,7 +8,6 @@
  */
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { transformSync } from 'esbuild';
@@ -43,7 +42,9 @@ export function compiledHost(file: string): string | undefined {
     (_m, lead: string, q: string, path: string) => `${lead}${q}${pathToFileURL(join(ROOT, 'dist', `${path}.js`)).href}${q}`,
   );
   if (TS_IMPORT.test(js)) return undefined;
-  const dir = join(tmpdir(), `qhcp-bench-hosts-${process.pid}`);
+  // Inside the project (node_modules/.cache), so the script's own package imports resolve as
+  // they do from bench/.
+  const dir = join(ROOT, 'node_modules', '.cache', 'qhcp-bench-hosts');
   mkdirSync(dir, { recursive: true });
   const out = join(dir, file.replace(/\.ts$/, '.mjs'));
   writeFileSync(out, js);
