@@ -69,8 +69,6 @@ export interface Results extends RunInfo {
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const SECTIONS = ['floor', 'cost', 'haproxy', 'detect', 'agent', 'balance', 'scale', 'service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster', 'picks'] as const;
-/** The commit before issue 16's balancing (core/balance): the picks section measures it alongside. */
-const PICKS_BEFORE = 'e64d678';
 /** Sections that keep their results in their own files (<name>-latest.json), not in latest.json. */
 const OWN_FILE = new Set(['service', 'admin', 'tcp-proxy', 'drain', 'watch', 'cluster', 'picks']);
 
@@ -267,7 +265,7 @@ async function main(): Promise<void> {
 
     await section('tcp-proxy', () => benchScript('tcp-proxy.ts', args.full ? ['--full'] : [], args.full ? 900_000 : 300_000, log));
     await section('drain', () => benchScript('drain-haproxy.ts', args.full ? ['--full'] : [], 120_000, log));
-    await section('picks', () => benchScript('picks.ts', [...(args.full ? ['--full'] : []), '--before', PICKS_BEFORE], args.full ? 1_800_000 : 900_000, log));
+    await section('picks', () => benchScript('picks.ts', [...(args.full ? ['--full'] : [])], args.full ? 1_800_000 : 900_000, log));
     await section('watch', async () => {
       watched = await watchLatency(ctx);
       const w = watched.summary;

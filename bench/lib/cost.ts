@@ -142,18 +142,27 @@ export async function haproxyCost(ctx: Ctx, info: HaproxyInfo, ports: number[], 
   const k = haproxyProcessesFor(n);
   const per = Math.ceil(n / k);
   const hs: Haproxy[] = [];
-  for (let i = 0; i < k; i++) {
-    hs.push(
-      new Haproxy(info, {
+  /** Process i, started on a free listen port; another one when someone took that port first (bounded: 3 tries). */
+  const startOne = async (i: number): Promise<void> => {
+    for (let attempt = 1; ; attempt++) {
+      const h = new Haproxy(info, {
         ports: ports.slice(i * per, Math.min(n, (i + 1) * per)),
         intervalMs: Math.round(intervalS * 1000),
         timeoutMs: Math.round(intervalS * 1000 * CHECK.timeoutFraction),
         fall: CHECK.fall,
         rise: CHECK.rise,
         listenPort: await freeTcpPort(),
-      }),
-    );
-  }
+      });
+      try {
+        await h.start();
+        hs.push(h);
+        return;
+      } catch (e) {
+        await h.stop().catch(() => {});
+        if (attempt >= 3 || !/Address already in use/.test(String(e))) throw e;
+      }
+    }
+  };
   const upCount = async () => (await Promise.all(hs.map((h) => h.states()))).reduce((s, st) => s + (st.UP ?? 0), 0);
   const cpu = () => {
     const x = hs.map((h) => sampleCpu(h.pid));
@@ -161,7 +170,7 @@ export async function haproxyCost(ctx: Ctx, info: HaproxyInfo, ports: number[], 
   };
   const t0 = Date.now();
   try {
-    for (const h of hs) await h.start();
+    for (let i = 0; i < k; i++) await startOne(i);
     // Servers start UP; give every server its first checks (spread over one interval).
     await sleep(intervalS * 1000 * 2);
     const allUp = await until(async () => (await upCount()) === n, upWithinMs, 200);
