@@ -33,7 +33,7 @@ import { fileURLToPath } from 'node:url';
 import { startFarm, Helper, stopChildren, spawnTracked, benchTls, type Farm, runBench } from './lib/children.ts';
 import type { TcpRequest, TcpReply } from './tcp-agents.ts';
 import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
-import { machine, loadAverage, type RunInfo } from './lib/proc.ts';
+import { machine, loadAverage, writeResults, type RunInfo } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
 import { floor, type FloorCell } from './lib/floor-run.ts';
 import { qhcpCost, haproxyCost, CHECK, type CostCell } from './lib/cost.ts';
@@ -287,18 +287,8 @@ async function main(): Promise<void> {
   const dir = `${ROOT}bench/results`;
   mkdirSync(dir, { recursive: true });
   const stamp = res.startedAt.replace(/[:.]/g, '-').slice(0, 19);
-  if (service) {
-    const sjson = JSON.stringify(service, null, 2) + '\n';
-    writeFileSync(`${dir}/service-${stamp}.json`, sjson);
-    writeFileSync(`${dir}/service-latest.json`, sjson);
-    log(`service results: bench/results/service-${stamp}.json (and service-latest.json)`);
-  }
-  if (admin) {
-    const ajson = JSON.stringify(admin, null, 2) + '\n';
-    writeFileSync(`${dir}/admin-${stamp}.json`, ajson);
-    writeFileSync(`${dir}/admin-latest.json`, ajson);
-    log(`admin results: bench/results/admin-${stamp}.json (and admin-latest.json)`);
-  }
+  if (service) log(`service results: ${writeResults('service', service)} (and service-latest.json)`);
+  if (admin) log(`admin results: ${writeResults('admin', admin)} (and admin-latest.json)`);
   if (watched) {
     const wjson = JSON.stringify(watched, null, 2) + '\n';
     writeFileSync(`${dir}/watch-${stamp}.json`, wjson);

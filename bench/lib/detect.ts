@@ -8,14 +8,11 @@
  * was read), on the same clock.
  */
 import type { ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { Helper, spawnTracked, endChild, type LbHost, type LbEvent } from './children.ts';
+import { Helper, endChild, startAgent, Waiter, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
 import { summary, sleep } from './proc.ts';
 import { freeUdpPort, freeTcpPort, until, type Ctx } from './ctx.ts';
 import { CHECK } from './cost.ts';
-
-const BIN = fileURLToPath(new URL('../../bin/qhcp.js', import.meta.url));
 
 export interface DetectResult {
   impl: 'qhcp-poll' | 'qhcp-push' | 'haproxy';
@@ -33,32 +30,14 @@ export interface DetectResult {
   misses: string[];
 }
 
-/** Waits for the first event `match` accepts (bounded); returns it or undefined. */
-function nextEvent<T>(subscribe: (f: (e: T) => void) => () => void, match: (e: T) => boolean, timeoutMs: number): Promise<T | undefined> {
-  return new Promise((resolve) => {
-    const t = setTimeout(() => {
-      off();
-      resolve(undefined);
-    }, timeoutMs);
-    const off = subscribe((e) => {
-      if (!match(e)) return;
-      clearTimeout(t);
-      off();
-      resolve(e);
-    });
-  });
-}
-
-/** A real `qhcp server` on `port`; resolves with it and the time its "listening" line was read. */
-async function startAgent(port: number): Promise<{ child: ChildProcess; readyAt: number }> {
+/** A real `qhcp server` on `port` (children.ts startAgent); with the time its "listening" line was read. */
+async function startVictim(port: number): Promise<{ child: ChildProcess; readyAt: number }> {
   let readyAt = 0;
-  const child = spawnTracked(process.execPath, [BIN, 'server', '--server-ip', '127.0.0.1', '--server-port', String(port), '--drain-grace', '1'], {
+  const { child } = await startAgent(['--server-ip', '127.0.0.1', '--server-port', String(port), '--drain-grace', '1'], {
     onLine: (line, at) => {
-      if (!readyAt && /server listening/.test(line)) readyAt = at;
+      if (!readyAt && line.includes('server listening')) readyAt = at;
     },
   });
-  const ok = await until(() => readyAt > 0 || child.exitCode !== null, 30_000, 10);
-  if (!ok || !readyAt) throw new Error(`qhcp server on port ${port} did not start`);
   return { child, readyAt };
 }
 
@@ -74,17 +53,11 @@ function bounds(intervalS: number, reconnectS: number): DetectResult['bounds'] {
 export async function qhcpDetect(ctx: Ctx, others: number[], mode: 'poll' | 'push', intervalS = 1): Promise<DetectResult> {
   const port = await freeUdpPort();
   const address = `127.0.0.1:${port}`;
-  const listeners = new Set<(e: LbEvent) => void>();
-  const subscribe = (f: (e: LbEvent) => void) => {
-    listeners.add(f);
-    return () => listeners.delete(f);
-  };
-  const toState = (to: string, timeoutMs = 20_000) => nextEvent(subscribe, (e) => e.server === address && e.to === to, timeoutMs);
-  let agent = await startAgent(port);
+  const events = new Waiter<LbEvent>();
+  const toState = (to: string, timeoutMs = 20_000) => events.next((e) => e.server === address && e.to === to, timeoutMs);
+  let agent = await startVictim(port);
   const lb: LbHost = new Helper('lb-host.ts');
-  lb.onEvent = (e) => {
-    for (const f of [...listeners]) f(e as LbEvent);
-  };
+  lb.onEvent = (e) => events.emit(e as LbEvent);
   const res: DetectResult = {
     impl: mode === 'push' ? 'qhcp-push' : 'qhcp-poll',
     intervalS,
@@ -122,7 +95,7 @@ export async function qhcpDetect(ctx: Ctx, others: number[], mode: 'poll' | 'pus
       if (d) res.crash.push(d.at - t0);
       else res.misses.push(`run ${r}: no DOWN after kill -9`);
       const up = toState('UP');
-      agent = await startAgent(port);
+      agent = await startVictim(port);
       const u = await up;
       if (u) res.recovery.push(u.at - agent.readyAt);
       else res.misses.push(`run ${r}: no UP after restart`);
@@ -136,7 +109,7 @@ export async function qhcpDetect(ctx: Ctx, others: number[], mode: 'poll' | 'pus
       else res.misses.push(`run ${r}: no DRAINING after SIGTERM`);
       await endChild(agent.child, 5000);
       const up2 = toState('UP');
-      agent = await startAgent(port);
+      agent = await startVictim(port);
       const u2 = await up2;
       if (u2) res.recovery.push(u2.at - agent.readyAt);
       else res.misses.push(`run ${r}: no UP after restart (graceful)`);
@@ -160,16 +133,9 @@ export async function haproxyDetect(ctx: Ctx, info: HaproxyInfo, others: number[
     rise: CHECK.rise,
     listenPort: await freeTcpPort(),
   });
-  type S = { index: number; state: string; at: number };
-  const listeners = new Set<(e: S) => void>();
-  const subscribe = (f: (e: S) => void) => {
-    listeners.add(f);
-    return () => listeners.delete(f);
-  };
-  h.onState = (index, state, at) => {
-    for (const f of [...listeners]) f({ index, state, at });
-  };
-  const toState = (state: string, timeoutMs = 20_000) => nextEvent(subscribe, (e) => e.index === 0 && e.state === state, timeoutMs);
+  const events = new Waiter<{ index: number; state: string; at: number }>();
+  h.onState = (index, state, at) => events.emit({ index, state, at });
+  const toState = (state: string, timeoutMs = 20_000) => events.next((e) => e.index === 0 && e.state === state, timeoutMs);
   const res: DetectResult = {
     impl: 'haproxy',
     intervalS,
