@@ -217,6 +217,11 @@ describe('service checks and the control channel (real processes)', function () 
       const bad = await runQhcp(['drain', '--wait-port', '8080,x', '--socket', sock], { cwd: dir, timeoutMs: 30_000 });
       expect(bad.code).to.equal(2);
       expect(bad.stderr).to.match(/--wait-port: a port or a comma list of ports/);
+      for (const [v, why] of [['-1', /--wait-timeout: must be 0-86400 seconds/], ['soon', /--wait-timeout: expected a number/]] as const) {
+        const r = await runQhcp(['drain', '--wait-port', String(port), '--wait-timeout', v, '--socket', sock], { cwd: dir, timeoutMs: 30_000 });
+        expect(r.code, v).to.equal(2);
+        expect(r.stderr, v).to.match(why);
+      }
     } finally {
       for (const c of clients) c.destroy();
       await new Promise((r) => service.close(r));
