@@ -8,8 +8,9 @@
  *
  * Why: at N = 1000 backends the load balancer allocates a few MB a second (a check is a few
  * objects per backend), and V8 grows each of the young generation's two semi-spaces to 16 MB
- * for it: 32 MB of RSS that a smaller young generation does without, at a CPU cost within the
- * benchmark's noise (docs/benchmarks.md). The numbers are in LB_NODE_FLAGS's comment.
+ * for it (new space ~30 MB). With 4 MB semi-spaces more survives into the old generation
+ * (old space 14-16 -> 22-31 MB), so the net saving is about half of that; the numbers are in
+ * LB_NODE_FLAGS's comment.
  *
  * How: Node >= 22.15 replaces the process (`process.execve`: same pid, nothing in between). Older
  * Node (20) has no exec: the first process starts the second in a process group of its own, passes
@@ -24,8 +25,14 @@ import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 
 /**
- * What the load balancer's Node runs with, measured at N = 1000 (bench: `--only cost --sizes
- * 1000`; docs/benchmarks.md): the young generation's semi-spaces at most 4 MB instead of 16.
+ * What the load balancer's Node runs with: the young generation's semi-spaces at most 4 MB
+ * instead of 16. Measured at N = 1000, 1 s (`npm run bench -- --only cost --sizes 1000`,
+ * interleaved with the same tree without it, two rounds, load 5-6): RSS poll 138.7/140.1 ->
+ * 123.6/122.6 MB, push 139.8/140.4 -> 121.5/121.9 MB; CPU per backend per interval poll 266/268
+ * -> 262/274 us, push 151/150 -> 139/149 us. Tried and not taken (same harness, load 4-8):
+ * 2 MB semi-spaces (no less RSS: the old generation grows by what the young one saves), 1 MB
+ * (poll +10 points of a core), and V8's `--optimize-for-size` set at run time on top of these
+ * (another 8-12 MB less, old space 22-31 -> 15-16 MB, but push CPU 15 -> 20% of a core).
  */
 export const LB_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=4'];
 
