@@ -5,6 +5,10 @@
  *           qhcp used before issue 12;
  *   driver  qhcp's own driver (core/transport/driver.ts) on the same quiche binding: one socket
  *           per side, connections routed by id, one timer heap, sends batched per turn.
+ *   udp     no QUIC at all: Node's dgram alone, push shape only: the server sends one 100-byte
+ *           datagram per interval per flow to one client socket, which answers each with a
+ *           40-byte datagram (as a QUIC receiver acknowledges). What any Node program on this
+ *           machine pays per report received and acknowledged: the floor under the floor.
  * One process plays either side (forked twice by bench/run.ts, driven over IPC):
  *
  *   serve  a QUICServer that echoes every message (ping-pong) or, told so by the client's first
@@ -19,6 +23,7 @@
  * measure the library bare.
  */
 import { randomBytes, randomFillSync, createHmac, timingSafeEqual } from 'node:crypto';
+import { createSocket, type Socket } from 'node:dgram';
 import { performance } from 'node:perf_hooks';
 import { QUICServer, QUICClient, events as qev } from '@matrixai/quic';
 import type { QUICConnection, QUICStream } from '@matrixai/quic';
@@ -26,7 +31,7 @@ import QuicLogger, { LogLevel } from '@matrixai/logger';
 import { selfSigned } from '../core/transport/tls.ts';
 import { Endpoint, quiche, type Conn, type NativeConfig } from '../core/transport/driver.ts';
 
-export type FloorImpl = 'lib' | 'driver';
+export type FloorImpl = 'lib' | 'driver' | 'udp';
 export type FloorRequest =
   | { id: number; cmd: 'serve'; impl?: FloorImpl }
   | { id: number; cmd: 'open'; port: number; conns: number; mode: 'echo' | 'push'; intervalMs: number; impl?: FloorImpl; atOnce?: number }
@@ -193,6 +198,9 @@ async function run(seconds: number, closedLoop: boolean): Promise<{ messages: nu
 }
 
 async function stop(): Promise<void> {
+  for (const t of utimers) clearInterval(t);
+  uclient?.close();
+  userver?.close();
   await dclient?.close();
   await dserver?.close();
   await Promise.all(clients.map((c) => c.destroy({ force: true }).catch(() => {})));
@@ -348,6 +356,49 @@ async function pingDriver(lane: (typeof dlanes)[number], end: number, closedLoop
   return n;
 }
 
+// ---- bare UDP (no QUIC) ----------------------------------------------------------------------
+
+const ACK = Buffer.alloc(40, 0x41);
+let userver: Socket | undefined;
+let uclient: Socket | undefined;
+const utimers: NodeJS.Timeout[] = [];
+
+async function bound(): Promise<Socket> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  return s;
+}
+
+/** Push only: a hello [0x50, u32 interval ms, u32 flows] starts one timer per flow, each at its own phase. */
+async function serveUdp(): Promise<number> {
+  const s = (userver = await bound());
+  s.on('message', (m, r) => {
+    if (m.length !== 9 || m[0] !== 0x50 || utimers.length > 0) return;
+    const every = m.readUInt32BE(1);
+    const flows = Math.min(m.readUInt32BE(5), 20_000);
+    for (let i = 0; i < flows; i++) {
+      setTimeout(() => utimers.push(setInterval(() => s.send(MESSAGE, r.port, r.address), every)), Math.random() * every).unref();
+    }
+  });
+  return s.address().port;
+}
+
+async function openUdp(req: Extract<FloorRequest, { cmd: 'open' }>): Promise<void> {
+  if (req.mode !== 'push') throw new Error('udp: push only');
+  const s = (uclient = await bound());
+  s.on('message', (_m, r) => {
+    received++;
+    s.send(ACK, r.port, r.address);
+  });
+  const hello = Buffer.alloc(9);
+  hello[0] = 0x50;
+  hello.writeUInt32BE(req.intervalMs, 1);
+  hello.writeUInt32BE(req.conns, 5);
+  s.send(hello, req.port, '127.0.0.1');
+  mode = 'push';
+  intervalMs = req.intervalMs;
+}
+
 let impl: FloorImpl = 'lib';
 
 process.on('message', (m: FloorRequest) => {
@@ -355,11 +406,12 @@ process.on('message', (m: FloorRequest) => {
     try {
       if (m.cmd === 'serve') {
         impl = m.impl ?? 'lib';
-        process.send!({ id: m.id, ok: true, port: impl === 'driver' ? await serveDriver() : await serve() });
+        process.send!({ id: m.id, ok: true, port: impl === 'driver' ? await serveDriver() : impl === 'udp' ? await serveUdp() : await serve() });
       } else if (m.cmd === 'open') {
         impl = m.impl ?? 'lib';
         const t = performance.now();
         if (impl === 'driver') await openDriver(m);
+        else if (impl === 'udp') await openUdp(m);
         else await open(m);
         openMs = performance.now() - t;
         process.send!({ id: m.id, ok: true, openMs: Math.round(openMs) });

@@ -13,7 +13,7 @@ import { DeadlineHeap } from '../core/transport/timers.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
-import { MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, Endpoint, quiche } from '../core/transport/driver.ts';
+import { MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -422,6 +422,49 @@ describe('Transport driver (quiche, our own)', function () {
     } finally {
       await ep.close();
     }
+  });
+
+  it('receive moderation: a shared socket with 64+ connections is read once per hold, every request still answered in order; never below 64; a connection opened meanwhile gets through', async () => {
+    const l = await echo({ loopbackWithoutRetry: true });
+    const many = await ClientSocket.open('127.0.0.1', { holdMs: 20 });
+    const few = await ClientSocket.open('127.0.0.1', { holdMs: 20 });
+    const opened: Channel[] = [];
+    try {
+      expect(many.holdMs).to.equal(20);
+      many.holdMs = 500;
+      expect(many.holdMs, 'capped').to.equal(MAX_HOLD_MS);
+      many.holdMs = 20;
+      const open = (socket: ClientSocket) => connect({ host: '127.0.0.1', port: l.port, socket, timeoutMs: 20_000 });
+      const chs = await Promise.all(Array.from({ length: HOLD_MIN_CONNS + 6 }, () => open(many)));
+      const small = await Promise.all(Array.from({ length: 8 }, () => open(few)));
+      opened.push(...chs, ...small);
+      const answers = (ch: Channel) => recorder(ch).got;
+      const got = chs.map(answers);
+      const gotSmall = small.map(answers);
+      for (let round = 0; round < 3; round++) {
+        await Promise.all([...chs, ...small].map((ch, i) => ch.send({ type: 'HEALTH_REQUEST', body: { seq: round * 1000 + i } })));
+        await until(() => got.every((g) => g.length === round + 1) && gotSmall.every((g) => g.length === round + 1), 20_000, `round ${round} answered`);
+      }
+      chs.forEach((_, i) => expect(got[i]!.map((m) => (m.body as { seq: number }).seq)).to.deep.equal([i, 1000 + i, 2000 + i]));
+      expect(many.stats.holds, 'reads paused after turns that read').to.be.greaterThan(0);
+      expect(few.stats.holds, `fewer than ${HOLD_MIN_CONNS} connections: never held`).to.equal(0);
+      // A new connection while the socket holds: its handshake goes through and holds stop meanwhile.
+      const late = await open(many);
+      opened.push(late);
+      const r = recorder(late);
+      await late.send({ type: 'HEALTH_REQUEST', body: { seq: 9 } });
+      await until(() => r.got.length === 1, 10_000, 'answer on the late connection');
+    } finally {
+      for (const ch of opened) await ch.close(0, 'done');
+      await many.close();
+      await few.close();
+    }
+  });
+
+  it('holdFor: 1/50 of the shortest interval, at most MAX_HOLD_MS', () => {
+    expect(holdFor(1000)).to.equal(MAX_HOLD_MS);
+    expect(holdFor(100)).to.equal(2);
+    expect(holdFor(30)).to.equal(0);
   });
 
   it('IPv6: a listener on ::1, reached from its own socket and from a dual-stack shared socket, next to IPv4', async () => {

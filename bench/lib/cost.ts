@@ -8,6 +8,7 @@ import { Helper, type LbHost, type LbEvent } from './children.ts';
 import { Haproxy, type HaproxyInfo } from './haproxy.ts';
 import { sampleCpu, rssMb, sleep } from './proc.ts';
 import { freeTcpPort, until, round, type Ctx } from './ctx.ts';
+import { LB_NODE_FLAGS } from '../../core/cli/relaunch.ts';
 
 export interface CostCell {
   impl: 'qhcp-poll' | 'qhcp-push' | 'haproxy';
@@ -42,12 +43,13 @@ export interface QhcpCostOptions {
   upWithinMs?: number;
   /** Recorded with the cell: the farm behind `ports`. */
   farm?: { agents: number; processes: number };
-  /** Node flags for the load balancer's process (e.g. --cpu-prof to profile it). */
+  /** Node flags for the load balancer's process besides those `qhcp lb` runs with (LB_NODE_FLAGS), e.g. --cpu-prof to profile it. */
   execArgv?: string[];
 }
 
 export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: number, mode: 'poll' | 'push', opts: QhcpCostOptions = {}): Promise<CostCell> {
-  const lb: LbHost = new Helper('lb-host.ts', [], opts.execArgv ?? []);
+  // The Node flags `qhcp lb` relaunches itself with (core/cli/relaunch.ts): the load balancer as it runs.
+  const lb: LbHost = new Helper('lb-host.ts', [], [...LB_NODE_FLAGS, ...(opts.execArgv ?? [])]);
   const up = new Set<string>();
   // The load balancer's own timestamp of the transition that made every backend UP, first time.
   let allUpAt = 0;

@@ -4,7 +4,8 @@
  * can be read against what the transport costs per message.
  *   closed loop   one connection, one ~100-byte message back and forth as fast as it goes
  *   paced echo    N connections, each one round trip per interval (the shape of a poll check)
- *   push          N connections, the server sends one message per interval (the shape of push)
+ *   push          N connections, the server sends one message per interval (the shape of push);
+ *                 also over bare UDP (`udp`: no QUIC, one datagram and a 40-byte answer per message)
  */
 import { Helper } from './children.ts';
 import type { FloorRequest, FloorReply, FloorImpl } from '../floor.ts';
@@ -72,6 +73,8 @@ export async function floor(ctx: Ctx, conns: number, intervalS: number, pushConn
   const plan: Array<[FloorImpl, FloorCell['shape'], number, number | null]> = [];
   for (const impl of ['lib', 'driver'] as const) plan.push([impl, 'closed-loop', 1, null], [impl, 'paced-echo', conns, intervalS], [impl, 'push', pushConns, intervalS]);
   if (pushConns < 1000) plan.push(['driver', 'push', 1000, intervalS]);
+  // Node's dgram alone, the same push shape: what any Node program pays per report and its acknowledgement.
+  plan.push(['udp', 'push', 1000, intervalS]);
   for (const [impl, shape, n, i] of plan) {
     try {
       const c = await one(ctx, impl, shape, n, i);

@@ -1,10 +1,15 @@
 /** Entry point: `node dist/core/cli/main.js` (what bin/qhcp.js runs in the installed package), or the sources through tsx. */
 import { isAgentCommand, keepYoungGenerationSmall } from '../roles/agent-heap.ts';
+import { adoptRelaunch, relaunch, wantsRelaunch } from './relaunch.ts';
 
 const args = process.argv.slice(2);
 // Before anything is loaded: the agent's young generation never grows (core/roles/agent-heap.ts).
 if (isAgentCommand(args)) keepYoungGenerationSmall();
-if (args.length === 1 && ['--version', '-v', '-version'].includes(args[0]!)) {
+const relaunched = adoptRelaunch();
+if (!relaunched && wantsRelaunch(args)) {
+  // The load balancer runs under Node flags only its command line can set (core/cli/relaunch.ts).
+  await relaunch(args);
+} else if (args.length === 1 && ['--version', '-v', '-version'].includes(args[0]!)) {
   // `qhcp --version` prints what commander would, without loading it (or anything else).
   const { packageInfo } = await import('../util/package-info.ts');
   process.stdout.write(`${packageInfo().version}\n`);

@@ -163,10 +163,15 @@ export class Checker {
     const live = b.session !== undefined && !b.session.isClosed;
     const base = b.state === 'DOWN' && !live ? this.timings.reconnectMs : this.timings.intervalMs;
     const j = this.config.jitter;
-    const delay = delayMs ?? Math.max(0, base * (1 + (Math.random() * 2 - 1) * j) - elapsedMs);
-    b.dueAt = Date.now() + delay;
+    const now = Date.now();
+    let due = now + (delayMs ?? Math.max(0, base * (1 + (Math.random() * 2 - 1) * j) - elapsedMs));
+    // With receive moderation on the check socket, checks start on its grid: those due within one
+    // hold leave in one turn, and their answers are read together (driver.ts holdMs).
+    const grid = this.socket?.holdMs ?? 0;
+    if (grid > 0) due = Math.ceil(due / grid) * grid;
+    b.dueAt = due;
     clearTimeout(b.timer);
-    b.timer = setTimeout(() => void this.check(b), delay);
+    b.timer = setTimeout(() => void this.check(b), due - now);
   }
 
   /** One health check: (re)connect when needed, HEALTH_REQUEST, judge, reschedule. */

@@ -12,6 +12,11 @@ import { Core } from './core.ts';
 import { LocalError } from '../errors.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { ClientSocket } from '../transport/quic.ts';
+import { holdFor } from '../transport/driver.ts';
+import type { CheckTimings } from '../health/checker.ts';
+
+/** The check socket's receive moderation: 2% of the shortest of the check and report intervals. */
+const checkHold = (t: CheckTimings): number => holdFor(Math.min(t.intervalMs, t.reportMs > 0 ? t.reportMs : t.intervalMs));
 import { parseAddress, formatAddress } from '../util/address.ts';
 import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
@@ -149,6 +154,7 @@ export class LoadBalancer extends Core {
     const before = this.checker.timings.intervalMs;
     this.checker.timings = timingsOf(this.config, checkTimeoutOf(this.config));
     this.cluster?.retime(this.checker.timings);
+    if (this.checker.socket) this.checker.socket.holdMs = checkHold(this.checker.timings);
     if (this.started && this.checker.timings.intervalMs !== before) {
       clearInterval(this.statusTimer);
       this.statusTimer = setInterval(() => this.onStatus?.(this.records(), false), this.checker.timings.intervalMs);
@@ -207,8 +213,9 @@ export class LoadBalancer extends Core {
     await this.hooks.start.promise(this);
     // A client certificate an auth plugin (mtls) presents to servers that ask for one.
     this.checker.clientCert = this.hooks.tls.call({ requestClientCert: false }).clientCert;
-    // All checks leave through one UDP socket (transport.ts ClientSocket).
-    this.checker.socket = await ClientSocket.open();
+    // All checks leave through one UDP socket (transport.ts ClientSocket), read with receive
+    // moderation at 2% of the check interval (driver.ts holdFor; only with 64+ connections).
+    this.checker.socket = await ClientSocket.open('::', { holdMs: checkHold(this.checker.timings) });
     // The query port's certificate: checked as an agent's is (pair, validity, key file mode).
     const tls = await loadServerTls({ certFile: c.certFile, keyFile: c.keyFile, host: c.loadbalancerHost, names: { cert: 'certFile', key: 'keyFile' } });
     for (const w of tls.warnings) this.logger.warn(w);

@@ -61,6 +61,21 @@ const EXTRA_CIDS = 2;
 const RESETS_PER_SECOND = 100;
 /** A connection silent this long when quiche's timer fires (a probe timeout) gets its port probed. */
 const PROBE_AFTER_MS = 100;
+/**
+ * Receive moderation (`Endpoint.holdMs`) applies only with at least this many connections open
+ * and none in its handshake: a few connections gain nothing from it, and a handshake must not wait.
+ */
+export const HOLD_MIN_CONNS = 64;
+/** The longest receive moderation (ms). */
+export const MAX_HOLD_MS = 20;
+
+/**
+ * The receive moderation for traffic whose shortest period is `intervalMs`: 1/50 of it (2% of an
+ * interval: a report or answer is read at most that much later), at most MAX_HOLD_MS.
+ */
+export function holdFor(intervalMs: number): number {
+  return Math.max(0, Math.min(MAX_HOLD_MS, Math.floor(intervalMs / 50)));
+}
 /** Port probes in flight at once per endpoint, and how long each waits for an ICMP error. */
 const MAX_PROBES = 64;
 const PROBE_WAIT_MS = 1000;
@@ -99,6 +114,8 @@ export interface DriverStats {
   sendErrors: number;
   /** Connections failed at once because a port probe came back ICMP port unreachable. */
   portsUnreachable: number;
+  /** Receive moderation pauses (`Endpoint.holdMs`). */
+  holds: number;
 }
 
 const CLOSED_REASON = new Uint8Array(0);
@@ -117,6 +134,8 @@ export class Conn implements Timed {
   end: ConnEnd | undefined;
   /** Counted among the endpoint's handshakes in progress. */
   pending = false;
+  /** Counted in the endpoint's `opening` (not established, not ended). */
+  opening = true;
   handshakeAt = Infinity;
   /** The handshake limit this connection got (ms), named when it passes. */
   handshakeLimitMs = 0;
@@ -245,7 +264,7 @@ export function isLoopback(host: string): boolean {
 export class Endpoint {
   readonly conns = new Map<string, Conn>();
   readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
-  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0 };
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0 };
   /** Connections (not ids) open on this endpoint. */
   count = 0;
   pendingHandshakes = 0;
@@ -259,6 +278,8 @@ export class Endpoint {
   /** Connections quiche took packets for since their last read (and a spare list to swap in). */
   private arrived: Conn[] = [];
   private arrivedSpare: Conn[] = [];
+  /** Datagrams were read since the last flush (receive moderation holds only after those). */
+  private readSince = false;
   /** The next flush drains at once: the one before only read what had arrived. */
   private drainNext = false;
   private flushing = false;
@@ -273,6 +294,26 @@ export class Endpoint {
   closeWhenIdle = false;
   /** Connected to one peer (a private client endpoint): ICMP errors are reported. */
   private connectedTo: HostPort | undefined;
+  /** Connections not established yet (either side). */
+  private opening = 0;
+  /**
+   * Receive moderation (0: off), as a network card's interrupt moderation: after a turn that read
+   * datagrams, the socket is not read again for this many ms, so what arrives meanwhile waits in
+   * the kernel's buffer and is read, processed and answered in one turn. With a thousand peers
+   * each sending once a second, the process then wakes ~1000/holdMs times a second instead of a
+   * thousand. Only with HOLD_MIN_CONNS connections open and no handshake in progress; the owner
+   * keeps it well under what its timing can bear (the load balancer: 1/50 of its shortest interval).
+   */
+  holdMs = 0;
+  private holding = false;
+  private holdTimer: NodeJS.Timeout | undefined;
+  /** libuv's handle under the dgram socket (recvStop/recvStart), when this Node exposes it. */
+  private readonly udp: { recvStop(): number; recvStart(): number } | undefined;
+  private readonly resume = (): void => {
+    this.holdTimer = undefined;
+    this.holding = false;
+    if (!this.socketClosed) this.udp!.recvStart();
+  };
 
   private constructor(
     readonly socket: Socket,
@@ -280,11 +321,17 @@ export class Endpoint {
   ) {
     this.recvInfo = { from: { host: '', port: 0 }, to: { host: local.host, port: local.port } };
     socket.on('message', this.onMessage);
+    // dgram keeps its handle under a symbol (its public `_handle` is deprecated); without it,
+    // receive moderation stays off.
+    const state = Object.getOwnPropertySymbols(socket).find((x) => x.description === 'state symbol');
+    const handle = state ? (socket as unknown as Record<symbol, { handle?: Partial<Endpoint['udp']> }>)[state]?.handle : undefined;
+    this.udp = typeof handle?.recvStop === 'function' && typeof handle.recvStart === 'function' ? (handle as Endpoint['udp']) : undefined;
     socket.on('error', this.onSocketError);
     // Closed under us (a test playing kill -9 closes it directly): nothing may touch it again.
     socket.on('close', () => {
       this.stopped = true;
       this.socketClosed = true;
+      if (this.holdTimer) clearTimeout(this.holdTimer);
       this.timers.disarm();
     });
   }
@@ -337,6 +384,7 @@ export class Endpoint {
     conn.handshakeLimitMs = handshakeTimeoutMs;
     this.route(conn, scid);
     this.count++;
+    this.opening++;
     this.touch(conn);
     return conn;
   }
@@ -430,6 +478,7 @@ export class Endpoint {
    */
   private readArrived(): boolean {
     if (this.arrived.length === 0) return false;
+    this.readSince = true;
     const list = this.arrived;
     this.arrived = this.arrivedSpare;
     let client = false;
@@ -507,6 +556,10 @@ export class Endpoint {
     if (conn.pending) {
       conn.pending = false;
       this.pendingHandshakes--;
+    }
+    if (conn.opening) {
+      conn.opening = false;
+      this.opening--;
     }
   }
 
@@ -649,6 +702,7 @@ export class Endpoint {
     this.route(conn, scid);
     if (odcid === undefined) this.route(conn, dcid);
     this.count++;
+    this.opening++;
     this.recvOn(conn, msg, rinfo);
   }
 
@@ -721,6 +775,13 @@ export class Endpoint {
     this.drainNext = false;
     // Anything that arrived since is read and drained now.
     this.readArrived();
+    if (this.holdMs > 0 && !this.holding && this.readSince && this.udp && this.count >= HOLD_MIN_CONNS && this.opening === 0 && !this.stopped) {
+      this.holding = true;
+      this.stats.holds++;
+      this.udp.recvStop();
+      this.holdTimer = setTimeout(this.resume, this.holdMs);
+    }
+    this.readSince = false;
     this.flushing = true;
     const now = performance.now();
     let i = 0;
@@ -907,6 +968,8 @@ export class Endpoint {
       });
     }
     this.timers.disarm();
+    if (this.holdTimer) clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     this.socketClosed = true;
     for (const conn of new Set(this.conns.values())) {
       conn.finished = true;

@@ -10,7 +10,7 @@ import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from '../protocol/
 import { ProtocolError, LocalError, errorText } from '../errors.ts';
 import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
-import { Endpoint, quiche, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
+import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
@@ -564,7 +564,17 @@ interface TransportParams {
   connWindow: number;
   peerBidiStreams: number;
   logKeys: boolean;
+  /** The max_ack_delay we announce (ms; default ACK_DELAY_MS). */
+  maxAckDelayMs?: number;
 }
+
+/**
+ * The max_ack_delay we announce. Our acknowledgements leave at the end of the event-loop turn
+ * anyway; announcing 5 ms instead of 25 shortens the peer's probe timeout, so a lost check is
+ * repaired well inside a check timeout (measured under 20% loss on loopback: p90 of a round trip
+ * 101 -> 34-57 ms). A socket with receive moderation announces its hold on top (driver.ts holdMs).
+ */
+export const ACK_DELAY_MS = 5;
 
 function tune(c: NativeConfig, p: TransportParams): NativeConfig {
   c.setApplicationProtos([p.alpn]);
@@ -582,10 +592,7 @@ function tune(c: NativeConfig, p: TransportParams): NativeConfig {
   c.setMaxConnectionWindow(p.connWindow);
   c.setDisableActiveMigration(true);
   c.setActiveConnectionIdLimit(4);
-  // Our acknowledgements leave at the end of the event-loop turn anyway; announcing 5 ms instead
-  // of 25 shortens the peer's probe timeout, so a lost check is repaired well inside a check
-  // timeout (measured under 20% loss on loopback: p90 of a round trip 101 -> 34-57 ms).
-  c.setMaxAckDelay(5);
+  c.setMaxAckDelay(p.maxAckDelayMs ?? ACK_DELAY_MS);
   c.grease(true);
   if (p.logKeys) c.logKeys();
   return c;
@@ -663,8 +670,23 @@ export class ClientSocket {
   private constructor(readonly endpoint: Endpoint) {}
 
   /** Binds an ephemeral UDP port on `host` ('::' = IPv4 and IPv6). */
-  static async open(host = '::'): Promise<ClientSocket> {
-    return new ClientSocket(await Endpoint.open(host, 0));
+  static async open(host = '::', opts: { holdMs?: number } = {}): Promise<ClientSocket> {
+    const s = new ClientSocket(await Endpoint.open(host, 0));
+    s.holdMs = opts.holdMs ?? 0;
+    return s;
+  }
+
+  /**
+   * Receive moderation (driver.ts `holdMs`; off at 0): with many connections on this socket it is
+   * read at most once per `holdMs`. Connections opened from now on announce it in their
+   * max_ack_delay (their acknowledgements may wait that long).
+   */
+  get holdMs(): number {
+    return this.endpoint.holdMs;
+  }
+
+  set holdMs(ms: number) {
+    this.endpoint.holdMs = Math.max(0, Math.min(MAX_HOLD_MS, Math.round(ms)));
   }
 
   get port(): number {
@@ -725,7 +747,7 @@ function clientConfig(verify: boolean, p: TransportParams, identity?: { cert: st
     if (identityIds.size > 32) identityIds.clear();
     identityIds.set(k, id);
   }
-  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}|${id}`;
+  const key = `${verify}|${p.alpn}|${p.idleTimeoutMs}|${p.streamWindow}|${p.connWindow}|${p.logKeys}|${p.maxAckDelayMs}|${id}`;
   let c = clientConfigs.get(key);
   if (!c) {
     // verifyPeer with failures allowed: BoringSSL hands us the chain and `checkServerChain`
@@ -770,6 +792,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
     connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
     peerBidiStreams: 0,
     logKeys: opts.logKeys !== undefined,
+    maxAckDelayMs: ACK_DELAY_MS + (opts.socket?.holdMs ?? 0),
   }, opts.clientCert);
   let ep: Endpoint;
   if (opts.socket) ep = opts.socket.endpoint;

@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { LocalBalancer, type PanicChange } from '../../core/balance/local.ts';
-import { PoolBalancers } from '../../core/balance/pool.ts';
+import { PoolBalancers, EAGER_GAP_MS } from '../../core/balance/pool.ts';
 import { SlotHeap } from '../../core/balance/heap.ts';
 import { Edf } from '../../core/balance/edf.ts';
 import { buildConfig } from '../../core/config/config.ts';
@@ -343,6 +343,32 @@ describe('core/balance', () => {
       expect(lines.some((l) => /"msg":"panic mode: too few backends healthy/.test(l))).to.equal(true);
       expect(pool.decorate({ address: 'a' } as never).panic).to.equal(undefined);
     });
+  });
+
+  it('PoolBalancers: a burst of state changes rebuilds the pool at most once per EAGER_GAP_MS, then once after it; picks are never stale', async () => {
+    const hooks = createHooks();
+    const logger = createLogger({ level: 'error', json: true, write: () => {} });
+    guardHooks(hooks, logger, 1000, new Map());
+    const rr = build(RoundRobinPlugin);
+    const records = Array.from({ length: 1000 }, (_, i) => ({ ...b(`s${i}`, { state: 'DOWN' }) }));
+    let rebuilds = 0;
+    const host = { hooks, plugins: [rr], config: buildConfig({}, undefined, {}).config, logger, node: 'lb-t', records: () => (rebuilds++, records) };
+    rr.apply({ hooks } as never);
+    const pool = new PoolBalancers(host);
+    // 1000 backends coming UP one by one in one burst (start-up).
+    for (const r of records) {
+      (r as { state: HealthState }).state = 'UP';
+      pool.changed(true);
+    }
+    expect(rebuilds, 'one rebuild at the first change, none per later change in the burst').to.equal(1);
+    // A pick in the burst sees every change at once.
+    expect(pool.choose(undefined, undefined).backend).to.not.equal(undefined);
+    expect(rebuilds).to.equal(2);
+    (records[0] as { state: HealthState }).state = 'DOWN';
+    pool.changed(true);
+    await new Promise((r) => setTimeout(r, EAGER_GAP_MS * 3));
+    expect(rebuilds, 'the trailing rebuild after the burst').to.equal(3);
+    expect(pool.decorate({ address: 's0' } as never).panic).to.equal(undefined);
   });
 
   it('a plugin without picker(): its pick tap is asked; a server it was not offered is refused', () => {

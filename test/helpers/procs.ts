@@ -4,7 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,6 +46,23 @@ export async function waitUntil<T>(fn: () => T | undefined | null | false | Prom
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The `qhcp` processes (bin/qhcp.js on their command line) whose parent is `pid`: a relaunched load balancer (Linux /proc). */
+export function qhcpChildren(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      // pid (comm) state ppid ...; comm may hold spaces: read after the last ')'.
+      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== pid) continue;
+      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').includes(BIN)) out.push(Number(d));
+    } catch {
+      // gone meanwhile, or not Linux
+    }
+  }
+  return out;
+}
 
 /** One `qhcp` child process with its output captured. */
 export class QhcpProcess {
@@ -94,7 +111,11 @@ export class QhcpProcess {
   }
 
   signal(sig: NodeJS.Signals): void {
-    if (this.running) process.kill(this.pid, sig);
+    if (!this.running) return;
+    // SIGSTOP cannot be caught, so the first process of a relaunched load balancer cannot pass it
+    // on (core/cli/relaunch.ts): freeze the load balancer itself too, as `kill -STOP` on it does.
+    if (sig === 'SIGSTOP') for (const pid of qhcpChildren(this.pid)) process.kill(pid, sig);
+    process.kill(this.pid, sig);
   }
 
   /** SIGTERM, then SIGKILL after `graceMs`; resolves when the process is gone. */
