@@ -146,7 +146,7 @@ export class AgentServer extends Core {
     // wake), sends the reports that ride the tick. A collect still pending then (a slow async
     // plugin) does not hold them: they carry the previous sample, as a report between samples does.
     this.sampler = every(this.sampleMs, () => {
-      // Stopping: no new samples (as before the tick), but reports go on through the drain grace.
+      // Stopping: no new samples; the reports that ride the tick go on until DRAIN is sent.
       if (!this.stopping) void this.takeSample();
       if (this.tickReports.size > 0) setImmediate(this.sendTickReports);
     });
@@ -531,12 +531,13 @@ export class AgentServer extends Core {
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;
+    // After DRAIN a session takes no HEALTH_REPORT (docs/protocol.md, the server's DFA).
+    this.sampler?.stop();
     this.logger.info('draining', { sessions: drained, graceMs });
     if (this.sessions.size > 0 && graceMs > 0) {
       await withTimeout(Promise.all([...this.sessions].map((s) => s.closed())), graceMs, { value: undefined });
     }
     for (const s of this.sessions) s.close('shutting down');
-    this.sampler?.stop();
     await this.listener?.stop(301, 'shutting down');
     await this.hooks.stop.promise(this);
     // The counters of a whole run, including bad-peer log lines the rate limit held back.
