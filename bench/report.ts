@@ -572,7 +572,7 @@ export function render(res: Results): string {
     '',
     '## The floor: QUIC alone',
     '',
-    'No qhcp code: ~100-byte messages on one bidirectional stream per connection (bench/floor.ts), over @matrixai/quic\'s JavaScript layer (`lib`, what qhcp used before issue 12) and over qhcp\'s own driver on the same quiche (`driver`, core/transport/driver.ts). Connections are opened one after another; KB per connection is the client\'s RSS growth while opening them.',
+    'No qhcp code: ~100-byte messages on one bidirectional stream per connection (bench/floor.ts), over @matrixai/quic\'s JavaScript layer (`lib`, what qhcp used before issue 12) and over qhcp\'s own driver on the same quiche (`driver`, core/transport/driver.ts), and, for the push shape, no QUIC at all (`udp`: Node\'s dgram alone, one 100-byte datagram per flow per interval to one client socket that answers each with a 40-byte datagram, as a QUIC receiver acknowledges: what any Node program on this machine pays per report). Connections are opened one after another; KB per connection is the client\'s RSS growth while opening them.',
     '',
     ...table(
       ['implementation', 'shape', 'connections', 'interval', 'client µs/message', 'server µs/message', 'round trip p50 / p99 µs', 'open ms', 'KB/connection'],
@@ -584,6 +584,14 @@ export function render(res: Results): string {
   const s100 = cell(res, 'qhcp-push', 100, 1);
   if (floorEcho && p100) L.push(`Read against the floor: at N = 100, 1 s, a poll check costs the load balancer ${p100.usPerBackendInterval} µs where a bare round trip costs the client ${floorEcho.clientUsPerMsg} µs (${ratio(p100.usPerBackendInterval, floorEcho.clientUsPerMsg)}).`);
   if (floorPush && s100) L.push(`A pushed report costs it ${s100.usPerBackendInterval} µs where receiving a bare message costs ${floorPush.clientUsPerMsg} µs (${ratio(s100.usPerBackendInterval, floorPush.clientUsPerMsg)}).`);
+  const udp = res.floor.find((f) => f.impl === 'udp' && f.shape === 'push');
+  const push1000 = res.floor.find((f) => f.impl === 'driver' && f.shape === 'push' && f.conns === 1000);
+  const s1000 = cell(res, 'qhcp-push', 1000, 1);
+  const h1000 = cell(res, 'haproxy', 1000, 1);
+  if (udp && push1000 && s1000)
+    L.push(
+      `At N = 1000, 1 s: a pushed report costs the load balancer ${s1000.usPerBackendInterval} µs${h1000 ? ` (HAProxy's check and agent check ${h1000.usPerBackendInterval} µs)` : ''}; the same message over the bare driver costs its client ${push1000.clientUsPerMsg} µs, and over Node's dgram alone, with no QUIC, ${udp.clientUsPerMsg} µs. The bare-UDP figure is a floor no Node process reading one datagram per wake-up goes below on this machine; the load balancer gets under the bare driver only by reading many reports per wake-up (receive moderation, docs/operations.md Limits).`,
+    );
   L.push(...tcpProxySection());
   L.push(...drainSection());
   L.push(...clusterSection());

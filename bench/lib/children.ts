@@ -97,7 +97,8 @@ export class Helper<Req extends { id: number }, Rep extends { id: number }> {
         this.waiting.delete(id);
         clearTimeout(w.timer);
         w.resolve(m as Rep);
-      } else this.onEvent?.(m);
+      } else if ((m as { event?: string }).event === 'batch') for (const e of (m as unknown as { events: unknown[] }).events) this.onEvent?.(e);
+      else this.onEvent?.(m);
     });
   }
 

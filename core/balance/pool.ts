@@ -41,7 +41,7 @@ interface Pool {
  */
 export const REPORT_COALESCE_MS = 100;
 /** Eager refreshes (state and membership changes) at most this often in a burst (ms). */
-export const EAGER_GAP_MS = 10;
+export const EAGER_GAP_MS = 100;
 
 export class PoolBalancers {
   private readonly pools = new Map<string, Pool>();

@@ -17,11 +17,13 @@ import { buildChecks, type CheckEntry } from '../check/kinds.ts';
 import { initialState, writeStateFile } from '../control/state.ts';
 import { ControlServer, defaultControlSocket, type ControlAnswer, type ControlRequest } from '../control/socket.ts';
 import { withTimeout } from '../util/timeout.ts';
+import { every, nextDue, type Tick } from '../util/tick.ts';
 
 interface SessionPrefs {
   /** Metric names this session asked for (undefined = all). */
   metrics?: Set<string>;
   reportIntervalMs: number;
+  /** Its own fixed-rate timer, for an interval other than the sample interval (those ride the sample tick). */
   reportTimer?: NodeJS.Timeout;
   /** Reports in a row not sent because the peer had not read the previous one (latest wins). */
   coalesced?: number;
@@ -69,12 +71,9 @@ export function agentReloadSummary(r: AgentReloadResult): string {
 /**
  * When the report after one due at `due` is due, seen at `now`: `ms` after it (a fixed rate),
  * or, when that time has passed already (the agent stalled for more than an interval), `ms`
- * from now, so a stall is not followed by a burst of catch-up reports.
+ * from now, so a stall is not followed by a burst of catch-up reports (the sample tick's rule).
  */
-export function nextReportDue(due: number, now: number, ms: number): number {
-  const next = due + ms;
-  return next > now ? next : now + ms;
-}
+export const nextReportDue = nextDue;
 
 export class AgentServer extends Core {
   private listener: Listener | undefined;
@@ -85,7 +84,11 @@ export class AgentServer extends Core {
   private sample: { values: Metrics; sampledAt: number } = { values: {}, sampledAt: Date.now() };
   /** The last full report (per-metric sample times), for metrics not due again yet. */
   private lastReport: MetricsReport | undefined;
-  private sampler: NodeJS.Timeout | undefined;
+  /** The sample on the process's shared tick of the sample interval (core/util/tick.ts). */
+  private sampler: Tick | undefined;
+  /** Sessions whose report interval is the sample interval: their reports follow each sample, in its wake. */
+  private readonly tickReports = new Set<AgentSession>();
+  /** Runs only while there are sessions (an agent without load balancers wakes only to sample). */
   private idleSweep: NodeJS.Timeout | undefined;
   private sampling = false;
   private stopping = false;
@@ -138,8 +141,15 @@ export class AgentServer extends Core {
     // Not isUsed(): the guard's interceptor makes every hook "used".
     this.authOpen = this.hooks.verify.taps.length === 0;
     await this.takeSample();
-    this.sampler = setInterval(() => void this.takeSample(), c.sampleInterval * 1000);
-    this.sampler.unref();
+    // After the metric plugins' sources (they joined the tick at the start hook): one wake reads,
+    // samples and, once the sample is in (setImmediate: after its promise settles, still in this
+    // wake), sends the reports that ride the tick. A collect still pending then (a slow async
+    // plugin) does not hold them: they carry the previous sample, as a report between samples does.
+    this.sampler = every(this.sampleMs, () => {
+      // Stopping: no new samples; the reports that ride the tick go on until DRAIN is sent.
+      if (!this.stopping) void this.takeSample();
+      if (this.tickReports.size > 0) setImmediate(this.sendTickReports);
+    });
     this.listener = await Listener.listen({
       ...this.listenerOptions({
         host: c.serverIp,
@@ -156,11 +166,6 @@ export class AgentServer extends Core {
     if (c.controlSocket !== false) {
       this.control = await ControlServer.listen(c.controlSocket ?? defaultControlSocket(this.port), (req) => this.command(req));
     }
-    // A session pushed reports at least as often as the idle limit is served, not idle.
-    this.idleSweep = this.sweepIdle(this.sessions, (s) => {
-      const ms = s.data.prefs?.reportIntervalMs ?? 0;
-      return ms > 0 && ms <= c.sessionIdleTimeout * 1000;
-    });
     if (tls.generated) this.logger.warn('no -cert-file/-key-file given: using an in-memory self-signed certificate', { names: 'localhost,127.0.0.1,::1' });
     if (this.authOpen) this.logger.warn('AUTH IS OPEN: no auth plugin is configured, any load balancer may connect');
     const h = this.runner.health();
@@ -176,6 +181,25 @@ export class AgentServer extends Core {
       ...(this.control ? { control: this.control.path } : {}),
     });
     await this.hooks.ready.promise(this);
+  }
+
+  /** The sample interval in whole ms (the tick's period). */
+  private get sampleMs(): number {
+    return Math.max(1, Math.round(this.config.sampleInterval * 1000));
+  }
+
+  private readonly sendTickReports = (): void => {
+    for (const s of this.tickReports) this.report(s, s.data.prefs!);
+  };
+
+  /** The idle sweep runs while there are sessions; the first one starts it. */
+  private startIdleSweep(): void {
+    if (this.idleSweep || this.stopping) return;
+    // A session pushed reports at least as often as the idle limit is served, not idle.
+    this.idleSweep = this.sweepIdle(this.sessions, (s) => {
+      const ms = s.data.prefs?.reportIntervalMs ?? 0;
+      return ms > 0 && ms <= this.config.sessionIdleTimeout * 1000;
+    });
   }
 
   private buildChecks(c: Readonly<QhcpConfig>) {
@@ -363,12 +387,18 @@ export class AgentServer extends Core {
       },
       onClose: (why, s) => {
         this.sessions.delete(s);
+        this.tickReports.delete(s);
+        if (this.sessions.size === 0) {
+          clearInterval(this.idleSweep);
+          this.idleSweep = undefined;
+        }
         const prefs = s.data.prefs;
         if (prefs?.reportTimer) clearTimeout(prefs.reportTimer);
         this.logger.debug('session closed', { remote: s.remote, by: why.by, code: why.code, reason: why.reason });
       },
     });
     this.sessions.add(session);
+    this.startIdleSweep();
   }
 
   private extraStream(ch: Channel): void {
@@ -423,38 +453,51 @@ export class AgentServer extends Core {
   private setReportInterval(s: AgentSession, prefs: SessionPrefs, ms: number): void {
     if (prefs.reportTimer) clearTimeout(prefs.reportTimer);
     prefs.reportTimer = undefined;
+    this.tickReports.delete(s);
     prefs.reportIntervalMs = ms;
-    if (ms > 0) {
-      // Reports at a fixed rate (due times ms apart), not setInterval's: Node re-arms an
-      // interval from when its callback ran, so each late tick pushed every later report back
-      // and a loaded agent sent fewer than one per interval (86% of them in the bench), which
-      // its load balancers counted as late.
-      let due = Date.now() + ms;
-      const arm = () => {
-        prefs.reportTimer = setTimeout(fire, Math.max(1, due - Date.now()));
-        prefs.reportTimer.unref();
-      };
-      const fire = () => {
-        if (s.isClosed) return;
-        due = nextReportDue(due, Date.now(), ms);
-        arm();
-        // Backpressure: while the last report is still unread, this one is not queued behind
-        // it; the next tick sends the metrics of then (latest wins). A peer that reads none
-        // for MAX_COALESCED_REPORTS intervals is closed.
-        if (s.channel.pendingBytes > 0) {
-          prefs.coalesced = (prefs.coalesced ?? 0) + 1;
-          if (prefs.coalesced >= MAX_COALESCED_REPORTS) {
-            this.stats.violations++;
-            this.logger.limited('violation', 'protocol violation', { remote: s.remote, code: 'SLOW_CONSUMER', reason: `${prefs.coalesced} reports unread` });
-            s.fail(new ProtocolError('SLOW_CONSUMER', `${prefs.coalesced} reports in a row left unread (report interval ${ms} ms)`));
-          }
-          return;
-        }
-        prefs.coalesced = 0;
-        s.trySend('HEALTH_REPORT', this.metricsFor(s));
-      };
-      arm();
+    if (ms <= 0) return;
+    // The sample interval's reports ride the sample tick (fixed rate, one wake for sample and
+    // reports); the first comes at the next tick, within one interval.
+    if (ms === this.sampleMs) {
+      this.tickReports.add(s);
+      return;
     }
+    // Any other interval: a fixed rate of its own (due times ms apart), not setInterval's: Node
+    // re-arms an interval from when its callback ran, so each late tick pushed every later
+    // report back and a loaded agent sent fewer than one per interval (86% of them in the
+    // bench), which its load balancers counted as late.
+    let due = Date.now() + ms;
+    const arm = () => {
+      prefs.reportTimer = setTimeout(fire, Math.max(1, due - Date.now()));
+      prefs.reportTimer.unref();
+    };
+    const fire = () => {
+      if (s.isClosed) return;
+      due = nextReportDue(due, Date.now(), ms);
+      arm();
+      this.report(s, prefs);
+    };
+    arm();
+  }
+
+  /**
+   * One periodic report. Backpressure: while the last report is still unread, this one is not
+   * queued behind it; the next tick sends the metrics of then (latest wins). A peer that reads
+   * none for MAX_COALESCED_REPORTS intervals is closed.
+   */
+  private report(s: AgentSession, prefs: SessionPrefs): void {
+    if (s.isClosed) return;
+    if (s.channel.pendingBytes > 0) {
+      prefs.coalesced = (prefs.coalesced ?? 0) + 1;
+      if (prefs.coalesced >= MAX_COALESCED_REPORTS) {
+        this.stats.violations++;
+        this.logger.limited('violation', 'protocol violation', { remote: s.remote, code: 'SLOW_CONSUMER', reason: `${prefs.coalesced} reports unread` });
+        s.fail(new ProtocolError('SLOW_CONSUMER', `${prefs.coalesced} reports in a row left unread (report interval ${prefs.reportIntervalMs} ms)`));
+      }
+      return;
+    }
+    prefs.coalesced = 0;
+    s.trySend('HEALTH_REPORT', this.metricsFor(s));
   }
 
   private async hello(body: Extract<Message, { type: 'HELLO' }>['body'], s: AgentSession): Promise<void> {
@@ -482,13 +525,14 @@ export class AgentServer extends Core {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    clearInterval(this.sampler);
     await this.control?.close();
     await this.runner.stop();
     clearInterval(this.idleSweep);
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;
+    // After DRAIN a session takes no HEALTH_REPORT (docs/protocol.md, the server's DFA).
+    this.sampler?.stop();
     this.logger.info('draining', { sessions: drained, graceMs });
     if (this.sessions.size > 0 && graceMs > 0) {
       await withTimeout(Promise.all([...this.sessions].map((s) => s.closed())), graceMs, { value: undefined });

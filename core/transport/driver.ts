@@ -248,8 +248,16 @@ export interface ServerSide {
  * answers at once. dgram's default (dns.lookup) answers a literal on the next tick, which cost
  * a deferred call and two closures per datagram sent; names still go to dns.lookup.
  */
+const literals = new Map<string, number>();
 function literalLookup(host: string, opts: LookupOptions, cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  // The same peer addresses come back datagram after datagram; isIP runs an IPv6 regex on each.
+  const known = literals.get(host);
+  if (known !== undefined) return cb(null, host, known);
   const family = isIP(host);
+  if (family !== 0) {
+    if (literals.size >= 65_536) literals.clear();
+    literals.set(host, family);
+  }
   if (family !== 0) cb(null, host, family);
   else dnsLookup(host, opts, cb as never);
 }

@@ -2,13 +2,15 @@
  * A background sampler for metrics plugins. Each source is read on its own interval and its last
  * good values are cached with the time they were read, so a `collect` tap only copies the cache:
  * no system call ever runs on a health check's path. Sources with the same interval share one
- * timer. A source may answer synchronously (a /proc read: applied at once, no promise, no timer)
+ * timer, the process's shared tick of that period (core/util/tick.ts): the agent's own sample
+ * joins it after them, so reads and sample take one wake. A source may answer synchronously (a /proc read: applied at once, no promise, no timer)
  * or with a promise, which is bounded by the source's timeout. A source that throws or hangs
  * loses only its own metrics until it answers again, and a hung read is never started a second
  * time (a stuck disk must not pile up pending reads).
  */
 import { errorText } from '../../core/errors.ts';
 import { withTimeout } from '../../core/util/timeout.ts';
+import { every, type Tick } from '../../core/util/tick.ts';
 
 export type Values = Record<string, number>;
 
@@ -43,7 +45,7 @@ interface State extends SourceStatus {
 
 export class Sampler {
   private readonly states: State[];
-  private timers: NodeJS.Timeout[] = [];
+  private ticks: Tick[] = [];
   private running = false;
 
   /** `onError(source, message)` is told of each failed or timed-out read. */
@@ -67,18 +69,18 @@ export class Sampler {
     const byInterval = new Map<number, State[]>();
     for (const s of this.states) byInterval.set(s.source.intervalMs, [...(byInterval.get(s.source.intervalMs) ?? []), s]);
     for (const [ms, group] of byInterval) {
-      const timer = setInterval(() => {
-        for (const s of group) void this.readOnce(s);
-      }, ms);
-      timer.unref();
-      this.timers.push(timer);
+      this.ticks.push(
+        every(ms, () => {
+          for (const s of group) void this.readOnce(s);
+        }),
+      );
     }
   }
 
   stop(): void {
     this.running = false;
-    for (const t of this.timers) clearInterval(t);
-    this.timers = [];
+    for (const t of this.ticks) t.stop();
+    this.ticks = [];
     for (const s of this.states) s.generation++;
   }
 

@@ -191,3 +191,34 @@ describe('LoadBalancer API: setAdmin, setWeight, addBackend, removeBackend (in-p
     expect(await lb.removeBackend(y.address)).to.equal(false);
   });
 });
+
+describe('receive moderation in a load balancer (in-process, 70 scripted agents)', function () {
+  this.timeout(90_000);
+  const agents: ScriptedAgent[] = [];
+  let lb: LoadBalancer | undefined;
+  after(async () => {
+    await lb?.stop();
+    await Promise.all(agents.splice(0).map((x) => x.stop()));
+  });
+
+  it('with 64+ connections the check socket holds its reads, checks go on with none failed, a verdict still moves the backend', async () => {
+    for (let i = 0; i < 70; i++) agents.push(await ScriptedAgent.start());
+    // 0.3 s interval: a hold of 6 ms (2%).
+    const { config } = buildConfig(undefined, undefined, { servers: agents.map((a) => a.address), checkInterval: 0.3, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, defaults: false, plugins: [] });
+    lb = new LoadBalancer(config, createLogger({ level: 'silent' }));
+    await lb.loadPlugins([build(RoundRobinPlugin)]);
+    await lb.start();
+    const socket = (lb as unknown as { checker: { socket: { holdMs: number; stats: { holds: number } } } }).checker.socket;
+    expect(socket.holdMs).to.equal(6);
+    await waitUntil(() => lb!.backends().every((b) => b.state === 'UP'), 60_000, 'all 70 UP');
+    const holds0 = socket.stats.holds;
+    lb.stats.checks = lb.stats.failedChecks = lb.stats.lateChecks = 0;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(socket.stats.holds - holds0, 'reads were held').to.be.greaterThan(0);
+    expect(lb.stats.checks, 'about 70 checks per 0.3 s').to.be.greaterThan(70 * 3);
+    expect(lb.stats.failedChecks).to.equal(0);
+    agents[5]!.set({ verdict: 'NOT_SERVING', reason: 'held but heard' });
+    await waitUntil(() => lb!.backends().find((b) => b.address === agents[5]!.address)!.state === 'DOWN', 10_000, 'DOWN from the pushed verdict');
+    expect(lb.backends().filter((b) => b.state === 'UP')).to.have.length(69);
+  });
+});

@@ -189,20 +189,24 @@ describe('system-metrics plugin', () => {
 
   it('synchronous readers are stored at once; sources of one interval share one timer', async () => {
     const { readers } = fakeReaders({ currentLoad: () => ({ currentLoad: 10, cpus: [] }), mem: () => ({ total: 10, available: 5 }) });
-    const real = globalThis.setInterval;
-    let timers = 0;
+    const real = { setInterval: globalThis.setInterval, setTimeout: globalThis.setTimeout };
+    const delays: number[] = [];
     globalThis.setInterval = ((...a: Parameters<typeof setInterval>) => {
-      timers++;
-      return real(...a);
+      delays.push(a[1] ?? 0);
+      return real.setInterval(...a);
     }) as typeof setInterval;
+    globalThis.setTimeout = ((...a: Parameters<typeof setTimeout>) => {
+      delays.push(a[1] ?? 0);
+      return real.setTimeout(...a);
+    }) as typeof setTimeout;
     let p: SystemMetrics;
     try {
-      ({ p } = await startPlugin({ intervalMs: 60_000, slowIntervalMs: 120_000 }, readers));
+      ({ p } = await startPlugin({ intervalMs: 61_000, slowIntervalMs: 121_000 }, readers));
     } finally {
-      globalThis.setInterval = real;
+      Object.assign(globalThis, real);
     }
-    // Seven sources on two intervals.
-    expect(timers).to.equal(2);
+    // Seven sources on two intervals: two timers (the shared ticks of 61 s and 121 s), none per source.
+    expect(delays.filter((d) => d > 60_000)).to.have.length(2);
     expect(collect(p).values).to.include({ cpu: 10, memory: 50 });
   });
 
