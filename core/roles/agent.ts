@@ -89,7 +89,7 @@ export class AgentServer extends Core {
   /** Sessions whose report interval is the sample interval: their reports follow each sample, in its wake. */
   private readonly tickReports = new Set<AgentSession>();
   /** Runs only while there are sessions (an agent without load balancers wakes only to sample). */
-  private idleSweep: NodeJS.Timeout | undefined;
+  private idleSweep: Tick | undefined;
   private sampling = false;
   private stopping = false;
   private authOpen = true;
@@ -389,7 +389,7 @@ export class AgentServer extends Core {
         this.sessions.delete(s);
         this.tickReports.delete(s);
         if (this.sessions.size === 0) {
-          clearInterval(this.idleSweep);
+          this.idleSweep?.stop();
           this.idleSweep = undefined;
         }
         const prefs = s.data.prefs;
@@ -527,7 +527,7 @@ export class AgentServer extends Core {
     this.stopping = true;
     await this.control?.close();
     await this.runner.stop();
-    clearInterval(this.idleSweep);
+    this.idleSweep?.stop();
     const graceMs = Math.round(this.config.drainGrace * 1000);
     let drained = 0;
     for (const s of this.sessions) if (s.trySend('DRAIN', { reason: 'shutting down', graceMs })) drained++;

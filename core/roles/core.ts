@@ -2,6 +2,7 @@
  * The core object both roles build on: hooks, logger, frozen config, applied plugins.
  * Plugins receive it in `apply(core)`.
  */
+import { every, type Tick } from '../util/tick.ts';
 import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
@@ -90,18 +91,18 @@ export class Core implements CoreLike {
    * SESSION_IDLE, unless `busy` says it is served otherwise (an agent pushing reports to it).
    * QUIC keep-alive PINGs do not count: they keep a connection, not a session, alive.
    */
-  sweepIdle<D extends object>(sessions: ReadonlySet<Session<D>>, busy: (s: Session<D>) => boolean = () => false): NodeJS.Timeout {
+  sweepIdle<D extends object>(sessions: ReadonlySet<Session<D>>, busy: (s: Session<D>) => boolean = () => false): Tick {
     const idleMs = this.config.sessionIdleTimeout * 1000;
-    const t = setInterval(() => {
+    // On the process's shared tick of its period (core/util/tick.ts): at the default 1 s it runs in
+    // the same wake as the agent's sample instead of waking the process once more.
+    return every(Math.max(50, Math.min(1000, idleMs / 4)), () => {
       const now = Date.now();
       for (const s of sessions) {
         if (s.isClosed || s.state === 'AWAIT_HELLO' || s.state === 'AUTH' || now - s.lastReceivedAt < idleMs || busy(s)) continue;
         this.logger.limited('idle', 'idle session closed', { remote: s.remote, idleMs: now - s.lastReceivedAt });
         s.fail(new ProtocolError('SESSION_IDLE', `nothing asked for ${Math.round((now - s.lastReceivedAt) / 1000)} s (sessionIdleTimeout ${this.config.sessionIdleTimeout} s)`));
       }
-    }, Math.max(50, Math.min(1000, idleMs / 4)));
-    t.unref();
-    return t;
+    });
   }
 
   /**

@@ -3,6 +3,7 @@
  * backend's state), PICK (one backend, through the `pick` hook) or WATCH (the view, then every
  * change: watch-hub.ts). `qhcp status`, `qhcp pick`, `qhcp watch` and core/client/ speak to it.
  */
+import type { Tick } from '../util/tick.ts';
 import { isIP } from 'node:net';
 import { ProtocolError } from '../errors.ts';
 import { FIELD_LIMITS, type Message, type ServerStatus } from '../protocol/messages.ts';
@@ -67,7 +68,7 @@ export class QueryPort {
   private listener: Listener | undefined;
   private readonly sessions = new Set<Session<{ maxFrameBytes?: number }>>();
   private stopping = false;
-  private idleSweep: NodeJS.Timeout | undefined;
+  private idleSweep: Tick | undefined;
   /** Whether an auth plugin verifies query clients (the `verify` hook has a tap). */
   private authOpen = true;
   /** STATUS/PICK rate limits (query-limit.ts): a query flood must not starve the health checks. */
@@ -222,7 +223,7 @@ export class QueryPort {
   /** Closes every query session and the listener. */
   async stop(): Promise<void> {
     this.stopping = true;
-    clearInterval(this.idleSweep);
+    this.idleSweep?.stop();
     this.limiter.stop();
     this.watchers.stop();
     for (const s of this.sessions) s.close('shutting down');
