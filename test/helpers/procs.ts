@@ -112,9 +112,11 @@ export class QhcpProcess {
 
   signal(sig: NodeJS.Signals): void {
     if (!this.running) return;
-    // SIGSTOP cannot be caught, so the first process of a relaunched load balancer cannot pass it
-    // on (core/cli/relaunch.ts): freeze the load balancer itself too, as `kill -STOP` on it does.
-    if (sig === 'SIGSTOP') for (const pid of qhcpChildren(this.pid)) process.kill(pid, sig);
+    // SIGSTOP and SIGKILL cannot be caught, so the first process of a relaunched load balancer
+    // cannot pass them on (core/cli/relaunch.ts; killed, it makes the load balancer stop as on
+    // SIGTERM, a clean close): freeze or kill the load balancer itself too, as `kill -STOP` or
+    // `kill -9` on its pid does. A test's kill -9 is a crash of the load balancer.
+    if (sig === 'SIGSTOP' || sig === 'SIGKILL') for (const pid of qhcpChildren(this.pid)) process.kill(pid, sig);
     process.kill(this.pid, sig);
   }
 
