@@ -433,6 +433,10 @@ describe('Transport driver (quiche, our own)', function () {
       expect(many.holdMs).to.equal(20);
       many.holdMs = 500;
       expect(many.holdMs, 'capped').to.equal(MAX_HOLD_MS);
+      for (const bad of [Number.NaN, -5, Number.POSITIVE_INFINITY]) {
+        many.holdMs = bad;
+        expect(many.holdMs, `holdMs = ${bad}: off`).to.equal(0);
+      }
       many.holdMs = 20;
       const open = (socket: ClientSocket) => connect({ host: '127.0.0.1', port: l.port, socket, timeoutMs: 20_000 });
       const chs = await Promise.all(Array.from({ length: HOLD_MIN_CONNS + 6 }, () => open(many)));

@@ -22,8 +22,9 @@ import { withTimeout } from '../util/timeout.ts';
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
  * side; 1000 started at once all missed their timeout and retried together (bench/, N = 1000,
  * before a new connection had its own budget, connectTimeoutOf). With that budget the cap only
- * paces start-up: 1000 backends at 1 s, quiet 2-core machine, all UP after 3.5-3.95 s at 16 in
- * flight, 3.1-3.35 s at 48, 2.6-3.0 s at 96 (time of the last UP transition from the start of LoadBalancer.start, 2026-11-29); 64 is taken.
+ * paces start-up: 1000 backends at 1 s, quiet 2-core machine, the last UP transition after
+ * 3.5-3.95 s at 16 in flight, 3.1-3.35 s at 48, 2.6-3.0 s at 96 (from LoadBalancer.start,
+ * 2026-11-29); 64 is taken.
  */
 const MAX_CONNECTING = 64;
 

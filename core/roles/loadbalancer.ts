@@ -13,10 +13,6 @@ import { LocalError } from '../errors.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { ClientSocket } from '../transport/quic.ts';
 import { holdFor } from '../transport/driver.ts';
-import type { CheckTimings } from '../health/checker.ts';
-
-/** The check socket's receive moderation: 2% of the shortest of the check and report intervals. */
-const checkHold = (t: CheckTimings): number => holdFor(Math.min(t.intervalMs, t.reportMs > 0 ? t.reportMs : t.intervalMs));
 import { parseAddress, formatAddress } from '../util/address.ts';
 import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
@@ -24,13 +20,16 @@ import type { BackendView, Transition } from '../plugin/hooks.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { Logger } from '../util/log.ts';
 import { Backend } from '../health/backend.ts';
-import { Checker, timingsOf, type CheckStats } from '../health/checker.ts';
+import { Checker, timingsOf, type CheckStats, type CheckTimings } from '../health/checker.ts';
 import { ruleFor, reasonOf, type AdminState, type HealthEvent } from '../health/states.ts';
 import { QueryPort, type PickAnswer, type QueryStats } from './query-port.ts';
 import { SyncDispatcher } from '../plugin/sync.ts';
 import type { ClusterInfo, ClusterNode } from '../cluster/group.ts';
 import { clusterOptions } from '../cluster/options.ts';
 import { PoolBalancers } from '../balance/pool.ts';
+
+/** The check socket's receive moderation: 2% of the shortest of the check and report intervals. */
+const checkHold = (t: CheckTimings): number => holdFor(Math.min(t.intervalMs, t.reportMs > 0 ? t.reportMs : t.intervalMs));
 
 export { Backend } from '../health/backend.ts';
 export { describeFailure } from '../health/checker.ts';
@@ -429,6 +428,8 @@ export class LoadBalancer extends Core {
     await Promise.all(all.map((b) => this.checker.end(b, 'load balancer stopping')));
     await this.query.stop();
     await this.checker.socket?.close();
+    // No pool rebuild (and panic alert) left waiting to run after the `stopped` alert (pool.ts bursts).
+    this.balance.reset();
     await this.hooks.alert.promise({ kind: 'stopped', node: this.node, at: Date.now(), servers: all.map((b) => b.address) }).catch(() => {});
     await this.hooks.stop.promise(this);
     this.logger.info('load balancer stopped');

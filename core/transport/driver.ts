@@ -254,12 +254,10 @@ function literalLookup(host: string, opts: LookupOptions, cb: (err: NodeJS.Errno
   const known = literals.get(host);
   if (known !== undefined) return cb(null, host, known);
   const family = isIP(host);
-  if (family !== 0) {
-    if (literals.size >= 65_536) literals.clear();
-    literals.set(host, family);
-  }
-  if (family !== 0) cb(null, host, family);
-  else dnsLookup(host, opts, cb as never);
+  if (family === 0) return dnsLookup(host, opts, cb as never);
+  if (literals.size >= 65_536) literals.clear();
+  literals.set(host, family);
+  cb(null, host, family);
 }
 
 /** Whether `host` (as a dual-stack socket reports it) is a loopback address. */

@@ -685,8 +685,9 @@ export class ClientSocket {
     return this.endpoint.holdMs;
   }
 
+  /** Whole ms from 0 to MAX_HOLD_MS; anything else (negative, NaN) is off or clamped. */
   set holdMs(ms: number) {
-    this.endpoint.holdMs = Math.max(0, Math.min(MAX_HOLD_MS, Math.round(ms)));
+    this.endpoint.holdMs = Number.isFinite(ms) ? Math.max(0, Math.min(MAX_HOLD_MS, Math.round(ms))) : 0;
   }
 
   get port(): number {

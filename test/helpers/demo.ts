@@ -4,9 +4,8 @@
  * by PID, its children found through /proc (Linux).
  */
 import { createSocket } from 'node:dgram';
-import { readdirSync, readFileSync } from 'node:fs';
 import { expect } from 'chai';
-import { QhcpProcess, waitUntil, queryStatus } from './procs.ts';
+import { QhcpProcess, waitUntil, queryStatus, childrenOf } from './procs.ts';
 
 const PORTS: Array<[string, number]> = [
   ['0.0.0.0', 4242],
@@ -38,22 +37,6 @@ export async function takenPorts(): Promise<number[]> {
   return taken;
 }
 
-/** PIDs whose parent is `pid` (Linux /proc). */
-export function childrenOf(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      // Fields after the parenthesised command name: state, ppid, ...
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(d));
-    } catch {
-      /* gone meanwhile */
-    }
-  }
-  return out;
-}
 
 export function alive(pid: number): boolean {
   try {

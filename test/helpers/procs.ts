@@ -47,21 +47,31 @@ export async function waitUntil<T>(fn: () => T | undefined | null | false | Prom
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-/** The `qhcp` processes (bin/qhcp.js on their command line) whose parent is `pid`: a relaunched load balancer (Linux /proc). */
-export function qhcpChildren(pid: number): number[] {
+/** PIDs whose parent is `pid` (Linux /proc). */
+export function childrenOf(pid: number): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
       // pid (comm) state ppid ...; comm may hold spaces: read after the last ')'.
       const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
-      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== pid) continue;
-      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').includes(BIN)) out.push(Number(d));
+      if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) === pid) out.push(Number(d));
     } catch {
-      // gone meanwhile, or not Linux
+      /* gone meanwhile */
     }
   }
   return out;
+}
+
+/** The `qhcp` processes (bin/qhcp.js on their command line) whose parent is `pid`: a relaunched load balancer. */
+export function qhcpChildren(pid: number): number[] {
+  return childrenOf(pid).filter((c) => {
+    try {
+      return readFileSync(`/proc/${c}/cmdline`, 'utf8').split('\0').includes(BIN);
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** One `qhcp` child process with its output captured. */
