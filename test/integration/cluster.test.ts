@@ -226,8 +226,18 @@ describe('load balancer group through Redis (three members, ten agents)', functi
       await waitUntil(() => /Redis unreachable/.test(out) || /Redis unreachable/.test(lbs.get(n)!.proc.output), 5000, `${n} to log the fallback`);
     }
     expect(await metric('qhcp_cluster_fallback')).to.equal(1);
-    // Still every agent UP everywhere, each shown as checked by the member itself only.
-    const views = await statuses();
+    // Still every agent UP everywhere, each shown as checked by the member itself only (a member's
+    // view drops the others' claims at its next status after the fallback: waited for, bounded).
+    let views = await statuses();
+    await waitUntil(
+      async () => {
+        views = await statuses();
+        return [...views].every(([n, v]) => v.every((s) => s.checkedBy?.length === 1 && s.checkedBy[0] === n));
+      },
+      10_000,
+      'each member to show itself as the only checker',
+      200,
+    );
     for (const [n, v] of views) for (const s of v) expect([s.state, s.checkedBy], `${n} ${s.address}`).to.deep.equal(['UP', [n]]);
     await sleep(1000); // a while in fallback: the outage is logged once, not per attempt
     for (const n of names) expect(lbs.get(n)!.proc.output.match(/Redis unreachable/g), n).to.have.length(1);
