@@ -1,7 +1,9 @@
 /**
  * A new connection's own budget (core/health/checker.ts connectTimeoutOf): handshake + HELLO get
  * at least 1 s even when the check timeout is shorter, and the request on the new session still
- * gets the check timeout. In-process load balancer, scripted agent or a silent UDP port.
+ * gets the check timeout. An answer later than half the check timeout gets the connection
+ * nudged (a PING, so QUIC repairs a loss at once: checker.ts answerWithin). In-process load
+ * balancer, scripted agent or a silent UDP port.
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { expect } from 'chai';
@@ -55,6 +57,28 @@ describe('load balancer: a new connection has its own budget (connect timeout)',
     a.answerDelayMs = 250;
     await waitUntil(() => view().failures > 0, 10_000, 'a failed check');
     expect(view().lastError ?? '').to.match(/^RESPONSE_TIMEOUT: no HEALTH_RESPONSE within 100 ms$/);
+  });
+
+  it('an answer later than half the check timeout: the connection is nudged, the check still succeeds; prompt answers: no nudge', async () => {
+    const a = (agent = await ScriptedAgent.start());
+    lb = await startLb([a.address], { checkInterval: 0.5, checkTimeout: 0.4 });
+    const view = (): Backend => lb!.records()[0]!;
+    const stats = (lb as unknown as { checker: { socket: { stats: { nudges: number } } } }).checker.socket.stats;
+    await waitUntil(() => view().state === 'UP', 10_000, 'UP');
+    // Prompt answers: nothing.
+    let checks = view().checks;
+    const n0 = stats.nudges;
+    await waitUntil(() => view().checks >= checks + 4, 10_000, '4 prompt checks');
+    expect(stats.nudges - n0, 'prompt answers nudge nothing').to.equal(0);
+    // Answers after 300 ms of a 400 ms timeout: overdue at 200 ms, nudged, still in time.
+    a.answerDelayMs = 300;
+    await waitUntil(() => view().checks >= checks + 6, 10_000, 'two checks after the change');
+    checks = view().checks;
+    const n1 = stats.nudges;
+    await waitUntil(() => view().checks >= checks + 4, 10_000, '4 slow checks');
+    expect(stats.nudges - n1, 'one nudge per slow answer').to.be.within(3, 5);
+    expect(lb.stats.failedChecks, 'failed checks').to.equal(0);
+    expect(view().state).to.equal('UP');
   });
 
   it('a port that never answers fails the check after the connect budget, named in the error', async () => {

@@ -44,7 +44,7 @@ describe('Transport driver (quiche, our own)', function () {
   });
 
   /** A listener that answers each HEALTH_REQUEST with a HEALTH_RESPONSE of the same seq. */
-  async function echo(opts: { host?: string; idleTimeoutMs?: number; loopbackWithoutRetry?: boolean; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
+  async function echo(opts: { host?: string; idleTimeoutMs?: number; loopbackWithoutRetry?: boolean; maxAckDelayMs?: number; onChannel?: (ch: Channel) => void } = {}): Promise<Listener> {
     const l = await Listener.listen({
       host: opts.host ?? '127.0.0.1',
       port: 0,
@@ -52,6 +52,7 @@ describe('Transport driver (quiche, our own)', function () {
       key: tls.key,
       ...(opts.idleTimeoutMs ? { idleTimeoutMs: opts.idleTimeoutMs } : {}),
       ...(opts.loopbackWithoutRetry ? { loopbackWithoutRetry: true } : {}),
+      ...(opts.maxAckDelayMs !== undefined ? { maxAckDelayMs: opts.maxAckDelayMs } : {}),
       onChannel: (ch) => {
         serverSide.push(ch);
         if (opts.onChannel) return opts.onChannel(ch);
@@ -299,6 +300,41 @@ describe('Transport driver (quiche, our own)', function () {
     expect(c.by).to.equal('idle');
     expect(s.by).to.equal('idle');
     await until(() => l.endpoint.count === 0, 5_000, 'the server forgets it');
+  });
+
+  it('nudge: a lost request is resent once a PING is acknowledged, without waiting for the probe timeout; nothing on a closed connection', async () => {
+    // The server announces a max_ack_delay of 16 s, so the client's probe timeout is longer than
+    // this test: whatever repairs the lost request here is the nudge.
+    const l = await echo({ maxAckDelayMs: 16_000 });
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port);
+    const { got } = recorder(ch);
+    const stats = ch.connection.ep.stats;
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'first answer');
+    await sleep(100); // the handshake's last packets and acknowledgements settle
+    // The next datagram up (the request) is dropped.
+    let dropped = 0;
+    relay.filter = (dir) => (dir === 'up' && dropped === 0 ? (dropped++, false) : true);
+    const nudges0 = stats.nudges;
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    await until(() => dropped === 1, 5_000, 'the request dropped');
+    await sleep(500);
+    expect(got, 'no answer: the probe timeout is far off').to.have.length(1);
+    const up0 = relay.counters.up.forwarded;
+    ch.nudge();
+    await until(() => got.length === 2, 5_000, 'the answer after a nudge');
+    expect((got[1] as Extract<Message, { type: 'HEALTH_RESPONSE' }>).body.seq).to.equal(2);
+    expect(stats.nudges - nudges0).to.equal(1);
+    // The PING, then the request again.
+    expect(relay.counters.up.forwarded - up0).to.be.at.least(2);
+    await ch.close(0, 'done');
+    const up1 = relay.counters.up.forwarded;
+    ch.nudge();
+    await sleep(50);
+    expect(stats.nudges - nudges0, 'a closed connection is not nudged').to.equal(1);
+    expect(relay.counters.up.forwarded).to.be.at.most(up1 + 1);
   });
 
   it('migration is refused: after the client moves to another port its packets are dropped and the connection dies', async () => {

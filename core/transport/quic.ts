@@ -163,6 +163,11 @@ export class Channel implements ConnEvents {
     this.conn.ep.probeSilent(this.conn);
   }
 
+  /** An answer is overdue: asks the peer for an acknowledgement now, so QUIC repairs a lost packet at once (driver.ts `Conn.nudge`). */
+  nudge(): void {
+    this.conn.nudge();
+  }
+
   /** Bytes written on the control stream that QUIC flow control has not taken yet (the peer is not reading). */
   get pendingBytes(): number {
     return this.outBytes;
@@ -551,6 +556,11 @@ export interface ListenOptions {
   requestClientCert?: boolean;
   /** First Initials from loopback are accepted without a Retry round trip (driver.ts ServerSide). */
   loopbackWithoutRetry?: boolean;
+  /**
+   * The max_ack_delay announced (ms, default ACK_DELAY_MS, at most 16383). A longer one makes
+   * clients wait longer before they probe; tests use it to hold a client's probe timeout off.
+   */
+  maxAckDelayMs?: number;
 }
 
 /** Signature algorithms offered (what BoringSSL supports of TLS 1.3's list). */
@@ -637,6 +647,7 @@ export class Listener {
       connWindow: CONNECTION_WINDOW,
       peerBidiStreams: opts.maxStreams ?? 2,
       logKeys: opts.logKeys !== undefined,
+      maxAckDelayMs: Math.min(16_383, Math.max(0, opts.maxAckDelayMs ?? ACK_DELAY_MS)),
     });
     let ep: Endpoint;
     try {

@@ -30,7 +30,9 @@ describe('Robustness: faults (loss)', function () {
     await waitUntil(async () => (await statusOf(lb.port, relay!.address)).checks >= c0 + 60, 60_000, '60 checks under 20% loss', 500);
     const st = await statusOf(lb.port, relay.address);
     const down = transitionsIn(lb.proc.output).filter((t) => t.to === 'DOWN');
-    expect(down, `false DOWN transitions (relay dropped ${relay.counters.up.dropped} up, ${relay.counters.down.dropped} down)`).to.deep.equal([]);
+    // On failure, the status lines with failed checks say how the run went.
+    const failing = lb.proc.output.split('\n').filter((l) => /failures=[1-9]/.test(l)).slice(-8).join('\n');
+    expect(down, `false DOWN transitions (relay dropped ${relay.counters.up.dropped} up, ${relay.counters.down.dropped} down)\n${failing}`).to.deep.equal([]);
     expect(st.state).to.equal('UP');
     // The loss was real.
     expect(relay.counters.up.dropped + relay.counters.down.dropped).to.be.greaterThan(10);
