@@ -74,13 +74,22 @@ export class Backend implements BackendView, HealthFacts {
   // The checker's bookkeeping (core/health/checker.ts).
   /** The live session, when connected. */
   session: Session | undefined;
-  timer: NodeJS.Timeout | undefined;
+  /**
+   * The checker's one timer structure (checker.ts `timers`): when this backend's next step is
+   * due (performance.now() clock; Infinity for none), its place in the heap, and which step.
+   */
+  deadline = Infinity;
+  heapIndex = -1;
+  step: 'check' | 'probe' | 'report' = 'check';
+  /** Push mode: the report timeout (ms) from when the report was due to be awaited, and when within it the port probe goes out. */
+  stepMs = 0;
+  probeMs = 0;
   checking = false;
   dueAt = 0;
   seq = 0;
   /** The last HEALTH_REQUEST while its answer is late (past the check deadline, connection kept). */
   lateAnswer: Promise<HealthResponse> | undefined;
-  /** Push mode: the agent reports on its own (CONFIG_UPDATE reportIntervalMs), `timer` awaits the next report. */
+  /** Push mode: the agent reports on its own (CONFIG_UPDATE reportIntervalMs); its deadline awaits the next report. */
   pushing = false;
   /** The report interval the agent agreed to (CONFIG_ACK). */
   reportMs = 0;
