@@ -488,6 +488,9 @@ describe('Transport driver (quiche, our own)', function () {
       chs.forEach((_, i) => expect(got[i]!.map((m) => (m.body as { seq: number }).seq)).to.deep.equal([i, 1000 + i, 2000 + i]));
       expect(many.stats.holds, 'reads paused after turns that read').to.be.greaterThan(0);
       expect(few.stats.holds, `fewer than ${HOLD_MIN_CONNS} connections: never held`).to.equal(0);
+      // What the checker starts its checks on (a grid only while the socket holds).
+      expect(many.holdingMs).to.equal(20);
+      expect(few.holdingMs).to.equal(0);
       // A new connection while the socket holds: its handshake goes through and holds stop meanwhile.
       const late = await open(many);
       opened.push(late);

@@ -200,8 +200,9 @@ export class Checker {
     const now = Date.now();
     let due = now + (delayMs ?? Math.max(0, base * (1 + (Math.random() * 2 - 1) * j) - elapsedMs));
     // With receive moderation on the check socket, checks start on its grid: those due within one
-    // hold leave in one turn, and their answers are read together (driver.ts holdMs).
-    const grid = this.socket?.holdMs ?? 0;
+    // hold leave in one turn, and their answers are read together (driver.ts holdMs). Below
+    // HOLD_MIN_CONNS connections the socket never holds, and checks start when due.
+    const grid = this.socket?.holdingMs ?? 0;
     if (grid > 0) due = Math.ceil(due / grid) * grid;
     b.dueAt = due;
     this.at(b, due - now, 'check');

@@ -10,7 +10,7 @@ import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from '../protocol/
 import { ProtocolError, LocalError, errorText } from '../errors.ts';
 import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
-import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
+import { Endpoint, quiche, MAX_HOLD_MS, HOLD_MIN_CONNS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
@@ -699,6 +699,11 @@ export class ClientSocket {
   /** Whole ms from 0 to MAX_HOLD_MS; anything else (negative, NaN) is off or clamped. */
   set holdMs(ms: number) {
     this.endpoint.holdMs = Number.isFinite(ms) ? Math.max(0, Math.min(MAX_HOLD_MS, Math.round(ms))) : 0;
+  }
+
+  /** The hold the socket applies now: `holdMs` with HOLD_MIN_CONNS or more connections open, else 0. */
+  get holdingMs(): number {
+    return this.endpoint.count >= HOLD_MIN_CONNS ? this.endpoint.holdMs : 0;
   }
 
   get port(): number {
