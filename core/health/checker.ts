@@ -336,8 +336,10 @@ export class Checker {
    * waits out a probe timeout that doubles with each loss and starts from an RTT estimate the
    * handshake inflates: at 20% loss a request unanswered for the 1250 ms it may take (check
    * timeout + grace) marked a healthy backend DOWN in 5 of 8 runs of the loss test (none in 8
-   * since). At most two PINGs per check, and only for answers later than half the check
-   * timeout. One timer per check either way.
+   * since). Under a loaded CI run one nudge at half the timeout was not always enough (a
+   * false DOWN in 1 of 3 fresh-clone runs): a second goes out at three quarters. At most three
+   * PINGs per check (two, and one more as a late answer's next check starts), only for answers
+   * later than half the check timeout. One timer per check either way.
    */
   private answerWithin(p: Promise<HealthResponse>, ms: number, s: Session | undefined, overdue: boolean): Promise<HealthResponse> {
     const timeoutMs = this.timings.timeoutMs;
@@ -346,11 +348,18 @@ export class Checker {
     };
     if (overdue) nudge();
     return new Promise<HealthResponse>((resolve, reject) => {
-      const half = ms / 2;
-      let timer = setTimeout(() => {
-        nudge();
-        timer = setTimeout(() => reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`)), ms - half);
-      }, half);
+      // Nudges at a half and three quarters of `ms` (each a chance to repair a loss in both
+      // directions), then the timeout; one timer, re-armed.
+      const marks = [ms / 2, (ms * 3) / 4, ms];
+      let step = 0;
+      const next = (): NodeJS.Timeout =>
+        setTimeout(() => {
+          if (++step < marks.length) {
+            nudge();
+            timer = next();
+          } else reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`));
+        }, marks[step]! - (step > 0 ? marks[step - 1]! : 0));
+      let timer = next();
       p.then(
         (v) => {
           clearTimeout(timer);

@@ -42,7 +42,7 @@ export function backendsOf(lb: LbLike): readonly ObservedBackend[] {
 }
 
 export function observed(lb: LbLike): ObservedLb {
-  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number; watching?: number; resyncs?: number }; clusterInfo?: ObservedLb['clusterInfo'] };
+  const q = lb as unknown as { queryConnections?: () => { open: number; accepted: number; limited?: number; watching?: number; resyncs?: number }; clusterInfo?: ObservedLb['clusterInfo']; transportStats?: ObservedLb['transportStats'] };
   return {
     node: lb.node,
     hooks: lb.hooks,
@@ -53,6 +53,7 @@ export function observed(lb: LbLike): ObservedLb {
     currentBackends: () => backendsOf(lb),
     ...(typeof q.queryConnections === 'function' ? { queryConnections: () => q.queryConnections!() } : {}),
     ...(typeof q.clusterInfo === 'function' ? { clusterInfo: () => q.clusterInfo!() } : {}),
+    ...(typeof q.transportStats === 'function' ? { transportStats: () => q.transportStats!() } : {}),
   };
 }
 

@@ -7,6 +7,7 @@
  */
 import { Registry, Counter, Gauge, Histogram } from 'prom-client';
 import type { BackendView, CheckResult, Transition } from '../plugin/hooks.ts';
+import type { DriverStats } from '../transport/driver.ts';
 
 /** Health states a backend can be in (label values of qhcp_backend_status). */
 export const STATES = ['UNKNOWN', 'UP', 'DEGRADED', 'DRAINING', 'MAINT', 'DOWN'] as const;
@@ -40,7 +41,12 @@ export interface ObservedLb {
   queryConnections?(): { open: number; accepted: number; limited?: number; watching?: number; resyncs?: number };
   /** The load balancer group, when the load balancer is in one (core/cluster/). */
   clusterInfo?(): import('../cluster/group.ts').ClusterInfo | undefined;
+  /** The QUIC driver's counters per socket ("check": the agents' connections, "query": the query port). */
+  transportStats?(): Readonly<Record<string, Readonly<DriverStats> | undefined>>;
 }
+
+/** `datagramsIn` -> `datagrams_in` (the `event` label of qhcp_transport_events_total). */
+const snake = (k: string): string => k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
 
 /** A Prometheus label value for a metric name an agent sent: [a-zA-Z0-9_] only, at most 100 chars. */
 export function metricLabel(name: string): string {
@@ -134,6 +140,19 @@ export class LbMetrics {
           const d = n - (self.pluginSeen.get(plugin) ?? 0);
           if (d > 0) this.inc({ plugin }, d);
           self.pluginSeen.set(plugin, n);
+        }
+      },
+    });
+    new Counter({
+      name: 'qhcp_transport_events_total',
+      help: 'What the QUIC driver did, per socket (check: the connections to agents; query: the query port) and event: datagrams in and out, dropped, retries, version negotiations, refused tokens and handshakes, refused migrations, stateless resets, send stalls and errors, drain caps, ports found unreachable, receive-moderation holds, PINGs for overdue answers (nudges).',
+      labelNames: ['socket', 'event'],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const [socket, stats] of Object.entries(lb.transportStats?.() ?? {})) {
+          if (!stats) continue;
+          for (const [k, n] of Object.entries(stats)) this.inc({ socket, event: snake(k) }, n);
         }
       },
     });

@@ -12,7 +12,7 @@ import { Core } from './core.ts';
 import { LocalError } from '../errors.ts';
 import type { ServerStatus } from '../protocol/messages.ts';
 import { ClientSocket } from '../transport/quic.ts';
-import { holdFor } from '../transport/driver.ts';
+import { holdFor, type DriverStats } from '../transport/driver.ts';
 import { parseAddress, formatAddress } from '../util/address.ts';
 import { loadServerTls, readPem } from '../transport/tls.ts';
 import { checkTimeoutOf, DEFAULT_SERVER_PORT, type QhcpConfig, type ServerEntry } from '../config/config.ts';
@@ -198,6 +198,11 @@ export class LoadBalancer extends Core {
   /** Query-port connections open and accepted, queries delayed by the rate limits (the HTTP listener's /metrics). */
   queryConnections(): { open: number; accepted: number; limited: number; watching: number; resyncs: number } {
     return this.query.connections();
+  }
+
+  /** The QUIC driver's counters: the check socket (connections to agents) and the query port (the HTTP listener's /metrics). */
+  transportStats(): { check: Readonly<DriverStats> | undefined; query: Readonly<DriverStats> | undefined } {
+    return { check: this.checker.socket?.stats, query: this.query.transportStats };
   }
 
   /** STATUS: every backend's status, or those naming `service`. */

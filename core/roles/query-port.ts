@@ -10,6 +10,7 @@ import { FIELD_LIMITS, type Message, type ServerStatus } from '../protocol/messa
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
+import type { DriverStats } from '../transport/driver.ts';
 import { toVerdict } from '../plugin/hooks.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
@@ -92,6 +93,11 @@ export class QueryPort {
   }
 
   /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics); WATCH sessions. */
+  /** The QUIC driver's counters of the query port's socket (none before it listens). */
+  get transportStats(): Readonly<DriverStats> | undefined {
+    return this.listener?.stats;
+  }
+
   connections(): { open: number; accepted: number; limited: number; watching: number; resyncs: number } {
     return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed, watching: this.watchers.size, resyncs: this.watchers.stats.resyncs };
   }

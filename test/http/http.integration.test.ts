@@ -91,6 +91,11 @@ describe('HTTP listeners (real processes)', function () {
     expect(answers.every((a) => a.server !== null && a.balancer === 'round-robin'), JSON.stringify(answers)).to.equal(true);
     text = await get(`${url}metrics`);
     expect(picked() - before).to.equal(4);
+    // The QUIC driver's counters, per socket: the checks moved datagrams both ways, the PICKs came over the query port.
+    const transport = (socket: string, event: string) => value(text, `qhcp_transport_events_total{socket="${socket}",event="${event}"}`);
+    for (const socket of ['check', 'query']) for (const event of ['datagrams_in', 'datagrams_out']) expect(transport(socket, event), `${socket} ${event}`).to.be.greaterThan(0);
+    expect(transport('check', 'nudges'), 'nudges are counted (none on a healthy path)').to.be.a('number');
+    expect(transport('check', 'bogus')).to.equal(undefined);
   });
 
   it("the agent's own listener exposes its sessions, metrics and sampler", async () => {

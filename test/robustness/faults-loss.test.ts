@@ -1,7 +1,10 @@
 /**
  * 20% datagram loss between a real load balancer and a real agent (UDP relay on loopback),
  * with the default failure threshold and check timeout: QUIC recovers, so the agent must never
- * be marked DOWN. Its own file because it runs 60 checks (about 35 s).
+ * be marked DOWN. Its own file because it runs 60 checks (about 35 s). It runs in the serial
+ * phase of `npm test` (.mocharc.serial.json), alone on the machine: it tests loss, and with a
+ * 250 ms check timeout a parallel test file starving the load balancer, the agent or the relay
+ * of CPU is a second fault it does not mean to test (the bench's starvation cell does).
  */
 import { expect } from 'chai';
 import { statusOf, startServer, startLoadBalancer, waitForState, waitUntil, stopAll } from '../helpers/procs.ts';
