@@ -348,8 +348,8 @@ export class Checker {
     };
     if (overdue) nudge();
     return new Promise<HealthResponse>((resolve, reject) => {
-      // Nudges at a half and three quarters of `ms` (each a chance to repair a loss in both
-      // directions), then the timeout; one timer, re-armed.
+      // Nudges at a half and three quarters of `ms` (each a chance to repair a lost request),
+      // then the timeout; one timer, re-armed.
       const marks = [ms / 2, (ms * 3) / 4, ms];
       let step = 0;
       const next = (): NodeJS.Timeout =>

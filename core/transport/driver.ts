@@ -206,9 +206,10 @@ export class Conn implements Timed {
    * RTT estimate the handshake inflates (measured: 100-230 ms for the first exchanges of a
    * loopback connection; at 20% loss a request then waited out 76, 152, 304 ms). The PING's
    * acknowledgement lets quiche declare our lost request lost and resend it at once, and resets
-   * the backoff; the peer's ACK-only reply, acknowledged in our next packet (the next nudge),
-   * lets the peer do the same for a lost answer. Nothing when the handshake is not done or the
-   * connection is ending.
+   * the backoff. It does not repair a lost answer: traced through a lossy relay, the peer (quiche
+   * too) answers PINGs with ACK-only packets and still resends its lost answer only at its own
+   * probe timeout (192-248 ms after it, then doubling), nudged twice or not. Nothing when the
+   * handshake is not done or the connection is ending.
    */
   nudge(): void {
     if (!this.established || this.finished || this.end !== undefined) return;
