@@ -1,10 +1,10 @@
 /**
  * Shared fixed-rate ticks (core/util/tick.ts): callbacks of one period run in one timer callback,
- * in the order they joined; stop() removes one. The fixed-rate rule (nextDue, the agent's
- * nextReportDue) is tested in agent-reports.test.ts.
+ * in the order they joined; stop() removes one. The fixed-rate rule (nextDue), which the
+ * agent's samples and pushed HEALTH_REPORTs keep (push-mode.test.ts covers the reports end to end).
  */
 import { expect } from 'chai';
-import { every } from '../core/util/tick.ts';
+import { every, nextDue } from '../core/util/tick.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -18,6 +18,22 @@ async function until(cond: () => boolean, ms = 5000): Promise<void> {
 }
 
 describe('shared ticks (core/util/tick.ts)', () => {
+  it('nextDue keeps the due times a period apart, however late a tick ran', () => {
+    // Due at 1000, ran at 1300 (a loaded event loop): the next is still due at 2000, not 2300.
+    expect(nextDue(1000, 1300, 1000)).to.equal(2000);
+    // On time: one period on.
+    expect(nextDue(1000, 1000, 1000)).to.equal(2000);
+    // Over a few ticks of lateness the schedule does not drift.
+    let due = 0;
+    for (let i = 1; i <= 10; i++) due = nextDue(due, due + 250, 1000);
+    expect(due).to.equal(10_000);
+  });
+
+  it('nextDue after a stall longer than a period: one period from now, no burst of catch-up ticks', () => {
+    expect(nextDue(1000, 3500, 1000)).to.equal(4500);
+    expect(nextDue(1000, 2000, 1000)).to.equal(3000);
+  });
+
   it('runs the callbacks of one period in one timer callback, in the order they joined', async () => {
     const seen: string[] = [];
     // A macrotask between two callbacks of one wake is impossible: an immediate queued by the

@@ -1,15 +1,15 @@
 /**
- * The QUIC driver (core/transport/driver.ts, retry.ts, timers.ts) on real sockets on loopback:
+ * The QUIC driver (core/transport/driver.ts, retry.ts; its deadlines in core/util/deadlines.ts) on real sockets on loopback:
  * ordering under bursts, closes, connection ids issued/routed/retired, stateless retry with
  * tokens that expire and are spent once, version negotiation, stateless reset, idle timeout,
  * migration refused, backpressure, IPv6, and ICMP port unreachable failing a connect at once.
  */
 import { expect } from 'chai';
 import { createSocket, type Socket } from 'node:dgram';
-import { Listener, ClientSocket, connect, type Channel, type ChannelClose } from '../core/transport/quic.ts';
+import { Listener, ClientSocket, connect, wholeMs, ACK_DELAY_MS, MAX_ACK_DELAY_MS, type Channel, type ChannelClose } from '../core/transport/quic.ts';
 import { selfSigned } from '../core/transport/tls.ts';
 import { RetryTokens, TokenLedger } from '../core/transport/retry.ts';
-import { DeadlineHeap } from '../core/transport/timers.ts';
+import { DeadlineHeap } from '../core/util/deadlines.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
@@ -502,6 +502,18 @@ describe('Transport driver (quiche, our own)', function () {
       await many.close();
       await few.close();
     }
+  });
+
+  it('max_ack_delay from ListenOptions: whole ms within 0..MAX_ACK_DELAY_MS, the default for what is no number', () => {
+    // Listener.listen announces wholeMs(maxAckDelayMs ?? ACK_DELAY_MS, MAX_ACK_DELAY_MS, ACK_DELAY_MS)
+    // (the wire test reads the announced figure off the handshake).
+    const announced = (v: number) => wholeMs(v, MAX_ACK_DELAY_MS, ACK_DELAY_MS);
+    expect(announced(16_000)).to.equal(16_000);
+    expect(announced(2.4)).to.equal(2);
+    expect(announced(-5)).to.equal(0);
+    expect(announced(1e9)).to.equal(MAX_ACK_DELAY_MS);
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY]) expect(announced(bad), String(bad)).to.equal(ACK_DELAY_MS);
+    expect(MAX_ACK_DELAY_MS).to.equal(2 ** 14 - 1);
   });
 
   it('holdFor: 1/50 of the shortest interval, at most MAX_HOLD_MS', () => {

@@ -1,10 +1,10 @@
 /** Entry point: `node dist/core/cli/main.js` (what bin/qhcp.js runs in the installed package), or the sources through tsx. */
-import { isAgentCommand, keepYoungGenerationSmall } from '../roles/agent-heap.ts';
+import { isAgentCommand, agentV8Flags } from '../roles/agent-heap.ts';
 import { adoptRelaunch, relaunch, wantsRelaunch } from './relaunch.ts';
 
 const args = process.argv.slice(2);
-// Before anything is loaded: the agent's young generation never grows (core/roles/agent-heap.ts).
-if (isAgentCommand(args)) keepYoungGenerationSmall();
+// Before anything is loaded: the agent's V8 settings (small young generation, baseline compiler only: core/roles/agent-heap.ts).
+if (isAgentCommand(args)) agentV8Flags();
 const relaunched = adoptRelaunch();
 if (!relaunched && wantsRelaunch(args)) {
   // The load balancer runs under Node flags only its command line can set (core/cli/relaunch.ts).

@@ -17,7 +17,7 @@ import type { Logger } from '../util/log.ts';
 import type { Backend } from './backend.ts';
 import { ADMIN_STATES, VERDICTS, type AdminState, type HealthEvent, type Verdict } from './states.ts';
 import { withTimeout } from '../util/timeout.ts';
-import { DeadlineHeap } from '../transport/timers.ts';
+import { DeadlineHeap } from '../util/deadlines.ts';
 
 /**
  * Connection attempts in flight at most. A QUIC handshake costs milliseconds of CPU on each
@@ -350,16 +350,14 @@ export class Checker {
     return new Promise<HealthResponse>((resolve, reject) => {
       // Nudges at a half and three quarters of `ms` (each a chance to repair a lost request),
       // then the timeout; one timer, re-armed.
-      const marks = [ms / 2, (ms * 3) / 4, ms];
-      let step = 0;
-      const next = (): NodeJS.Timeout =>
-        setTimeout(() => {
-          if (++step < marks.length) {
-            nudge();
-            timer = next();
-          } else reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`));
-        }, marks[step]! - (step > 0 ? marks[step - 1]! : 0));
-      let timer = next();
+      let nudges = 2;
+      const fire = (): void => {
+        if (nudges-- > 0) {
+          nudge();
+          timer = setTimeout(fire, ms / 4);
+        } else reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`));
+      };
+      let timer = setTimeout(fire, ms / 2);
       p.then(
         (v) => {
           clearTimeout(timer);

@@ -33,6 +33,3 @@ export function agentV8Flags(): void {
   setFlagsFromString('--semi-space-growth-factor=1');
   setFlagsFromString('--max-opt=1');
 }
-
-/** The name core/cli/main.ts calls it by (its first setting). */
-export const keepYoungGenerationSmall = agentV8Flags;

@@ -17,14 +17,14 @@ import { buildChecks, type CheckEntry } from '../check/kinds.ts';
 import { initialState, writeStateFile } from '../control/state.ts';
 import { ControlServer, defaultControlSocket, type ControlAnswer, type ControlRequest } from '../control/socket.ts';
 import { withTimeout } from '../util/timeout.ts';
-import { every, nextDue, type Tick } from '../util/tick.ts';
+import { every, type Tick } from '../util/tick.ts';
 
 interface SessionPrefs {
   /** Metric names this session asked for (undefined = all). */
   metrics?: Set<string>;
   reportIntervalMs: number;
-  /** Its own fixed-rate timer, for an interval other than the sample interval (those ride the sample tick). */
-  reportTimer?: NodeJS.Timeout;
+  /** The shared tick of its interval, for an interval other than the sample interval (those ride the sample's tick, after the sample). */
+  reportTick?: Tick;
   /** Reports in a row not sent because the peer had not read the previous one (latest wins). */
   coalesced?: number;
 }
@@ -67,13 +67,6 @@ export function agentReloadSummary(r: AgentReloadResult): string {
   const tail = r.restart.length ? `needs a restart (not applied): ${r.restart.join(', ')}` : '';
   return [head, tail].filter(Boolean).join('; ') || 'no change';
 }
-
-/**
- * When the report after one due at `due` is due, seen at `now`: `ms` after it (a fixed rate),
- * or, when that time has passed already (the agent stalled for more than an interval), `ms`
- * from now, so a stall is not followed by a burst of catch-up reports (the sample tick's rule).
- */
-export const nextReportDue = nextDue;
 
 export class AgentServer extends Core {
   private listener: Listener | undefined;
@@ -393,7 +386,7 @@ export class AgentServer extends Core {
           this.idleSweep = undefined;
         }
         const prefs = s.data.prefs;
-        if (prefs?.reportTimer) clearTimeout(prefs.reportTimer);
+        prefs?.reportTick?.stop();
         this.logger.debug('session closed', { remote: s.remote, by: why.by, code: why.code, reason: why.reason });
       },
     });
@@ -451,33 +444,22 @@ export class AgentServer extends Core {
   }
 
   private setReportInterval(s: AgentSession, prefs: SessionPrefs, ms: number): void {
-    if (prefs.reportTimer) clearTimeout(prefs.reportTimer);
-    prefs.reportTimer = undefined;
+    prefs.reportTick?.stop();
+    prefs.reportTick = undefined;
     this.tickReports.delete(s);
     prefs.reportIntervalMs = ms;
     if (ms <= 0) return;
-    // The sample interval's reports ride the sample tick (fixed rate, one wake for sample and
-    // reports); the first comes at the next tick, within one interval.
+    // The sample interval's reports ride the sample tick (one wake for sample and reports, the
+    // reports after the sample); the first comes at the next tick, within one interval.
     if (ms === this.sampleMs) {
       this.tickReports.add(s);
       return;
     }
-    // Any other interval: a fixed rate of its own (due times ms apart), not setInterval's: Node
-    // re-arms an interval from when its callback ran, so each late tick pushed every later
-    // report back and a loaded agent sent fewer than one per interval (86% of them in the
-    // bench), which its load balancers counted as late.
-    let due = Date.now() + ms;
-    const arm = () => {
-      prefs.reportTimer = setTimeout(fire, Math.max(1, due - Date.now()));
-      prefs.reportTimer.unref();
-    };
-    const fire = () => {
-      if (s.isClosed) return;
-      due = nextReportDue(due, Date.now(), ms);
-      arm();
-      this.report(s, prefs);
-    };
-    arm();
+    // Any other interval: the shared fixed-rate tick of that interval (core/util/tick.ts; due
+    // times ms apart, not setInterval's: Node re-arms an interval from when its callback ran, so
+    // each late tick pushed every later report back and a loaded agent sent fewer than one per
+    // interval, 86% of them in the bench, which its load balancers counted as late).
+    prefs.reportTick = every(ms, () => this.report(s, prefs));
   }
 
   /**

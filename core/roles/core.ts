@@ -2,9 +2,9 @@
  * The core object both roles build on: hooks, logger, frozen config, applied plugins.
  * Plugins receive it in `apply(core)`.
  */
-import { every, type Tick } from '../util/tick.ts';
 import { hostname } from 'node:os';
 import { dirname, resolve } from 'node:path';
+import { every, type Tick } from '../util/tick.ts';
 import { createHooks, guardHooks, type CoreLike, type SessionInfo } from '../plugin/hooks.ts';
 import { applyPlugins, resolvePlugins, type QhcpPlugin, type RoleName } from '../plugin/loader.ts';
 import { createLogger, type Logger } from '../util/log.ts';

@@ -3,7 +3,6 @@
  * backend's state), PICK (one backend, through the `pick` hook) or WATCH (the view, then every
  * change: watch-hub.ts). `qhcp status`, `qhcp pick`, `qhcp watch` and core/client/ speak to it.
  */
-import type { Tick } from '../util/tick.ts';
 import { isIP } from 'node:net';
 import { ProtocolError } from '../errors.ts';
 import { FIELD_LIMITS, type Message, type ServerStatus } from '../protocol/messages.ts';
@@ -11,6 +10,7 @@ import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.ts';
 import { Session } from '../protocol/session.ts';
 import { Listener, type Channel } from '../transport/quic.ts';
 import type { DriverStats } from '../transport/driver.ts';
+import type { Tick } from '../util/tick.ts';
 import { toVerdict } from '../plugin/hooks.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { Core } from './core.ts';
@@ -92,12 +92,12 @@ export class QueryPort {
     return Math.min(s.peerMaxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES, this.core.config.maxFrameBytes);
   }
 
-  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics); WATCH sessions. */
   /** The QUIC driver's counters of the query port's socket (none before it listens). */
   get transportStats(): Readonly<DriverStats> | undefined {
     return this.listener?.stats;
   }
 
+  /** Query connections open now and accepted so far; queries delayed by the rate limits (/metrics); WATCH sessions. */
   connections(): { open: number; accepted: number; limited: number; watching: number; resyncs: number } {
     return { open: this.sessions.size, accepted: this.accepted, limited: this.limiter.stats.delayed, watching: this.watchers.size, resyncs: this.watchers.stats.resyncs };
   }

@@ -6,7 +6,7 @@
  * - one UDP socket per endpoint (large kernel buffers), many connections on it, each routed by
  *   the destination connection id of the packets that arrive (all our ids are 20 bytes, so short
  *   headers parse without state);
- * - one timer for all connections' deadlines (timers.ts);
+ * - one timer for all connections' deadlines (core/util/deadlines.ts);
  * - datagrams are drained from quiche after every receive, timeout and application write, once
  *   per event-loop turn (setImmediate), so acknowledgements ride along with data written in the
  *   same turn;
@@ -24,7 +24,7 @@ import { isIP, isIPv4 } from 'node:net';
 import { lookup as dnsLookup, type LookupOptions } from 'node:dns';
 import quiche from '@matrixai/quic/native/quiche.js';
 import type { Connection as NativeConnection, Config as NativeConfig, Host as HostPort } from '@matrixai/quic/native/types.js';
-import { DeadlineHeap, type Timed } from './timers.ts';
+import { DeadlineHeap, type Timed } from '../util/deadlines.ts';
 import { RetryTokens, TokenLedger, tokenExpiry } from './retry.ts';
 
 export type { NativeConnection, NativeConfig, HostPort };
@@ -332,6 +332,10 @@ export class Endpoint {
    * keeps it well under what its timing can bear (the load balancer: 1/50 of its shortest interval).
    */
   holdMs = 0;
+  /** The hold that applies now: `holdMs` with HOLD_MIN_CONNS or more connections open, else 0. */
+  get moderationMs(): number {
+    return this.count >= HOLD_MIN_CONNS ? this.holdMs : 0;
+  }
   private holding = false;
   private holdTimer: NodeJS.Timeout | undefined;
   /** libuv's handle under the dgram socket (recvStop/recvStart), when this Node exposes it. */
@@ -802,7 +806,7 @@ export class Endpoint {
     this.drainNext = false;
     // Anything that arrived since is read and drained now.
     this.readArrived();
-    if (this.holdMs > 0 && !this.holding && this.readSince && this.udp && this.count >= HOLD_MIN_CONNS && this.opening === 0 && !this.stopped) {
+    if (this.moderationMs > 0 && !this.holding && this.readSince && this.udp && this.opening === 0 && !this.stopped) {
       this.holding = true;
       this.stats.holds++;
       this.udp.recvStop();

@@ -10,7 +10,7 @@ import { FrameDecoder, encodeFrame, DEFAULT_MAX_FRAME_BYTES } from '../protocol/
 import { ProtocolError, LocalError, errorText } from '../errors.ts';
 import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
-import { Endpoint, quiche, MAX_HOLD_MS, HOLD_MIN_CONNS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
+import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
@@ -557,8 +557,9 @@ export interface ListenOptions {
   /** First Initials from loopback are accepted without a Retry round trip (driver.ts ServerSide). */
   loopbackWithoutRetry?: boolean;
   /**
-   * The max_ack_delay announced (ms, default ACK_DELAY_MS, at most 16383). A longer one makes
-   * clients wait longer before they probe; tests use it to hold a client's probe timeout off.
+   * The max_ack_delay announced (whole ms, default ACK_DELAY_MS, at most MAX_ACK_DELAY_MS; a
+   * value that is no number gives the default). A longer one makes clients wait longer before
+   * they probe; tests use it to hold a client's probe timeout off.
    */
   maxAckDelayMs?: number;
 }
@@ -585,6 +586,13 @@ interface TransportParams {
  * 101 -> 34-57 ms). A socket with receive moderation announces its hold on top (driver.ts holdMs).
  */
 export const ACK_DELAY_MS = 5;
+/** The largest max_ack_delay QUIC allows (2^14 ms, exclusive: RFC 9000 section 18.2). */
+export const MAX_ACK_DELAY_MS = 16_383;
+
+/** `ms` as whole ms within 0..max; `fallback` for a value that is no number of ms (NaN, Infinity). */
+export function wholeMs(ms: number, max: number, fallback: number): number {
+  return Number.isFinite(ms) ? Math.max(0, Math.min(max, Math.round(ms))) : fallback;
+}
 
 function tune(c: NativeConfig, p: TransportParams): NativeConfig {
   c.setApplicationProtos([p.alpn]);
@@ -647,7 +655,7 @@ export class Listener {
       connWindow: CONNECTION_WINDOW,
       peerBidiStreams: opts.maxStreams ?? 2,
       logKeys: opts.logKeys !== undefined,
-      maxAckDelayMs: Math.min(16_383, Math.max(0, opts.maxAckDelayMs ?? ACK_DELAY_MS)),
+      maxAckDelayMs: wholeMs(opts.maxAckDelayMs ?? ACK_DELAY_MS, MAX_ACK_DELAY_MS, ACK_DELAY_MS),
     });
     let ep: Endpoint;
     try {
@@ -698,12 +706,12 @@ export class ClientSocket {
 
   /** Whole ms from 0 to MAX_HOLD_MS; anything else (negative, NaN) is off or clamped. */
   set holdMs(ms: number) {
-    this.endpoint.holdMs = Number.isFinite(ms) ? Math.max(0, Math.min(MAX_HOLD_MS, Math.round(ms))) : 0;
+    this.endpoint.holdMs = wholeMs(ms, MAX_HOLD_MS, 0);
   }
 
-  /** The hold the socket applies now: `holdMs` with HOLD_MIN_CONNS or more connections open, else 0. */
+  /** The hold the socket applies now (driver.ts `moderationMs`: none below HOLD_MIN_CONNS connections). */
   get holdingMs(): number {
-    return this.endpoint.count >= HOLD_MIN_CONNS ? this.endpoint.holdMs : 0;
+    return this.endpoint.moderationMs;
   }
 
   get port(): number {

@@ -1,7 +1,9 @@
 /**
- * One timer for every connection on an endpoint: an indexed binary min-heap of deadlines and a
- * single `setTimeout` armed for the earliest one. Moving a deadline updates the entry in place
- * (no allocation per packet); entries leave the heap when they have no deadline.
+ * One timer for many deadlines: an indexed binary min-heap of deadlines and a single
+ * `setTimeout` armed for the earliest one. Moving a deadline updates the entry in place (no
+ * allocation per packet or per check); entries leave the heap when they have no deadline. The
+ * QUIC driver keeps every connection's deadline in one (core/transport/driver.ts), the checker
+ * every backend's next step (core/health/checker.ts).
  */
 
 /** Something with a deadline (ms, `performance.now()` clock). `heapIndex` is owned by the heap. */
@@ -69,7 +71,7 @@ export class DeadlineHeap<T extends Timed> {
     const delay = Math.max(0, top.deadline - performance.now());
     this.timerAt = top.deadline;
     this.timer = setTimeout(this.onTimer, Math.ceil(delay));
-    // The endpoint's socket keeps the process alive, not its timers.
+    // What owns the heap (a socket, a listener) keeps the process alive, not its timer.
     this.timer.unref();
   }
 
