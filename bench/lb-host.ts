@@ -74,6 +74,8 @@ process.on('message', (m: LbRequest) => {
         const mem = process.memoryUsage();
         const total: Record<string, number> = {};
         for (const lb of lbs) for (const [k, v] of Object.entries(lb.stats)) total[k] = (total[k] ?? 0) + v;
+        // The check socket's driver counters, prefixed (datagrams per check, deferred acknowledgements, nudges).
+        for (const lb of lbs) for (const [k, v] of Object.entries(lb.transportStats().check ?? {})) total[`check.${k}`] = (total[`check.${k}`] ?? 0) + v;
         reply({ id: m.id, ok: true, stats: { ...total, heapMb: Math.round(mem.heapUsed / 2 ** 20), externalMb: Math.round(mem.external / 2 ** 20), arrayBuffersMb: Math.round(mem.arrayBuffers / 2 ** 20), ...spaces() }, states: states() });
       } else if (m.cmd === 'reset') {
         for (const lb of lbs) for (const k of Object.keys(lb.stats) as (keyof LoadBalancer['stats'])[]) lb.stats[k] = 0;

@@ -187,7 +187,7 @@ async function main(): Promise<void> {
         for (const mode of ['poll', 'push'] as const) {
           const c = await qhcpCost(ctx, ports, n, i, mode, { farm: { agents: ports.length, processes: 1 } });
           res.cost.push(c);
-          log(`  qhcp ${mode.padEnd(4)} N=${String(n).padEnd(4)} every ${i} s: ${c.cpuPct}% CPU, ${c.usPerBackendInterval} us/backend/interval, RSS ${c.rssMb} MB, ${c.keepsUp ? 'keeps up' : `does NOT keep up (${c.checks}/${c.expected} checks, ${c.late} late, ${c.failed} failed)`}${c.upAfterS !== null ? `, all UP after ${c.upAfterS} s` : `, ${c.note}`}`);
+          log(`  qhcp ${mode.padEnd(4)} N=${String(n).padEnd(4)} every ${i} s: ${c.cpuPct}% CPU, ${c.usPerBackendInterval} us/backend/interval, RSS ${c.rssMb} MB, ${c.keepsUp ? 'keeps up' : `does NOT keep up (${c.checks}/${c.expected} checks, ${c.late} late, ${c.failed} failed)`}${c.upAfterS !== null ? `, all UP after ${c.upAfterS} s` : `, ${c.note}`}${c.datagrams ? `; datagrams per check ${c.datagrams.inPerCheck} in, ${c.datagrams.outPerCheck} out, ${c.datagrams.nudges} nudges` : ''}`);
         }
       }
     });

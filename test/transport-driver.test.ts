@@ -337,6 +337,124 @@ describe('Transport driver (quiche, our own)', function () {
     expect(relay.counters.up.forwarded).to.be.at.most(up1 + 1);
   });
 
+  const pushed = (seq: number): Message => ({ type: 'HEALTH_RESPONSE', body: { seq, metrics: {}, ageMs: 0, verdict: 'SERVING', admin: 'READY', weight: 100 } });
+
+  it('acknowledgement deferral: in-order data is acknowledged every second packet, announced in max_ack_delay; a packet after a gap at once, so the lost one is resent long before the probe timeout', async () => {
+    const l = await echo();
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const deferred = await dial(relay.port, { ackDeferMs: 10_000 });
+    const { got } = recorder(deferred);
+    await deferred.send({ type: 'HEALTH_REQUEST', body: { seq: 0 } });
+    await until(() => got.length === 1 && serverSide.length === 1, 10_000, 'the first answer');
+    const srv = serverSide[0]!;
+    // The server's probe timeout now waits for our acknowledgements: 10 s and more.
+    expect(srv.connection.q.stats().peerMaxAckDelay).to.equal(ACK_DELAY_MS + 10_000);
+    await sleep(200); // the handshake's last packets settle
+    const stats = deferred.connection.ep.stats;
+    const up0 = relay.counters.up.forwarded;
+    const deferred0 = stats.acksDeferred;
+    // Ten frames pushed 50 ms apart, each in a packet of its own.
+    for (let i = 1; i <= 10; i++) {
+      await srv.send(pushed(i));
+      await sleep(50);
+    }
+    await until(() => got.length === 11, 5_000, 'ten pushed frames');
+    await sleep(100);
+    expect(relay.counters.up.forwarded - up0, 'one acknowledgement per two packets').to.be.within(4, 6);
+    expect(stats.acksDeferred - deferred0).to.be.within(4, 6);
+
+    // The next packet down is lost; the one after it arrives first, with no data that can be
+    // read: acknowledged at once, which lets the server declare the lost one lost and resend it.
+    let dropped = 0;
+    relay.filter = (dir) => (dir === 'down' && dropped === 0 ? (dropped++, false) : true);
+    await srv.send(pushed(11));
+    await until(() => dropped === 1, 5_000, 'the packet dropped');
+    await sleep(100);
+    await srv.send(pushed(12));
+    await until(() => got.length === 13, 3_000, 'the lost frame resent (the probe timeout is over 10 s off)');
+    expect(got.slice(11).map((m) => (m as Extract<Message, { type: 'HEALTH_RESPONSE' }>).body.seq)).to.deep.equal([11, 12]);
+
+    // Without deferral: every packet is acknowledged on its own.
+    const relay2 = await UdpRelay.start({ port: l.port });
+    relays.push(relay2);
+    const plain = await dial(relay2.port);
+    const r2 = recorder(plain);
+    await plain.send({ type: 'HEALTH_REQUEST', body: { seq: 0 } });
+    await until(() => r2.got.length === 1 && serverSide.length === 2, 10_000, 'the first answer');
+    await sleep(200);
+    const srv2 = serverSide[1]!;
+    const up1 = relay2.counters.up.forwarded;
+    for (let i = 1; i <= 10; i++) {
+      await srv2.send(pushed(i));
+      await sleep(50);
+    }
+    await until(() => r2.got.length === 11, 5_000, 'ten pushed frames');
+    await sleep(100);
+    expect(relay2.counters.up.forwarded - up1).to.be.at.least(9);
+  });
+
+  it('a deferred acknowledgement leaves at its deadline when no second packet comes, or with the next request', async () => {
+    const l = await echo();
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port, { ackDeferMs: 400 });
+    const { got } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'the first answer');
+    await sleep(1_000); // any deferred acknowledgement of the handshake's packets is out
+    const up0 = relay.counters.up.forwarded;
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    await until(() => got.length === 2, 5_000, 'the second answer');
+    await sleep(100);
+    expect(relay.counters.up.forwarded - up0, 'the request only: the answer is not acknowledged yet').to.equal(1);
+    await until(() => relay.counters.up.forwarded - up0 === 2, 5_000, 'the acknowledgement at its deadline');
+    // An answer acknowledged in the next request's packet: one datagram up per exchange.
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 3 } });
+    await until(() => got.length === 3, 5_000, 'the third answer');
+    await sleep(50);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 4 } });
+    await until(() => got.length === 4, 5_000, 'the fourth answer');
+    await sleep(50);
+    expect(relay.counters.up.forwarded - up0).to.equal(4);
+  });
+
+  it('echo: a server answers a PING with a PING; its acknowledgement lets the server resend a lost answer at once (not at its probe timeout); ACK-only packets are not echoed', async () => {
+    // Both probe timeouts far off (the server announces 16 s, the client defers 15 s): only the
+    // nudge and its echo can repair the lost answer here.
+    const l = await echo({ maxAckDelayMs: 16_000 });
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port, { ackDeferMs: 15_000 });
+    const { got } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'first answer');
+    await sleep(200);
+    // The next datagram down (the answer) is lost.
+    let dropped = 0;
+    relay.filter = (dir) => (dir === 'down' && dropped === 0 ? (dropped++, false) : true);
+    const echoes0 = l.stats.echoes;
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    await until(() => dropped === 1, 5_000, 'the answer dropped');
+    await sleep(500);
+    expect(got, 'no answer: the probe timeout is far off').to.have.length(1);
+    ch.nudge();
+    await until(() => got.length === 2, 3_000, 'the answer after a nudge and its echo');
+    expect((got[1] as Extract<Message, { type: 'HEALTH_RESPONSE' }>).body.seq).to.equal(2);
+    // The PING's echo; and possibly one more after the resend (quiche sent a packet for the
+    // acknowledgement it got: the driver cannot tell a resend from an acknowledgement there).
+    const echoes = l.stats.echoes - echoes0;
+    expect(echoes).to.be.within(1, 2);
+    // Quiet afterwards: acknowledgements are not echoed, so nothing ping-pongs.
+    await sleep(300);
+    const up = relay.counters.up.forwarded;
+    const down = relay.counters.down.forwarded;
+    await sleep(500);
+    expect(relay.counters.up.forwarded).to.equal(up);
+    expect(relay.counters.down.forwarded).to.equal(down);
+    expect(l.stats.echoes - echoes0).to.equal(echoes);
+  });
+
   it('migration is refused: after the client moves to another port its packets are dropped and the connection dies', async () => {
     const l = await echo({ idleTimeoutMs: 1500 });
     const relay = await UdpRelay.start({ port: l.port });

@@ -26,6 +26,8 @@ export interface CostCell {
   expected: number;
   late: number | null;
   failed: number | null;
+  /** qhcp: the check socket's datagrams in and out per check in the window, and the nudges sent (driver.ts DriverStats). */
+  datagrams?: { inPerCheck: number; outPerCheck: number; nudges: number };
   /** All UP at the end, checks at >= 90% of the implied rate, <= 1% late. */
   keepsUp: boolean;
   /** The agents on the other side (qhcp): how many the farm hosted in all, over how many processes. */
@@ -81,6 +83,8 @@ export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: 
     const upAfterS = allUp ? round((allUpAt - t0) / 1000, 2) : null;
     await sleep(ctx.settle * 1000);
     await lb.request({ cmd: 'reset' });
+    // The driver's counters are not reset: the window's share is the difference.
+    const s0 = (await lb.request({ cmd: 'stats' })).stats!;
     const a = sampleCpu(lb.pid);
     await sleep(ctx.window * 1000);
     const b = sampleCpu(lb.pid);
@@ -90,6 +94,8 @@ export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: 
     const wall = b.wallS - a.wallS;
     const expected = Math.round((n * wall) / intervalS);
     const cpuS = b.cpuS - a.cpuS;
+    const d = (k: string): number => (s[`check.${k}`] ?? 0) - (s0[`check.${k}`] ?? 0);
+    const datagrams = s.checks! > 0 ? { inPerCheck: round(d('datagramsIn') / s.checks!, 2), outPerCheck: round(d('datagramsOut') / s.checks!, 2), nudges: d('nudges') } : undefined;
     const keepsUp = (st.states?.UP ?? 0) === n && s.checks! >= expected * 0.9 && s.lateChecks! <= Math.max(1, s.checks! * 0.01) && s.failedChecks === 0;
     return {
       impl: mode === 'push' ? 'qhcp-push' : 'qhcp-poll',
@@ -105,6 +111,7 @@ export async function qhcpCost(ctx: Ctx, ports: number[], n: number, intervalS: 
       late: s.lateChecks!,
       failed: s.failedChecks!,
       keepsUp,
+      ...(datagrams ? { datagrams } : {}),
       ...(opts.farm ? { farm: opts.farm } : {}),
       runtime: lb.runtime,
       ...(allUp ? {} : { note: `only ${up.size} of ${n} came UP within ${Math.round((opts.upWithinMs ?? 20_000 + n * 60) / 1000)} s` }),

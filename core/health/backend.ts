@@ -80,10 +80,13 @@ export class Backend implements BackendView, HealthFacts {
    */
   deadline = Infinity;
   heapIndex = -1;
-  step: 'check' | 'probe' | 'report' = 'check';
-  /** Push mode: the report timeout (ms) from when the report was due to be awaited, and when within it the port probe goes out. */
+  step: 'check' | 'probe' | 'nudge' | 'report' = 'check';
+  /** Push mode: the report timeout (ms, from when the report began to be awaited) and when it passes (performance.now()). */
   stepMs = 0;
-  probeMs = 0;
+  reportBy = 0;
+  /** Push mode: when the overdue report's port probe goes out (Infinity: done), and the nudges left before the report timeout. */
+  probeAt = Infinity;
+  nudgesLeft = 0;
   checking = false;
   dueAt = 0;
   seq = 0;

@@ -145,7 +145,7 @@ export class LbMetrics {
     });
     new Counter({
       name: 'qhcp_transport_events_total',
-      help: 'What the QUIC driver did, per socket (check: the connections to agents; query: the query port) and event: datagrams in and out, dropped, retries, version negotiations, refused tokens and handshakes, refused migrations, stateless resets, send stalls and errors, drain caps, ports found unreachable, receive-moderation holds, PINGs for overdue answers (nudges).',
+      help: 'What the QUIC driver did, per socket (check: the connections to agents; query: the query port) and event: datagrams in and out, dropped, retries, version negotiations, refused tokens and handshakes, refused migrations, stateless resets, send stalls and errors, drain caps, ports found unreachable, receive-moderation holds, PINGs for overdue answers and reports (nudges), acknowledgements deferred, PINGs echoed.',
       labelNames: ['socket', 'event'],
       registers: [r],
       collect() {

@@ -118,6 +118,10 @@ export interface DriverStats {
   holds: number;
   /** PINGs sent for callers whose answer was overdue (`Conn.nudge`). */
   nudges: number;
+  /** Acknowledgements held back to ride with a later packet (`Conn.ackDeferMs`). */
+  acksDeferred: number;
+  /** PINGs a server sent back for a PING it was sent (`Conn.echo`). */
+  echoes: number;
 }
 
 const CLOSED_REASON = new Uint8Array(0);
@@ -147,6 +151,24 @@ export class Conn implements Timed {
   dirty = false;
   /** quiche took packets this turn: `progress` runs once in the flush, however many came. */
   received = false;
+  /**
+   * Acknowledgement deferral (0: off; a client whose peer sends one packet per period, set from
+   * ConnectOptions.ackDeferMs). Packets that brought stream data, when nothing else is to be sent,
+   * are acknowledged with the second such packet, with the next packet we send anyway (a poll's
+   * request), or after this many ms, whichever comes first (RFC 9000 section 13.2.2: at least
+   * every second ack-eliciting packet, within the max_ack_delay we announced, which covers it).
+   * A packet that brought no stream data (out of order: the data before it was lost; or a PING)
+   * is acknowledged at once, so the peer learns of a loss as soon as we can tell it.
+   */
+  ackDeferMs = 0;
+  /** Something besides acknowledgements may be owed (we wrote, closed, a timer fired): the next flush drains. */
+  mustSend = false;
+  /** Packets quiche was given since the last drain, and whether reading them delivered stream bytes. */
+  packetsIn = 0;
+  dataIn = false;
+  /** Packets whose acknowledgement is held back, and when it must leave (performance.now()). */
+  private acksOwed = 0;
+  private ackAt = Infinity;
   /** Client side: checks the peer's certificate chain once the handshake is done; a reason refuses it. */
   verify: ((chain: Uint8Array[]) => string | undefined) | undefined;
   verifyProblem: string | undefined;
@@ -196,7 +218,45 @@ export class Conn implements Timed {
       if (this.keepAliveAt === Infinity) this.keepAliveAt = now + this.keepAliveMs;
       if (this.keepAliveAt < at) at = this.keepAliveAt;
     }
+    if (this.ackAt < at) at = this.ackAt;
     this.ep.timers.set(this, this.finished ? Infinity : at);
+  }
+
+  /**
+   * Whether this drain may wait (`ackDeferMs`): only an acknowledgement of in-order stream data
+   * is owed, for fewer than two packets, and the connection is established and not ending.
+   */
+  deferAck(now: number): boolean {
+    if (this.ackDeferMs === 0 || this.mustSend || !this.dataIn || !this.established || this.end !== undefined) return false;
+    this.acksOwed += this.packetsIn;
+    this.packetsIn = 0;
+    this.dataIn = false;
+    if (this.acksOwed >= 2) return false;
+    if (this.ackAt === Infinity) this.ackAt = now + this.ackDeferMs;
+    this.ep.stats.acksDeferred++;
+    return true;
+  }
+
+  /** About to drain: whatever was owed leaves now. */
+  drained(): void {
+    this.mustSend = false;
+    this.packetsIn = 0;
+    this.dataIn = false;
+    this.acksOwed = 0;
+    this.ackAt = Infinity;
+  }
+
+  /**
+   * A server's PING answered with a PING: the packets just read brought no stream data and we
+   * wrote nothing, yet quiche had something to send, so they were ack-eliciting: a client's
+   * nudge (or keep-alive). Our acknowledgement alone would not tell us whether our last answer
+   * arrived; the client acknowledges this PING at once (`ackDeferMs`), and if our answer was
+   * lost, that acknowledgement of a later packet lets quiche declare it lost and resend it now
+   * (RFC 9002 section 6.1) instead of at our probe timeout. An ACK-only packet makes quiche send
+   * nothing, so this never loops.
+   */
+  get echoes(): boolean {
+    return this.isServer && this.established && this.end === undefined && this.packetsIn > 0 && !this.dataIn && !this.mustSend;
   }
 
   /**
@@ -206,10 +266,10 @@ export class Conn implements Timed {
    * RTT estimate the handshake inflates (measured: 100-230 ms for the first exchanges of a
    * loopback connection; at 20% loss a request then waited out 76, 152, 304 ms). The PING's
    * acknowledgement lets quiche declare our lost request lost and resend it at once, and resets
-   * the backoff. It does not repair a lost answer: traced through a lossy relay, the peer (quiche
-   * too) answers PINGs with ACK-only packets and still resends its lost answer only at its own
-   * probe timeout (192-248 ms after it, then doubling), nudged twice or not. Nothing when the
-   * handshake is not done or the connection is ending.
+   * the backoff. A lost answer is repaired by the server's echo (`echoes`): a peer that answers a
+   * PING with an ACK-only packet (quiche does, by itself) resends its lost answer only at its own
+   * probe timeout (traced through a lossy relay: 192-248 ms after it, then doubling). Nothing when
+   * the handshake is not done or the connection is ending.
    */
   nudge(): void {
     if (!this.established || this.finished || this.end !== undefined) return;
@@ -240,6 +300,8 @@ export class Conn implements Timed {
       this.keepAliveAt = now + this.keepAliveMs;
       this.q.sendAckEliciting();
     }
+    // A deferred acknowledgement's time: the drain that follows (progress, touch) sends it.
+    if (now >= this.ackAt) this.ackAt = Infinity;
     return quicheDue;
   }
 }
@@ -291,7 +353,7 @@ export function isLoopback(host: string): boolean {
 export class Endpoint {
   readonly conns = new Map<string, Conn>();
   readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
-  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, nudges: 0 };
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, nudges: 0, acksDeferred: 0, echoes: 0 };
   /** Connections (not ids) open on this endpoint. */
   count = 0;
   pendingHandshakes = 0;
@@ -439,8 +501,14 @@ export class Endpoint {
     return createHmac('sha256', this.resetKey).update(cid).digest().subarray(0, 16);
   }
 
-  /** Marks `conn` for a drain at the end of this event-loop turn. */
+  /** Marks `conn` for a drain at the end of this event-loop turn: it has something to send. */
   touch(conn: Conn): void {
+    conn.mustSend = true;
+    this.mark(conn);
+  }
+
+  /** Marks `conn` for the end of this turn after a receive (its acknowledgement may wait: `Conn.deferAck`). */
+  private mark(conn: Conn): void {
     if (conn.dirty || conn.finished) return;
     conn.dirty = true;
     this.dirty.push(conn);
@@ -496,11 +564,12 @@ export class Endpoint {
     // What the packets mean (streams, establishment, the end) is read once per connection at the
     // end of this event-loop turn (flush): the datagrams a turn reads for one connection cost one
     // pass over its streams, and the answers they cause leave in the same drain.
+    conn.packetsIn++;
     if (!conn.received) {
       conn.received = true;
       this.arrived.push(conn);
     }
-    this.touch(conn);
+    this.mark(conn);
   }
 
   /**
@@ -518,7 +587,7 @@ export class Endpoint {
       if (conn.finished) continue;
       if (!conn.isServer) client = true;
       this.advance(conn, false);
-      this.touch(conn);
+      this.mark(conn);
     }
     list.length = 0;
     this.arrivedSpare = list;
@@ -829,7 +898,16 @@ export class Endpoint {
         const conn = this.dirty[i]!;
         conn.dirty = false;
         if (conn.finished) continue;
-        if (this.drain(conn)) (again ??= []).push(conn);
+        if (!conn.deferAck(now)) {
+          const echo = conn.echoes;
+          const sent = this.stats.datagramsOut;
+          if (this.drain(conn)) (again ??= []).push(conn);
+          else if (echo && this.stats.datagramsOut > sent) {
+            conn.q.sendAckEliciting();
+            this.stats.echoes++;
+            this.drain(conn);
+          }
+        }
         conn.schedule(now);
         this.checkEnd(conn);
       }
@@ -853,6 +931,7 @@ export class Endpoint {
 
   /** Hands `conn`'s datagrams to the socket; true when it stopped at MAX_DRAIN with more to send. */
   private drain(conn: Conn): boolean {
+    conn.drained();
     const q = conn.q;
     // Closed by us and not draining yet: quiche is sending CONNECTION_CLOSE, one per datagram.
     const closing = q.localError() !== null && !q.isDraining() && !q.isClosed();

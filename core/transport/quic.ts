@@ -267,6 +267,8 @@ export class Channel implements ConnEvents {
     // per call); the set is read only when something else is readable (a second stream, or
     // control bytes left for later).
     if (!q.isReadable()) return;
+    // In-order stream data arrived (driver.ts Conn.deferAck, Conn.echoes).
+    this.conn.dataIn = true;
     if (this.streamId !== undefined && q.streamReadable(this.streamId)) {
       this.readControl(this.streamId);
       if (this.closed || !q.isReadable()) return;
@@ -478,6 +480,8 @@ export class Channel implements ConnEvents {
       this.out.shift();
       this.outOffset = 0;
     }
+    // Bytes moved into quiche: they leave in this drain (driver.ts Conn.deferAck).
+    if (this.outTotal !== totalBefore) this.conn.mustSend = true;
     while (this.taken.length > 0 && this.taken[0]!.end <= this.outTotal) this.taken.shift()!.resolve();
     if (wasHigh || this.stallTimer) this.watchStall(this.outTotal !== totalBefore);
     if (wasHigh && this.outBytes <= WRITE_HIGH_WATER && this.streamId !== undefined) {
@@ -755,6 +759,15 @@ export interface ConnectOptions {
   receiveWindowBytes?: number;
   /** A client certificate (PEM chain, own first) and its key, presented when the server asks (mutual TLS). */
   clientCert?: { cert: string; key: string };
+  /**
+   * Acknowledgement deferral (driver.ts `Conn.ackDeferMs`; ms, 0 or absent: off), for a peer that
+   * sends about one packet per period (a poll's answer, a pushed report): its packets are
+   * acknowledged with our next request, or with its next packet, instead of each on its own.
+   * Announced in max_ack_delay (on top of the usual delay and the socket's hold), so the peer's
+   * probe timeout waits for it; a lost packet of the peer's is then repaired by a nudge
+   * (`Channel.nudge`) and the server's echo, not by its probe timeout.
+   */
+  ackDeferMs?: number;
 }
 
 /** Client configurations (each holds a BoringSSL context), by their parameters. */
@@ -809,6 +822,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   const maxFrameBytes = opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
   const address = await resolve(opts.host);
   const fail = (why: string, cause?: unknown): LocalError => new LocalError('QHCP_ERR_CONNECT', `cannot connect to ${opts.host}:${opts.port}: ${why}`, cause ? { cause } : undefined);
+  const deferMs = wholeMs(opts.ackDeferMs ?? 0, MAX_ACK_DELAY_MS - ACK_DELAY_MS - MAX_HOLD_MS, 0);
   // Before a socket is opened: an unusable client certificate fails here, with nothing to close.
   const config = clientConfig(ca !== undefined, {
     alpn: opts.alpn ?? ALPN,
@@ -817,7 +831,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
     connWindow: opts.receiveWindowBytes ?? CONNECTION_WINDOW,
     peerBidiStreams: 0,
     logKeys: opts.logKeys !== undefined,
-    maxAckDelayMs: ACK_DELAY_MS + (opts.socket?.holdMs ?? 0),
+    maxAckDelayMs: Math.min(MAX_ACK_DELAY_MS, ACK_DELAY_MS + (opts.socket?.holdMs ?? 0) + deferMs),
   }, opts.clientCert);
   let ep: Endpoint;
   if (opts.socket) ep = opts.socket.endpoint;
@@ -840,6 +854,7 @@ export async function connect(opts: ConnectOptions): Promise<Channel> {
   }
   if (ca !== undefined) conn.verify = (chain) => checkServerChain(chain, ca, serverName);
   if (opts.keepAliveMs && opts.keepAliveMs < (opts.idleTimeoutMs ?? 30_000)) conn.keepAliveMs = opts.keepAliveMs;
+  conn.ackDeferMs = deferMs;
   const end = await new Promise<ConnEnd | undefined>((resolveP) => {
     conn.events = { established: () => resolveP(undefined), progress: () => {}, ended: (e) => resolveP(e) };
   });
