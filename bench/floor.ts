@@ -273,7 +273,12 @@ async function serveDriver(): Promise<number> {
                 }
                 data = data.subarray(5);
               }
-              if (mode === 0x45 && data.length > 0) q.streamSend(id, data, false);
+              if (mode === 0x45 && data.length > 0) {
+                q.streamSend(id, data, false);
+                // Written to quiche: this drain sends it (not an acknowledgement the driver may
+                // treat as owed for a PING: driver.ts Conn.echoes).
+                ep.touch(conn);
+              }
             }
           }
         },

@@ -57,6 +57,8 @@ export interface Results extends RunInfo {
   haproxy: { version: string } | { skipped: string };
   settings: { fall: number; rise: number; timeoutFraction: number; windowS: number; settleS: number; runs: number };
   floor: FloorCell[];
+  /** When the floor rows come from another run than the rest (a rerun merged in), when and why. */
+  floorNote?: string;
   cost: CostCell[];
   detection: DetectResult[];
   agent: AgentCell[];

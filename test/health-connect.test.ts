@@ -2,7 +2,8 @@
  * A new connection's own budget (core/health/checker.ts connectTimeoutOf): handshake + HELLO get
  * at least 1 s even when the check timeout is shorter, and the request on the new session still
  * gets the check timeout. An answer later than half the check timeout gets the connection
- * nudged (a PING, so QUIC repairs a loss at once: checker.ts answerWithin). In-process load
+ * nudged (a PING, so QUIC repairs a loss at once: checker.ts answerWithin), and so does a pushed
+ * report later than half the check timeout past due (checker.ts nextReportStep). In-process load
  * balancer, scripted agent or a silent UDP port.
  */
 import { createSocket, type Socket } from 'node:dgram';
@@ -78,6 +79,31 @@ describe('load balancer: a new connection has its own budget (connect timeout)',
     const n1 = stats.nudges;
     await waitUntil(() => view().checks >= checks + 4, 10_000, '4 slow checks');
     expect(stats.nudges - n1, 'one or two nudges per slow answer').to.be.within(3, 10);
+    expect(lb.stats.failedChecks, 'failed checks').to.equal(0);
+    expect(view().state).to.equal('UP');
+  });
+
+  it('push: acknowledgements of reports wait; a report later than half the check timeout past due gets the connection nudged, and still counts; prompt reports: no nudge', async () => {
+    const a = (agent = await ScriptedAgent.start());
+    a.pushReports = true;
+    lb = await startLb([a.address], { checkInterval: 0.5, reportInterval: 0.5, checkTimeout: 0.4 });
+    const view = (): Backend => lb!.records()[0]!;
+    const stats = (lb as unknown as { checker: { socket: { stats: { nudges: number; acksDeferred: number } } } }).checker.socket.stats;
+    await waitUntil(() => view().state === 'UP' && a.reported >= 3, 10_000, 'UP on reports');
+    let checks = view().checks;
+    const n0 = stats.nudges;
+    const d0 = stats.acksDeferred;
+    await waitUntil(() => view().checks >= checks + 4, 10_000, '4 prompt reports');
+    expect(stats.nudges - n0, 'prompt reports nudge nothing').to.equal(0);
+    expect(stats.acksDeferred - d0, 'every other report waits for the next to be acknowledged').to.be.at.least(1);
+    // Each report 300 ms after it is due, with a 400 ms timeout: overdue at 200 ms, nudged then
+    // and at 267 ms (a third at 333 ms on a loaded machine), still in time.
+    a.reportSlowByMs = 300;
+    await waitUntil(() => view().checks >= checks + 6, 10_000, 'two reports after the change');
+    checks = view().checks;
+    const n1 = stats.nudges;
+    await waitUntil(() => view().checks >= checks + 4, 10_000, '4 slow reports');
+    expect(stats.nudges - n1, 'two or three nudges per slow report').to.be.within(6, 14);
     expect(lb.stats.failedChecks, 'failed checks').to.equal(0);
     expect(view().state).to.equal('UP');
   });

@@ -501,7 +501,11 @@ export class Endpoint {
     return createHmac('sha256', this.resetKey).update(cid).digest().subarray(0, 16);
   }
 
-  /** Marks `conn` for a drain at the end of this event-loop turn: it has something to send. */
+  /**
+   * Marks `conn` for a drain at the end of this event-loop turn: it has something to send. Whoever
+   * writes to quiche (streamSend, close, a PING) calls this: a drain after a receive without it
+   * may be held back (`Conn.deferAck`) or taken for the answer to a PING (`Conn.echoes`).
+   */
   touch(conn: Conn): void {
     conn.mustSend = true;
     this.mark(conn);

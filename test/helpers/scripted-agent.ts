@@ -22,6 +22,16 @@ export class ScriptedAgent {
   answerDelayMs = 0;
   /** Delay before answering a HELLO (ms): a slow connection set-up. */
   helloDelayMs = 0;
+  /**
+   * Push mode: accept CONFIG_UPDATE's report interval (declined by default) and send a
+   * HEALTH_REPORT every interval plus `reportSlowByMs`, so each report comes that much after the
+   * load balancer expects it.
+   */
+  pushReports = false;
+  reportSlowByMs = 0;
+  /** HEALTH_REPORTs sent by the push timers. */
+  reported = 0;
+  private readonly reportTimers = new Set<NodeJS.Timeout>();
   /** Called with the request count when a HEALTH_REQUEST arrives (before it is answered). */
   onRequest: ((n: number) => void) | undefined;
 
@@ -82,9 +92,24 @@ export class ScriptedAgent {
         else answer();
         return;
       }
-      case 'CONFIG_UPDATE':
-        s.send('CONFIG_ACK', { seq: msg.body.seq, metrics: [], reportIntervalMs: 0 });
+      case 'CONFIG_UPDATE': {
+        const ms = this.pushReports ? (msg.body.reportIntervalMs ?? 0) : 0;
+        s.send('CONFIG_ACK', { seq: msg.body.seq, metrics: [], reportIntervalMs: ms });
+        if (ms > 0) {
+          const report = (): void => {
+            if (s.isClosed) return;
+            this.reported++;
+            s.trySend('HEALTH_REPORT', { metrics: {}, ageMs: 0, ...this.health });
+            const t = setTimeout(() => {
+              this.reportTimers.delete(t);
+              report();
+            }, ms + this.reportSlowByMs);
+            this.reportTimers.add(t);
+          };
+          report();
+        }
         return;
+      }
       case 'TERMINATE':
         this.terminated++;
         s.send('TERMINATE_ACK', {});
@@ -95,6 +120,7 @@ export class ScriptedAgent {
   }
 
   async stop(): Promise<void> {
+    for (const t of this.reportTimers) clearTimeout(t);
     for (const s of this.sessions) s.close('stopping');
     await this.listener.stop(0, 'stopping');
   }
