@@ -120,7 +120,7 @@ export interface DriverStats {
   nudges: number;
   /** Acknowledgements held back to ride with a later packet (`Conn.ackDeferMs`). */
   acksDeferred: number;
-  /** PINGs a server sent back for a PING it was sent (`Conn.echo`). */
+  /** PINGs a server sent back for a PING it was sent (`Conn.echoes`). */
   echoes: number;
 }
 
