@@ -634,6 +634,35 @@ describe('Transport driver (quiche, our own)', function () {
     expect(MAX_ACK_DELAY_MS).to.equal(2 ** 14 - 1);
   });
 
+  it('ackDeferMs: whole ms, off for what is no number or negative, clamped so the announced max_ack_delay stays within QUIC\'s limit', async () => {
+    const l = await echo();
+    const shared = await ClientSocket.open('127.0.0.1', { holdMs: MAX_HOLD_MS });
+    try {
+      const cases: Array<[number, number, ClientSocket | undefined]> = [
+        [Number.NaN, 0, undefined],
+        [Number.POSITIVE_INFINITY, 0, undefined],
+        [-5, 0, undefined],
+        [2.4, 2, undefined],
+        [1e9, MAX_ACK_DELAY_MS - ACK_DELAY_MS - MAX_HOLD_MS, undefined],
+        [1e9, MAX_ACK_DELAY_MS - ACK_DELAY_MS - MAX_HOLD_MS, shared],
+      ];
+      for (const [given, deferMs, socket] of cases) {
+        const before = serverSide.length;
+        const ch = await dial(l.port, { ackDeferMs: given, ...(socket ? { socket } : {}) });
+        const { got } = recorder(ch);
+        await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+        await until(() => got.length === 1 && serverSide.length === before + 1, 10_000, `an answer (ackDeferMs ${given})`);
+        expect(ch.connection.ackDeferMs, String(given)).to.equal(deferMs);
+        // What the server was told: ACK_DELAY_MS + the socket's hold + the deferral, never past 2^14 - 1.
+        const announced = serverSide[before]!.connection.q.stats().peerMaxAckDelay;
+        expect(announced, String(given)).to.equal(Math.min(MAX_ACK_DELAY_MS, ACK_DELAY_MS + (socket ? MAX_HOLD_MS : 0) + deferMs));
+        await ch.close(0, 'done');
+      }
+    } finally {
+      await shared.close();
+    }
+  });
+
   it('holdFor: 1/50 of the shortest interval, at most MAX_HOLD_MS', () => {
     expect(holdFor(1000)).to.equal(MAX_HOLD_MS);
     expect(holdFor(100)).to.equal(2);

@@ -81,7 +81,7 @@ export class Backend implements BackendView, HealthFacts {
   deadline = Infinity;
   heapIndex = -1;
   step: 'check' | 'probe' | 'nudge' | 'report' = 'check';
-  /** Push mode: the report timeout (ms, from when the report began to be awaited) and when it passes (performance.now()). */
+  /** Push mode: the report timeout (ms, from when the report began to be awaited; named when it passes) and when it passes (performance.now()). */
   stepMs = 0;
   reportBy = 0;
   /** Push mode: when the overdue report's port probe goes out (Infinity: done), and the nudges left before the report timeout. */

@@ -180,9 +180,8 @@ export class Checker {
   }
 
   /** Sets `b`'s next step `ms` from now. */
-  private at(b: Backend, ms: number, step: Backend['step'], stepMs = 0): void {
+  private at(b: Backend, ms: number, step: Backend['step']): void {
     b.step = step;
-    b.stepMs = stepMs;
     this.timers.set(b, performance.now() + Math.max(0, ms));
   }
 
@@ -330,11 +329,11 @@ export class Checker {
     if (b.probeAt < b.reportBy && b.probeAt <= nudgeAt) {
       const at = b.probeAt;
       b.probeAt = Infinity;
-      this.at(b, at - now, 'probe', b.stepMs);
+      this.at(b, at - now, 'probe');
     } else if (nudgeAt < b.reportBy) {
       b.nudgesLeft--;
-      this.at(b, nudgeAt - now, 'nudge', b.stepMs);
-    } else this.at(b, b.reportBy - now, 'report', b.stepMs);
+      this.at(b, nudgeAt - now, 'nudge');
+    } else this.at(b, b.reportBy - now, 'report');
   }
 
   private reportMissed(b: Backend, ms: number): void {
