@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
 import NginxSyncPlugin, { type NginxSync } from '../../plugins/sync/nginx.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
+import { childrenOf } from '../helpers/procs.ts';
 import { Child, closeAll, freePort, gets, expectOnly, httpBackends, removeDir, sleep, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
 type Extra = Partial<{ verdict: string; agentAdmin: string; adminState: string }>;
@@ -83,7 +84,21 @@ describe('sync plugin nginx (real nginx, real HTTP traffic)', function () {
     if (dir) removeDir(dir);
   });
 
+  /** nginx's worker processes now (children of the master, our child). */
+  const workers = (): number[] => childrenOf(nginx!.proc.pid!);
+  /**
+   * After a reload, until the workers that ran before it are gone: until then an old worker
+   * (old configuration) may still take a new connection (seen in a loaded CI run: 6 requests
+   * reached only the ready backend, the next 20 also a drained one).
+   */
+  const reloadDone = (before: number[]): Promise<unknown> =>
+    waitUntil(() => {
+      const now = workers();
+      return now.length > 0 && before.every((p) => !now.includes(p));
+    }, 10_000, 'nginx to replace the workers that ran before the reload');
+
   it('a drained and a DOWN backend: the include is rewritten atomically, nginx reloaded, traffic reaches only the ready one', async () => {
+    const old = workers();
     core.hooks.sync.call(update([view(A[0]!), view(A[1]!, { agentAdmin: 'DRAIN' }), view(A[2]!, { state: 'DOWN' })]));
     expect(await plugin.settled(10_000)).to.equal(true);
     const text = readFileSync(plugin.options.file, 'utf8');
@@ -91,6 +106,7 @@ describe('sync plugin nginx (real nginx, real HTTP traffic)', function () {
     expect(text).to.include(`server 127.0.0.1:${http[2]!.port} down;`);
     expect(text).to.match(new RegExp(`server 127\\.0\\.0\\.1:${http[0]!.port}; `));
     expect(plugin.reloads).to.equal(1);
+    await reloadDone(old);
     await expectOnly(front, ['b1'], 'nginx');
   });
 
@@ -101,6 +117,7 @@ describe('sync plugin nginx (real nginx, real HTTP traffic)', function () {
     expect(await plugin.settled(5000)).to.equal(true);
     expect(plugin.reloads).to.equal(before);
     // Three changes in quick succession: coalesced, never two reloads closer than 300 ms.
+    const old = workers();
     const t0 = Date.now();
     core.hooks.sync.call(update([view(A[0]!), view(A[1]!), view(A[2]!, { state: 'DOWN' })]));
     await sleep(20);
@@ -110,6 +127,7 @@ describe('sync plugin nginx (real nginx, real HTTP traffic)', function () {
     expect(await plugin.settled(10_000)).to.equal(true);
     expect(plugin.reloads - before).to.be.within(1, 2);
     if (plugin.reloads - before === 2) expect(Date.now() - t0).to.be.greaterThanOrEqual(300);
+    await reloadDone(old);
     await expectOnly(front, ['b1', 'b2', 'b3'], 'nginx');
   });
 
