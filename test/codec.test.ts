@@ -145,6 +145,62 @@ describe('codec', () => {
       expect(hasDuplicateKey('{"k\\"":1,"k\\"":2}')).to.equal(true);
       expect(hasDuplicateKey('{"a" : 1, "\\u0061" : 2}')).to.equal(true);
       expect(hasDuplicateKey('{"x":{"y":{"z":1,"z":1}}}')).to.equal(true);
+      // The count of colons outside strings against the parse's properties: colons, quotes and
+      // backslashes inside strings, objects inside arrays, __proto__ as a plain key.
+      expect(hasDuplicateKey(JSON.stringify({ 'a:b': 'c:d', e: '\\:' })), 'colons inside strings').to.equal(false);
+      expect(hasDuplicateKey(JSON.stringify({ 'a\\': 1, b: '\\":x' })), 'escaped backslashes before a quote').to.equal(false);
+      expect(hasDuplicateKey('[{"a":1},{"a":1},[{"b":[{"c":1,"c":2}]}]]'), 'inside arrays').to.equal(true);
+      expect(hasDuplicateKey('[{"a":1},{"a":1},[{"b":[{"c":1,"d":2}]}]]')).to.equal(false);
+      expect(hasDuplicateKey('{"__proto__":1,"__proto__":2}')).to.equal(true);
+      expect(hasDuplicateKey('{"__proto__":{"a":1},"b":{}}')).to.equal(false);
+      // Nesting as deep as a frame allows costs no stack.
+      const deep = `${'['.repeat(30_000)}{"a":1,"a":2}${']'.repeat(30_000)}`;
+      expect(hasDuplicateKey(deep)).to.equal(true);
+      // Against the obvious rule (a set of keys per object, read with a reviver) on random texts.
+      let seed = 7;
+      const rnd = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n);
+      const keys = ['a', 'b', ':', '"', '\\', 'a:b'];
+      const gen = (depth: number): string => {
+        const r = rnd(depth > 3 ? 3 : 5);
+        if (r === 0) return String(rnd(100));
+        if (r === 1) return JSON.stringify(keys[rnd(keys.length)]);
+        if (r === 2) return 'null';
+        if (r === 3) return `[${Array.from({ length: rnd(3) }, () => gen(depth + 1)).join(',')}]`;
+        return `{${Array.from({ length: rnd(4) }, () => `${JSON.stringify(keys[rnd(keys.length)])}:${gen(depth + 1)}`).join(',')}}`;
+      };
+      const bySets = (text: string): boolean => {
+        let dup = false;
+        // A reviver sees each object after parsing; the text's own keys per object come from a re-scan.
+        const scan = (src: string): void => {
+          const stack: Array<Set<string> | null> = [];
+          for (let i = 0; i < src.length; i++) {
+            const c = src[i];
+            if (c === '"') {
+              let j = i + 1;
+              while (src[j] !== '"') j += src[j] === '\\' ? 2 : 1;
+              const top = stack[stack.length - 1];
+              if (top && src.slice(j + 1).trimStart().startsWith(':')) {
+                const k = JSON.parse(src.slice(i, j + 1)) as string;
+                if (top.has(k)) dup = true;
+                top.add(k);
+              }
+              i = j;
+            } else if (c === '{') stack.push(new Set());
+            else if (c === '[') stack.push(null);
+            else if (c === '}' || c === ']') stack.pop();
+          }
+        };
+        scan(text);
+        return dup;
+      };
+      let dups = 0;
+      for (let i = 0; i < 2000; i++) {
+        const text = gen(0);
+        const expected = bySets(text);
+        dups += expected ? 1 : 0;
+        expect(hasDuplicateKey(text), text).to.equal(expected);
+      }
+      expect(dups, 'the random texts include duplicates').to.be.greaterThan(50);
     });
   });
 

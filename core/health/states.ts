@@ -163,12 +163,25 @@ export const RULES: readonly HealthRule[] = [
   { from: ['DOWN'], on: ['check-ok'], when: ['rise'], to: 'UP', why: '{successes} consecutive good checks' },
 ];
 
+/** RULES by state and event, in table order (every check's outcome looks its rules up). */
+const RULE_INDEX = new Map<HealthState, Map<HealthEvent, HealthRule[]>>();
+for (const r of RULES) {
+  for (const state of r.from) {
+    let byEvent = RULE_INDEX.get(state);
+    if (!byEvent) RULE_INDEX.set(state, (byEvent = new Map()));
+    for (const event of r.on) {
+      const list = byEvent.get(event);
+      if (list) list.push(r);
+      else byEvent.set(event, [r]);
+    }
+  }
+}
+
 /** The first rule for `state` and `event` whose guards hold, or undefined (the state stays). */
 export function ruleFor(state: HealthState, event: HealthEvent, facts: HealthFacts, limits: HealthLimits): HealthRule | undefined {
-  for (const r of RULES) {
-    if (!r.from.includes(state) || !r.on.includes(event)) continue;
-    if ((r.when ?? []).every((g) => GUARDS[g].test(facts, limits))) return r;
-  }
+  const rules = RULE_INDEX.get(state)?.get(event);
+  if (!rules) return undefined;
+  for (const r of rules) if (r.when === undefined || r.when.every((g) => GUARDS[g].test(facts, limits))) return r;
   return undefined;
 }
 

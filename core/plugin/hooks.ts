@@ -32,18 +32,13 @@ export interface MetricDefinition {
 /** Metric names the protocol carries (the one rule lives in messages.ts; docs/protocol.md). */
 export { METRIC_NAME };
 
-const rangeCache = new Map<string, { min: number; max?: number } | null>();
 /**
  * `value` clamped into the documented range of metric `name` (messages.ts METRIC_RANGES): an
  * agent never sends a value its load balancers would reject with ERROR 104 because a plugin
  * overshot (a CPU reading of 100.0001 %).
  */
 export function clampMetric(name: string, value: number): number {
-  let r = rangeCache.get(name);
-  if (r === undefined) {
-    r = metricRange(name) ?? null;
-    if (rangeCache.size < 4096) rangeCache.set(name, r);
-  }
+  const r = metricRange(name);
   if (!r) return value;
   return Math.min(r.max ?? Infinity, Math.max(r.min, value));
 }

@@ -18,39 +18,51 @@ const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * Whether a valid JSON text has an object with the same key twice (after unescaping: "a" and
- * "\u0061" are the same key). JSON.parse would silently keep the last one; QHCP refuses them.
+ * "\u0061" are the same key). JSON.parse silently keeps the last one; QHCP refuses them. Every
+ * colon outside a string in valid JSON separates one key from its value, and the parsed value
+ * keeps one property per distinct key: the text has a duplicate exactly when it has more colons
+ * than its parse has properties. (No string or Set per key: this runs on every frame.)
  */
-export function hasDuplicateKey(text: string): boolean {
-  const stack: Array<Set<string> | null> = [];
+export function hasDuplicateKey(text: string, value: unknown = JSON.parse(text)): boolean {
+  return pairsIn(text) !== propertiesIn(value);
+}
+
+/** Colons outside strings in a valid JSON text. */
+function pairsIn(text: string): number {
+  let pairs = 0;
   const n = text.length;
   for (let i = 0; i < n; i++) {
     const c = text.charCodeAt(i);
     if (c === 0x22) {
-      let j = i + 1;
-      let escaped = false;
-      let hasEscape = false;
-      for (; j < n; j++) {
-        const d = text.charCodeAt(j);
-        if (escaped) escaped = false;
-        else if (d === 0x5c) escaped = hasEscape = true;
+      for (i++; i < n; i++) {
+        const d = text.charCodeAt(i);
+        if (d === 0x5c) i++;
         else if (d === 0x22) break;
       }
-      const top = stack[stack.length - 1];
-      if (top) {
-        let k = j + 1;
-        while (k < n && (text[k] === ' ' || text[k] === '\t' || text[k] === '\n' || text[k] === '\r')) k++;
-        if (text[k] === ':') {
-          const key = hasEscape ? (JSON.parse(text.slice(i, j + 1)) as string) : text.slice(i + 1, j);
-          if (top.has(key)) return true;
-          top.add(key);
-        }
-      }
-      i = j;
-    } else if (c === 0x7b) stack.push(new Set());
-    else if (c === 0x5b) stack.push(null);
-    else if (c === 0x7d || c === 0x5d) stack.pop();
+    } else if (c === 0x3a) pairs++;
   }
-  return false;
+  return pairs;
+}
+
+/** Properties of every object in a parsed JSON value (iterative: the nesting depth is the peer's). */
+function propertiesIn(value: unknown): number {
+  let count = 0;
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (v === null || typeof v !== 'object') continue;
+    if (Array.isArray(v)) {
+      for (const e of v) if (e !== null && typeof e === 'object') stack.push(e);
+      continue;
+    }
+    const values = Object.values(v);
+    count += values.length;
+    for (let i = 0; i < values.length; i++) {
+      const e = values[i];
+      if (e !== null && typeof e === 'object') stack.push(e);
+    }
+  }
+  return count;
 }
 
 /** Encodes one message as one frame. */
@@ -91,7 +103,7 @@ function readPayload(type: number, payload: Uint8Array): Message {
   } catch {
     throw new ProtocolError('MALFORMED_FRAME', `${name} payload is not valid UTF-8 JSON (without a byte order mark)`);
   }
-  if (hasDuplicateKey(text)) throw new ProtocolError('MALFORMED_FRAME', `${name} payload has an object with a duplicate key`);
+  if (hasDuplicateKey(text, body)) throw new ProtocolError('MALFORMED_FRAME', `${name} payload has an object with a duplicate key`);
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw new ProtocolError('MALFORMED_FRAME', `${name} payload is not a JSON object`);
   }

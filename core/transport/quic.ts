@@ -269,7 +269,8 @@ export class Channel implements ConnEvents {
     if (!q.isReadable()) return;
     // In-order stream data arrived (driver.ts Conn.deferAck, Conn.echoes).
     this.conn.dataIn = true;
-    if (this.streamId !== undefined && q.streamReadable(this.streamId)) {
+    if (this.streamId !== undefined) {
+      // Read without asking streamReadable first: a stream with nothing to read gives null.
       this.readControl(this.streamId);
       if (this.closed || !q.isReadable()) return;
     }
@@ -367,6 +368,8 @@ export class Channel implements ConnEvents {
       }
       // Frames wait (held, or we owe too much): read no more until they are delivered (pump).
       if (this.waiting > 0) return;
+      // quiche fills the buffer while in-order data is ready: less means none is left now.
+      if (n < readBuf.length) return;
       if (taken >= READ_SLICE || this.outBytes > WRITE_HIGH_WATER) {
         // Fairness: let other connections in before reading more of this one.
         if (!this.moreToRead) {

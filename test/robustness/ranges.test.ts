@@ -52,6 +52,15 @@ describe('Robustness: reported values out of their documented range', function (
       expect(() => validateBody('HEALTH_REPORT', body(bad)), JSON.stringify(bad)).to.throw(/must be [<>]=/);
     }
     expect(() => validateBody('HEALTH_REPORT', body({ loadScore: 0, cpu: 100, anything: -1e300 }))).to.not.throw();
+    expect(() => validateBody('HEALTH_RESPONSE', { ...body({ 'x.usedPct': 101 }), seq: 1 })).to.throw(/HEALTH_RESPONSE \/metrics\/x\.usedPct: must be <= 100/);
+    // Nested metrics (a status page, a watch) name their place.
+    const server = (metrics: Record<string, number>) => ({ address: 'a:1', state: 'UP', since: 0, failures: 0, successes: 1, latencyMs: 1, metrics, ageMs: 0, reportedAt: 0, lastError: null, checks: 1 });
+    expect(() => validateBody('STATUS_RESPONSE', { seq: 1, node: 'lb', servers: [server({ cpu: 1 }), server({ cpu: 100.5 })] })).to.throw(/\/servers\/1\/metrics\/cpu: must be <= 100/);
+    const member = (metrics: Record<string, number>) => ({ address: 'a:1', state: 'UP', since: 0, verdict: 'SERVING', agentAdmin: 'READY', adminState: 'READY', weight: 1, metrics, reason: null });
+    expect(() => validateBody('WATCH_UPDATE', { seq: 1, run: 'r', version: 1, kind: 'full', members: [member({ 'cpu.core3': -2 })] })).to.throw(/\/members\/0\/metrics\/cpu\.core3: must be >= 0/);
+    expect(() => validateBody('WATCH_UPDATE', { seq: 1, run: 'r', version: 1, kind: 'full', members: [member({ 'cpu.core3': 2 })] })).to.not.throw();
+    // One row per name: no exact name falls under a pattern row, so "exact, else first pattern" is every row that applies.
+    for (const e of METRIC_RANGES.filter((r) => r.exact)) for (const p of METRIC_RANGES.filter((r) => r.pattern)) expect(new RegExp(p.pattern!).test(e.exact!), `${e.exact} ~ ${p.pattern}`).to.equal(false);
     const r = new MetricsReport();
     r.set('loadScore', -1e300);
     r.set('cpu', 100.0001);
