@@ -95,7 +95,7 @@ describe('load balancer: a new connection has its own budget (connect timeout)',
     const d0 = stats.acksDeferred;
     await waitUntil(() => view().checks >= checks + 4, 10_000, '4 prompt reports');
     expect(stats.nudges - n0, 'prompt reports nudge nothing').to.equal(0);
-    expect(stats.acksDeferred - d0, 'every other report waits for the next to be acknowledged').to.be.at.least(1);
+    expect(stats.acksDeferred - d0, 'reports wait for a later one to carry their acknowledgement').to.be.at.least(1);
     // Each report 300 ms after it is due, with a 400 ms timeout: overdue at 200 ms, nudged then
     // and at 267 ms (a third at 333 ms on a loaded machine), still in time.
     a.reportSlowByMs = 300;

@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { ProtocolError, PeerError, LocalError, errorText } from '../errors.ts';
 import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session, type SessionEnd } from '../protocol/session.ts';
-import { connect, type ClientSocket } from '../transport/quic.ts';
+import { connect, ACK_EVERY, type ClientSocket } from '../transport/quic.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { CheckResult, Hooks } from '../plugin/hooks.ts';
@@ -115,13 +115,14 @@ export function timingsOf(config: Readonly<QhcpConfig>, timeoutSeconds: number):
 
 /**
  * How long a check connection may hold back its acknowledgement of an answer or report
- * (quic.ts ConnectOptions.ackDeferMs): past the next request or report, which comes one
- * `periodMs` later (a poll's up to `jitter` later still), so that it rides with that request or
- * goes with the next report's, and a quarter period more. At 1000 backends it halves (push) or
- * removes (poll) one datagram per check; a lost answer or report is repaired by the nudges.
+ * (quic.ts ConnectOptions.ackDeferMs): past the next request (poll), which comes one `periodMs`
+ * later (up to `jitter` later still), or past the report that makes ACK_EVERY held back (push:
+ * ACK_EVERY - 1 periods later), and a quarter period more. At 1000 backends it removes one
+ * datagram per poll and leaves one per ACK_EVERY reports; a lost answer or report is repaired
+ * by the nudges.
  */
 export function ackDeferFor(periodMs: number, jitter: number): number {
-  return Math.round(periodMs * (1.25 + jitter));
+  return Math.round(periodMs * (ACK_EVERY - 0.75 + jitter));
 }
 
 export class Checker {

@@ -41,6 +41,13 @@ const SOCKET_BUFFER = 4 * 1024 * 1024;
 /** Datagrams queued in libuv before the driver stops draining quiche (a full socket buffer). */
 export const MAX_SEND_QUEUE = 2048;
 /**
+ * A deferring connection (`Conn.ackDeferMs`) acknowledges in-order data with this packet at the
+ * latest: two held back, the third acknowledges all three (checker.ts ackDeferFor sizes the
+ * deadline to match).
+ */
+export const ACK_EVERY = 3;
+
+/**
  * Datagrams one connection may hand to the socket in one drain; the rest waits for the next
  * event-loop turn, so one connection cannot hold the loop (quiche's congestion window bounds a
  * healthy connection far below this).
@@ -154,9 +161,11 @@ export class Conn implements Timed {
   /**
    * Acknowledgement deferral (0: off; a client whose peer sends one packet per period, set from
    * ConnectOptions.ackDeferMs). Packets that brought stream data, when nothing else is to be sent,
-   * are acknowledged with the second such packet, with the next packet we send anyway (a poll's
-   * request), or after this many ms, whichever comes first (RFC 9000 section 13.2.2: at least
-   * every second ack-eliciting packet, within the max_ack_delay we announced, which covers it).
+   * are acknowledged with the third such packet (ACK_EVERY), with the next packet we send anyway
+   * (a poll's request), or after this many ms, whichever comes first, within the max_ack_delay we
+   * announced, which covers it. (RFC 9000 section 13.2.2 recommends every second ack-eliciting
+   * packet, for the sender's congestion window; a peer that sends one small packet per period
+   * never meets its window, and each acknowledgement is a datagram for 1000 peers a second.)
    * A packet that brought no stream data (out of order: the data before it was lost; or a PING)
    * is acknowledged at once, so the peer learns of a loss as soon as we can tell it.
    */
@@ -234,7 +243,7 @@ export class Conn implements Timed {
     this.acksOwed += this.packetsIn;
     this.packetsIn = 0;
     this.dataIn = false;
-    if (this.acksOwed >= 2) return false;
+    if (this.acksOwed >= ACK_EVERY) return false;
     if (this.ackAt === Infinity) this.ackAt = now + this.ackDeferMs;
     this.ep.stats.acksDeferred++;
     return true;

@@ -12,6 +12,8 @@ import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
 import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
+export { ACK_EVERY } from './driver.ts';
+
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
 
