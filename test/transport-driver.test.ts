@@ -13,7 +13,7 @@ import { DeadlineHeap } from '../core/util/deadlines.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
-import { ACK_EVERY, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
+import { ACK_EVERY, ECHO_GAP_MS, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -454,6 +454,35 @@ describe('Transport driver (quiche, our own)', function () {
     expect(relay.counters.up.forwarded).to.equal(up);
     expect(relay.counters.down.forwarded).to.equal(down);
     expect(l.stats.echoes - echoes0).to.equal(echoes);
+  });
+
+  it('echo cap: a client flooding PINGs gets its acknowledgements, and at most one echo per ECHO_GAP_MS', async () => {
+    const l = await echo();
+    const relay = await UdpRelay.start({ port: l.port });
+    relays.push(relay);
+    const ch = await dial(relay.port);
+    const { got } = recorder(ch);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
+    await until(() => got.length === 1, 10_000, 'first answer');
+    await sleep(200);
+    const echoes0 = l.stats.echoes;
+    const capped0 = l.stats.echoesCapped;
+    const down0 = relay.counters.down.forwarded;
+    // 200 PINGs, one per event-loop turn (each its own packet), as fast as the loop turns.
+    const t0 = performance.now();
+    for (let i = 0; i < 200; i++) {
+      ch.nudge();
+      await new Promise((r) => setImmediate(r));
+    }
+    const ms = performance.now() - t0;
+    await sleep(300);
+    const echoes = l.stats.echoes - echoes0;
+    expect(echoes, `${echoes} echoes in ${Math.round(ms)} ms`).to.be.at.most(Math.ceil((ms + 300) / ECHO_GAP_MS) + 1);
+    expect(l.stats.echoesCapped - capped0, 'PINGs left without an echo').to.be.greaterThan(0);
+    // Every PING was acknowledged all the same (an ACK may cover several): the connection lives on.
+    expect(relay.counters.down.forwarded - down0).to.be.at.least(echoes);
+    await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
+    await until(() => got.length === 2, 5_000, 'an answer after the flood');
   });
 
   it('migration is refused: after the client moves to another port its packets are dropped and the connection dies', async () => {

@@ -41,6 +41,14 @@ const SOCKET_BUFFER = 4 * 1024 * 1024;
 /** Datagrams queued in libuv before the driver stops draining quiche (a full socket buffer). */
 export const MAX_SEND_QUEUE = 2048;
 /**
+ * At most one echo (`Conn.echoes`) per connection in this many ms: a peer that floods PINGs gets
+ * its acknowledgements, not a PING of ours for each. Nudges come at most three per check, the
+ * closest a quarter of the check timeout apart (10 ms or more from a 100 ms interval on), so a
+ * nudge's echo is never held back by another's.
+ */
+export const ECHO_GAP_MS = 10;
+
+/**
  * A deferring connection (`Conn.ackDeferMs`) acknowledges in-order data with this packet at the
  * latest: two held back, the third acknowledges all three (checker.ts ackDeferFor sizes the
  * deadline to match).
@@ -129,6 +137,8 @@ export interface DriverStats {
   acksDeferred: number;
   /** PINGs a server sent back for a PING it was sent (`Conn.echoes`). */
   echoes: number;
+  /** PINGs not echoed: another echo on the connection within ECHO_GAP_MS (a PING flood). */
+  echoesCapped: number;
 }
 
 const CLOSED_REASON = new Uint8Array(0);
@@ -190,6 +200,8 @@ export class Conn implements Timed {
   /** When a packet last arrived from the peer, and when we last probed its port (performance.now()). */
   lastRecvAt = performance.now();
   probeAt = 0;
+  /** When this (server) connection last echoed a PING (`ECHO_GAP_MS`). */
+  echoAt = -Infinity;
 
   constructor(
     readonly ep: Endpoint,
@@ -366,7 +378,7 @@ export function isLoopback(host: string): boolean {
 export class Endpoint {
   readonly conns = new Map<string, Conn>();
   readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
-  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, nudges: 0, acksDeferred: 0, echoes: 0 };
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, nudges: 0, acksDeferred: 0, echoes: 0, echoesCapped: 0 };
   /** Connections (not ids) open on this endpoint. */
   count = 0;
   pendingHandshakes = 0;
@@ -924,9 +936,12 @@ export class Endpoint {
           const sent = this.stats.datagramsOut;
           if (this.drain(conn)) (again ??= []).push(conn);
           else if (echo && this.stats.datagramsOut > sent) {
-            conn.q.sendAckEliciting();
-            this.stats.echoes++;
-            this.drain(conn);
+            if (now - conn.echoAt >= ECHO_GAP_MS) {
+              conn.echoAt = now;
+              conn.q.sendAckEliciting();
+              this.stats.echoes++;
+              this.drain(conn);
+            } else this.stats.echoesCapped++;
           }
         }
         conn.schedule(now);
