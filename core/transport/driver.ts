@@ -42,11 +42,12 @@ const SOCKET_BUFFER = 4 * 1024 * 1024;
 export const MAX_SEND_QUEUE = 2048;
 /**
  * At most one echo (`Conn.echoes`) per connection in this many ms: a peer that floods PINGs gets
- * its acknowledgements, not a PING of ours for each. Nudges come at most three per check, the
- * closest a quarter of the check timeout apart (10 ms or more from a 100 ms interval on), so a
- * nudge's echo is never held back by another's.
+ * its acknowledgements, not a PING of ours for each (at most 200 a second). A checker's nudges
+ * come at most three or four per check, the closest a sixth of the check timeout apart (push; a
+ * quarter in poll): 5 ms or more from a 60 ms interval on, so there a nudge's echo is never held
+ * back by another's.
  */
-export const ECHO_GAP_MS = 10;
+export const ECHO_GAP_MS = 5;
 
 /**
  * A deferring connection (`Conn.ackDeferMs`) acknowledges in-order data with this packet at the
