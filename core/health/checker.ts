@@ -200,7 +200,8 @@ export class Checker {
       } else if (b.step === 'nudge') {
         b.session?.channel.nudge();
         this.nextReportStep(b, now);
-      } else this.reportMissed(b, b.stepMs);
+      } else if (b.step === 'answer') this.answerStep(b);
+      else this.reportMissed(b, b.stepMs);
     }
   }
 
@@ -252,7 +253,7 @@ export class Checker {
       release?.();
       if (!late && s && reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
       if (fresh) deadline = performance.now() + timeoutMs;
-      const res = late ? await this.answerWithin(late, left(), b.session, true) : await this.healthRequest(b, s!, left());
+      const res = late ? await this.answerWithin(b, late, left(), b.session, true) : await this.healthRequest(b, s!, left());
       this.succeeded(b, res.body, late ? null : performance.now() - started);
     } catch (e) {
       // A check that crossed the server's DRAIN was dropped, not failed: DRAIN already moved the state.
@@ -374,7 +375,7 @@ export class Checker {
       if (b.lateAnswer === p) b.lateAnswer = undefined;
     };
     p.then(clear, clear);
-    return this.answerWithin(p, ms, s, false);
+    return this.answerWithin(b, p, ms, s, false);
   }
 
   /**
@@ -387,36 +388,52 @@ export class Checker {
    * since). Under a loaded CI run one nudge at half the timeout was not always enough (a
    * false DOWN in 1 of 3 fresh-clone runs): a second goes out at three quarters. At most three
    * PINGs per check (two, and one more as a late answer's next check starts), only for answers
-   * later than half the check timeout. One timer per check either way.
+   * later than half the check timeout. No timer per check: the steps ride the backend's entry in
+   * the checker's deadline heap.
    */
-  private answerWithin(p: Promise<HealthResponse>, ms: number, s: Session | undefined, overdue: boolean): Promise<HealthResponse> {
-    const timeoutMs = this.timings.timeoutMs;
-    const nudge = () => {
-      if (s && !s.isClosed) s.channel.nudge();
-    };
-    if (overdue) nudge();
+  private answerWithin(b: Backend, p: Promise<HealthResponse>, ms: number, s: Session | undefined, overdue: boolean): Promise<HealthResponse> {
+    if (overdue && s && !s.isClosed) s.channel.nudge();
     return new Promise<HealthResponse>((resolve, reject) => {
       // Nudges at a half and three quarters of `ms` (each a chance to repair a lost request),
-      // then the timeout; one timer, re-armed.
-      let nudges = 2;
-      const fire = (): void => {
-        if (nudges-- > 0) {
-          nudge();
-          timer = setTimeout(fire, ms / 4);
-        } else reject(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(timeoutMs)} ms`));
+      // then the timeout: steps of the backend's entry in the checker's deadline heap (it has
+      // none while a check runs), no timer of its own.
+      b.answerFail = reject;
+      b.answerSession = s;
+      b.answerStepMs = ms / 4;
+      b.answerMs = this.timings.timeoutMs;
+      b.answerNudges = 2;
+      this.at(b, ms / 2, 'answer');
+      const done = (): void => {
+        if (b.answerFail !== reject) return;
+        b.answerFail = undefined;
+        b.answerSession = undefined;
+        if (b.step === 'answer') this.timers.remove(b);
       };
-      let timer = setTimeout(fire, ms / 2);
       p.then(
         (v) => {
-          clearTimeout(timer);
+          done();
           resolve(v);
         },
         (e) => {
-          clearTimeout(timer);
+          done();
           reject(e);
         },
       );
     });
+  }
+
+  /** The awaited answer's next step: a nudge, or (after two) RESPONSE_TIMEOUT. */
+  private answerStep(b: Backend): void {
+    if (b.answerNudges-- > 0) {
+      const s = b.answerSession;
+      if (s && !s.isClosed) s.channel.nudge();
+      this.at(b, b.answerStepMs, 'answer');
+      return;
+    }
+    const fail = b.answerFail;
+    b.answerFail = undefined;
+    b.answerSession = undefined;
+    fail?.(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(b.answerMs)} ms`));
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
