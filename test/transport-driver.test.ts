@@ -396,14 +396,17 @@ describe('Transport driver (quiche, our own)', function () {
   });
 
   it('a deferred acknowledgement leaves at its deadline when no second packet comes, or with the next request', async () => {
-    const l = await echo();
+    // The server announces 16 s of acknowledgement delay, so our probe timeout is far off and
+    // every datagram counted below is a request or an acknowledgement (a loaded CI run once
+    // counted a probe); the deferral (1 s) is longer than any pause a loaded runner makes here.
+    const l = await echo({ maxAckDelayMs: 16_000 });
     const relay = await UdpRelay.start({ port: l.port });
     relays.push(relay);
-    const ch = await dial(relay.port, { ackDeferMs: 400 });
+    const ch = await dial(relay.port, { ackDeferMs: 1_000 });
     const { got } = recorder(ch);
     await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 1 } });
     await until(() => got.length === 1, 10_000, 'the first answer');
-    await sleep(1_000); // any deferred acknowledgement of the handshake's packets is out
+    await sleep(1_500); // any deferred acknowledgement of the handshake's packets is out
     const up0 = relay.counters.up.forwarded;
     await ch.send({ type: 'HEALTH_REQUEST', body: { seq: 2 } });
     await until(() => got.length === 2, 5_000, 'the second answer');
