@@ -156,7 +156,7 @@ describe('codec', () => {
       // Nesting as deep as a frame allows costs no stack.
       const deep = `${'['.repeat(30_000)}{"a":1,"a":2}${']'.repeat(30_000)}`;
       expect(hasDuplicateKey(deep)).to.equal(true);
-      // Against the obvious rule (a set of keys per object, read with a reviver) on random texts.
+      // Against the obvious rule (a set of keys per object, the scan this check replaced) on random texts.
       let seed = 7;
       const rnd = (n: number) => Math.floor(((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31) * n);
       const keys = ['a', 'b', ':', '"', '\\', 'a:b'];
@@ -168,30 +168,25 @@ describe('codec', () => {
         if (r === 3) return `[${Array.from({ length: rnd(3) }, () => gen(depth + 1)).join(',')}]`;
         return `{${Array.from({ length: rnd(4) }, () => `${JSON.stringify(keys[rnd(keys.length)])}:${gen(depth + 1)}`).join(',')}}`;
       };
-      const bySets = (text: string): boolean => {
-        let dup = false;
-        // A reviver sees each object after parsing; the text's own keys per object come from a re-scan.
-        const scan = (src: string): void => {
-          const stack: Array<Set<string> | null> = [];
-          for (let i = 0; i < src.length; i++) {
-            const c = src[i];
-            if (c === '"') {
-              let j = i + 1;
-              while (src[j] !== '"') j += src[j] === '\\' ? 2 : 1;
-              const top = stack[stack.length - 1];
-              if (top && src.slice(j + 1).trimStart().startsWith(':')) {
-                const k = JSON.parse(src.slice(i, j + 1)) as string;
-                if (top.has(k)) dup = true;
-                top.add(k);
-              }
-              i = j;
-            } else if (c === '{') stack.push(new Set());
-            else if (c === '[') stack.push(null);
-            else if (c === '}' || c === ']') stack.pop();
-          }
-        };
-        scan(text);
-        return dup;
+      const bySets = (src: string): boolean => {
+        const stack: Array<Set<string> | null> = [];
+        for (let i = 0; i < src.length; i++) {
+          const c = src[i];
+          if (c === '"') {
+            let j = i + 1;
+            while (src[j] !== '"') j += src[j] === '\\' ? 2 : 1;
+            const top = stack[stack.length - 1];
+            if (top && src.slice(j + 1).trimStart().startsWith(':')) {
+              const k = JSON.parse(src.slice(i, j + 1)) as string;
+              if (top.has(k)) return true;
+              top.add(k);
+            }
+            i = j;
+          } else if (c === '{') stack.push(new Set());
+          else if (c === '[') stack.push(null);
+          else if (c === '}' || c === ']') stack.pop();
+        }
+        return false;
       };
       let dups = 0;
       for (let i = 0; i < 2000; i++) {

@@ -81,21 +81,20 @@ export class Backend implements BackendView, HealthFacts {
   deadline = Infinity;
   heapIndex = -1;
   step: 'check' | 'probe' | 'nudge' | 'report' | 'answer' = 'check';
-  /** Push mode: the report timeout (ms, from when the report began to be awaited; named when it passes) and when it passes (performance.now()). */
+  /**
+   * The timeout of what is awaited (ms; named when it passes): a pushed report's (from when it
+   * began to be awaited), or a poll's answer's (the check timeout). Push mode: when the report
+   * timeout passes (performance.now()).
+   */
   stepMs = 0;
   reportBy = 0;
-  /** Push mode: when the overdue report's port probe goes out (Infinity: done), and the nudges left before the report timeout. */
+  /** Push mode: when the overdue report's port probe goes out (Infinity: done). */
   probeAt = Infinity;
+  /** Nudges left before the report's or the answer's timeout. */
   nudgesLeft = 0;
-  /**
-   * A poll's answer awaited (checker.ts answerWithin, step 'answer'): how it fails at its
-   * timeout, the session to nudge meanwhile, the nudges left, their interval and the timeout (ms).
-   */
+  /** A poll's answer awaited (checker.ts answerWithin, step 'answer'): how it fails at its timeout, and the time between its nudges (ms). */
   answerFail: ((e: Error) => void) | undefined;
-  answerNudges = 0;
-  answerSession: Session | undefined;
-  answerStepMs = 0;
-  answerMs = 0;
+  answerNudgeMs = 0;
   checking = false;
   dueAt = 0;
   seq = 0;

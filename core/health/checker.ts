@@ -198,7 +198,7 @@ export class Checker {
         b.session?.channel.probePeer();
         this.nextReportStep(b, now);
       } else if (b.step === 'nudge') {
-        b.session?.channel.nudge();
+        this.nudge(b);
         this.nextReportStep(b, now);
       } else if (b.step === 'answer') this.answerStep(b);
       else this.reportMissed(b, b.stepMs);
@@ -253,7 +253,7 @@ export class Checker {
       release?.();
       if (!late && s && reportMs > 0 && !b.pushing) b.pushing = await this.startReports(b, s, left);
       if (fresh) deadline = performance.now() + timeoutMs;
-      const res = late ? await this.answerWithin(b, late, left(), b.session, true) : await this.healthRequest(b, s!, left());
+      const res = late ? await this.answerWithin(b, late, left(), true) : await this.healthRequest(b, s!, left());
       this.succeeded(b, res.body, late ? null : performance.now() - started);
     } catch (e) {
       // A check that crossed the server's DRAIN was dropped, not failed: DRAIN already moved the state.
@@ -375,7 +375,7 @@ export class Checker {
       if (b.lateAnswer === p) b.lateAnswer = undefined;
     };
     p.then(clear, clear);
-    return this.answerWithin(b, p, ms, s, false);
+    return this.answerWithin(b, p, ms, false);
   }
 
   /**
@@ -391,22 +391,20 @@ export class Checker {
    * later than half the check timeout. No timer per check: the steps ride the backend's entry in
    * the checker's deadline heap.
    */
-  private answerWithin(b: Backend, p: Promise<HealthResponse>, ms: number, s: Session | undefined, overdue: boolean): Promise<HealthResponse> {
-    if (overdue && s && !s.isClosed) s.channel.nudge();
+  private answerWithin(b: Backend, p: Promise<HealthResponse>, ms: number, overdue: boolean): Promise<HealthResponse> {
+    if (overdue) this.nudge(b);
     return new Promise<HealthResponse>((resolve, reject) => {
       // Nudges at a half and three quarters of `ms` (each a chance to repair a lost request),
       // then the timeout: steps of the backend's entry in the checker's deadline heap (it has
       // none while a check runs), no timer of its own.
       b.answerFail = reject;
-      b.answerSession = s;
-      b.answerStepMs = ms / 4;
-      b.answerMs = this.timings.timeoutMs;
-      b.answerNudges = 2;
+      b.answerNudgeMs = ms / 4;
+      b.stepMs = this.timings.timeoutMs;
+      b.nudgesLeft = 2;
       this.at(b, ms / 2, 'answer');
       const done = (): void => {
         if (b.answerFail !== reject) return;
         b.answerFail = undefined;
-        b.answerSession = undefined;
         if (b.step === 'answer') this.timers.remove(b);
       };
       p.then(
@@ -424,16 +422,20 @@ export class Checker {
 
   /** The awaited answer's next step: a nudge, or (after two) RESPONSE_TIMEOUT. */
   private answerStep(b: Backend): void {
-    if (b.answerNudges-- > 0) {
-      const s = b.answerSession;
-      if (s && !s.isClosed) s.channel.nudge();
-      this.at(b, b.answerStepMs, 'answer');
+    if (b.nudgesLeft-- > 0) {
+      this.nudge(b);
+      this.at(b, b.answerNudgeMs, 'answer');
       return;
     }
     const fail = b.answerFail;
     b.answerFail = undefined;
-    b.answerSession = undefined;
-    fail?.(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(b.answerMs)} ms`));
+    fail?.(new ProtocolError('RESPONSE_TIMEOUT', `no HEALTH_RESPONSE within ${Math.round(b.stepMs)} ms`));
+  }
+
+  /** A PING on the backend's connection (quic.ts `Channel.nudge`), when it has one. */
+  private nudge(b: Backend): void {
+    const s = b.session;
+    if (s && !s.isClosed) s.channel.nudge();
   }
 
   private async ensureSession(b: Backend, left: () => number): Promise<Session> {
