@@ -9,10 +9,12 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, unlinkSync, writeFileSync
 import { createSocket } from 'node:dgram';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { spawnSync } from 'node:child_process';
 import { expect } from 'chai';
 import { buildConfig, defineConfig, findConfigFile, jsonSchema, optionMeta, CONFIG_SCHEMA, type ConfigKey, type QhcpConfig } from '../core/config/config.ts';
 import { resolvePlugins, type QhcpPlugin } from '../core/plugin/loader.ts';
+import { importUserModule } from '../core/config/user-modules.ts';
 import { ConfigError, LocalError } from '../core/errors.ts';
 import { buildProgram, flagOf, parseConfigFlags } from '../core/cli/cli.ts';
 import { regenerate } from '../scripts/gen-config-docs.ts';
@@ -134,6 +136,61 @@ describe('configuration', function () {
       const out = JSON.parse(r.stdout) as { config: QhcpConfig; plugins: string[] };
       expect(out.config.checkInterval).to.equal(3);
       expect(out.plugins).to.deep.equal(['mine', 'system-metrics']);
+    });
+
+    it('a TypeScript config: local imports keep their own import.meta.url and are read afresh, a package resolves from the config directory, `qhcp` is the running copy; a .cts module requires from where it lies', async () => {
+      const dir = tempDir();
+      mkdirSync(join(dir, 'node_modules/esm-only'), { recursive: true });
+      writeFileSync(join(dir, 'node_modules/esm-only/package.json'), JSON.stringify({ name: 'esm-only', exports: { import: './index.mjs' } }));
+      writeFileSync(join(dir, 'node_modules/esm-only/index.mjs'), "export const tag = 'esm-only';\n");
+      mkdirSync(join(dir, 'node_modules/cjs-pkg'), { recursive: true });
+      writeFileSync(join(dir, 'node_modules/cjs-pkg/index.js'), 'module.exports = { v: 7 };\n');
+      writeFileSync(join(dir, 'helper.ts'), "export const where: string = import.meta.url;\nexport const n: number = 1;\n");
+      writeFileSync(
+        join(dir, 'qhcp.config.ts'),
+        "import { definePlugin } from 'qhcp';\nimport { where, n } from './helper.ts';\nimport { tag } from 'esm-only';\nexport default { checkInterval: n, helperUrl: where, configUrl: import.meta.url, tag, definePlugin };\n",
+      );
+      writeFileSync(join(dir, 'dep.cjs'), 'exports.n = 5;\n');
+      writeFileSync(join(dir, 'other.cts'), "const { v } = require('cjs-pkg');\nconst { n } = require('./dep.cjs');\nconst path: typeof import('node:path') = require('node:path');\nmodule.exports = { checkInterval: n, v, sep: path.sep };\n");
+      const data = (await findConfigFile({ cwd: dir })).data as Record<string, unknown>;
+      const core = await import('../core/index.ts');
+      expect(data).to.deep.include({ checkInterval: 1, tag: 'esm-only', helperUrl: pathToFileURL(join(dir, 'helper.ts')).href, configUrl: pathToFileURL(join(dir, 'qhcp.config.ts')).href });
+      expect(data.definePlugin, 'qhcp is the running copy').to.equal(core.definePlugin);
+      writeFileSync(join(dir, 'helper.ts'), "export const where: string = import.meta.url;\nexport const n: number = 2;\n");
+      expect(((await findConfigFile({ cwd: dir })).data as Record<string, unknown>).checkInterval, 'an imported file is read afresh').to.equal(2);
+      // (A config file is .ts/.mts/.js/.mjs/.json; a plugin module may also be .cts.)
+      expect((await importUserModule(pathToFileURL(join(dir, 'other.cts')).href)).default).to.deep.equal({ checkInterval: 5, v: 7, sep: '/' });
+    });
+
+    it('loading a TypeScript config leaves no thread and no process behind (no loader thread, esbuild stopped)', async () => {
+      const dir = tempDir();
+      writeFileSync(join(dir, 'qhcp.config.ts'), "import { defineConfig } from 'qhcp';\nexport default defineConfig({ checkInterval: 3 as number });\n");
+      const script = join(dir, 'probe.mts');
+      const threads = "() => readdirSync('/proc/self/task').length";
+      const children = "() => readdirSync('/proc/self/task').flatMap((t) => readFileSync(`/proc/self/task/${t}/children`, 'utf8').trim().split(/\\s+/).filter(Boolean))";
+      writeFileSync(
+        script,
+        [
+          "import { readFileSync, readdirSync } from 'node:fs';",
+          "import { readFile } from 'node:fs/promises';",
+          `const { findConfigFile } = await import(${JSON.stringify(pathToFileURL(join(ROOT, 'core/config/config.ts')).href)});`,
+          // libuv's thread pool starts with the first asynchronous file read: before counting.
+          'await readFile(import.meta.filename);',
+          `const threads = ${threads}, children = ${children};`,
+          'const before = threads(), childrenBefore = children();',
+          `const { data } = await findConfigFile({ cwd: ${JSON.stringify(dir)} });`,
+          // (tsx, which runs this script, has an esbuild of its own: only new children count.)
+          'const added = () => children().filter((c) => !childrenBefore.includes(c));',
+          'for (let i = 0; i < 50 && added().length > 0; i++) await new Promise((r) => setTimeout(r, 20));',
+          'console.log(JSON.stringify({ before, after: threads(), children: added(), checkInterval: data.checkInterval }));',
+        ].join('\n'),
+      );
+      const r = spawnSync(process.execPath, ['--import', 'tsx', script], { cwd: ROOT, encoding: 'utf8', timeout: 30_000 });
+      expect(r.status, r.stderr).to.equal(0);
+      const out = JSON.parse(r.stdout) as { before: number; after: number; children: string[]; checkInterval: number };
+      expect(out.checkInterval).to.equal(3);
+      expect(out.after, 'threads after loading').to.equal(out.before);
+      expect(out.children, 'child processes left').to.deep.equal([]);
     });
 
     it('the binary finds the file in its working directory, and --config overrides that', async () => {

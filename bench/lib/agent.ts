@@ -25,7 +25,8 @@ import { freeUdpPort, until, round, type Ctx } from './ctx.ts';
 const IDLE_SETTLE_S = 30;
 
 export interface AgentCell {
-  mode: 'poll' | 'push' | 'idle';
+  /** `idle-config-ts`: idle, started in a directory with a qhcp.config.ts (what loading one costs). */
+  mode: 'poll' | 'push' | 'idle' | 'idle-config-ts';
   loadBalancers: number;
   intervalS: number;
   cpuPct: number;
@@ -65,6 +66,7 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
     const idle = await measure(IDLE_SETTLE_S, Math.max(20, ctx.window));
     const idlePct = (100 * idle.cpuS) / idle.wall;
     out.push({ mode: 'idle', loadBalancers: 0, intervalS, cpuPct: round(idlePct, 2), usPerCheck: null, rssMb: idle.rss, runtime });
+    out.push(await configTsAgent(dir, runtime, intervalS));
     for (const mode of modes) {
       for (const k of counts) {
         const lb: LbHost = new Helper('lb-host.ts');
@@ -79,7 +81,8 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
             flags: { servers: [`127.0.0.1:${port}`], checkInterval: intervalS, reconnectInterval: intervalS, reportInterval: mode === 'push' ? intervalS : 0 },
           });
           await until(() => up >= k, 30_000, 50);
-          const m = await measure();
+          // One load balancer: a 20-s window, as for the idle row (0.2% of a core is 10 ms in 5 s).
+          const m = await measure(ctx.settle, k === 1 ? Math.max(20, ctx.window) : ctx.window);
           const pct = (100 * m.cpuS) / m.wall;
           const checks = (k * m.wall) / intervalS;
           out.push({ mode, loadBalancers: k, intervalS, cpuPct: round(pct, 2), usPerCheck: Math.round(((m.cpuS - (idlePct / 100) * m.wall) * 1e6) / checks), rssMb: m.rss, runtime });
@@ -93,4 +96,31 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
     rmSync(dir, { recursive: true, force: true });
   }
   return out;
+}
+
+/**
+ * The same agent, idle, in a directory holding a qhcp.config.ts that imports `qhcp` (as a user's
+ * would): what loading a TypeScript config leaves in the process (core/config/user-modules.ts).
+ * RSS after 25 s; CPU over the last 10 (start-up's compilation is not all over by then).
+ */
+async function configTsAgent(certDir: string, runtime: 'dist' | 'tsx', intervalS: number): Promise<AgentCell> {
+  const dir = mkdtempSync(join(tmpdir(), 'qhcp-bench-agent-ts-'));
+  writeFileSync(join(dir, 'qhcp.config.ts'), "import { defineConfig } from 'qhcp';\n\nexport default defineConfig({ plugins: ['system-metrics'] });\n");
+  let agent: AgentChild | undefined;
+  try {
+    const port = await freeUdpPort();
+    agent = await startAgent(['--server-ip', '127.0.0.1', '--server-port', String(port), '--cert-file', join(certDir, 'cert.pem'), '--key-file', join(certDir, 'key.pem'), '--control-socket', join(dir, 'control.sock')], {
+      cwd: dir,
+      env: { ...process.env, QHCP_DIST: runtime === 'dist' ? '1' : '0' },
+    });
+    const pid = agent.child.pid!;
+    await sleep(15_000);
+    const a = sampleCpu(pid);
+    await sleep(10_000);
+    const b = sampleCpu(pid);
+    return { mode: 'idle-config-ts', loadBalancers: 0, intervalS, cpuPct: round((100 * (b.cpuS - a.cpuS)) / (b.wallS - a.wallS), 2), usPerCheck: null, rssMb: rssMb(pid), runtime };
+  } finally {
+    if (agent) await endChild(agent.child, 5000);
+    rmSync(dir, { recursive: true, force: true });
+  }
 }

@@ -1,21 +1,37 @@
 /**
  * Loading a user's own modules (a qhcp.config.ts/.js, a plugin file) in the installed package,
- * where neither tsx nor typescript is present. The first time one is loaded, a small pair of
- * Node module hooks is registered (module.register, Node >= 20.6):
+ * where neither tsx nor typescript is present, in the process's own thread:
  *
- * - resolve: `qhcp`, `qhcp/client` and `qhcp/testing` always mean the running qhcp, so a config
- *   or plugin gets the same classes the core checks against, even when qhcp is installed
- *   globally and not in the user's project;
- * - load: `.ts`/`.mts`/`.cts` files are turned into JavaScript by esbuild's `transform` (types
- *   stripped, nothing bundled, no type check), and a `.js` file with ESM syntax in a directory
- *   whose package.json is not `"type": "module"` is loaded as ESM rather than failing.
+ * - An ES module (`.ts`, `.mts`, `.mjs`, a `.js` in ESM scope or with ESM syntax) is bundled by
+ *   esbuild's `build` with the user's local files inlined (types stripped, no type check) and
+ *   imported from a `data:` URL. Every import the bundle keeps is absolute: `qhcp`,
+ *   `qhcp/client` and `qhcp/testing` mean the running qhcp (so a config or plugin gets the
+ *   same classes the core checks against, even when qhcp is installed globally and not in the
+ *   user's project), a package is the file esbuild resolves from the importing file's directory
+ *   (import conditions), a Node built-in stays a built-in. Each file keeps its own
+ *   `import.meta.url`, `dirname` and `filename`.
+ * - A `.cts` file is bundled the same way as CommonJS and compiled as a module of its own file,
+ *   so its `require()` resolves from where it lies.
+ * - CommonJS that Node reads as it is (`.cjs`, a `.js` in CommonJS scope without ESM syntax) is
+ *   imported directly.
  *
- * Every module stays in Node's own ESM graph (one instance per URL). Nothing here is loaded,
- * and no hook is registered, for a JSON/YAML config or built-in plugins only.
+ * Why not Node's module hooks (module.register), as before: they run on a loader thread of their
+ * own, a second V8 isolate for the life of the process, and esbuild's `transformSync` started a
+ * third (its worker thread) and left its service process running: an agent with a
+ * qhcp.config.ts had 89 MB of RSS instead of 62 with the same config in JSON (docs/benchmarks.md,
+ * "Agent"). Here esbuild's service process is stopped once the module is loaded.
+ *
+ * A module is read afresh on every load (a reload sees the files as they are now; an unchanged
+ * bundle is the same `data:` URL, so the same module). A local file imported by the config and
+ * also named as a plugin path is two instances, one per bundle. Nothing here is loaded for a
+ * JSON/YAML config or built-in plugins only.
  */
-import { register } from 'node:module';
-import { createRequire } from 'node:module';
-import { pathToFileURL } from 'node:url';
+import { Module, isBuiltin } from 'node:module';
+import { readFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, extname } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import type * as Esbuild from 'esbuild';
 
 /** Sources run through tsx use .ts; the compiled dist/ uses .js. */
 const EXT = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
@@ -27,63 +43,108 @@ export const PUBLIC_ENTRIES: Record<string, string> = {
   'qhcp/testing': new URL(`../testing/index${EXT}`, import.meta.url).href,
 };
 
-/** Marks a `.js` URL to be read as ESM (the retry after Node took it for CommonJS). */
-const AS_ESM = 'qhcp-esm';
+const TYPESCRIPT = /\.(m|c)?ts$/;
 
-// The hooks run on Node's loader thread; they are a data: URL so that neither tsx (dev) nor a
-// build step is needed to load them. `initialize` receives the entries and esbuild's location.
-const HOOKS = `
-let entries = {}, esbuildUrl, transformSync;
-export async function initialize(data) { entries = data.entries; esbuildUrl = data.esbuildUrl; }
-export async function resolve(specifier, context, next) {
-  if (Object.hasOwn(entries, specifier)) return { url: entries[specifier], shortCircuit: true };
-  const r = await next(specifier, context);
-  if (context.parentURL?.endsWith('?${AS_ESM}') && /\\.js$/.test(r.url) && r.url.startsWith('file:')) {
-    return { ...r, url: r.url + '?${AS_ESM}' };
-  }
-  return r;
-}
-export async function load(url, context, next) {
-  const ts = /^file:.*\\.(m|c)?ts$/.exec(url.split('?')[0]);
-  if (ts || url.endsWith('?${AS_ESM}')) {
-    const { readFile } = await import('node:fs/promises');
-    const source = await readFile(new URL(url), 'utf8');
-    if (!ts) return { format: 'module', source, shortCircuit: true };
-    if (!transformSync) {
-      const m = await import(esbuildUrl);
-      transformSync = (m.default ?? m).transformSync;
-    }
-    const out = transformSync(source, { loader: 'ts', format: ts[1] === 'c' ? 'cjs' : 'esm', target: 'node20', sourcefile: url, sourcemap: 'inline' });
-    return { format: ts[1] === 'c' ? 'commonjs' : 'module', source: out.code, shortCircuit: true };
-  }
-  return next(url, context);
-}
-`;
-
-let registered = false;
-
-/** Registers the hooks once (a no-op after the first call). */
-export function registerUserModuleHooks(): void {
-  if (registered) return;
-  registered = true;
-  const require = createRequire(import.meta.url);
-  const esbuildUrl = pathToFileURL(require.resolve('esbuild')).href;
-  register(`data:text/javascript,${encodeURIComponent(HOOKS)}`, { data: { entries: PUBLIC_ENTRIES, esbuildUrl } });
-}
+/** esbuild, loaded on first use; its service process is stopped after each load (`settle`). */
+let esbuild: Promise<typeof Esbuild> | undefined;
+let building = 0;
+const loadEsbuild = (): Promise<typeof Esbuild> => (esbuild ??= import('esbuild').then((m) => ((m as unknown as { default?: typeof Esbuild }).default ?? m)));
 
 /**
  * Imports a user's module (config file or plugin) by its own syntax, whatever the nearest
- * package.json says, with `qhcp` resolving to the running copy.
+ * package.json says, with `qhcp` resolving to the running copy. `url` is a file: URL; a query
+ * (`?mtime=...`) is ignored: the file is read afresh every time.
  */
 export async function importUserModule(url: string): Promise<{ default?: unknown }> {
-  registerUserModuleHooks();
-  try {
-    return (await import(url)) as { default?: unknown };
-  } catch (e) {
-    // ESM syntax in a directory without "type": "module": Node took it for CommonJS.
-    const code = String((e as NodeJS.ErrnoException).code);
-    const esmInCjs = code.startsWith('ERR_REQUIRE') || (e instanceof SyntaxError && /import statement outside a module|Unexpected token 'export'/.test(e.message));
-    if (!esmInCjs || !url.endsWith('.js')) throw e;
-    return (await import(`${url}?${AS_ESM}`)) as { default?: unknown };
+  const file = fileURLToPath(url.split('?')[0]!);
+  const ext = extname(file);
+  if (ext === '.cjs') return (await import(url)) as { default?: unknown };
+  if (ext === '.js' && !isEsmScope(file)) {
+    try {
+      return (await import(url)) as { default?: unknown };
+    } catch (e) {
+      // ESM syntax in a directory without "type": "module": Node took it for CommonJS.
+      const code = String((e as NodeJS.ErrnoException).code);
+      const esmInCjs = code.startsWith('ERR_REQUIRE') || (e instanceof SyntaxError && /import statement outside a module|Unexpected token 'export'/.test(e.message));
+      if (!esmInCjs) throw e;
+    }
   }
+  const cjs = ext === '.cts';
+  const code = await bundle(file, cjs ? 'cjs' : 'esm');
+  if (!cjs) return (await import(`data:text/javascript;base64,${Buffer.from(code).toString('base64')}`)) as { default?: unknown };
+  const m = new Module(file);
+  m.filename = file;
+  m.paths = (Module as unknown as { _nodeModulePaths(dir: string): string[] })._nodeModulePaths(dirname(file));
+  (m as unknown as { _compile(code: string, file: string): void })._compile(code, file);
+  const exports = m.exports as { default?: unknown } | undefined;
+  return exports !== null && typeof exports === 'object' && 'default' in exports ? exports : { default: exports };
+}
+
+/** Whether the nearest package.json makes `.js` files ES modules ("type": "module"). */
+function isEsmScope(file: string): boolean {
+  for (let dir = dirname(file); ; ) {
+    try {
+      return (JSON.parse(readFileSync(`${dir}/package.json`, 'utf8')) as { type?: string }).type === 'module';
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return false;
+    }
+    const up = dirname(dir);
+    if (up === dir) return false;
+    dir = up;
+  }
+}
+
+/**
+ * The bundle of `file` and the local files it imports. Packages and built-ins stay imports
+ * (ESM: absolute URLs; CommonJS: `require` from the file's directory), `qhcp` is the running copy.
+ * @throws esbuild's error (syntax, a file not found), with its location
+ */
+async function bundle(file: string, format: 'esm' | 'cjs'): Promise<string> {
+  const es = await loadEsbuild();
+  building++;
+  try {
+    const result = await es.build({
+      entryPoints: [file],
+      bundle: true,
+      write: false,
+      format,
+      platform: 'node',
+      target: 'node20',
+      sourcemap: 'inline',
+      logLevel: 'silent',
+      plugins: [userFiles(es, format)],
+    });
+    return result.outputFiles[0]!.text;
+  } finally {
+    if (--building === 0) void es.stop();
+  }
+}
+
+/** The resolution and per-file loading described above, as an esbuild plugin. */
+function userFiles(es: typeof Esbuild, format: 'esm' | 'cjs'): Esbuild.Plugin {
+  return {
+    name: 'qhcp-user-files',
+    setup(build) {
+      build.onResolve({ filter: /^[^./]/ }, async (args) => {
+        if (args.pluginData === 'resolving') return undefined;
+        const entry = PUBLIC_ENTRIES[args.path];
+        if (entry !== undefined) return { path: format === 'esm' ? entry : fileURLToPath(entry), external: true };
+        if (isBuiltin(args.path)) return { path: args.path, external: true };
+        if (format === 'cjs') return { path: args.path, external: true };
+        const r = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: 'resolving' });
+        if (r.errors.length > 0) return { errors: r.errors };
+        return { path: pathToFileURL(r.path).href, external: true };
+      });
+      // Each local file keeps its own import.meta (one bundle holds several files).
+      build.onLoad({ filter: /\.(m|c)?[jt]s$/ }, async (args) => {
+        if (args.path.includes('/node_modules/')) return undefined;
+        const source = await readFile(args.path, 'utf8');
+        const href = JSON.stringify(pathToFileURL(args.path).href);
+        const define: Record<string, string> = format === 'esm' ? { 'import.meta.url': href, 'import.meta.filename': JSON.stringify(args.path), 'import.meta.dirname': JSON.stringify(dirname(args.path)) } : {};
+        const ts = TYPESCRIPT.test(args.path);
+        const out = await es.transform(source, { loader: ts ? 'ts' : 'js', sourcefile: args.path, sourcemap: 'inline', target: 'node20', define });
+        return { contents: out.code, loader: 'js', resolveDir: dirname(args.path) };
+      });
+    },
+  };
 }
