@@ -377,6 +377,28 @@ describe('codec', () => {
       d.end();
     });
 
+    it('keeps no view of what it is given: one buffer reused for every read (as the transport does) decodes the same', () => {
+      const frames = [
+        encodeFrame({ type: 'HEALTH_REQUEST', body: { seq: 1 } }),
+        encodeFrame({ type: 'HEALTH_REPORT', body: { metrics: { cpu: 12.5 }, ageMs: 3, verdict: 'SERVING', admin: 'READY', weight: 100 } }),
+        encodeFrame({ type: 'HEALTH_REQUEST', body: { seq: 2 } }),
+      ];
+      const stream = Buffer.concat(frames);
+      for (const size of [1, 2, 5, 7, frames[0]!.length + 3, stream.length]) {
+        const d = new FrameDecoder();
+        const reused = Buffer.alloc(size);
+        const out = [];
+        for (let i = 0; i < stream.length; i += size) {
+          const n = stream.copy(reused, 0, i, i + size);
+          out.push(...d.push(reused.subarray(0, n)));
+          reused.fill(0xff); // the next read overwrites it
+        }
+        expect(out.map((m) => m.type), `reads of ${size} bytes`).to.deep.equal(['HEALTH_REQUEST', 'HEALTH_REPORT', 'HEALTH_REQUEST']);
+        expect(out[2]!.body, `reads of ${size} bytes`).to.deep.equal({ seq: 2 });
+        d.end();
+      }
+    });
+
     it('fails on the header of a too-large frame before any payload arrives', () => {
       for (const max of [DEFAULT_MAX_FRAME_BYTES, 1024]) {
         const header = Buffer.from([1, MESSAGE_TYPES.HEALTH_RESPONSE, 0, 0, 0, 0]);

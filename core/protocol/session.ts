@@ -4,11 +4,20 @@
  * answered with ERROR and the connection is closed; nothing else in the process is touched.
  * Timers (HELLO, response) are DFA events too.
  */
-import { Dfa, CLIENT_TABLE, type Role, type State } from './dfa.ts';
+import { Dfa, CLIENT_TABLE, type DfaEvent, type Role, type State } from './dfa.ts';
 import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from '../errors.ts';
 import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
 import { Channel, type ChannelClose } from '../transport/quic.ts';
 import { encodeFrame, HEADER_BYTES } from './codec.ts';
+
+/**
+ * `send:X` / `recv:X`, built once per message name: the DFA's keyed lookups then get the same
+ * string every time (V8 hashes and internalizes it once) instead of a new one per message.
+ */
+const EVENTS = { send: Object.create(null) as Record<string, DfaEvent>, recv: Object.create(null) as Record<string, DfaEvent> };
+function dfaEvent(kind: 'send' | 'recv', type: MessageName): DfaEvent {
+  return (EVENTS[kind][type] ??= `${kind}:${type}`);
+}
 
 export type Direction = 'in' | 'out';
 
@@ -172,7 +181,7 @@ export class Session<D extends object = object> {
     // Encoded once: the frame's size is what the peer's limit is checked against.
     const frame = encodeFrame(msg);
     if (!this.admit(type, frame.length - HEADER_BYTES)) return;
-    this.dfa.apply(`send:${type}`);
+    this.dfa.apply(dfaEvent('send', type));
     this.syncHold();
     this.opts.observe?.('out', msg, this);
     this.lastWrite = this.channel.sendFrame(frame);
@@ -199,7 +208,7 @@ export class Session<D extends object = object> {
 
   /** Sends if the DFA allows it now; returns whether it did (for pushes that may race a close). */
   trySend<K extends MessageName>(type: K, body: Bodies[K]): boolean {
-    if (this.ended || this.dfa.peek(`send:${type}`) === undefined) return false;
+    if (this.ended || this.dfa.peek(dfaEvent('send', type)) === undefined) return false;
     this.send(type, body);
     return true;
   }
@@ -223,7 +232,7 @@ export class Session<D extends object = object> {
           this.abandon(new LocalError('QHCP_ERR_CLOSED', 'the session is terminating'));
         } else if (this.pipelineDepth === 0 || !PIPELINABLE.has(type) || !PIPELINABLE.has(this.pending[0]!.type)) {
           return reject(new LocalError('QHCP_ERR_CLOSED', `a ${this.pending[0]!.expect} is already awaited`));
-        } else if (CLIENT_TABLE.READY[`send:${type}`] === undefined || this.drained) {
+        } else if (CLIENT_TABLE.READY[dfaEvent('send', type)] === undefined || this.drained) {
           return reject(new LocalError('QHCP_ERR_CLOSED', `${type} cannot be sent in state ${this.dfa.state}`));
         } else {
           this.pending.push(p);
@@ -297,10 +306,10 @@ export class Session<D extends object = object> {
     const next = this.pending[0]!;
     if (next.written) {
       const msg = { type: next.type, body: next.body } as Message;
-      if (this.dfa.peek(`send:${next.type}`) === undefined) {
+      if (this.dfa.peek(dfaEvent('send', next.type)) === undefined) {
         return this.abandon(new LocalError('QHCP_ERR_CLOSED', `${next.type} cannot be sent in state ${this.dfa.state}`));
       }
-      this.dfa.apply(`send:${next.type}`);
+      this.dfa.apply(dfaEvent('send', next.type));
       this.opts.observe?.('out', msg, this);
     } else {
       try {
@@ -346,7 +355,7 @@ export class Session<D extends object = object> {
     if (this.ended) return;
     this.lastReceivedAt = Date.now();
     try {
-      this.dfa.apply(`recv:${msg.type}`);
+      this.dfa.apply(dfaEvent('recv', msg.type));
     } catch (e) {
       return this.violation(e as ProtocolError);
     }

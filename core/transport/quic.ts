@@ -344,8 +344,8 @@ export class Channel implements ConnEvents {
         this.counters.bytesIn += n;
         let messages: Message[];
         try {
-          // The decoder keeps partial frames: give it its own copy of the bytes.
-          messages = this.decoder.push(Buffer.from(readBuf.subarray(0, n)));
+          // The decoder copies what it keeps (a partial frame): readBuf is reused.
+          messages = this.decoder.push(readBuf.subarray(0, n));
         } catch (e) {
           this.streamDone = true;
           if (e instanceof ProtocolError) this.deliver((h) => h.protocolError(e));
