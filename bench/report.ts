@@ -494,7 +494,7 @@ export function render(res: Results): string {
         ['software', `Node ${m.node}, qhcp ${res.qhcpVersion}, @matrixai/quic ${res.quicVersion} (${res.floor.some((f) => f.impl === 'driver') ? 'its quiche binding under qhcp\'s own driver' : 'patched JavaScript layer, before issue 12'}), HAProxy ${'version' in res.haproxy ? res.haproxy.version : `skipped: ${res.haproxy.skipped}`}`],
         ['load average (1/5/15 min)', `start ${res.loadavgStart.join(' / ')}, end ${res.loadavgEnd.join(' / ')}`],
         ...(res.sectionS ? [['time per section', Object.entries(res.sectionS).map(([k, v]) => `${k} ${v} s`).join(', ')]] : []),
-        ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
+        ['check settings', `fall ${res.settings.fall}, rise ${res.settings.rise}, timeout ${res.settings.timeoutFraction} × interval, reconnect = interval; ${res.settings.windowS} s windows${res.settings.costWindowS ? ` (the CPU cells ${res.settings.costWindowS} s)` : ''} after ${res.settings.settleS} s settling, ${res.settings.runs} runs per detection scenario`],
       ],
     ),
     '',

@@ -36,7 +36,7 @@ import { ensureHaproxy, type HaproxyInfo } from './lib/haproxy.ts';
 import { machine, loadAverage, writeResults, type RunInfo } from './lib/proc.ts';
 import { makeCtx } from './lib/ctx.ts';
 import { floor, type FloorCell } from './lib/floor-run.ts';
-import { qhcpCost, haproxyCost, CHECK, type CostCell } from './lib/cost.ts';
+import { qhcpCost, haproxyCost, CHECK, COST_WINDOW_S, type CostCell } from './lib/cost.ts';
 import { qhcpDetect, haproxyDetect, type DetectResult } from './lib/detect.ts';
 import { agentCost, type AgentCell } from './lib/agent.ts';
 import { inProcessPicks, quicPicks, type PickRate, type QuicPick } from './lib/balance.ts';
@@ -55,7 +55,7 @@ export interface Results extends RunInfo {
   qhcpVersion: string;
   quicVersion: string;
   haproxy: { version: string } | { skipped: string };
-  settings: { fall: number; rise: number; timeoutFraction: number; windowS: number; settleS: number; runs: number };
+  settings: { fall: number; rise: number; timeoutFraction: number; windowS: number; /** Seconds of the CPU cost cells' windows (absent in runs before 2026-11-30: the same as windowS). */ costWindowS?: number; settleS: number; runs: number };
   floor: FloorCell[];
   /** When the floor rows come from another run than the rest (a rerun merged in), when and why. */
   floorNote?: string;
@@ -123,7 +123,7 @@ async function main(): Promise<void> {
     qhcpVersion: pkg('package.json'),
     quicVersion: pkg('node_modules/@matrixai/quic/package.json'),
     haproxy: { skipped: 'not run' },
-    settings: { fall: CHECK.fall, rise: CHECK.rise, timeoutFraction: CHECK.timeoutFraction, windowS: ctx.window, settleS: ctx.settle, runs: ctx.runs },
+    settings: { fall: CHECK.fall, rise: CHECK.rise, timeoutFraction: CHECK.timeoutFraction, windowS: ctx.window, costWindowS: Math.max(ctx.window, COST_WINDOW_S), settleS: ctx.settle, runs: ctx.runs },
     floor: [],
     cost: [],
     detection: [],
