@@ -119,6 +119,13 @@ describe('configuration', function () {
       const broken = await findConfigFile({ cwd: dir, file: 'broken.json' }).catch((e: unknown) => e);
       expect(broken).to.be.instanceOf(LocalError).and.include({ code: 'QHCP_ERR_CONFIG_LOAD' });
       expect((broken as Error).message).to.match(/^cannot load broken\.json: /);
+      // A TypeScript config that does not compile, or imports what is not there: the place, on the first line.
+      writeFileSync(join(dir, 'broken.ts'), 'const a: number = 1;\nexport default { checkInterval: a \n');
+      const syntax = await findConfigFile({ cwd: dir, file: 'broken.ts' }).catch((e: unknown) => e);
+      expect((syntax as Error).message.split('\n')[0]).to.match(/^cannot load broken\.ts: \S*broken\.ts:3:1: Expected "}" but found end of file$/);
+      writeFileSync(join(dir, 'lost.ts'), "import { x } from './gone.ts';\nexport default { x };\n");
+      const lost = await findConfigFile({ cwd: dir, file: 'lost.ts' }).catch((e: unknown) => e);
+      expect((lost as Error).message.split('\n')[0]).to.match(/^cannot load lost\.ts: \S*lost\.ts:1:19: Could not resolve "\.\/gone\.ts"$/);
     });
 
     it('loads ESM-syntax .ts/.js configs and plugin modules in a directory whose package.json is not "type": "module"', async () => {

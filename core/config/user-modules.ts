@@ -45,7 +45,7 @@ export const PUBLIC_ENTRIES: Record<string, string> = {
 
 const TYPESCRIPT = /\.(m|c)?ts$/;
 
-/** esbuild, loaded on first use; its service process is stopped after each load (`settle`). */
+/** esbuild, loaded on first use; its service process is stopped when no load is in flight. */
 let esbuild: Promise<typeof Esbuild> | undefined;
 let building = 0;
 const loadEsbuild = (): Promise<typeof Esbuild> => (esbuild ??= import('esbuild').then((m) => ((m as unknown as { default?: typeof Esbuild }).default ?? m)));
@@ -97,7 +97,7 @@ function isEsmScope(file: string): boolean {
 /**
  * The bundle of `file` and the local files it imports. Packages and built-ins stay imports
  * (ESM: absolute URLs; CommonJS: `require` from the file's directory), `qhcp` is the running copy.
- * @throws esbuild's error (syntax, a file not found), with its location
+ * @throws Error `file:line:column: what` for the first problem esbuild found (syntax, an import not found)
  */
 async function bundle(file: string, format: 'esm' | 'cjs'): Promise<string> {
   const es = await loadEsbuild();
@@ -115,6 +115,12 @@ async function bundle(file: string, format: 'esm' | 'cjs'): Promise<string> {
       plugins: [userFiles(es, format)],
     });
     return result.outputFiles[0]!.text;
+  } catch (e) {
+    // esbuild's message starts "Build failed with 1 error:"; the first error, on one line, says what.
+    const first = (e as { errors?: Esbuild.Message[] }).errors?.[0];
+    if (!first) throw e;
+    const at = first.location ? `${first.location.file}:${first.location.line}:${first.location.column + 1}: ` : '';
+    throw new Error(`${at}${first.text}`, { cause: e });
   } finally {
     if (--building === 0) void es.stop();
   }
@@ -142,8 +148,15 @@ function userFiles(es: typeof Esbuild, format: 'esm' | 'cjs'): Esbuild.Plugin {
         const href = JSON.stringify(pathToFileURL(args.path).href);
         const define: Record<string, string> = format === 'esm' ? { 'import.meta.url': href, 'import.meta.filename': JSON.stringify(args.path), 'import.meta.dirname': JSON.stringify(dirname(args.path)) } : {};
         const ts = TYPESCRIPT.test(args.path);
-        const out = await es.transform(source, { loader: ts ? 'ts' : 'js', sourcefile: args.path, sourcemap: 'inline', target: 'node20', define });
-        return { contents: out.code, loader: 'js', resolveDir: dirname(args.path) };
+        try {
+          const out = await es.transform(source, { loader: ts ? 'ts' : 'js', sourcefile: args.path, sourcemap: 'inline', target: 'node20', define });
+          return { contents: out.code, loader: 'js', resolveDir: dirname(args.path) };
+        } catch (e) {
+          // A syntax error: reported as the build's own, with its location.
+          const errors = (e as { errors?: Esbuild.PartialMessage[] }).errors;
+          if (errors) return { errors };
+          throw e;
+        }
       });
     },
   };
