@@ -126,6 +126,10 @@ describe('configuration', function () {
       writeFileSync(join(dir, 'lost.ts'), "import { x } from './gone.ts';\nexport default { x };\n");
       const lost = await findConfigFile({ cwd: dir, file: 'lost.ts' }).catch((e: unknown) => e);
       expect((lost as Error).message.split('\n')[0]).to.match(/^cannot load lost\.ts: \S*lost\.ts:1:19: Could not resolve "\.\/gone\.ts"$/);
+      // An import() of a computed path is not bundled; its failure names the config file, not the bundle.
+      writeFileSync(join(dir, 'computed.ts'), "const p: string = './h.ts';\nexport default { m: await import(p) };\n");
+      const computed = await findConfigFile({ cwd: dir, file: 'computed.ts' }).catch((e: unknown) => e);
+      expect((computed as Error).message).to.include(`"./h.ts" from "${pathToFileURL(join(dir, 'computed.ts')).href}"`).and.not.include('data:');
     });
 
     it('loads ESM-syntax .ts/.js configs and plugin modules in a directory whose package.json is not "type": "module"', async () => {

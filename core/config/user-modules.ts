@@ -23,7 +23,8 @@
  *
  * A module is read afresh on every load (a reload sees the files as they are now; an unchanged
  * bundle is the same `data:` URL, so the same module). A local file imported by the config and
- * also named as a plugin path is two instances, one per bundle. Nothing here is loaded for a
+ * also named as a plugin path is two instances, one per bundle. An import() of a computed relative
+ * path cannot be bundled and fails (relative to a `data:` URL); a literal one is bundled. Nothing here is loaded for a
  * JSON/YAML config or built-in plugins only.
  */
 import { Module, isBuiltin } from 'node:module';
@@ -71,7 +72,17 @@ export async function importUserModule(url: string): Promise<{ default?: unknown
   }
   const cjs = ext === '.cts';
   const code = await bundle(file, cjs ? 'cjs' : 'esm');
-  if (!cjs) return (await import(`data:text/javascript;base64,${Buffer.from(code).toString('base64')}`)) as { default?: unknown };
+  if (!cjs) {
+    const dataUrl = `data:text/javascript;base64,${Buffer.from(code).toString('base64')}`;
+    try {
+      return (await import(dataUrl)) as { default?: unknown };
+    } catch (e) {
+      // What went wrong names the file, not the bundle's data: URL (a relative import() of a
+      // computed path, which cannot be bundled, resolves against it and fails).
+      if (e instanceof Error && e.message.includes(dataUrl)) e.message = e.message.replaceAll(dataUrl, pathToFileURL(file).href);
+      throw e;
+    }
+  }
   const m = new Module(file);
   m.filename = file;
   m.paths = (Module as unknown as { _nodeModulePaths(dir: string): string[] })._nodeModulePaths(dirname(file));
