@@ -156,7 +156,9 @@ describe('configuration', function () {
       writeFileSync(join(dir, 'node_modules/esm-only/index.mjs'), "export const tag = 'esm-only';\n");
       mkdirSync(join(dir, 'node_modules/cjs-pkg'), { recursive: true });
       writeFileSync(join(dir, 'node_modules/cjs-pkg/index.js'), 'module.exports = { v: 7 };\n');
-      writeFileSync(join(dir, 'helper.ts'), "export const where: string = import.meta.url;\nexport const n: number = 1;\n");
+      // helper.ts uses import.meta (transformed with its own values), n.ts does not (left to the build).
+      writeFileSync(join(dir, 'helper.ts'), "export const where: string = import.meta.url;\nexport { n } from './n.ts';\n");
+      writeFileSync(join(dir, 'n.ts'), 'export const n: number = 1;\n');
       writeFileSync(
         join(dir, 'qhcp.config.ts'),
         "import { definePlugin } from 'qhcp';\nimport { where, n } from './helper.ts';\nimport { tag } from 'esm-only';\nexport default { checkInterval: n, helperUrl: where, configUrl: import.meta.url, tag, definePlugin };\n",
@@ -167,7 +169,7 @@ describe('configuration', function () {
       const core = await import('../core/index.ts');
       expect(data).to.deep.include({ checkInterval: 1, tag: 'esm-only', helperUrl: pathToFileURL(join(dir, 'helper.ts')).href, configUrl: pathToFileURL(join(dir, 'qhcp.config.ts')).href });
       expect(data.definePlugin, 'qhcp is the running copy').to.equal(core.definePlugin);
-      writeFileSync(join(dir, 'helper.ts'), "export const where: string = import.meta.url;\nexport const n: number = 2;\n");
+      writeFileSync(join(dir, 'n.ts'), 'export const n: number = 2;\n');
       expect(((await findConfigFile({ cwd: dir })).data as Record<string, unknown>).checkInterval, 'an imported file is read afresh').to.equal(2);
       // (A config file is .ts/.mts/.js/.mjs/.json; a plugin module may also be .cts.)
       expect((await importUserModule(pathToFileURL(join(dir, 'other.cts')).href)).default).to.deep.equal({ checkInterval: 5, v: 7, sep: '/' });

@@ -46,15 +46,13 @@ export async function agentCost(ctx: Ctx, modes: Array<'poll' | 'push'>, counts:
   const tls = await selfSigned(['127.0.0.1']);
   writeFileSync(join(dir, 'cert.pem'), tls.cert);
   writeFileSync(join(dir, 'key.pem'), tls.key, { mode: 0o600 });
-  const port = await freeUdpPort();
   const out: AgentCell[] = [];
   let agent: AgentChild | undefined;
   try {
-    agent = await startAgent(['--server-ip', '127.0.0.1', '--server-port', String(port), '--cert-file', 'cert.pem', '--key-file', 'key.pem', '--control-socket', join(dir, 'control.sock')], {
-      cwd: dir,
-      env: { ...process.env, QHCP_DIST: runtime === 'dist' ? '1' : '0' },
-    });
-    const pid = agent.child.pid!;
+    const started = await benchAgent(dir, dir, runtime);
+    agent = started;
+    const { port } = started;
+    const pid = started.child.pid!;
     const measure = async (settleS = ctx.settle, windowS = ctx.window) => {
       await sleep(settleS * 1000);
       const a = sampleCpu(pid);
@@ -108,11 +106,7 @@ async function configTsAgent(certDir: string, runtime: 'dist' | 'tsx', intervalS
   writeFileSync(join(dir, 'qhcp.config.ts'), "import { defineConfig } from 'qhcp';\n\nexport default defineConfig({ plugins: ['system-metrics'] });\n");
   let agent: AgentChild | undefined;
   try {
-    const port = await freeUdpPort();
-    agent = await startAgent(['--server-ip', '127.0.0.1', '--server-port', String(port), '--cert-file', join(certDir, 'cert.pem'), '--key-file', join(certDir, 'key.pem'), '--control-socket', join(dir, 'control.sock')], {
-      cwd: dir,
-      env: { ...process.env, QHCP_DIST: runtime === 'dist' ? '1' : '0' },
-    });
+    agent = await benchAgent(dir, certDir, runtime);
     const pid = agent.child.pid!;
     await sleep(15_000);
     const a = sampleCpu(pid);
@@ -123,4 +117,14 @@ async function configTsAgent(certDir: string, runtime: 'dist' | 'tsx', intervalS
     if (agent) await endChild(agent.child, 5000);
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** A `qhcp server` on a free loopback port, working directory `dir`, certificate files from `certDir`, as the bench runs it (compiled, or through tsx). */
+async function benchAgent(dir: string, certDir: string, runtime: 'dist' | 'tsx'): Promise<AgentChild & { port: number }> {
+  const port = await freeUdpPort();
+  const agent = await startAgent(['--server-ip', '127.0.0.1', '--server-port', String(port), '--cert-file', join(certDir, 'cert.pem'), '--key-file', join(certDir, 'key.pem'), '--control-socket', join(dir, 'control.sock')], {
+    cwd: dir,
+    env: { ...process.env, QHCP_DIST: runtime === 'dist' ? '1' : '0' },
+  });
+  return Object.assign(agent, { port });
 }

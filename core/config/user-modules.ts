@@ -152,15 +152,17 @@ function userFiles(es: typeof Esbuild, format: 'esm' | 'cjs'): Esbuild.Plugin {
         if (r.errors.length > 0) return { errors: r.errors };
         return { path: pathToFileURL(r.path).href, external: true };
       });
-      // Each local file keeps its own import.meta (one bundle holds several files).
+      // Each local file keeps its own import.meta (one bundle holds several files): a file that
+      // uses it is transformed with its own values first; any other is left to the build.
+      if (format === 'cjs') return;
       build.onLoad({ filter: /\.(m|c)?[jt]s$/ }, async (args) => {
         if (args.path.includes('/node_modules/')) return undefined;
         const source = await readFile(args.path, 'utf8');
-        const href = JSON.stringify(pathToFileURL(args.path).href);
-        const define: Record<string, string> = format === 'esm' ? { 'import.meta.url': href, 'import.meta.filename': JSON.stringify(args.path), 'import.meta.dirname': JSON.stringify(dirname(args.path)) } : {};
-        const ts = TYPESCRIPT.test(args.path);
+        const loader = TYPESCRIPT.test(args.path) ? 'ts' : 'js';
+        if (!source.includes('import.meta')) return { contents: source, loader, resolveDir: dirname(args.path) };
+        const define = { 'import.meta.url': JSON.stringify(pathToFileURL(args.path).href), 'import.meta.filename': JSON.stringify(args.path), 'import.meta.dirname': JSON.stringify(dirname(args.path)) };
         try {
-          const out = await es.transform(source, { loader: ts ? 'ts' : 'js', sourcefile: args.path, sourcemap: 'inline', target: 'node20', define });
+          const out = await es.transform(source, { loader, sourcefile: args.path, sourcemap: 'inline', target: 'node20', define });
           return { contents: out.code, loader: 'js', resolveDir: dirname(args.path) };
         } catch (e) {
           // A syntax error: reported as the build's own, with its location.

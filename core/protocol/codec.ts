@@ -77,15 +77,15 @@ export function encodeFrame(msg: Message, version: number = PROTOCOL_VERSION): B
 }
 
 /** Checks a header; returns the payload length. @throws ProtocolError */
-function readHeader(header: Uint8Array, maxFrameBytes: number, at = 0): { type: number; length: number } {
-  if (header[at] !== PROTOCOL_VERSION) {
-    throw new ProtocolError('UNSUPPORTED_VERSION', `frame version ${header[at]} is not supported (supported: ${PROTOCOL_VERSION})`);
+function readHeader(header: Uint8Array, maxFrameBytes: number): { type: number; length: number } {
+  if (header[0] !== PROTOCOL_VERSION) {
+    throw new ProtocolError('UNSUPPORTED_VERSION', `frame version ${header[0]} is not supported (supported: ${PROTOCOL_VERSION})`);
   }
-  const type = header[at + 1]!;
+  const type = header[1]!;
   if (messageName(type) === undefined) {
     throw new ProtocolError('UNKNOWN_MESSAGE_TYPE', `unknown message type 0x${type.toString(16).padStart(2, '0')}`);
   }
-  const length = ((header[at + 2]! << 24) >>> 0) + (header[at + 3]! << 16) + (header[at + 4]! << 8) + header[at + 5]!;
+  const length = ((header[2]! << 24) >>> 0) + (header[3]! << 16) + (header[4]! << 8) + header[5]!;
   if (length > maxFrameBytes) {
     throw new ProtocolError('FRAME_TOO_LARGE', `frame payload of ${length} bytes exceeds the maximum of ${maxFrameBytes}`);
   }
@@ -147,22 +147,12 @@ export class FrameDecoder {
    */
   push(chunk: Uint8Array): Message[] {
     if (this.failure) throw this.failure;
+    if (chunk.length > 0) {
+      this.chunks.push(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+      this.buffered += chunk.length;
+    }
     const out: Message[] = [];
     try {
-      let at = 0;
-      if (this.buffered === 0 && !this.pending) {
-        // Nothing held back (the usual case: frames arrive whole): read them from `chunk` itself.
-        while (chunk.length - at >= HEADER_BYTES) {
-          const { type, length } = readHeader(chunk, this.maxFrameBytes, at);
-          if (chunk.length - at - HEADER_BYTES < length) break;
-          out.push(readPayload(type, chunk.subarray(at + HEADER_BYTES, at + HEADER_BYTES + length)));
-          at += HEADER_BYTES + length;
-        }
-      }
-      if (at < chunk.length) {
-        this.chunks.push(Buffer.from(chunk.subarray(at)));
-        this.buffered += chunk.length - at;
-      }
       for (;;) {
         if (!this.pending) {
           if (this.buffered < HEADER_BYTES) break;
@@ -179,6 +169,9 @@ export class FrameDecoder {
       this.buffered = 0;
       throw this.failure;
     }
+    // Frames are read from `chunk` itself (no copy on the way in); what is left of it, the last
+    // chunk held (older bytes are always taken first), is copied: the caller reuses its buffer.
+    if (Math.min(chunk.length, this.buffered) > 0) this.chunks[this.chunks.length - 1] = Buffer.from(this.chunks[this.chunks.length - 1]!);
     return out;
   }
 
