@@ -171,6 +171,23 @@ export class Haproxy {
     if (!this.child.running) throw new Error(`haproxy exited: ${this.child.out}`);
   }
 
+  /**
+   * Starts HAProxy with a config binding one frontend port, picked free here. Tests run in
+   * parallel: a port another process takes between the pick and HAProxy's bind is picked again
+   * (at most three times). Resolves with the port.
+   */
+  async startOnFreePort(config: (port: number) => string): Promise<number> {
+    for (let attempt = 1; ; attempt++) {
+      const port = await freePort();
+      try {
+        await this.start(config(port));
+        return port;
+      } catch (e) {
+        if (attempt >= 3 || !String((e as Error).message).includes('Address already in use')) throw e;
+      }
+    }
+  }
+
   async stop(): Promise<void> {
     await this.child?.stop();
   }

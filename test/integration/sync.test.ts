@@ -15,7 +15,7 @@ import type { SyncUpdate } from '../../core/plugin/hooks.ts';
 import RoundRobinPlugin from '../../plugins/balancer/round-robin.ts';
 import { build } from '../../core/testing/index.ts';
 import HaproxySyncPlugin from '../../plugins/sync/haproxy.ts';
-import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
+import { Haproxy, closeAll, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
 const quiet = () => createLogger({ level: 'warn', json: true, write: () => {} });
 const agentConfig = (over: Partial<QhcpConfig> = {}) => buildConfig({ serverIp: '127.0.0.1', serverPort: 0, sampleInterval: 0.2, drainGrace: 1, ...over }, undefined, {}).config;
@@ -37,10 +37,10 @@ describe('sync hook: load balancer -> sync plugins -> real HAProxy', function ()
     dir = tempDir('qhcp-sync-e2e-');
     h = new Haproxy(dir);
     http = await httpBackends(3);
-    front = await freePort();
-    await h.start(
-      haproxyHead(h) +
-        ['frontend fe', `  bind 127.0.0.1:${front}`, '  default_backend web', 'backend web', '  balance roundrobin', ...http.map((b) => `  server ${b.name} 127.0.0.1:${b.port}`), ''].join('\n'),
+    front = await h.startOnFreePort(
+      (port) =>
+        haproxyHead(h) +
+        ['frontend fe', `  bind 127.0.0.1:${port}`, '  default_backend web', 'backend web', '  balance roundrobin', ...http.map((b) => `  server ${b.name} 127.0.0.1:${b.port}`), ''].join('\n'),
     );
     agents = [];
     for (let i = 0; i < 3; i++) {

@@ -10,7 +10,7 @@ import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
 import HaproxyAgentPlugin, { type HaproxyAgent } from '../../plugins/sync/haproxy-agent.ts';
 import { haproxyCommand, parseServersState } from '../../plugins/sync/haproxy-cli.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
-import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
+import { Haproxy, closeAll, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
 type Extra = Partial<{ verdict: string; agentAdmin: string; adminState: string; reason: string }>;
 const view = (address: string, over: Parameters<typeof backend>[1] & Extra = {}): BackendView => ({ ...backend(address, over), verdict: 'SERVING', agentAdmin: 'READY', adminState: 'READY', weight: 100, ...over }) as BackendView;
@@ -111,13 +111,13 @@ describe('sync plugin haproxy-agent', function () {
       dir = tempDir('qhcp-haproxy-agent-');
       h = new Haproxy(dir);
       http = await httpBackends(3);
-      front = await freePort();
       const agent = (name: string) => `agent-check agent-addr 127.0.0.1 agent-port ${plugin.port} agent-inter 150ms agent-send "${name}\\n"`;
-      await h.start(
-        haproxyHead(h) +
+      front = await h.startOnFreePort(
+        (port) =>
+          haproxyHead(h) +
           [
             'frontend fe',
-            `  bind 127.0.0.1:${front}`,
+            `  bind 127.0.0.1:${port}`,
             '  default_backend web',
             'backend web',
             '  balance roundrobin',

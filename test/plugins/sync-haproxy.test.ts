@@ -10,7 +10,7 @@ import type { BackendView, SyncUpdate } from '../../core/plugin/hooks.ts';
 import HaproxySyncPlugin, { type HaproxySync } from '../../plugins/sync/haproxy.ts';
 import { haproxyCommand, parseServersState } from '../../plugins/sync/haproxy-cli.ts';
 import { build, fakeCore, backend, type FakeCore } from './fake-core.ts';
-import { Haproxy, closeAll, freePort, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
+import { Haproxy, closeAll, gets, haproxyHead, httpBackends, removeDir, tempDir, waitUntil, which, type NamedBackend } from '../helpers/proxies.ts';
 
 type Extra = Partial<{ verdict: string; agentAdmin: string; adminState: string; reason: string }>;
 const view = (address: string, over: Parameters<typeof backend>[1] & Extra = {}): BackendView => ({ ...backend(address, over), verdict: 'SERVING', agentAdmin: 'READY', adminState: 'READY', weight: 100, ...over }) as BackendView;
@@ -26,11 +26,11 @@ describe('sync plugin haproxy (real HAProxy, real HTTP traffic)', function () {
   let plugin: HaproxySync;
   const A = ['127.0.0.1:5101', '127.0.0.1:5102', '127.0.0.1:5103'];
 
-  const config = () =>
+  const config = (port = front) =>
     haproxyHead(h) +
     [
       'frontend fe',
-      `  bind 127.0.0.1:${front}`,
+      `  bind 127.0.0.1:${port}`,
       '  default_backend web',
       'backend web',
       '  balance roundrobin',
@@ -48,8 +48,7 @@ describe('sync plugin haproxy (real HAProxy, real HTTP traffic)', function () {
     dir = tempDir('qhcp-sync-haproxy-');
     h = new Haproxy(dir);
     backends = await httpBackends(3);
-    front = await freePort();
-    await h.start(config());
+    front = await h.startOnFreePort(config);
     core = fakeCore('loadbalancer');
     plugin = build(HaproxySyncPlugin, {
       socket: h.socket,
