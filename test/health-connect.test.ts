@@ -16,7 +16,7 @@ import type { Backend } from '../core/health/backend.ts';
 import RoundRobinPlugin from '../plugins/balancer/round-robin.ts';
 import { build } from '../core/testing/index.ts';
 import { ScriptedAgent } from './helpers/scripted-agent.ts';
-import { waitUntil } from './helpers/procs.ts';
+import { waitUntil, startServer, stopAll } from './helpers/procs.ts';
 
 async function startLb(servers: string[], over: Partial<QhcpConfig>): Promise<LoadBalancer> {
   const { config } = buildConfig(undefined, undefined, { servers, loadbalancerHost: '127.0.0.1', loadbalancerPort: 0, defaults: false, plugins: [], ...over } as Partial<QhcpConfig>);
@@ -116,5 +116,36 @@ describe('load balancer: a new connection has its own budget (connect timeout)',
     const view = (): Backend => lb!.records()[0]!;
     await waitUntil(() => view().failures > 0, 10_000, 'a failed check');
     expect(view().lastError ?? '').to.match(/^cannot connect to 127\.0\.0\.1:\d+: no handshake within (9\d\d|1000) ms$/);
+  });
+});
+
+describe("load balancer: its own lateness is not taken for its backends' (timeouts wait for the check socket to be read)", function () {
+  this.timeout(60_000);
+  let lb: LoadBalancer | undefined;
+  afterEach(async () => {
+    await lb?.stop();
+    lb = undefined;
+    await stopAll();
+  });
+
+  it('push, fall 1: the load balancer busy for 1.5 s while reports arrive from a real agent process: no failed check, still UP; the overdue steps waited for the read', async () => {
+    // The agent is another process: it goes on reporting while this one is busy.
+    const { address } = await startServer();
+    lb = await startLb([address], { checkInterval: 0.4, reportInterval: 0.4, checkTimeout: 0.3, maxFailAttempts: 1 });
+    const view = (): Backend => lb!.records()[0]!;
+    await waitUntil(() => view().state === 'UP' && view().checks >= 3, 20_000, 'UP on reports');
+    const failed0 = lb.stats.failedChecks;
+    const postponed0 = lb.stats.postponedSteps;
+    const checks0 = view().checks;
+    // Busy (a stall, or a starved CPU): three reports and their deadlines pass unread. When it
+    // ends, the report timeout is due before the socket is read again.
+    const until = Date.now() + 1500;
+    while (Date.now() < until) {
+      /* busy */
+    }
+    await waitUntil(() => view().checks >= checks0 + 6, 10_000, 'the reports read after the stall, and more');
+    expect(lb.stats.failedChecks - failed0, 'failed checks').to.equal(0);
+    expect(view().state).to.equal('UP');
+    expect(lb.stats.postponedSteps - postponed0, 'steps that waited for the read').to.be.greaterThan(0);
   });
 });

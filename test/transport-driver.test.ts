@@ -13,7 +13,7 @@ import { DeadlineHeap } from '../core/util/deadlines.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
-import { ACK_EVERY, ECHO_GAP_MS, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
+import { ACK_EVERY, ECHO_GAP_MS, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, RECV_BATCH, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -611,7 +611,7 @@ describe('Transport driver (quiche, our own)', function () {
     }
   });
 
-  it('receive moderation: a shared socket with 64+ connections is read once per hold, every request still answered in order; never below 64; a connection opened meanwhile gets through', async () => {
+  it('receive moderation: a shared socket with 64+ connections is read once per hold, and read on after a full batch; every request still answered in order; never below 64; a connection opened meanwhile gets through', async () => {
     const l = await echo({ loopbackWithoutRetry: true });
     const many = await ClientSocket.open('127.0.0.1', { holdMs: 20 });
     const few = await ClientSocket.open('127.0.0.1', { holdMs: 20 });
@@ -638,6 +638,9 @@ describe('Transport driver (quiche, our own)', function () {
       }
       chs.forEach((_, i) => expect(got[i]!.map((m) => (m.body as { seq: number }).seq)).to.deep.equal([i, 1000 + i, 2000 + i]));
       expect(many.stats.holds, 'reads paused after turns that read').to.be.greaterThan(0);
+      // Each round's answers come back in batches (the server reads and answers up to a batch of
+      // requests per turn): after a turn that read a full batch the socket is read on, not held.
+      expect(many.stats.holdsSkipped, `no hold after a full batch (${RECV_BATCH})`).to.be.greaterThan(0);
       expect(few.stats.holds, `fewer than ${HOLD_MIN_CONNS} connections: never held`).to.equal(0);
       // What the checker starts its checks on (a grid only while the socket holds).
       expect(many.holdingMs).to.equal(20);
@@ -652,6 +655,33 @@ describe('Transport driver (quiche, our own)', function () {
       for (const ch of opened) await ch.close(0, 'done');
       await many.close();
       await few.close();
+    }
+  });
+
+  it('drain watch: whenDrained waits until the socket is read empty, past several full batches; drainedSince tells a read past a time', async () => {
+    const sock = await ClientSocket.open('127.0.0.1');
+    const raw = createSocket('udp4');
+    try {
+      await new Promise<void>((r) => raw.bind(0, '127.0.0.1', () => r()));
+      await new Promise<void>((r) => raw.connect(sock.port, '127.0.0.1', () => r()));
+      // Idle: found empty within a turn or two.
+      const t0 = performance.now();
+      await new Promise<void>((r) => sock.whenDrained(r));
+      expect(sock.drainedSince(t0), 'idle socket').to.equal(true);
+      // A burst of more than three of libuv's batches lands in the kernel's buffer before the
+      // event loop reads anything (a connected UDP socket sends at once; 8 bytes: too short for
+      // QUIC, counted as dropped when read).
+      const d0 = sock.stats.dropped;
+      const n = 3 * RECV_BATCH + 5;
+      for (let i = 0; i < n; i++) raw.send(Buffer.alloc(8));
+      const sent = performance.now();
+      expect(sock.drainedSince(sent), 'nothing read since the burst').to.equal(false);
+      const seen = await new Promise<number>((r) => sock.whenDrained(() => r(sock.stats.dropped - d0)));
+      expect(seen, 'the whole burst read before the watcher ran').to.equal(n);
+      expect(sock.drainedSince(sent)).to.equal(true);
+    } finally {
+      raw.close();
+      await sock.close();
     }
   });
 

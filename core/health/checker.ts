@@ -39,6 +39,14 @@ const REPORT_NUDGES = 3;
 const PORT_UNREACHABLE = /ICMP port unreachable/;
 /** How long a connection attempt waits for that port's probe to come back before its handshake (ms). */
 const PROBE_WAIT_MS = 100;
+/**
+ * How long a step that judges a backend by a missing message (probe, nudge, report or answer
+ * timeout) waits at most for the check socket to be read past its deadline (`postpone`): a load
+ * balancer behind on its own reading does not take its lateness for its backends' (as
+ * Cassandra's failure detector ignores what it saw across a local pause), but one that stays
+ * behind this long judges anyway.
+ */
+export const MAX_LOCAL_LAG_MS = 5_000;
 
 type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
 /** What a good answer carries: HEALTH_RESPONSE or HEALTH_REPORT body (verdict fields optional: older agents send none). */
@@ -48,6 +56,8 @@ export interface CheckStats {
   checks: number;
   failedChecks: number;
   lateChecks: number;
+  /** Probes, nudges and timeouts that waited for the check socket to be read past their deadline (`postpone`). */
+  postponedSteps: number;
 }
 
 /** The timings the checker runs with (ms); `configure` changes them (SIGHUP). */
@@ -183,26 +193,68 @@ export class Checker {
   /** Sets `b`'s next step `ms` from now. */
   private at(b: Backend, ms: number, step: Backend['step']): void {
     b.step = step;
+    b.postponed = false;
     this.timers.set(b, performance.now() + Math.max(0, ms));
   }
 
   /** Runs every step that is due (the heap's timer). */
   private due(now: number): void {
     for (let b = this.timers.peek(); b && b.deadline <= now; b = this.timers.peek()) {
+      const deadline = b.deadline;
       this.timers.remove(b);
       if (this.stopping || b.removed) continue;
-      if (b.step === 'check') void this.check(b);
-      else if (b.step === 'probe') {
-        // An overdue report: probe the agent's port (a killed agent answers ICMP port unreachable
-        // and the connection fails at once).
-        b.session?.channel.probePeer();
-        this.nextReportStep(b, now);
-      } else if (b.step === 'nudge') {
-        this.nudge(b);
-        this.nextReportStep(b, now);
-      } else if (b.step === 'answer') this.answerStep(b);
-      else this.reportMissed(b, b.stepMs);
+      // A step that acts on a message not arrived (a probe, a nudge, a timeout) waits until the
+      // check socket has been read past its deadline: the message may be in the socket's buffer,
+      // unread because this process was late (a stall, CPU starvation, a receive hold).
+      if (b.step !== 'check' && this.socket && !this.socket.drainedSince(deadline)) this.postpone(b);
+      else this.step(b, now);
     }
+  }
+
+  /**
+   * `b`'s step waits for the check socket to be read empty (ClientSocket.whenDrained), at most
+   * MAX_LOCAL_LAG_MS from the first step that waits: a process that stays behind longer still
+   * judges its backends (its reports may be lost in the kernel's full buffer by then).
+   */
+  private postpone(b: Backend): void {
+    b.postponed = true;
+    this.postponed.push(b);
+    this.stats.postponedSteps++;
+    if (this.postponed.length > 1) return;
+    this.socket!.whenDrained(this.runPostponed);
+    this.lagTimer = setTimeout(this.runPostponed, MAX_LOCAL_LAG_MS);
+    this.lagTimer.unref();
+  }
+
+  private readonly postponed: Backend[] = [];
+  private lagTimer: NodeJS.Timeout | undefined;
+
+  /** Runs the postponed steps that nothing replaced meanwhile (a report that came moved its backend's step). */
+  private readonly runPostponed = (): void => {
+    if (this.lagTimer) clearTimeout(this.lagTimer);
+    this.lagTimer = undefined;
+    const list = this.postponed.splice(0);
+    const now = performance.now();
+    for (const b of list) {
+      if (!b.postponed) continue;
+      b.postponed = false;
+      if (!this.stopping && !b.removed) this.step(b, now);
+    }
+  };
+
+  /** Runs `b`'s due step. */
+  private step(b: Backend, now: number): void {
+    if (b.step === 'check') void this.check(b);
+    else if (b.step === 'probe') {
+      // An overdue report: probe the agent's port (a killed agent answers ICMP port unreachable
+      // and the connection fails at once).
+      b.session?.channel.probePeer();
+      this.nextReportStep(b, now);
+    } else if (b.step === 'nudge') {
+      this.nudge(b);
+      this.nextReportStep(b, now);
+    } else if (b.step === 'answer') this.answerStep(b);
+    else this.reportMissed(b, b.stepMs);
   }
 
   /**
@@ -405,7 +457,10 @@ export class Checker {
       const done = (): void => {
         if (b.answerFail !== reject) return;
         b.answerFail = undefined;
-        if (b.step === 'answer') this.timers.remove(b);
+        if (b.step === 'answer') {
+          this.timers.remove(b);
+          b.postponed = false;
+        }
       };
       p.then(
         (v) => {

@@ -31,7 +31,7 @@ export interface LbLike {
   readonly config: Readonly<QhcpConfig>;
   readonly pluginFailures: ReadonlyMap<string, number>;
   readonly plugins: ReadonlyArray<{ name: string; family?: string }>;
-  readonly stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  readonly stats: { picks: number; queries: number; checks: number; lateChecks: number; postponedSteps: number };
   readonly pickCounts: ReadonlyMap<string, number>;
   readonly backends: readonly ObservedBackend[] | (() => readonly ObservedBackend[]);
 }

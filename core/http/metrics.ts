@@ -32,7 +32,7 @@ export interface ObservedLb {
   readonly hooks: import('../plugin/hooks.ts').Hooks;
   readonly pluginFailures: ReadonlyMap<string, number>;
   readonly plugins: ReadonlyArray<{ name: string; family?: string }>;
-  readonly stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  readonly stats: { picks: number; queries: number; checks: number; lateChecks: number; postponedSteps: number };
   /** PICK decisions so far, keyed "strategy result" (strategy: the balancer that chose, or "none"). */
   readonly pickCounts: ReadonlyMap<string, number>;
   /** The backends now (array or the lbsplit accessor). */
@@ -145,7 +145,7 @@ export class LbMetrics {
     });
     new Counter({
       name: 'qhcp_transport_events_total',
-      help: 'What the QUIC driver did, per socket (check: the connections to agents; query: the query port) and event: datagrams in and out, dropped, retries, version negotiations, refused tokens and handshakes, refused migrations, stateless resets, send stalls and errors, drain caps, ports found unreachable, receive-moderation holds, PINGs for overdue answers and reports (nudges), acknowledgements deferred, PINGs echoed.',
+      help: 'What the QUIC driver did, per socket (check: the connections to agents; query: the query port) and event: datagrams in and out, dropped, retries, version negotiations, refused tokens and handshakes, refused migrations, stateless resets, send stalls and errors, drain caps, ports found unreachable, receive-moderation holds and holds skipped for a backlog, PINGs for overdue answers and reports (nudges), acknowledgements deferred, PINGs echoed.',
       labelNames: ['socket', 'event'],
       registers: [r],
       collect() {
@@ -158,6 +158,7 @@ export class LbMetrics {
     });
     new Counter({ name: 'qhcp_queries_total', help: 'STATUS and PICK queries answered on the query port.', registers: [r], collect() { this.reset(); this.inc(lb.stats.queries); } });
     new Counter({ name: 'qhcp_late_checks_total', help: 'Checks that started more than 10% of an interval after they were due.', registers: [r], collect() { this.reset(); this.inc(lb.stats.lateChecks); } });
+    new Counter({ name: 'qhcp_postponed_steps_total', help: 'Probes, nudges and report or answer timeouts that waited for the check socket to be read past their deadline (the load balancer was behind on its own reading).', registers: [r], collect() { this.reset(); this.inc(lb.stats.postponedSteps); } });
     new Gauge({
       name: 'qhcp_query_connections',
       help: 'Query-port (STATUS/PICK) connections open now.',

@@ -93,7 +93,7 @@ export function parseBackend(entry: string | ServerEntry): { address: string; ho
 export class LoadBalancer extends Core {
   /** The pool, in configuration order (balancers get UP backends in this order). */
   private readonly pool = new Map<string, Backend>();
-  readonly stats: LoadBalancerStats = { checks: 0, failedChecks: 0, lateChecks: 0, transitions: 0, picks: 0, queries: 0 };
+  readonly stats: LoadBalancerStats = { checks: 0, failedChecks: 0, lateChecks: 0, postponedSteps: 0, transitions: 0, picks: 0, queries: 0 };
   private readonly checker: Checker;
   private readonly query: QueryPort;
   private stopping = false;

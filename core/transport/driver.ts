@@ -84,6 +84,12 @@ const PROBE_AFTER_MS = 100;
 export const HOLD_MIN_CONNS = 64;
 /** The longest receive moderation (ms). */
 export const MAX_HOLD_MS = 20;
+/**
+ * Datagrams libuv reads from a UDP socket in one poll callback at most (deps/uv/src/unix/udp.c,
+ * uv__udp_recvmsg: 32 more after the first, then back to the event loop). A turn that got this
+ * many may have left more in the kernel's buffer: receive moderation does not hold after it.
+ */
+export const RECV_BATCH = 32;
 
 /**
  * The receive moderation for traffic whose shortest period is `intervalMs`: 1/50 of it (2% of an
@@ -132,6 +138,8 @@ export interface DriverStats {
   portsUnreachable: number;
   /** Receive moderation pauses (`Endpoint.holdMs`). */
   holds: number;
+  /** Turns that read a full batch (RECV_BATCH) and so did not hold: the socket is read on while it has a backlog. */
+  holdsSkipped: number;
   /** PINGs sent for callers whose answer was overdue (`Conn.nudge`). */
   nudges: number;
   /** Acknowledgements held back to ride with a later packet (`Conn.ackDeferMs`). */
@@ -379,7 +387,7 @@ export function isLoopback(host: string): boolean {
 export class Endpoint {
   readonly conns = new Map<string, Conn>();
   readonly timers = new DeadlineHeap<Conn>((now) => this.onTimers(now));
-  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, nudges: 0, acksDeferred: 0, echoes: 0, echoesCapped: 0 };
+  readonly stats: DriverStats = { datagramsIn: 0, datagramsOut: 0, dropped: 0, retries: 0, versionNegotiations: 0, tokensRefused: 0, handshakesRefused: 0, migrationsRefused: 0, statelessResets: 0, sendStalls: 0, drainCaps: 0, sendErrors: 0, portsUnreachable: 0, holds: 0, holdsSkipped: 0, nudges: 0, acksDeferred: 0, echoes: 0, echoesCapped: 0 };
   /** Connections (not ids) open on this endpoint. */
   count = 0;
   pendingHandshakes = 0;
@@ -395,6 +403,19 @@ export class Endpoint {
   private arrivedSpare: Conn[] = [];
   /** Datagrams were read since the last flush (receive moderation holds only after those). */
   private readSince = false;
+  /** Datagrams delivered since the last look at them (`noteBatch`). */
+  private batch = 0;
+  /** The last read got a full batch (RECV_BATCH): more may wait in the kernel's buffer. */
+  private backlog = false;
+  /**
+   * performance.now() when the socket was last known empty: a read turn that got less than a
+   * full batch, or a turn that found nothing to read while not holding. Whatever arrived before
+   * it has been read (`drainedSince`).
+   */
+  private drainedAt = 0;
+  private drainWatchers: Array<() => void> = [];
+  private drainReady: Array<() => void> = [];
+  private recheckScheduled = false;
   /** The next flush drains at once: the one before only read what had arrived. */
   private drainNext = false;
   private flushing = false;
@@ -432,6 +453,75 @@ export class Endpoint {
     this.holdTimer = undefined;
     this.holding = false;
     if (!this.socketClosed) this.udp!.recvStart();
+    if (this.drainWatchers.length) this.scheduleRecheck();
+  };
+
+  /**
+   * Whether everything that reached the socket before `t` (performance.now() ms) has been read.
+   * Not when the process fell behind (a stall, or more arriving than it reads) or a hold keeps
+   * datagrams waiting: a peer's message may then sit unread in the kernel's buffer.
+   */
+  drainedSince(t: number): boolean {
+    return this.drainedAt >= t;
+  }
+
+  /**
+   * Runs `cb` once the socket has been read empty after this call, and what was read has been
+   * handed to its connections (in a later turn than the read: promise continuations of the
+   * messages have run). A hold in progress ends now. What a caller about to judge a peer by a
+   * missing message waits for (the checker's report and answer timeouts), so that the
+   * process's own lateness is not taken for the peer's.
+   */
+  whenDrained(cb: () => void): void {
+    this.drainWatchers.push(cb);
+    if (this.socketClosed) return this.drained();
+    if (this.holding) {
+      clearTimeout(this.holdTimer);
+      this.resume();
+    } else this.scheduleRecheck();
+  }
+
+  private scheduleRecheck(): void {
+    if (this.recheckScheduled) return;
+    this.recheckScheduled = true;
+    setImmediate(this.recheck);
+  }
+
+  /** A check phase: the poll phase before it read what the socket had (at most a batch). */
+  private readonly recheck = (): void => {
+    this.recheckScheduled = false;
+    this.noteBatch(true);
+    if (this.drainWatchers.length) this.scheduleRecheck();
+  };
+
+  /**
+   * Looks at the datagrams delivered since the last look: a full batch means more may wait
+   * (`backlog`); fewer, or none in a check phase while reading (`emptyIsDrained`), mean the
+   * socket was read empty: `drainedAt` moves, and the drain watchers run in the next turn
+   * (after the flush that hands this read to its connections).
+   */
+  private noteBatch(emptyIsDrained: boolean): void {
+    const n = this.batch;
+    this.batch = 0;
+    if (n >= RECV_BATCH) {
+      this.backlog = true;
+      return;
+    }
+    if (n === 0 && (!emptyIsDrained || this.holding)) return;
+    this.backlog = false;
+    this.drainedAt = performance.now();
+    this.drained();
+  }
+
+  /** The socket was read empty: the watchers so far run in the next turn. */
+  private drained(): void {
+    if (this.drainWatchers.length === 0) return;
+    this.drainReady.push(...this.drainWatchers.splice(0));
+    setImmediate(this.runDrainReady);
+  }
+
+  private readonly runDrainReady = (): void => {
+    for (const w of this.drainReady.splice(0)) w();
   };
 
   private constructor(
@@ -452,6 +542,8 @@ export class Endpoint {
       this.socketClosed = true;
       if (this.holdTimer) clearTimeout(this.holdTimer);
       this.timers.disarm();
+      // Nothing more will be read: whoever waits for a drain judges now.
+      this.drained();
     });
   }
 
@@ -550,6 +642,7 @@ export class Endpoint {
 
   private readonly onMessage = (msg: Buffer, rinfo: RemoteInfo): void => {
     this.stats.datagramsIn++;
+    this.batch++;
     if (msg.length < 1 + CID_LEN) {
       this.stats.dropped++;
       return;
@@ -892,6 +985,7 @@ export class Endpoint {
   private readonly flush = (): void => {
     this.flushScheduled = false;
     if (this.stopped && this.socketClosed) return;
+    this.noteBatch(false);
     if (this.arrived.length > 0 && !this.drainNext) {
       // Two steps when a client connection read something: read now, drain in the next turn's
       // check phase. A client's caller (QueryClient, the checker) writes its next request in
@@ -909,11 +1003,18 @@ export class Endpoint {
     this.drainNext = false;
     // Anything that arrived since is read and drained now.
     this.readArrived();
+    // A hold caps what is read to one batch per hold (RECV_BATCH / holdMs: 1,600 datagrams a second
+    // at 20 ms): after a full batch the socket is read on until a turn finds less, so a backlog
+    // (10,000 reports a second, or a stall's worth) is read at the speed of the process instead of
+    // growing until the kernel drops datagrams.
     if (this.moderationMs > 0 && !this.holding && this.readSince && this.udp && this.opening === 0 && !this.stopped) {
-      this.holding = true;
-      this.stats.holds++;
-      this.udp.recvStop();
-      this.holdTimer = setTimeout(this.resume, this.holdMs);
+      if (this.backlog) this.stats.holdsSkipped++;
+      else if (this.drainWatchers.length === 0) {
+        this.holding = true;
+        this.stats.holds++;
+        this.udp.recvStop();
+        this.holdTimer = setTimeout(this.resume, this.holdMs);
+      }
     }
     this.readSince = false;
     this.flushing = true;

@@ -731,6 +731,16 @@ export class ClientSocket {
     return this.endpoint.stats;
   }
 
+  /** Whether everything that reached the socket before `t` (performance.now() ms) has been read (driver.ts `drainedSince`). */
+  drainedSince(t: number): boolean {
+    return this.endpoint.drainedSince(t);
+  }
+
+  /** Runs `cb` once the socket has been read empty (driver.ts `whenDrained`). */
+  whenDrained(cb: () => void): void {
+    this.endpoint.whenDrained(cb);
+  }
+
   /** True when `host:port` answers a probe with ICMP port unreachable (nothing listens there; driver.ts `probePort`). */
   portClosed(host: string, port: number): Promise<boolean> {
     return this.endpoint.probePort(host, port);

@@ -35,7 +35,7 @@ export interface FakeLb extends FakeCore {
   config: Readonly<QhcpConfig>;
   pluginFailures: Map<string, number>;
   plugins: Array<{ name: string }>;
-  stats: { picks: number; queries: number; checks: number; lateChecks: number };
+  stats: { picks: number; queries: number; checks: number; lateChecks: number; postponedSteps: number };
   pickCounts: Map<string, number>;
   backends: FakeBackend[];
   addBackend(address: string): FakeBackend;
@@ -61,7 +61,7 @@ export function fakeLb(servers: string[], over: Partial<QhcpConfig> = {}): FakeL
     config,
     pluginFailures: new Map<string, number>(),
     plugins: [] as Array<{ name: string }>,
-    stats: { picks: 0, queries: 0, checks: 0, lateChecks: 0 },
+    stats: { picks: 0, queries: 0, checks: 0, lateChecks: 0, postponedSteps: 0 },
     pickCounts: new Map<string, number>(),
     backends,
     addBackend(address: string) {
