@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { ProtocolError, PeerError, LocalError, errorText } from '../errors.ts';
 import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session, type SessionEnd } from '../protocol/session.ts';
-import { connect, ACK_EVERY, type ClientSocket } from '../transport/quic.ts';
+import { connect, ACK_EVERY, MAX_LOCAL_LAG_MS, type ClientSocket } from '../transport/quic.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { CheckResult, Hooks } from '../plugin/hooks.ts';
@@ -39,14 +39,6 @@ const REPORT_NUDGES = 3;
 const PORT_UNREACHABLE = /ICMP port unreachable/;
 /** How long a connection attempt waits for that port's probe to come back before its handshake (ms). */
 const PROBE_WAIT_MS = 100;
-/**
- * How long a step that judges a backend by a missing message (probe, nudge, report or answer
- * timeout) waits at most for the check socket to be read past its deadline (`postpone`): a load
- * balancer behind on its own reading does not take its lateness for its backends' (as
- * Cassandra's failure detector ignores what it saw across a local pause), but one that stays
- * behind this long judges anyway.
- */
-export const MAX_LOCAL_LAG_MS = 5_000;
 
 type HealthResponse = Extract<Message, { type: 'HEALTH_RESPONSE' }>;
 /** What a good answer carries: HEALTH_RESPONSE or HEALTH_REPORT body (verdict fields optional: older agents send none). */

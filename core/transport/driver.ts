@@ -90,6 +90,14 @@ export const MAX_HOLD_MS = 20;
  * many may have left more in the kernel's buffer: receive moderation does not hold after it.
  */
 export const RECV_BATCH = 32;
+/**
+ * How long a judgment by a missing message waits at most for the socket to be read past its
+ * deadline (`drainedSince`/`whenDrained`: the checker's probes, nudges and timeouts, a session's
+ * response timeout, a handshake's limit): a process behind on its own reading does not take its
+ * lateness for its peers' (as Cassandra's failure detector ignores what it saw across a local
+ * pause), but one that stays behind this long judges anyway.
+ */
+export const MAX_LOCAL_LAG_MS = 5_000;
 
 /**
  * The receive moderation for traffic whose shortest period is `intervalMs`: 1/50 of it (2% of an
@@ -241,12 +249,30 @@ export class Conn implements Timed {
     this.ep.touch(this);
   }
 
+  /** The handshake limit passed while the socket had not been read past it: judged after the read (`waitForRead`). */
+  private readWait = false;
+
+  /**
+   * The handshake limit is due, but the socket has not been read past it (this process was
+   * late): the peer's flight may be waiting in the kernel's buffer. True while the limit waits
+   * for the read (at most MAX_LOCAL_LAG_MS past it).
+   */
+  private waitForRead(now: number): boolean {
+    if (this.readWait || this.ep.drainedSince(this.handshakeAt) || now - this.handshakeAt >= MAX_LOCAL_LAG_MS) return this.readWait;
+    this.readWait = true;
+    this.ep.whenDrained(() => {
+      this.readWait = false;
+      if (!this.finished) this.schedule(performance.now());
+    });
+    return true;
+  }
+
   /** Recomputes this connection's next deadline from quiche's and our own. */
   schedule(now: number): void {
     const t = this.q.timeout();
     this.quicheAt = t === null ? Infinity : now + t;
     let at = this.quicheAt;
-    if (!this.established && this.handshakeAt < at) at = this.handshakeAt;
+    if (!this.established && !this.readWait && this.handshakeAt < at) at = this.handshakeAt;
     if (this.keepAliveMs > 0 && this.established) {
       if (this.keepAliveAt === Infinity) this.keepAliveAt = now + this.keepAliveMs;
       if (this.keepAliveAt < at) at = this.keepAliveAt;
@@ -320,7 +346,7 @@ export class Conn implements Timed {
       this.q.onTimeout();
       quicheDue = true;
     }
-    if (!this.established && now >= this.handshakeAt && !this.q.isClosed()) {
+    if (!this.established && now >= this.handshakeAt && !this.q.isClosed() && !this.waitForRead(now)) {
       this.handshakeAt = Infinity;
       this.failure ??= `no handshake within ${Math.round(this.handshakeLimitMs)} ms`;
       this.closeCalled = true;

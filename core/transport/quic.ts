@@ -12,7 +12,7 @@ import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
 import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
-export { ACK_EVERY } from './driver.ts';
+export { ACK_EVERY, MAX_LOCAL_LAG_MS } from './driver.ts';
 
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
@@ -151,6 +151,16 @@ export class Channel implements ConnEvents {
   /** The driver's connection under this channel (tests and diagnostics). */
   get connection(): Conn {
     return this.conn;
+  }
+
+  /** Whether everything that reached this connection's socket before `t` (performance.now() ms) has been read (driver.ts `drainedSince`). */
+  readPast(t: number): boolean {
+    return this.conn.ep.drainedSince(t);
+  }
+
+  /** Runs `cb` once this connection's socket has been read empty (driver.ts `whenDrained`). */
+  whenRead(cb: () => void): void {
+    this.conn.ep.whenDrained(cb);
   }
 
   get closed(): boolean {

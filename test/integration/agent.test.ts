@@ -7,12 +7,20 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
-import { connect } from '../../core/transport/quic.ts';
+import { connect, ClientSocket } from '../../core/transport/quic.ts';
 import { Session } from '../../core/protocol/session.ts';
 import { SUPPORTED_VERSIONS, type Message } from '../../core/protocol/messages.ts';
-import { startServer, stopAll, waitUntil, sleep, type QhcpProcess } from '../helpers/procs.ts';
+import { startServer, startLoadBalancer, stopAll, waitUntil, sleep, type QhcpProcess } from '../helpers/procs.ts';
 
 type Of<K extends Message['type']> = Extract<Message, { type: K }>;
+
+/** This process does nothing else for `ms` (a stall: what arrives meanwhile waits in the sockets). */
+function busyFor(ms: number): void {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    /* busy */
+  }
+}
 
 /** A checker session to the agent, with every pushed message recorded. */
 async function open(port: number, node: string): Promise<{ s: Session; pushed: Message[] }> {
@@ -122,6 +130,35 @@ describe('agent: HEALTH_REQUEST, CONFIG_UPDATE per connection, TERMINATE', funct
     const again = await open(server.port, 'test-after');
     sessions.push(again.s);
     expect(((await again.s.request('HEALTH_REQUEST', { seq: 1 }, 10_000)) as Of<'HEALTH_RESPONSE'>).body.metrics).to.include.keys('cpu');
+  });
+
+  it("a response timeout that passes while this process is busy waits for the read: the answer waiting unread in the socket is taken, it is no timeout", async () => {
+    const { s } = await open(server.port, 'test-busy');
+    sessions.push(s);
+    const p = s.request('HEALTH_REQUEST', { seq: 1 }, 200);
+    // The request leaves in this turn's check phase; then this process is busy past the timeout
+    // while the agent (another process) answers.
+    await new Promise((r) => setImmediate(r));
+    busyFor(800);
+    const m = await p;
+    expect(m.type).to.equal('HEALTH_RESPONSE');
+    expect(s.isClosed).to.equal(false);
+  });
+
+  it("a handshake limit that passes while this process is busy waits for the read: the server's flight waiting unread completes the handshake", async () => {
+    // A query port (no Retry on loopback: one flight each way) of a real load balancer process.
+    const lb = await startLoadBalancer([`127.0.0.1:${server.port}`], { cwd });
+    const socket = await ClientSocket.open('127.0.0.1');
+    try {
+      const pending = connect({ host: '127.0.0.1', port: lb.port, timeoutMs: 200, socket });
+      for (let i = 0; i < 100 && socket.stats.datagramsOut === 0; i++) await new Promise((r) => setImmediate(r));
+      expect(socket.stats.datagramsOut, 'the Initial left').to.be.greaterThan(0);
+      busyFor(800);
+      const ch = await pending;
+      await ch.close(0, 'done');
+    } finally {
+      await socket.close();
+    }
   });
 
   it('on SIGTERM the agent sends DRAIN to every connected client, then exits 0', async () => {
