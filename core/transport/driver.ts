@@ -542,8 +542,9 @@ export class Endpoint {
   /** The socket was read empty: the watchers so far run in the next turn. */
   private drained(): void {
     if (this.drainWatchers.length === 0) return;
+    // One run per turn: a run already set takes these too.
+    if (this.drainReady.length === 0) setImmediate(this.runDrainReady);
     this.drainReady.push(...this.drainWatchers.splice(0));
-    setImmediate(this.runDrainReady);
   }
 
   private readonly runDrainReady = (): void => {
