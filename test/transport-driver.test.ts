@@ -13,7 +13,7 @@ import { DeadlineHeap } from '../core/util/deadlines.ts';
 import { isLoopback } from '../core/transport/driver.ts';
 import { UdpRelay } from './helpers/udp-relay.ts';
 import { connectRaw, type RawChannel } from './helpers/raw-channel.ts';
-import { ACK_EVERY, ECHO_GAP_MS, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, RECV_BATCH, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
+import { ACK_EVERY, ECHO_GAP_MS, MAX_SEND_QUEUE, MAX_CLOSE_DATAGRAMS, HOLD_MIN_CONNS, MAX_HOLD_MS, MAX_LOCAL_LAG_MS, RECV_BATCH, holdFor, Endpoint, quiche } from '../core/transport/driver.ts';
 import type { Message } from '../core/protocol/messages.ts';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -658,7 +658,7 @@ describe('Transport driver (quiche, our own)', function () {
     }
   });
 
-  it('drain watch: whenDrained waits until the socket is read empty, past several full batches; drainedSince tells a read past a time', async () => {
+  it('read-past watch: whenReadPast waits until the socket is read empty, past several full batches; readPast tells a read past a deadline', async () => {
     const sock = await ClientSocket.open('127.0.0.1');
     const raw = createSocket('udp4');
     try {
@@ -666,8 +666,8 @@ describe('Transport driver (quiche, our own)', function () {
       await new Promise<void>((r) => raw.connect(sock.port, '127.0.0.1', () => r()));
       // Idle: found empty within a turn or two.
       const t0 = performance.now();
-      await new Promise<void>((r) => sock.whenDrained(r));
-      expect(sock.drainedSince(t0), 'idle socket').to.equal(true);
+      await new Promise<void>((r) => sock.whenReadPast(t0, r));
+      expect(sock.readPast(t0), 'idle socket').to.equal(true);
       // A burst of more than three of libuv's batches lands in the kernel's buffer before the
       // event loop reads anything (a connected UDP socket sends at once; 8 bytes: too short for
       // QUIC, counted as dropped when read).
@@ -675,11 +675,43 @@ describe('Transport driver (quiche, our own)', function () {
       const n = 3 * RECV_BATCH + 5;
       for (let i = 0; i < n; i++) raw.send(Buffer.alloc(8));
       const sent = performance.now();
-      expect(sock.drainedSince(sent), 'nothing read since the burst').to.equal(false);
-      const seen = await new Promise<number>((r) => sock.whenDrained(() => r(sock.stats.dropped - d0)));
+      expect(sock.readPast(sent), 'nothing read since the burst').to.equal(false);
+      const seen = await new Promise<number>((r) => sock.whenReadPast(sent, () => r(sock.stats.dropped - d0)));
       expect(seen, 'the whole burst read before the watcher ran').to.equal(n);
-      expect(sock.drainedSince(sent)).to.equal(true);
+      expect(sock.readPast(sent)).to.equal(true);
     } finally {
+      raw.close();
+      await sock.close();
+    }
+  });
+
+  it('read-past watch under a backlog that never clears: the wait ends MAX_LOCAL_LAG_MS past its deadline with the socket still behind; an older deadline is past at once', async () => {
+    const sock = await ClientSocket.open('127.0.0.1');
+    const raw = createSocket('udp4');
+    let flooding = true;
+    const until = Date.now() + 10_000;
+    // More datagrams every turn than a turn reads (RECV_BATCH): the socket stays behind.
+    const flood = (): void => {
+      if (!flooding || Date.now() > until) return;
+      for (let i = 0; i < 3 * RECV_BATCH; i++) raw.send(Buffer.alloc(8));
+      setImmediate(flood);
+    };
+    try {
+      await new Promise<void>((r) => raw.bind(0, '127.0.0.1', () => r()));
+      await new Promise<void>((r) => raw.connect(sock.port, '127.0.0.1', () => r()));
+      flood();
+      await new Promise((r) => setTimeout(r, 50));
+      const recent = performance.now();
+      expect(sock.readPast(recent), 'behind: a recent deadline is not read past').to.equal(false);
+      expect(sock.readPast(recent - MAX_LOCAL_LAG_MS), 'a deadline MAX_LOCAL_LAG_MS old is past').to.equal(true);
+      // A deadline 300 ms short of the bound: not past now, past by the bound while still behind.
+      const deadline = performance.now() - MAX_LOCAL_LAG_MS + 300;
+      expect(sock.readPast(deadline)).to.equal(false);
+      const behindThen = await new Promise<boolean>((r) => sock.whenReadPast(deadline, () => r(!sock.readPast(recent))));
+      expect(behindThen, 'the wait ended by its bound, the socket still behind').to.equal(true);
+      expect(sock.stats.dropped, 'the flood was read meanwhile').to.be.greaterThan(RECV_BATCH);
+    } finally {
+      flooding = false;
       raw.close();
       await sock.close();
     }

@@ -81,8 +81,8 @@ export class Backend implements BackendView, HealthFacts {
   deadline = Infinity;
   heapIndex = -1;
   step: 'check' | 'probe' | 'nudge' | 'report' | 'answer' = 'check';
-  /** The due step waits for the check socket to be read empty (checker.ts `postpone`). */
-  postponed = false;
+  /** The deadline of the due step while it waits for the check socket to be read past it (checker.ts `postpone`); 0: none. */
+  waitsForRead = 0;
   /**
    * The timeout of what is awaited (ms; named when it passes): a pushed report's (from when it
    * began to be awaited), or a poll's answer's (the check timeout). Push mode: when the report

@@ -9,7 +9,7 @@ import { performance } from 'node:perf_hooks';
 import { ProtocolError, PeerError, LocalError, errorText } from '../errors.ts';
 import { SUPPORTED_VERSIONS, PROTOCOL_VERSION, type Message, type Metrics } from '../protocol/messages.ts';
 import { Session, type SessionEnd } from '../protocol/session.ts';
-import { connect, ACK_EVERY, MAX_LOCAL_LAG_MS, type ClientSocket } from '../transport/quic.ts';
+import { connect, ACK_EVERY, type ClientSocket } from '../transport/quic.ts';
 import { sanitize } from '../util/sanitize.ts';
 import type { QhcpConfig } from '../config/config.ts';
 import type { CheckResult, Hooks } from '../plugin/hooks.ts';
@@ -185,7 +185,7 @@ export class Checker {
   /** Sets `b`'s next step `ms` from now. */
   private at(b: Backend, ms: number, step: Backend['step']): void {
     b.step = step;
-    b.postponed = false;
+    b.waitsForRead = 0;
     this.timers.set(b, performance.now() + Math.max(0, ms));
   }
 
@@ -198,39 +198,42 @@ export class Checker {
       // A step that acts on a message not arrived (a probe, a nudge, a timeout) waits until the
       // check socket has been read past its deadline: the message may be in the socket's buffer,
       // unread because this process was late (a stall, CPU starvation, a receive hold).
-      if (b.step !== 'check' && this.socket && !this.socket.drainedSince(deadline)) this.postpone(b);
-      else this.step(b, now);
+      if (b.step !== 'check' && this.socket && !this.socket.readPast(deadline)) {
+        this.stats.postponedSteps++;
+        this.postpone(b, deadline);
+      } else this.step(b, now);
     }
   }
 
   /**
-   * `b`'s step waits for the check socket to be read empty (ClientSocket.whenDrained), at most
-   * MAX_LOCAL_LAG_MS from the first step that waits: a process that stays behind longer still
-   * judges its backends (its reports may be lost in the kernel's full buffer by then).
+   * `b`'s step, due at `deadline`, waits until the check socket has been read past it
+   * (ClientSocket.readPast: at most MAX_LOCAL_LAG_MS in driver.ts). The waiting steps share one
+   * wait on the socket, for the first of them.
    */
-  private postpone(b: Backend): void {
-    b.postponed = true;
+  private postpone(b: Backend, deadline: number): void {
+    b.waitsForRead = deadline;
     this.postponed.push(b);
-    this.stats.postponedSteps++;
-    if (this.postponed.length > 1) return;
-    this.socket!.whenDrained(this.runPostponed);
-    this.lagTimer = setTimeout(this.runPostponed, MAX_LOCAL_LAG_MS);
-    this.lagTimer.unref();
+    if (this.postponed.length === 1) this.socket!.whenReadPast(deadline, this.runPostponed);
   }
 
   private readonly postponed: Backend[] = [];
-  private lagTimer: NodeJS.Timeout | undefined;
 
-  /** Runs the postponed steps that nothing replaced meanwhile (a report that came moved its backend's step). */
+  /**
+   * Runs the waiting steps the read has cleared; a step that nothing replaced meanwhile (a report
+   * that came moves its backend's step) and whose own deadline is not cleared yet waits on.
+   */
   private readonly runPostponed = (): void => {
-    if (this.lagTimer) clearTimeout(this.lagTimer);
-    this.lagTimer = undefined;
     const list = this.postponed.splice(0);
     const now = performance.now();
     for (const b of list) {
-      if (!b.postponed) continue;
-      b.postponed = false;
-      if (!this.stopping && !b.removed) this.step(b, now);
+      const deadline = b.waitsForRead;
+      if (deadline === 0) continue;
+      if (this.stopping || b.removed) b.waitsForRead = 0;
+      else if (this.socket && !this.socket.readPast(deadline)) this.postpone(b, deadline);
+      else {
+        b.waitsForRead = 0;
+        this.step(b, now);
+      }
     }
   };
 
@@ -451,7 +454,7 @@ export class Checker {
         b.answerFail = undefined;
         if (b.step === 'answer') {
           this.timers.remove(b);
-          b.postponed = false;
+          b.waitsForRead = 0;
         }
       };
       p.then(

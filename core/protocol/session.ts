@@ -7,7 +7,7 @@
 import { Dfa, CLIENT_TABLE, type DfaEvent, type Role, type State } from './dfa.ts';
 import { ProtocolError, PeerError, LocalError, WIRE_ERRORS, type QhcpError } from '../errors.ts';
 import type { Bodies, Message, MessageName, MessageOf } from './messages.ts';
-import { Channel, MAX_LOCAL_LAG_MS, type ChannelClose } from '../transport/quic.ts';
+import { Channel, type ChannelClose } from '../transport/quic.ts';
 import { encodeFrame, HEADER_BYTES } from './codec.ts';
 
 /**
@@ -287,9 +287,8 @@ export class Session<D extends object = object> {
       if (!p.written) break;
       if (p.deadline <= now + 1) {
         // The answer may be in our socket, unread because this process was late (a stall, a
-        // starved CPU): judged once the socket has been read past the deadline (at most
-        // MAX_LOCAL_LAG_MS later; quic.ts Channel.readPast).
-        if (!this.channel.readPast(p.deadline) && now - p.deadline < MAX_LOCAL_LAG_MS) return this.channel.whenRead(this.recheckResponses);
+        // starved CPU): judged once the socket has been read past the deadline (quic.ts Channel.readPast).
+        if (!this.channel.readPast(p.deadline)) return this.channel.whenReadPast(p.deadline, this.recheckResponses);
         return this.timeout('response', `no ${p.expect} within ${p.timeoutMs} ms`);
       }
       if (p.deadline < next) next = p.deadline;

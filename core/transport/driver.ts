@@ -92,7 +92,7 @@ export const MAX_HOLD_MS = 20;
 export const RECV_BATCH = 32;
 /**
  * How long a judgment by a missing message waits at most for the socket to be read past its
- * deadline (`drainedSince`/`whenDrained`: the checker's probes, nudges and timeouts, a session's
+ * deadline (`readPast`/`whenReadPast`: the checker's probes, nudges and timeouts, a session's
  * response timeout, a handshake's limit): a process behind on its own reading does not take its
  * lateness for its peers' (as Cassandra's failure detector ignores what it saw across a local
  * pause), but one that stays behind this long judges anyway.
@@ -255,12 +255,12 @@ export class Conn implements Timed {
   /**
    * The handshake limit is due, but the socket has not been read past it (this process was
    * late): the peer's flight may be waiting in the kernel's buffer. True while the limit waits
-   * for the read (at most MAX_LOCAL_LAG_MS past it).
+   * for the read (`Endpoint.readPast`).
    */
-  private waitForRead(now: number): boolean {
-    if (this.readWait || this.ep.drainedSince(this.handshakeAt) || now - this.handshakeAt >= MAX_LOCAL_LAG_MS) return this.readWait;
+  private waitForRead(): boolean {
+    if (this.readWait || this.ep.readPast(this.handshakeAt)) return this.readWait;
     this.readWait = true;
-    this.ep.whenDrained(() => {
+    this.ep.whenReadPast(this.handshakeAt, () => {
       this.readWait = false;
       if (!this.finished) this.schedule(performance.now());
     });
@@ -346,7 +346,7 @@ export class Conn implements Timed {
       this.q.onTimeout();
       quicheDue = true;
     }
-    if (!this.established && now >= this.handshakeAt && !this.q.isClosed() && !this.waitForRead(now)) {
+    if (!this.established && now >= this.handshakeAt && !this.q.isClosed() && !this.waitForRead()) {
       this.handshakeAt = Infinity;
       this.failure ??= `no handshake within ${Math.round(this.handshakeLimitMs)} ms`;
       this.closeCalled = true;
@@ -436,10 +436,11 @@ export class Endpoint {
   /**
    * performance.now() when the socket was last known empty: a read turn that got less than a
    * full batch, or a turn that found nothing to read while not holding. Whatever arrived before
-   * it has been read (`drainedSince`).
+   * it has been read (`readPast`).
    */
-  private drainedAt = 0;
-  private drainWatchers: Array<() => void> = [];
+  private drainedAt = -Infinity;
+  /** Callers of `whenReadPast` still waiting, with when the wait ends regardless (deadline + MAX_LOCAL_LAG_MS). */
+  private drainWatchers: Array<{ cb: () => void; by: number }> = [];
   private drainReady: Array<() => void> = [];
   private recheckScheduled = false;
   /** The next flush drains at once: the one before only read what had arrived. */
@@ -483,23 +484,23 @@ export class Endpoint {
   };
 
   /**
-   * Whether everything that reached the socket before `t` (performance.now() ms) has been read.
-   * Not when the process fell behind (a stall, or more arriving than it reads) or a hold keeps
-   * datagrams waiting: a peer's message may then sit unread in the kernel's buffer.
+   * Whether a judgment due at `deadline` (performance.now() ms) by a message that has not come
+   * may be made now: everything that reached the socket before it has been read, or the deadline
+   * is MAX_LOCAL_LAG_MS old. Not when the process fell behind (a stall, or more arriving than it
+   * reads) or a hold keeps datagrams waiting: the message may then sit unread in the kernel's buffer.
    */
-  drainedSince(t: number): boolean {
-    return this.drainedAt >= t;
+  readPast(deadline: number): boolean {
+    return this.drainedAt >= deadline || performance.now() - deadline >= MAX_LOCAL_LAG_MS;
   }
 
   /**
-   * Runs `cb` once the socket has been read empty after this call, and what was read has been
-   * handed to its connections (in a later turn than the read: promise continuations of the
-   * messages have run). A hold in progress ends now. What a caller about to judge a peer by a
-   * missing message waits for (the checker's report and answer timeouts), so that the
-   * process's own lateness is not taken for the peer's.
+   * Runs `cb` once `readPast(deadline)` holds: the socket has been read empty after this call
+   * and what was read has been handed to its connections (in a later turn than the read:
+   * promise continuations of the messages have run), or MAX_LOCAL_LAG_MS has passed since the
+   * deadline. A hold in progress ends now.
    */
-  whenDrained(cb: () => void): void {
-    this.drainWatchers.push(cb);
+  whenReadPast(deadline: number, cb: () => void): void {
+    this.drainWatchers.push({ cb, by: deadline + MAX_LOCAL_LAG_MS });
     if (this.socketClosed) return this.drained();
     if (this.holding) {
       clearTimeout(this.holdTimer);
@@ -513,10 +514,20 @@ export class Endpoint {
     setImmediate(this.recheck);
   }
 
-  /** A check phase: the poll phase before it read what the socket had (at most a batch). */
+  /**
+   * A check phase: the poll phase before it read what the socket had (at most a batch). Runs
+   * every turn while anyone waits; a wait that reached its bound ends with the socket still behind.
+   */
   private readonly recheck = (): void => {
     this.recheckScheduled = false;
     this.noteBatch(true);
+    if (this.drainWatchers.length === 0) return;
+    const now = performance.now();
+    const over = this.drainWatchers.filter((w) => w.by <= now);
+    if (over.length > 0) {
+      this.drainWatchers = this.drainWatchers.filter((w) => w.by > now);
+      this.ready(over);
+    }
     if (this.drainWatchers.length) this.scheduleRecheck();
   };
 
@@ -541,10 +552,13 @@ export class Endpoint {
 
   /** The socket was read empty: the watchers so far run in the next turn. */
   private drained(): void {
-    if (this.drainWatchers.length === 0) return;
-    // One run per turn: a run already set takes these too.
+    if (this.drainWatchers.length > 0) this.ready(this.drainWatchers.splice(0));
+  }
+
+  /** `watchers` run in the next turn (one run per turn: a run already set takes these too). */
+  private ready(watchers: Array<{ cb: () => void }>): void {
     if (this.drainReady.length === 0) setImmediate(this.runDrainReady);
-    this.drainReady.push(...this.drainWatchers.splice(0));
+    for (const w of watchers) this.drainReady.push(w.cb);
   }
 
   private readonly runDrainReady = (): void => {

@@ -12,7 +12,7 @@ import { MESSAGE_TYPES, type Message } from '../protocol/messages.ts';
 import { checkServerChain } from './tls.ts';
 import { Endpoint, quiche, MAX_HOLD_MS, type Conn, type ConnEnd, type ConnEvents, type NativeConfig, type DriverStats } from './driver.ts';
 
-export { ACK_EVERY, MAX_LOCAL_LAG_MS } from './driver.ts';
+export { ACK_EVERY } from './driver.ts';
 
 /** ALPN protocol id of QHCP version 1. */
 export const ALPN = 'qhcp/1';
@@ -153,14 +153,14 @@ export class Channel implements ConnEvents {
     return this.conn;
   }
 
-  /** Whether everything that reached this connection's socket before `t` (performance.now() ms) has been read (driver.ts `drainedSince`). */
-  readPast(t: number): boolean {
-    return this.conn.ep.drainedSince(t);
+  /** Whether a judgment due at `deadline` may be made: this connection's socket has been read past it (driver.ts `Endpoint.readPast`). */
+  readPast(deadline: number): boolean {
+    return this.conn.ep.readPast(deadline);
   }
 
-  /** Runs `cb` once this connection's socket has been read empty (driver.ts `whenDrained`). */
-  whenRead(cb: () => void): void {
-    this.conn.ep.whenDrained(cb);
+  /** Runs `cb` once `readPast(deadline)` holds (driver.ts `Endpoint.whenReadPast`). */
+  whenReadPast(deadline: number, cb: () => void): void {
+    this.conn.ep.whenReadPast(deadline, cb);
   }
 
   get closed(): boolean {
@@ -741,14 +741,14 @@ export class ClientSocket {
     return this.endpoint.stats;
   }
 
-  /** Whether everything that reached the socket before `t` (performance.now() ms) has been read (driver.ts `drainedSince`). */
-  drainedSince(t: number): boolean {
-    return this.endpoint.drainedSince(t);
+  /** Whether a judgment due at `deadline` may be made: the socket has been read past it (driver.ts `Endpoint.readPast`). */
+  readPast(deadline: number): boolean {
+    return this.endpoint.readPast(deadline);
   }
 
-  /** Runs `cb` once the socket has been read empty (driver.ts `whenDrained`). */
-  whenDrained(cb: () => void): void {
-    this.endpoint.whenDrained(cb);
+  /** Runs `cb` once `readPast(deadline)` holds (driver.ts `Endpoint.whenReadPast`). */
+  whenReadPast(deadline: number, cb: () => void): void {
+    this.endpoint.whenReadPast(deadline, cb);
   }
 
   /** True when `host:port` answers a probe with ICMP port unreachable (nothing listens there; driver.ts `probePort`). */
