@@ -3,7 +3,7 @@
  * connect + Session) does HELLO, HEALTH_REQUEST, CONFIG_UPDATE and TERMINATE against it.
  * CONFIG_UPDATE applies to its own connection only; pushed HEALTH_REPORTs follow the interval.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -14,11 +14,31 @@ import { startServer, startLoadBalancer, stopAll, waitUntil, sleep, type QhcpPro
 
 type Of<K extends Message['type']> = Extract<Message, { type: K }>;
 
-/** This process does nothing else for `ms` (a stall: what arrives meanwhile waits in the sockets). */
-function busyFor(ms: number): void {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    /* busy */
+/** Bytes waiting unread in this host's UDP socket bound to `port` (Linux /proc/net/udp and udp6, rx_queue). */
+function queuedBytes(port: number): number {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  for (const file of ['/proc/net/udp', '/proc/net/udp6']) {
+    for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[1]?.endsWith(hex)) return parseInt(f[4]!.split(':')[1]!, 16);
+    }
+  }
+  return 0;
+}
+
+/**
+ * This process does nothing else (a stall: what arrives meanwhile waits in the sockets) for `ms`,
+ * and on until the peer's datagrams wait unread on `port` and 100 ms more for the rest of its
+ * flight (at most 10 s: a peer slowed by a loaded machine still gets there). Returns the bytes
+ * then waiting.
+ */
+function busyUntilQueued(port: number, ms: number): number {
+  const start = Date.now();
+  let queuedAt = 0;
+  for (;;) {
+    const now = Date.now();
+    if (!queuedAt && queuedBytes(port) > 0) queuedAt = now;
+    if ((now - start >= ms && queuedAt && now - queuedAt >= 100) || now - start >= 10_000) return queuedBytes(port);
   }
 }
 
@@ -139,7 +159,7 @@ describe('agent: HEALTH_REQUEST, CONFIG_UPDATE per connection, TERMINATE', funct
     // The request leaves in this turn's check phase; then this process is busy past the timeout
     // while the agent (another process) answers.
     await new Promise((r) => setImmediate(r));
-    busyFor(800);
+    expect(busyUntilQueued(s.channel.connection.ep.local.port, 800), 'the answer waits unread when the timeout is due').to.be.greaterThan(0);
     const m = await p;
     expect(m.type).to.equal('HEALTH_RESPONSE');
     expect(s.isClosed).to.equal(false);
@@ -153,7 +173,7 @@ describe('agent: HEALTH_REQUEST, CONFIG_UPDATE per connection, TERMINATE', funct
       const pending = connect({ host: '127.0.0.1', port: lb.port, timeoutMs: 200, socket });
       for (let i = 0; i < 100 && socket.stats.datagramsOut === 0; i++) await new Promise((r) => setImmediate(r));
       expect(socket.stats.datagramsOut, 'the Initial left').to.be.greaterThan(0);
-      busyFor(800);
+      expect(busyUntilQueued(socket.port, 800), "the server's flight waits unread when the limit is due").to.be.greaterThan(0);
       const ch = await pending;
       await ch.close(0, 'done');
     } finally {
